@@ -1,0 +1,570 @@
+//! Decoding at the boundary: bytes (and headers) in, a typed envelope or a precise error out.
+//!
+//! Every check a consumer needs runs here, cheapest first: size, UTF-8, JSON syntax, the
+//! envelope's shape, the headers' agreement with the body, the type and version, the
+//! payload's schema (formats included), and finally the typed conversion, which upcasts older
+//! versions. Any input, however broken, yields an error, never a panic: a consumer
+//! dead-letters it with [`DecodeError::reason`] and goes on.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+use crate::catalog::{self, AnyDataError, AnyMessage};
+use crate::envelope::{Envelope, WireEnvelope};
+use crate::headers::{EnvelopeHeaders, Headers, TraceContext};
+use crate::message::{DataError, Message};
+use crate::schema;
+
+/// The default size limit: NATS's default maximum payload, 1 MiB.
+pub const DEFAULT_MAX_BYTES: usize = 1024 * 1024;
+
+/// What kind of input was rejected. Every kind is permanent: the same bytes fail again, so a
+/// consumer dead-letters them instead of retrying.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DecodeErrorKind {
+    /// Larger than the decoder's limit.
+    TooLarge,
+    /// Not valid UTF-8.
+    NotUtf8,
+    /// Not JSON: a syntax error, or truncated input.
+    MalformedJson,
+    /// JSON, but not an a4co envelope (missing or ill-typed `eventId`, `metadata`, ...).
+    InvalidEnvelope,
+    /// A required header is absent.
+    MissingHeader,
+    /// A header cannot be parsed, or contradicts the body.
+    HeaderMismatch,
+    /// No message of the catalog has the `eventType`.
+    UnknownType,
+    /// The type exists but this build does not know the `eventVersion`.
+    UnknownVersion,
+    /// The payload breaks its schema: a missing field, a wrong type, a value out of range.
+    SchemaViolation,
+    /// A valid message, of another type than the one asked for.
+    UnexpectedType,
+}
+
+impl DecodeErrorKind {
+    /// A stable snake_case name, for dead-letter records and metrics labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DecodeErrorKind::TooLarge => "too_large",
+            DecodeErrorKind::NotUtf8 => "not_utf8",
+            DecodeErrorKind::MalformedJson => "malformed_json",
+            DecodeErrorKind::InvalidEnvelope => "invalid_envelope",
+            DecodeErrorKind::MissingHeader => "missing_header",
+            DecodeErrorKind::HeaderMismatch => "header_mismatch",
+            DecodeErrorKind::UnknownType => "unknown_type",
+            DecodeErrorKind::UnknownVersion => "unknown_version",
+            DecodeErrorKind::SchemaViolation => "schema_violation",
+            DecodeErrorKind::UnexpectedType => "unexpected_type",
+        }
+    }
+}
+
+impl fmt::Display for DecodeErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One broken rule: where in the message, which rule, and what was wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// JSON pointer into the envelope (`/data/items/0/quantity`); `/` for the whole body.
+    pub path: String,
+    /// The JSON Schema keyword broken (`required`, `type`, `minimum`, `format`, ...).
+    pub rule: String,
+    /// What was wrong, in words.
+    pub message: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "at {} ({}): {}", self.path, self.rule, self.message)
+    }
+}
+
+/// Why bytes did not become an envelope. See [`DecodeErrorKind`].
+///
+/// The message names the field and the rule, e.g. `schema violation in order.created v2 at
+/// /data/items/0/quantity (minimum): 0 is less than the minimum of 1`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DecodeError(Box<Inner>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Inner {
+    kind: DecodeErrorKind,
+    message: String,
+    violations: Vec<Violation>,
+    event_type: Option<String>,
+    event_version: Option<u32>,
+}
+
+impl DecodeError {
+    pub(crate) fn new(kind: DecodeErrorKind, message: impl Into<String>) -> Self {
+        DecodeError(Box::new(Inner {
+            kind,
+            message: message.into(),
+            violations: Vec::new(),
+            event_type: None,
+            event_version: None,
+        }))
+    }
+
+    fn about(mut self, event_type: &str, event_version: u32) -> Self {
+        self.0.event_type = Some(clip(event_type));
+        self.0.event_version = Some(event_version);
+        self
+    }
+
+    fn with_violations(mut self, violations: Vec<Violation>) -> Self {
+        self.0.violations = violations;
+        self
+    }
+
+    /// What kind of input was rejected.
+    pub fn kind(&self) -> DecodeErrorKind {
+        self.0.kind
+    }
+
+    /// The broken rules, for [`DecodeErrorKind::SchemaViolation`] and
+    /// [`DecodeErrorKind::InvalidEnvelope`] (at most [`MAX_VIOLATIONS`]).
+    pub fn violations(&self) -> &[Violation] {
+        &self.0.violations
+    }
+
+    /// The message type, once the envelope was readable.
+    pub fn event_type(&self) -> Option<&str> {
+        self.0.event_type.as_deref()
+    }
+
+    /// The message version, once the envelope was readable.
+    pub fn event_version(&self) -> Option<u32> {
+        self.0.event_version
+    }
+
+    /// Always `false`: the same bytes fail the same way, so retrying is pointless.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+
+    /// A one-line reason for a dead-letter record: `<kind>: <message>`.
+    pub fn reason(&self) -> String {
+        format!("{}: {}", self.0.kind, self.0.message)
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.message)
+    }
+}
+
+impl fmt::Debug for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DecodeError")
+            .field("kind", &self.0.kind)
+            .field("message", &self.0.message)
+            .field("violations", &self.0.violations)
+            .finish()
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// At most this many violations are collected and reported per message.
+pub const MAX_VIOLATIONS: usize = 8;
+/// Quoted input is cut to this many characters in error messages.
+const MAX_QUOTE: usize = 120;
+
+/// Cuts text quoted from input, so a hostile megabyte never lands in a log line.
+pub(crate) fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTE) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// Decodes with the default [`Decoder`]: 1 MiB limit, headers required.
+///
+/// ```
+/// use a4co_events::{Envelope, Message, decode, catalog::order::OrderConfirmed};
+///
+/// let sent = Envelope::new("order-service", "ord-1", OrderConfirmed::example());
+/// let received = decode(&sent.to_json(), &sent.headers())?;
+/// assert_eq!(received.event_type(), "order.confirmed");
+/// # Ok::<(), a4co_events::DecodeError>(())
+/// ```
+///
+/// # Errors
+/// A [`DecodeError`] whose [`kind`](DecodeError::kind) says what was wrong.
+pub fn decode(bytes: &[u8], headers: &Headers) -> Result<Envelope<AnyMessage>, DecodeError> {
+    Decoder::new().decode(bytes, headers)
+}
+
+/// Decodes one message type with the default [`Decoder`]; see [`Decoder::decode_as`].
+///
+/// # Errors
+/// As [`decode`], plus [`DecodeErrorKind::UnexpectedType`] for a message of another type.
+pub fn decode_as<M: Message>(bytes: &[u8], headers: &Headers) -> Result<Envelope<M>, DecodeError> {
+    Decoder::new().decode_as(bytes, headers)
+}
+
+/// The decoding policy: a size limit, and whether headers must be present.
+#[derive(Clone, Copy, Debug)]
+#[must_use]
+pub struct Decoder {
+    max_bytes: usize,
+    require_headers: bool,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new()
+    }
+}
+
+impl Decoder {
+    /// 1 MiB limit, headers required.
+    pub const fn new() -> Self {
+        Decoder {
+            max_bytes: DEFAULT_MAX_BYTES,
+            require_headers: true,
+        }
+    }
+
+    /// Rejects bodies larger than `max_bytes`.
+    pub const fn max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Accepts messages without a4co headers (from a source that cannot set them, e.g. a
+    /// CloudEvents webhook). Headers that are present are still checked against the body.
+    pub const fn headers_optional(mut self) -> Self {
+        self.require_headers = false;
+        self
+    }
+
+    /// Decodes any catalog message into the newest version of its type.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] whose [`kind`](DecodeError::kind) says what was wrong.
+    pub fn decode(
+        &self,
+        bytes: &[u8],
+        headers: &Headers,
+    ) -> Result<Envelope<AnyMessage>, DecodeError> {
+        let (mut wire, trace) = self.checked(bytes, headers)?;
+        let (event_type, version) = (wire.event_type.as_str(), wire.event_version);
+        let data =
+            AnyMessage::from_data(event_type, version, wire.data.take()).map_err(|e| match e {
+                AnyDataError::UnknownType => unknown_type(event_type, version),
+                AnyDataError::UnknownVersion => unknown_version(event_type, version),
+                AnyDataError::Invalid(e) => invalid_data(event_type, version, &e),
+            })?;
+        Ok(into_envelope(wire, data, trace))
+    }
+
+    /// Decodes a message that must be of type `M` (the newest version of its type name, or
+    /// exactly `M` for a superseded version type); older versions are upcast to `M`.
+    ///
+    /// # Errors
+    /// As [`Decoder::decode`], plus [`DecodeErrorKind::UnexpectedType`] for another type.
+    pub fn decode_as<M: Message>(
+        &self,
+        bytes: &[u8],
+        headers: &Headers,
+    ) -> Result<Envelope<M>, DecodeError> {
+        let (mut wire, trace) = self.checked(bytes, headers)?;
+        let (event_type, version) = (wire.event_type.as_str(), wire.event_version);
+        if event_type != M::TYPE {
+            return Err(DecodeError::new(
+                DecodeErrorKind::UnexpectedType,
+                format!(
+                    "expected a {} message, got {} v{version}",
+                    M::TYPE,
+                    clip(event_type)
+                ),
+            )
+            .about(event_type, version));
+        }
+        let data = M::decode_data(version, wire.data.take()).map_err(|e| match e {
+            DataError::UnknownVersion => unknown_version(event_type, version),
+            DataError::Invalid(e) => invalid_data(event_type, version, &e),
+        })?;
+        Ok(into_envelope(wire, data, trace))
+    }
+
+    /// Every check but the typed conversion. Returns the envelope and the trace context.
+    fn checked(
+        &self,
+        bytes: &[u8],
+        headers: &Headers,
+    ) -> Result<(WireEnvelope, Option<TraceContext>), DecodeError> {
+        if bytes.len() > self.max_bytes {
+            return Err(DecodeError::new(
+                DecodeErrorKind::TooLarge,
+                format!(
+                    "message is {} bytes; the limit is {}",
+                    bytes.len(),
+                    self.max_bytes
+                ),
+            ));
+        }
+        if let Err(e) = std::str::from_utf8(bytes) {
+            return Err(DecodeError::new(
+                DecodeErrorKind::NotUtf8,
+                format!(
+                    "message is not UTF-8: invalid byte sequence at offset {}",
+                    e.valid_up_to()
+                ),
+            ));
+        }
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            let what = if e.is_eof() {
+                "truncated JSON"
+            } else {
+                "malformed JSON"
+            };
+            DecodeError::new(DecodeErrorKind::MalformedJson, format!("{what}: {e}"))
+        })?;
+        let wire = envelope_of(value)?;
+        let (event_type, version) = (wire.event_type.as_str(), wire.event_version);
+
+        let trace = if headers.is_empty() && !self.require_headers {
+            None
+        } else {
+            let parsed =
+                EnvelopeHeaders::from_headers(headers).map_err(|e| e.about(event_type, version))?;
+            agree(&parsed, &wire)?;
+            parsed.trace
+        };
+
+        let validators = validators();
+        let Some(validator) = validators.get(&(event_type, version)) else {
+            return Err(if catalog::versions(event_type).next().is_none() {
+                unknown_type(event_type, version)
+            } else {
+                unknown_version(event_type, version)
+            });
+        };
+        if !validator.is_valid(&wire.data) {
+            let violations = violations(validator.iter_errors(&wire.data), "/data");
+            let first = violations
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let more = match violations.len() {
+                0 | 1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
+            return Err(DecodeError::new(
+                DecodeErrorKind::SchemaViolation,
+                format!("schema violation in {event_type} v{version} {first}{more}"),
+            )
+            .about(event_type, version)
+            .with_violations(violations));
+        }
+        Ok((wire, trace))
+    }
+}
+
+fn envelope_of(value: Value) -> Result<WireEnvelope, DecodeError> {
+    if !value.is_object() {
+        let got = match &value {
+            Value::Array(_) => "an array",
+            Value::String(_) => "a string",
+            Value::Number(_) => "a number",
+            Value::Bool(_) => "a boolean",
+            _ => "null",
+        };
+        return Err(DecodeError::new(
+            DecodeErrorKind::InvalidEnvelope,
+            format!("invalid envelope: expected a JSON object, got {got}"),
+        ));
+    }
+    let validator = envelope_validator();
+    if !validator.is_valid(&value) {
+        let violations = violations(validator.iter_errors(&value), "");
+        let first = violations
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        return Err(DecodeError::new(
+            DecodeErrorKind::InvalidEnvelope,
+            format!("invalid envelope {first}"),
+        )
+        .with_violations(violations));
+    }
+    serde_json::from_value(value).map_err(|e| {
+        DecodeError::new(
+            DecodeErrorKind::InvalidEnvelope,
+            format!("invalid envelope: {e}"),
+        )
+    })
+}
+
+/// Checks that what the headers repeat matches the body.
+fn agree(headers: &EnvelopeHeaders, wire: &WireEnvelope) -> Result<(), DecodeError> {
+    let mismatch = |name: &str, header: &str, body: &str| {
+        Err(DecodeError::new(
+            DecodeErrorKind::HeaderMismatch,
+            format!(
+                "header `{name}` says {:?} but the body says {:?}",
+                clip(header),
+                clip(body)
+            ),
+        )
+        .about(&wire.event_type, wire.event_version))
+    };
+    use crate::headers::names;
+    if headers.event_id != wire.event_id {
+        return mismatch(
+            names::MSG_ID,
+            &headers.event_id.to_string(),
+            &wire.event_id.to_string(),
+        );
+    }
+    if headers.event_type != wire.event_type {
+        return mismatch(names::EVENT_TYPE, &headers.event_type, &wire.event_type);
+    }
+    if headers.event_version != wire.event_version {
+        let (h, b) = (
+            headers.event_version.to_string(),
+            wire.event_version.to_string(),
+        );
+        return mismatch(names::EVENT_VERSION, &h, &b);
+    }
+    if let Some(aggregate) = headers
+        .aggregate_id
+        .as_deref()
+        .filter(|a| *a != wire.aggregate_id)
+    {
+        return mismatch(names::AGGREGATE_ID, aggregate, &wire.aggregate_id);
+    }
+    let correlation = &wire.metadata.correlation_id;
+    if let Some(h) = headers
+        .correlation_id
+        .as_deref()
+        .filter(|c| *c != correlation)
+    {
+        return mismatch(names::CORRELATION_ID, h, correlation);
+    }
+    Ok(())
+}
+
+fn into_envelope<T>(wire: WireEnvelope, data: T, trace: Option<TraceContext>) -> Envelope<T> {
+    Envelope {
+        event_id: wire.event_id,
+        aggregate_id: wire.aggregate_id,
+        occurred_at: wire.occurred_at,
+        source: wire.source,
+        data,
+        metadata: wire.metadata,
+        trace,
+    }
+}
+
+fn unknown_type(event_type: &str, version: u32) -> DecodeError {
+    DecodeError::new(
+        DecodeErrorKind::UnknownType,
+        format!(
+            "unknown event type {:?}: not in the catalog ({} types known)",
+            clip(event_type),
+            catalog::MESSAGES.iter().filter(|m| m.latest).count()
+        ),
+    )
+    .about(event_type, version)
+}
+
+fn unknown_version(event_type: &str, version: u32) -> DecodeError {
+    let mut versions: Vec<u32> = catalog::versions(event_type).collect();
+    versions.sort_unstable();
+    let known: Vec<String> = versions.iter().map(|v| format!("v{v}")).collect();
+    DecodeError::new(
+        DecodeErrorKind::UnknownVersion,
+        format!(
+            "unknown version v{version} of {event_type}: this build knows {}; a newer version \
+             needs a newer a4co-events",
+            known.join(", ")
+        ),
+    )
+    .about(event_type, version)
+}
+
+fn invalid_data(event_type: &str, version: u32, error: &serde_json::Error) -> DecodeError {
+    DecodeError::new(
+        DecodeErrorKind::SchemaViolation,
+        format!(
+            "schema violation in {event_type} v{version} at /data: {}",
+            clip(&error.to_string())
+        ),
+    )
+    .about(event_type, version)
+    .with_violations(vec![Violation {
+        path: "/data".into(),
+        rule: "type".into(),
+        message: clip(&error.to_string()),
+    }])
+}
+
+fn violations<'a>(
+    errors: impl Iterator<Item = jsonschema::ValidationError<'a>>,
+    prefix: &str,
+) -> Vec<Violation> {
+    errors
+        .take(MAX_VIOLATIONS)
+        .map(|e| {
+            let pointer = e.instance_path().as_str();
+            let path = match (prefix, pointer) {
+                ("", "") => "/".to_owned(),
+                (p, i) => format!("{p}{i}"),
+            };
+            Violation {
+                path,
+                rule: e.kind().keyword().to_owned(),
+                message: clip(&e.to_string()),
+            }
+        })
+        .collect()
+}
+
+type Validators = HashMap<(&'static str, u32), jsonschema::Validator>;
+
+/// One compiled validator per (type, version) of the catalog, built on first use.
+fn validators() -> &'static Validators {
+    static VALIDATORS: OnceLock<Validators> = OnceLock::new();
+    VALIDATORS.get_or_init(|| {
+        catalog::MESSAGES
+            .iter()
+            .filter_map(|info| {
+                let compiled = compile(&schema::message_schema(info));
+                compiled.map(|v| ((info.type_name, info.version), v))
+            })
+            .collect()
+    })
+}
+
+fn envelope_validator() -> &'static jsonschema::Validator {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    VALIDATOR.get_or_init(|| {
+        // The envelope schema is generated from a Rust type and checked by the tests; should
+        // it ever fail to compile, an accept-all validator leaves the checks to serde.
+        compile(&schema::envelope_schema())
+            .or_else(|| compile(&serde_json::json!(true)))
+            .unwrap_or_else(|| unreachable!("the `true` schema always compiles"))
+    })
+}
+
+fn compile(schema: &Value) -> Option<jsonschema::Validator> {
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(schema)
+        .ok()
+}

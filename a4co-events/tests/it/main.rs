@@ -1,0 +1,13 @@
+//! Integration tests of a4co-events: one binary, one module per area.
+
+// A failing unwrap is a failing test, with its location; helpers outside #[test] use it too.
+#![allow(clippy::unwrap_used)]
+
+mod catalog;
+mod cloudevents;
+mod decode;
+mod envelope;
+mod evolution;
+mod properties;
+mod support;
+mod upcast;

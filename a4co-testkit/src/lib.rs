@@ -1,0 +1,24 @@
+//! Test fixtures for services built on a4co (work in progress).
+//!
+//! This crate will hold a real nats-server fixture (free loopback port, temporary store,
+//! restart on the same store, a 3-node cluster), an in-memory harness with assertions that
+//! wait instead of sleeping, an HTTP fault server, and given/when/then saga scenarios. Add it
+//! as a dev-dependency.
+//!
+//! Today it offers catalog examples wrapped in envelopes, for tests that need a valid message:
+//!
+//! ```
+//! use a4co_events::catalog::order::OrderCreated;
+//!
+//! let envelope = a4co_testkit::example_envelope::<OrderCreated>("ord-1");
+//! assert_eq!(envelope.aggregate_id, "ord-1");
+//! assert_eq!(envelope.source, "order-service");
+//! ```
+
+use a4co_events::{Envelope, Message};
+
+/// The catalog example of `M`, in a fresh envelope from its first publisher.
+pub fn example_envelope<M: Message>(aggregate_id: &str) -> Envelope<M> {
+    let source = M::PUBLISHERS.first().copied().unwrap_or("a4co-testkit");
+    Envelope::new(source, aggregate_id, M::example())
+}
