@@ -278,15 +278,30 @@ impl<T: Payload> Envelope<T> {
 impl<T> Envelope<T> {
     /// Transforms the payload, keeping everything else.
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Envelope<U> {
+        let (data, shell) = self.split();
         Envelope {
+            event_id: shell.event_id,
+            aggregate_id: shell.aggregate_id,
+            occurred_at: shell.occurred_at,
+            source: shell.source,
+            data: f(data),
+            metadata: shell.metadata,
+            trace: shell.trace,
+        }
+    }
+
+    /// Separates the payload from the rest.
+    fn split(self) -> (T, Envelope<()>) {
+        let shell = Envelope {
             event_id: self.event_id,
             aggregate_id: self.aggregate_id,
             occurred_at: self.occurred_at,
             source: self.source,
-            data: f(self.data),
+            data: (),
             metadata: self.metadata,
             trace: self.trace,
-        }
+        };
+        (self.data, shell)
     }
 }
 
@@ -302,34 +317,10 @@ impl Envelope<AnyMessage> {
     where
         M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
     {
-        let Envelope {
-            event_id,
-            aggregate_id,
-            occurred_at,
-            source,
-            data,
-            metadata,
-            trace,
-        } = self;
+        let (data, shell) = self.split();
         match M::try_from(data) {
-            Ok(data) => Ok(Envelope {
-                event_id,
-                aggregate_id,
-                occurred_at,
-                source,
-                data,
-                metadata,
-                trace,
-            }),
-            Err(data) => Err(Envelope {
-                event_id,
-                aggregate_id,
-                occurred_at,
-                source,
-                data,
-                metadata,
-                trace,
-            }),
+            Ok(data) => Ok(shell.map(|()| data)),
+            Err(data) => Err(shell.map(|()| data)),
         }
     }
 }

@@ -250,7 +250,7 @@ macro_rules! message {
             context: $ctx:ident,
             aggregate: $agg:literal,
             publishers: [$($p:literal),* $(,)?],
-            subscribers: [$($s:literal),* $(,)?],
+            subscribers: $subscribers:expr,
             $(previous: $prev:ty,)?
             example: $ex:expr $(,)?
         }
@@ -262,7 +262,7 @@ macro_rules! message {
             const CONTEXT: $crate::message::Context = $crate::message::Context::$ctx;
             const AGGREGATE: &'static str = $agg;
             const PUBLISHERS: &'static [&'static str] = &[$($p),*];
-            const SUBSCRIBERS: &'static [&'static str] = &[$($s),*];
+            const SUBSCRIBERS: &'static [&'static str] = $subscribers;
             fn example() -> Self {
                 $ex
             }

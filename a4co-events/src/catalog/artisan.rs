@@ -76,7 +76,7 @@ message!(ArtisanVerified {
     context: Artisan,
     aggregate: "artisan",
     publishers: ["artisan-service"],
-    subscribers: [
+    subscribers: &[
         "notification-service",
         "product-service",
         "geo-service",
@@ -151,7 +151,7 @@ message!(ArtisanStatusChanged {
     context: Artisan,
     aggregate: "artisan",
     publishers: ["artisan-service"],
-    subscribers: [
+    subscribers: &[
         "product-service",
         "inventory-service",
         "notification-service",
@@ -230,7 +230,7 @@ message!(NewProductListed {
     context: Artisan,
     aggregate: "product",
     publishers: ["artisan-service"],
-    subscribers: [
+    subscribers: &[
         "product-service",
         "inventory-service",
         "notification-service",

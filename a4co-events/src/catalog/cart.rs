@@ -50,7 +50,7 @@ message!(CartAbandoned {
     context: Cart,
     aggregate: "cart",
     publishers: ["cart-service"],
-    subscribers: ["notification-service", "order-service"],
+    subscribers: &["notification-service", "order-service"],
     example: CartAbandoned {
         customer_id: "user-4711".into(),
         items: example_cart(),
@@ -79,7 +79,7 @@ message!(CheckoutInitiated {
     context: Cart,
     aggregate: "cart",
     publishers: ["cart-service"],
-    subscribers: ["notification-service", "order-service"],
+    subscribers: &["notification-service", "order-service"],
     example: CheckoutInitiated {
         customer_id: "user-4711".into(),
         items: example_cart(),

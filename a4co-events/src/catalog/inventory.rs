@@ -37,7 +37,7 @@ message!(StockReserved {
     context: Inventory,
     aggregate: "product",
     publishers: ["inventory-service"],
-    subscribers: ["order-service", "notification-service", "analytics-service"],
+    subscribers: &["order-service", "notification-service", "analytics-service"],
     example: StockReserved {
         order_id: "ord-1001".into(),
         artisan_id: "art-almazara-ubeda".into(),
@@ -82,7 +82,7 @@ message!(StockReservationFailed {
     context: Inventory,
     aggregate: "product",
     publishers: ["inventory-service"],
-    subscribers: ["order-service", "analytics-service"],
+    subscribers: &["order-service", "analytics-service"],
     example: StockReservationFailed {
         order_id: "ord-1002".into(),
         reason: "insufficient stock".into(),
@@ -134,7 +134,7 @@ message!(StockReleased {
     context: Inventory,
     aggregate: "product",
     publishers: ["inventory-service"],
-    subscribers: ["order-service", "product-service", "analytics-service"],
+    subscribers: &["order-service", "product-service", "analytics-service"],
     example: StockReleased {
         order_id: "ord-1001".into(),
         reservation_id: "res-7c1e".into(),
@@ -178,7 +178,7 @@ message!(LowStockWarning {
     context: Inventory,
     aggregate: "product",
     publishers: ["inventory-service"],
-    subscribers: [
+    subscribers: &[
         "artisan-service",
         "notification-service",
         "procurement-service"
@@ -244,7 +244,7 @@ message!(InventoryAdjusted {
     context: Inventory,
     aggregate: "product",
     publishers: ["inventory-service"],
-    subscribers: [
+    subscribers: &[
         "product-service",
         "analytics-service",
         "audit-service",
@@ -285,7 +285,7 @@ message!(ReserveStock {
     context: Inventory,
     aggregate: "product",
     publishers: ["order-service"],
-    subscribers: ["inventory-service"],
+    subscribers: &["inventory-service"],
     example: ReserveStock {
         order_id: "ord-1001".into(),
         quantity: 2,
@@ -313,7 +313,7 @@ message!(ReleaseStock {
     context: Inventory,
     aggregate: "product",
     publishers: ["order-service"],
-    subscribers: ["inventory-service"],
+    subscribers: &["inventory-service"],
     example: ReleaseStock {
         order_id: "ord-1001".into(),
         reservation_id: "res-7c1e".into(),

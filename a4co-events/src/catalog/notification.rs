@@ -50,7 +50,7 @@ message!(NotificationSent {
     context: Notification,
     aggregate: "notification",
     publishers: ["notification-service"],
-    subscribers: [],
+    subscribers: &[],
     example: NotificationSent {
         recipient: "maria.lopez@example.com".into(),
         notification_type: "order-confirmed".into(),

@@ -134,6 +134,16 @@ impl Upcast for OrderCreatedV1 {
     }
 }
 
+/// Who consumes `order.created`, whatever its version.
+const CREATED_SUBSCRIBERS: &[&str] = &[
+    "inventory-service",
+    "payment-service",
+    "notification-service",
+    "analytics-service",
+    "artisan-service",
+    "user-service",
+];
+
 fn example_items() -> Vec<OrderItem> {
     vec![
         OrderItem {
@@ -160,14 +170,7 @@ message!(OrderCreatedV1 {
     context: Order,
     aggregate: "order",
     publishers: ["order-service"],
-    subscribers: [
-        "inventory-service",
-        "payment-service",
-        "notification-service",
-        "analytics-service",
-        "artisan-service",
-        "user-service"
-    ],
+    subscribers: CREATED_SUBSCRIBERS,
     example: OrderCreatedV1 {
         customer_id: "user-4711".into(),
         items: example_items(),
@@ -186,14 +189,7 @@ message!(OrderCreated {
     context: Order,
     aggregate: "order",
     publishers: ["order-service"],
-    subscribers: [
-        "inventory-service",
-        "payment-service",
-        "notification-service",
-        "analytics-service",
-        "artisan-service",
-        "user-service"
-    ],
+    subscribers: CREATED_SUBSCRIBERS,
     previous: OrderCreatedV1,
     example: OrderCreated {
         customer_id: "user-4711".into(),
@@ -235,7 +231,7 @@ message!(OrderConfirmed {
     context: Order,
     aggregate: "order",
     publishers: ["order-service"],
-    subscribers: [
+    subscribers: &[
         "notification-service",
         "loyalty-service",
         "artisan-service",
@@ -293,7 +289,7 @@ message!(OrderCancelled {
     context: Order,
     aggregate: "order",
     publishers: ["order-service"],
-    subscribers: [
+    subscribers: &[
         "inventory-service",
         "payment-service",
         "notification-service",
@@ -355,7 +351,7 @@ message!(OrderDelivered {
     context: Order,
     aggregate: "order",
     publishers: ["order-service"],
-    subscribers: [
+    subscribers: &[
         "loyalty-service",
         "analytics-service",
         "notification-service",
@@ -391,7 +387,7 @@ message!(OrderShipped {
     context: Order,
     aggregate: "order",
     publishers: ["order-service"],
-    subscribers: ["inventory-service", "notification-service"],
+    subscribers: &["inventory-service", "notification-service"],
     example: OrderShipped {
         tracking_number: "SEUR-123456789".into(),
         carrier: "SEUR".into()
@@ -436,7 +432,7 @@ message!(OrderStatusChanged {
     context: Order,
     aggregate: "order",
     publishers: ["order-service"],
-    subscribers: ["notification-service", "analytics-service"],
+    subscribers: &["notification-service", "analytics-service"],
     example: OrderStatusChanged {
         previous_status: OrderStatus::Pending,
         new_status: OrderStatus::Confirmed,
@@ -462,7 +458,7 @@ message!(ConfirmOrder {
     context: Order,
     aggregate: "order",
     publishers: ["order-service"],
-    subscribers: ["order-service"],
+    subscribers: &["order-service"],
     example: ConfirmOrder {
         payment_id: "pay-9f2c".into(),
         payment_reference: "txn-20260115-0001".into(),
@@ -489,7 +485,7 @@ message!(CancelOrder {
     context: Order,
     aggregate: "order",
     publishers: ["order-service"],
-    subscribers: ["order-service"],
+    subscribers: &["order-service"],
     example: CancelOrder {
         reason: CancellationReason::InventoryUnavailable,
         refund_required: false,

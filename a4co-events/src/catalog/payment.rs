@@ -51,7 +51,7 @@ message!(PaymentInitiated {
     context: Payment,
     aggregate: "payment",
     publishers: ["payment-service"],
-    subscribers: ["order-service", "analytics-service", "fraud-service"],
+    subscribers: &["order-service", "analytics-service", "fraud-service"],
     example: PaymentInitiated {
         order_id: "ord-1001".into(),
         customer_id: "user-4711".into(),
@@ -95,7 +95,7 @@ message!(PaymentSucceeded {
     context: Payment,
     aggregate: "payment",
     publishers: ["payment-service"],
-    subscribers: [
+    subscribers: &[
         "order-service",
         "loyalty-service",
         "notification-service",
@@ -146,7 +146,7 @@ message!(PaymentFailed {
     context: Payment,
     aggregate: "payment",
     publishers: ["payment-service"],
-    subscribers: [
+    subscribers: &[
         "order-service",
         "inventory-service",
         "notification-service",
@@ -206,7 +206,7 @@ message!(RefundProcessed {
     context: Payment,
     aggregate: "refund",
     publishers: ["payment-service"],
-    subscribers: [
+    subscribers: &[
         "order-service",
         "notification-service",
         "analytics-service",
@@ -249,7 +249,7 @@ message!(ProcessPayment {
     context: Payment,
     aggregate: "payment",
     publishers: ["order-service"],
-    subscribers: ["payment-service"],
+    subscribers: &["payment-service"],
     example: ProcessPayment {
         order_id: "ord-1001".into(),
         customer_id: "user-4711".into(),
@@ -281,7 +281,7 @@ message!(RefundPayment {
     context: Payment,
     aggregate: "payment",
     publishers: ["order-service"],
-    subscribers: ["payment-service"],
+    subscribers: &["payment-service"],
     example: RefundPayment {
         payment_id: "pay-9f2c".into(),
         order_id: "ord-1001".into(),

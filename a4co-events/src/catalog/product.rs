@@ -50,7 +50,7 @@ message!(ProductUpdated {
     context: Product,
     aggregate: "product",
     publishers: ["product-service"],
-    subscribers: ["order-service", "cart-service"],
+    subscribers: &["order-service", "cart-service"],
     example: ProductUpdated {
         changes: ProductChanges {
             description: Some("Hand-thrown bowl, green glaze, dishwasher safe".into()),
@@ -71,7 +71,7 @@ message!(ProductDeleted {
     context: Product,
     aggregate: "product",
     publishers: ["product-service"],
-    subscribers: ["order-service", "cart-service"],
+    subscribers: &["order-service", "cart-service"],
     example: ProductDeleted {},
 });
 
@@ -92,7 +92,7 @@ message!(PriceChanged {
     context: Product,
     aggregate: "product",
     publishers: ["product-service"],
-    subscribers: ["order-service", "cart-service"],
+    subscribers: &["order-service", "cart-service"],
     example: PriceChanged {
         previous_price: Money::eur(3400),
         new_price: Money::eur(3200)

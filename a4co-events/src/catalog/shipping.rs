@@ -28,7 +28,7 @@ message!(ShipmentCreated {
     context: Shipping,
     aggregate: "shipment",
     publishers: ["shipping-service"],
-    subscribers: ["order-service", "notification-service"],
+    subscribers: &["order-service", "notification-service"],
     example: ShipmentCreated {
         order_id: "ord-1001".into(),
         tracking_number: "SEUR-123456789".into(),
@@ -58,7 +58,7 @@ message!(ShipmentDispatched {
     context: Shipping,
     aggregate: "shipment",
     publishers: ["shipping-service"],
-    subscribers: ["order-service", "notification-service"],
+    subscribers: &["order-service", "notification-service"],
     example: ShipmentDispatched {
         order_id: "ord-1001".into(),
         tracking_number: "SEUR-123456789".into(),
@@ -84,7 +84,7 @@ message!(ShipmentStatusUpdated {
     context: Shipping,
     aggregate: "shipment",
     publishers: ["shipping-service"],
-    subscribers: ["order-service", "notification-service"],
+    subscribers: &["order-service", "notification-service"],
     example: ShipmentStatusUpdated {
         status: "in-transit".into(),
         location: "Jaén hub".into()
@@ -108,7 +108,7 @@ message!(ShipmentDelivered {
     context: Shipping,
     aggregate: "shipment",
     publishers: ["shipping-service"],
-    subscribers: ["order-service", "notification-service"],
+    subscribers: &["order-service", "notification-service"],
     example: ShipmentDelivered {
         order_id: "ord-1001".into(),
         delivered_at: example_time(2 * 86_400)

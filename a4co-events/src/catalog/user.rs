@@ -73,7 +73,7 @@ message!(UserRegistered {
     context: User,
     aggregate: "user",
     publishers: ["user-service"],
-    subscribers: [
+    subscribers: &[
         "notification-service",
         "loyalty-service",
         "analytics-service",
@@ -125,7 +125,7 @@ message!(UserProfileUpdated {
     context: User,
     aggregate: "user",
     publishers: ["user-service"],
-    subscribers: [
+    subscribers: &[
         "notification-service",
         "geo-service",
         "recommendation-service"
@@ -214,7 +214,7 @@ message!(UserPreferencesChanged {
     context: User,
     aggregate: "user",
     publishers: ["user-service"],
-    subscribers: [
+    subscribers: &[
         "notification-service",
         "product-service",
         "recommendation-service"
@@ -264,7 +264,7 @@ message!(EmailVerified {
     context: User,
     aggregate: "user",
     publishers: ["user-service"],
-    subscribers: ["notification-service"],
+    subscribers: &["notification-service"],
     example: EmailVerified {
         email: "maria.lopez@example.com".into(),
         verified_at: example_time(-86_000),
@@ -289,7 +289,7 @@ message!(UserAddressAdded {
     context: User,
     aggregate: "user",
     publishers: ["user-service"],
-    subscribers: ["geo-service"],
+    subscribers: &["geo-service"],
     example: UserAddressAdded {
         address_id: "addr-2".into(),
         address: example_address()

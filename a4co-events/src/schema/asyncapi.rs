@@ -14,6 +14,11 @@ fn key(text: &str) -> String {
 
 /// Renders `asyncapi.yaml` for the given message versions.
 pub(super) fn render(messages: &[&MessageInfo]) -> String {
+    yaml::to_string(&document(messages))
+}
+
+/// The AsyncAPI 3.0 document for the given message versions.
+pub(super) fn document(messages: &[&MessageInfo]) -> Value {
     let mut channels = Map::new();
     let mut operations = Map::new();
     let mut components = Map::new();
@@ -107,7 +112,7 @@ pub(super) fn render(messages: &[&MessageInfo]) -> String {
         }
     }
 
-    let doc = json!({
+    json!({
         "asyncapi": "3.0.0",
         "info": {
             "title": "a4co marketplace messages",
@@ -131,6 +136,5 @@ pub(super) fn render(messages: &[&MessageInfo]) -> String {
             "messages": components,
             "schemas": {"headers": headers_schema()},
         },
-    });
-    yaml::to_string(&doc)
+    })
 }

@@ -21,8 +21,7 @@ use crate::message::Context;
 /// - `<context>.md`: one page per bounded context.
 pub fn generate() -> BTreeMap<String, String> {
     let mut files = BTreeMap::new();
-    let mut sorted: Vec<_> = MESSAGES.iter().collect();
-    sorted.sort_by_key(|m| (m.context, m.type_name, m.version));
+    let sorted = sorted_messages();
 
     for info in &sorted {
         files.insert(
@@ -73,6 +72,18 @@ pub fn generate() -> BTreeMap<String, String> {
         );
     }
     files
+}
+
+fn sorted_messages() -> Vec<&'static crate::catalog::MessageInfo> {
+    let mut sorted: Vec<_> = MESSAGES.iter().collect();
+    sorted.sort_by_key(|m| (m.context, m.type_name, m.version));
+    sorted
+}
+
+/// The AsyncAPI 3.0 document of the whole catalog, as a JSON value (the catalog writes it
+/// as `asyncapi.yaml`).
+pub fn asyncapi_document() -> Value {
+    asyncapi::document(&sorted_messages())
 }
 
 fn pretty(value: &Value) -> String {

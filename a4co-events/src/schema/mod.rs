@@ -19,7 +19,9 @@ mod files;
 mod markdown;
 mod yaml;
 
-pub use files::{CheckReport, Finding, FindingKind, WriteError, check, generate, write};
+pub use files::{
+    CheckReport, Finding, FindingKind, WriteError, asyncapi_document, check, generate, write,
+};
 
 /// The base of every `$id`: ids mirror the catalog's layout.
 pub const ID_BASE: &str = "https://a4co.dev/catalog/";

@@ -285,3 +285,33 @@ fn headers_optional_accepts_a_body_without_headers_but_checks_present_ones() {
             .is_err()
     );
 }
+
+#[test]
+fn the_asyncapi_document_is_valid_asyncapi_3() {
+    let Ok(path) = std::env::var("A4CO_ASYNCAPI_SCHEMA") else {
+        panic!(
+            "A4CO_ASYNCAPI_SCHEMA is not set: it names the AsyncAPI 3.0.0 JSON Schema of npm's \
+             @asyncapi/specs, which scripts/test fetches into .tools/ (run scripts/test, or \
+             `source scripts/lib/asyncapi.sh && a4co_ensure_asyncapi_schema`)"
+        )
+    };
+    let spec: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&spec).unwrap();
+    let doc = schema::asyncapi_document();
+    let errors: Vec<String> = validator
+        .iter_errors(&doc)
+        .take(5)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    // The check bites: an AsyncAPI 2 verb is rejected.
+    let mut broken = doc;
+    let (_, op) = broken["operations"]
+        .as_object_mut()
+        .unwrap()
+        .iter_mut()
+        .next()
+        .unwrap();
+    op["action"] = json!("publish");
+    assert!(!validator.is_valid(&broken));
+}
