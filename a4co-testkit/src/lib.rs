@@ -1,9 +1,9 @@
 //! Test fixtures for services built on a4co (work in progress).
 //!
-//! This crate will hold a real nats-server fixture (free loopback port, temporary store,
-//! restart on the same store, a 3-node cluster), an in-memory harness with assertions that
-//! wait instead of sleeping, an HTTP fault server, and given/when/then saga scenarios. Add it
-//! as a dev-dependency.
+//! It holds a real nats-server fixture ([`nats::NatsServer`]: free loopback port, temporary
+//! store, restart on the same store; [`nats::NatsCluster`]: three routed nodes), and will
+//! hold an in-memory harness with assertions that wait instead of sleeping, an HTTP fault
+//! server, and given/when/then saga scenarios. Add it as a dev-dependency.
 //!
 //! Today it offers catalog examples wrapped in envelopes, for tests that need a valid message:
 //!
@@ -16,6 +16,8 @@
 //! ```
 
 use a4co_events::{Envelope, Message};
+
+pub mod nats;
 
 /// The catalog example of `M`, in a fresh envelope from its first publisher.
 pub fn example_envelope<M: Message>(aggregate_id: &str) -> Envelope<M> {

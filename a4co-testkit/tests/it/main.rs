@@ -1,0 +1,5 @@
+//! Integration tests of a4co-testkit.
+
+#![allow(clippy::unwrap_used)]
+
+mod nats;
