@@ -2,7 +2,7 @@
 //!
 //! | header | value |
 //! |---|---|
-//! | `Nats-Msg-Id` | `eventId`: JetStream deduplicates on it |
+//! | `Nats-Msg-Id` | `eventId`: JetStream deduplicates on it; a deliberate re-publication (a dead-letter replay) appends `:<suffix>` so the broker stores it again |
 //! | `a4co-event-type` | `eventType` (`order.created`) |
 //! | `a4co-event-version` | `eventVersion` (`2`) |
 //! | `a4co-aggregate-id` | `aggregateId` |
@@ -223,16 +223,22 @@ impl EnvelopeHeaders {
             })
         };
         let id = required(names::MSG_ID)?;
-        let event_id = id.parse().map_err(|_| {
-            DecodeError::new(
-                DecodeErrorKind::HeaderMismatch,
-                format!(
-                    "header `{}` is {:?}, not a UUID",
-                    names::MSG_ID,
-                    crate::decode::clip(id)
-                ),
-            )
-        })?;
+        // `<eventId>` or `<eventId>:<suffix>` (a replay that must pass the broker's dedup).
+        let event_id = id
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|_| {
+                DecodeError::new(
+                    DecodeErrorKind::HeaderMismatch,
+                    format!(
+                        "header `{}` is {:?}, not a UUID",
+                        names::MSG_ID,
+                        crate::decode::clip(id)
+                    ),
+                )
+            })?;
         let version = required(names::EVENT_VERSION)?;
         let event_version = version.parse().map_err(|_| {
             DecodeError::new(

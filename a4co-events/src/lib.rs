@@ -2,6 +2,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
 
+pub mod bus;
 pub mod catalog;
 pub mod cloudevents;
 pub mod decode;

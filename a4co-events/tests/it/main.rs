@@ -3,6 +3,8 @@
 // A failing unwrap is a failing test, with its location; helpers outside #[test] use it too.
 #![allow(clippy::unwrap_used)]
 
+mod bus;
+mod bus_nats;
 mod catalog;
 mod cloudevents;
 mod decode;

@@ -1,0 +1,221 @@
+//! Settings: the streams, the consumers, and the retry ladder.
+
+use std::time::Duration;
+
+use crate::message::Context;
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// The stream that keeps dead letters: `DLQ`, capturing `dlq.>`.
+pub const DLQ_STREAM: &str = "DLQ";
+/// The subject prefix of dead letters: `dlq.<service>.<subscription>.<original subject>`.
+pub const DLQ_PREFIX: &str = "dlq";
+
+/// How a stream is set up. Streams use file storage and limits retention.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamSpec {
+    /// The name: `ORDERS`.
+    pub name: String,
+    /// The subjects it captures: `order.>`.
+    pub subjects: Vec<String>,
+    /// How long messages are kept.
+    pub max_age: Duration,
+    /// The window in which a repeated `Nats-Msg-Id` is recognised as a duplicate.
+    pub duplicate_window: Duration,
+    /// How many servers keep a copy (1 locally, 3 in production).
+    pub replicas: usize,
+}
+
+impl StreamSpec {
+    /// The stream of a bounded context, with the retention of the design documents:
+    ///
+    /// | stream | kept | why |
+    /// |---|---|---|
+    /// | ORDERS | 7 days | design-v2 |
+    /// | INVENTORY | 30 days | design-v2 |
+    /// | PAYMENTS | 365 days | design-v2 (compliance) |
+    /// | USERS | 90 days | design-v2 |
+    /// | ARTISANS | 180 days | design-v2 |
+    /// | PRODUCTS | 180 days | ours: catalog history lives as long as the artisans' |
+    /// | SHIPPING | 90 days | ours: covers delivery disputes and returns |
+    /// | NOTIFICATIONS | 30 days | ours: an audit trail of what was sent, no longer needed |
+    /// | CARTS | 30 days | ours: abandoned-cart campaigns look back a month at most |
+    ///
+    /// Every stream deduplicates over 2 minutes.
+    pub fn for_context(context: Context, replicas: usize) -> Self {
+        let days = match context {
+            Context::Order => 7,
+            Context::Inventory => 30,
+            Context::Payment => 365,
+            Context::User => 90,
+            Context::Artisan => 180,
+            Context::Product => 180,
+            Context::Shipping => 90,
+            Context::Notification => 30,
+            Context::Cart => 30,
+        };
+        StreamSpec {
+            name: context.stream().to_owned(),
+            subjects: vec![context.subjects()],
+            max_age: DAY * days,
+            duplicate_window: Duration::from_secs(120),
+            replicas,
+        }
+    }
+
+    /// The dead-letter stream: `DLQ` on `dlq.>`, kept 365 days.
+    pub fn dead_letters(replicas: usize) -> Self {
+        StreamSpec {
+            name: DLQ_STREAM.to_owned(),
+            subjects: vec![format!("{DLQ_PREFIX}.>")],
+            max_age: DAY * 365,
+            duplicate_window: Duration::from_secs(120),
+            replicas,
+        }
+    }
+
+    /// Every stream the marketplace needs: one per context, and the dead letters.
+    pub fn all(replicas: usize) -> Vec<StreamSpec> {
+        Context::ALL
+            .iter()
+            .map(|c| StreamSpec::for_context(*c, replicas))
+            .chain(std::iter::once(StreamSpec::dead_letters(replicas)))
+            .collect()
+    }
+}
+
+/// A durable consumer of one stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    /// The stream it reads.
+    pub stream: String,
+    /// Its durable name, shared by every instance of the subscription.
+    pub durable: String,
+    /// The subjects it takes (empty: all of the stream).
+    pub filter_subjects: Vec<String>,
+    /// How long a delivery may stay unsettled before the broker redelivers it.
+    pub ack_wait: Duration,
+    /// How many deliveries a message gets at most (the first included).
+    pub max_deliver: u32,
+    /// How many deliveries may be unsettled at once across all instances.
+    pub max_ack_pending: u32,
+}
+
+/// The retry ladder of a subscription: how often, and how long to wait between tries.
+///
+/// Defaults from the documents: 3 retries (4 deliveries in all), 1 s initial delay doubling
+/// up to 30 s, with jitter. After the last try the message is dead-lettered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Deliveries in all, the first included (at least 1).
+    pub max_deliver: u32,
+    /// The delay before the first retry.
+    pub initial_delay: Duration,
+    /// The longest delay.
+    pub max_delay: Duration,
+    /// Whether to add up to 50 % random delay, so retries of many messages spread out.
+    pub jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_deliver: 4,
+            initial_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(30),
+            jitter: true,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries: a failure is dead-lettered at once.
+    pub fn never() -> Self {
+        RetryPolicy {
+            max_deliver: 1,
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// How long to wait before redelivering after failed delivery number `attempt` (from
+    /// 1): `initial × 2^(attempt−1)`, capped at the maximum, plus jitter.
+    pub fn delay(&self, attempt: u64) -> Duration {
+        let exponent = u32::try_from(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .min(20);
+        let base = self
+            .initial_delay
+            .saturating_mul(2u32.saturating_pow(exponent))
+            .min(self.max_delay);
+        if self.jitter && !base.is_zero() {
+            let extra = fastrand::u64(0..=u64::try_from(base.as_millis() / 2).unwrap_or(u64::MAX));
+            (base + Duration::from_millis(extra)).min(self.max_delay.max(base))
+        } else {
+            base
+        }
+    }
+
+    /// Whether delivery number `attempt` was the last one allowed.
+    pub fn exhausted(&self, attempt: u64) -> bool {
+        attempt >= u64::from(self.max_deliver.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_from_the_initial_delay_up_to_the_maximum() {
+        let p = RetryPolicy {
+            jitter: false,
+            ..RetryPolicy::default()
+        };
+        let secs: Vec<u64> = (1..=7).map(|a| p.delay(a).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(p.delay(u64::MAX), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn jitter_stays_within_half_the_delay_and_the_maximum() {
+        let p = RetryPolicy::default();
+        for attempt in 1..=8 {
+            let plain = RetryPolicy { jitter: false, ..p }.delay(attempt);
+            for _ in 0..50 {
+                let d = p.delay(attempt);
+                assert!(
+                    d >= plain && d <= plain + plain / 2 && d <= p.max_delay,
+                    "{d:?} for {attempt}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_ladder_ends_after_max_deliver_deliveries() {
+        let p = RetryPolicy::default();
+        assert!(!p.exhausted(3));
+        assert!(p.exhausted(4));
+        assert!(RetryPolicy::never().exhausted(1));
+    }
+
+    #[test]
+    fn every_context_has_a_stream_and_the_design_retention() {
+        let all = StreamSpec::all(1);
+        assert_eq!(all.len(), Context::ALL.len() + 1);
+        let days = |name: &str| {
+            all.iter()
+                .find(|s| s.name == name)
+                .map(|s| s.max_age.as_secs() / 86_400)
+        };
+        assert_eq!(days("ORDERS"), Some(7));
+        assert_eq!(days("INVENTORY"), Some(30));
+        assert_eq!(days("PAYMENTS"), Some(365));
+        assert_eq!(days("USERS"), Some(90));
+        assert_eq!(days("ARTISANS"), Some(180));
+        assert!(
+            all.iter()
+                .all(|s| s.duplicate_window == Duration::from_secs(120))
+        );
+    }
+}

@@ -1,0 +1,394 @@
+//! The consume engine, shared by every transport: fetch, decode, skip finished work, run
+//! the handler, settle (ack, nak with backoff, or dead-letter once), drain on shutdown.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::FutureExt as _;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::Instrument as _;
+
+use super::dlq::{DeadLetter, FaultKind, REPLAY_HEADER};
+use super::transport::{Attempt, Consumer, Delivery, Inbox, Transport};
+use super::{EventBus, Handler, HandlerError, SubscribeError, Subscription};
+use crate::headers::{TraceContext, names};
+
+/// What a subscription has done so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages whose handler succeeded.
+    pub handled: u64,
+    /// Redeliveries of finished work, acknowledged without running the handler.
+    pub duplicates: u64,
+    /// Failed attempts sent back for a later retry.
+    pub retried: u64,
+    /// Messages dead-lettered.
+    pub dead_lettered: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    handled: AtomicU64,
+    duplicates: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+/// A running subscription. Dropping it leaves it running in the background; call
+/// [`SubscriptionHandle::shutdown`] to stop it cleanly.
+#[derive(Debug)]
+pub struct SubscriptionHandle {
+    stop: watch::Sender<bool>,
+    fetchers: Vec<JoinHandle<()>>,
+    lanes: Vec<JoinHandle<()>>,
+    counters: Arc<Counters>,
+}
+
+impl SubscriptionHandle {
+    /// Stops taking messages, lets the handlers already running (or handed a message)
+    /// finish and settle, then returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.fetchers.into_iter().chain(self.lanes) {
+            let _ = task.await;
+        }
+    }
+
+    /// Stops at once, as a crash would: running handlers are dropped mid-work and their
+    /// messages, unsettled, are redelivered when the ack wait runs out. For tests.
+    pub fn abort(self) {
+        for task in self.fetchers.iter().chain(&self.lanes) {
+            task.abort();
+        }
+    }
+
+    /// What it has done so far.
+    pub fn stats(&self) -> Stats {
+        let c = &self.counters;
+        Stats {
+            handled: c.handled.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+            retried: c.retried.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Shared<T: Transport, H> {
+    bus: EventBus<T>,
+    subscription: Subscription,
+    inbox: Option<T::Inbox>,
+    handler: H,
+    counters: Arc<Counters>,
+    durable: String,
+    label: String,
+}
+
+type DeliveryOf<T> = <<T as Transport>::Consumer as Consumer>::Delivery;
+
+pub(super) async fn start<T: Transport, H: Handler>(
+    bus: EventBus<T>,
+    subscription: Subscription,
+    handler: H,
+) -> Result<SubscriptionHandle, SubscribeError> {
+    let specs = subscription.consumers()?;
+    let durable = subscription.durable();
+    let inbox = match subscription.inbox_ttl {
+        Some(ttl) => Some(
+            bus.transport
+                .inbox(&format!("a4co-inbox-{durable}"), ttl)
+                .await?,
+        ),
+        None => None,
+    };
+    let mut consumers = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        consumers.push(bus.transport.consumer(spec).await?);
+    }
+    let counters = Arc::new(Counters::default());
+    let shared = Arc::new(Shared {
+        label: subscription.label(),
+        durable,
+        bus,
+        inbox,
+        handler,
+        counters: Arc::clone(&counters),
+        subscription,
+    });
+
+    let lane_count = shared.subscription.max_in_flight;
+    let mut senders = Vec::with_capacity(lane_count);
+    let mut lanes = Vec::with_capacity(lane_count);
+    for _ in 0..lane_count {
+        let (tx, mut rx) = mpsc::channel::<DeliveryOf<T>>(1);
+        senders.push(tx);
+        let shared = Arc::clone(&shared);
+        lanes.push(tokio::spawn(async move {
+            while let Some(delivery) = rx.recv().await {
+                process(&shared, delivery).await;
+            }
+        }));
+    }
+    let (stop, stop_rx) = watch::channel(false);
+    let fetchers = consumers
+        .into_iter()
+        .map(|consumer| tokio::spawn(fetch(consumer, senders.clone(), stop_rx.clone())))
+        .collect();
+    drop(senders);
+    Ok(SubscriptionHandle {
+        stop,
+        fetchers,
+        lanes,
+        counters,
+    })
+}
+
+/// Takes deliveries and hands each to the lane of its aggregate.
+async fn fetch<C: Consumer>(
+    mut consumer: C,
+    lanes: Vec<mpsc::Sender<C::Delivery>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            next = consumer.next() => next,
+        };
+        match next {
+            None => return,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "fetching the next message failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Some(Ok(delivery)) => {
+                let lane = lane_of(&delivery, lanes.len());
+                if lanes[lane].send(delivery).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Messages of one aggregate go to one lane, so they are handled in order.
+fn lane_of<D: Delivery>(delivery: &D, lanes: usize) -> usize {
+    let message = delivery.message();
+    let key = message
+        .headers
+        .get(names::AGGREGATE_ID)
+        .unwrap_or(&message.subject);
+    // FNV-1a: stable across processes and runs.
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    usize::try_from(hash % lanes.max(1) as u64).unwrap_or(0)
+}
+
+async fn process<T: Transport, H: Handler>(shared: &Shared<T, H>, delivery: DeliveryOf<T>) {
+    let info = delivery.info().clone();
+    let message = delivery.message();
+    let span = tracing::info_span!(
+        "handle",
+        consumer = %shared.label,
+        subject = %message.subject,
+        stream_sequence = info.stream_sequence,
+        attempt = info.attempt,
+        trace_id = TraceContext::extract(&message.headers).map(|t| t.trace_id().to_owned()).unwrap_or_default(),
+    );
+    settle(shared, &delivery).instrument(span).await;
+}
+
+async fn settle<T: Transport, H: Handler>(shared: &Shared<T, H>, delivery: &DeliveryOf<T>) {
+    let info = delivery.info().clone();
+    let message = delivery.message();
+    let attempts_key = format!(
+        "{}.{}.{}",
+        shared.durable, info.stream, info.stream_sequence
+    );
+
+    let envelope = match shared
+        .subscription
+        .decoder
+        .decode(&message.payload, &message.headers)
+    {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            let id = message.headers.get(names::MSG_ID).map(str::to_owned);
+            let fault = Fault {
+                kind: FaultKind::Undecodable,
+                chain: vec![e.reason()],
+                event_type: e.event_type().map(str::to_owned),
+                event_id: id,
+            };
+            dead_letter(shared, delivery, fault, &attempts_key, &attempts_key).await;
+            return;
+        }
+    };
+    let done_key = match message.headers.get(REPLAY_HEADER) {
+        Some(replay) => format!("{}.{}.replay{}", shared.durable, envelope.event_id, replay),
+        None => format!("{}.{}", shared.durable, envelope.event_id),
+    };
+    if let Some(inbox) = &shared.inbox {
+        match inbox.is_done(&done_key).await {
+            Ok(true) => {
+                tracing::debug!("already handled; acknowledging the redelivery");
+                shared.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                ack(delivery).await;
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "inbox unreadable; handling anyway (at least once)");
+            }
+        }
+    }
+
+    let event_type = envelope.event_type().to_owned();
+    let event_id = envelope.event_id.to_string();
+    let work = AssertUnwindSafe(shared.handler.handle(envelope, info.clone())).catch_unwind();
+    let outcome = match with_progress(delivery, shared.subscription.ack_wait, work).await {
+        Ok(result) => result,
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(HandlerError::retryable(format!("handler panicked: {text}")))
+        }
+    };
+
+    match outcome {
+        Ok(()) => {
+            if let Some(inbox) = &shared.inbox {
+                if let Err(e) = inbox.mark_done(&done_key).await {
+                    tracing::warn!(error = %e, "could not record finished work; a redelivery would run it again");
+                }
+                if info.attempt > 1 {
+                    let _ = inbox.forget(&attempts_key).await;
+                }
+            }
+            ack(delivery).await;
+            shared.counters.handled.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(error) => {
+            let retry = &shared.subscription.retry;
+            let kind = if error.is_permanent() {
+                Some(FaultKind::Permanent)
+            } else if retry.exhausted(info.attempt) {
+                Some(FaultKind::RetriesExhausted)
+            } else {
+                None
+            };
+            if let Some(kind) = kind {
+                let fault = Fault {
+                    kind,
+                    chain: error.chain(),
+                    event_type: Some(event_type),
+                    event_id: Some(event_id),
+                };
+                dead_letter(shared, delivery, fault, &done_key, &attempts_key).await;
+                return;
+            }
+            let delay = retry.delay(info.attempt);
+            tracing::info!(error = %error, ?delay, "handler failed; retrying later");
+            if let Some(inbox) = &shared.inbox {
+                let attempt = Attempt {
+                    attempt: info.attempt,
+                    at: Utc::now(),
+                    error: error.chain().join(": "),
+                };
+                if let Err(e) = inbox.record_attempt(&attempts_key, attempt).await {
+                    tracing::warn!(error = %e, "could not record the failed attempt");
+                }
+            }
+            if let Err(e) = delivery.nak(delay).await {
+                tracing::warn!(error = %e, "nak failed; the broker redelivers after the ack wait");
+            }
+            shared.counters.retried.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+struct Fault {
+    kind: FaultKind,
+    chain: Vec<String>,
+    event_type: Option<String>,
+    event_id: Option<String>,
+}
+
+/// Records the dead letter, then terminates the delivery. If the record cannot be written,
+/// the delivery is retried later instead: a message is never dropped unrecorded.
+async fn dead_letter<T: Transport, H: Handler>(
+    shared: &Shared<T, H>,
+    delivery: &DeliveryOf<T>,
+    fault: Fault,
+    done_key: &str,
+    attempts_key: &str,
+) {
+    let history = match &shared.inbox {
+        Some(inbox) => inbox.attempts(attempts_key).await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let letter = DeadLetter::new(
+        delivery.message(),
+        delivery.info(),
+        &shared.label,
+        fault.kind,
+        fault.chain,
+        history,
+        fault.event_type,
+        fault.event_id,
+    );
+    match shared.bus.transport.publish(letter.to_message()).await {
+        Ok(_) => {
+            tracing::warn!(reason = %letter.reason, "dead-lettered");
+            if let Some(inbox) = &shared.inbox {
+                // A redelivery (if the term below is lost) is then skipped, not faulted twice.
+                let _ = inbox.mark_done(done_key).await;
+                let _ = inbox.forget(attempts_key).await;
+            }
+            if let Err(e) = delivery.term().await {
+                tracing::warn!(error = %e, "term failed after dead-lettering");
+            }
+            shared
+                .counters
+                .dead_lettered
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, reason = %letter.reason, "cannot write the dead letter; retrying the message later");
+            let _ = delivery.nak(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+async fn ack<D: Delivery>(delivery: &D) {
+    if let Err(e) = delivery.ack().await {
+        tracing::warn!(error = %e, "ack failed; the message will be redelivered and skipped by the inbox");
+    }
+}
+
+/// Runs `work`, telling the broker every half ack-wait that it is still in progress.
+async fn with_progress<D: Delivery, F: Future>(
+    delivery: &D,
+    ack_wait: Duration,
+    work: F,
+) -> F::Output {
+    let period = (ack_wait / 2).max(Duration::from_millis(50));
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            () = tokio::time::sleep(period) => {
+                let _ = delivery.progress().await;
+            }
+        }
+    }
+}

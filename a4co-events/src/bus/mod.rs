@@ -1,0 +1,453 @@
+//! The event bus: publish envelopes, subscribe handlers, with at-least-once delivery.
+//!
+//! Services and sagas depend on two small traits, [`Publisher`] and [`Subscriber`]. Both are
+//! implemented by [`EventBus`] over a [`Transport`]: [`MemoryBus`] (in memory, for demos and
+//! fast tests) and, with the `nats` feature, [`nats::NatsBus`] (JetStream). The guarantees
+//! are built once, above the transport, so both behave the same:
+//!
+//! - **publish** waits for the broker's acknowledgement; the broker stores a message once
+//!   per event id (`Nats-Msg-Id`) within the 2-minute dedup window; a pipelined path keeps
+//!   many acknowledgements in flight;
+//! - **subscribe** opens one durable consumer per stream for a (service, subscription):
+//!   instances of a service share it (competing consumers); at most `max_in_flight`
+//!   handlers run at once, and messages of one aggregate are handled in order;
+//! - **failures**: a [`HandlerError::retryable`] is redelivered after exponential backoff
+//!   with jitter; a [`HandlerError::permanent`] error, undecodable input, or the last retry
+//!   failing sends the message to the dead-letter stream with the reason, the error chain,
+//!   the attempt history, the consumer and the trace id, once;
+//! - **idempotence**: an inbox (a KV bucket with a TTL) remembers finished event ids, so a
+//!   redelivery of finished work is acknowledged without running the handler again;
+//! - **shutdown** drains handlers in flight ([`SubscriptionHandle::shutdown`]).
+//!
+//! ```
+//! use a4co_events::bus::{HandlerError, MemoryBus, Publisher, Subscriber, Subscription};
+//! use a4co_events::catalog::order::OrderCreated;
+//! use a4co_events::{AnyMessage, Envelope, Message};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let bus = MemoryBus::provisioned().await?;
+//! let (seen, mut rx) = tokio::sync::mpsc::unbounded_channel();
+//! let handle = bus
+//!     .subscribe(
+//!         Subscription::new("inventory-service", "orders").to::<OrderCreated>(),
+//!         move |message: Envelope<AnyMessage>, _| {
+//!             let seen = seen.clone();
+//!             async move {
+//!                 seen.send(message.aggregate_id).map_err(HandlerError::permanent)?;
+//!                 Ok(())
+//!             }
+//!         },
+//!     )
+//!     .await?;
+//! bus.publish(&Envelope::new("order-service", "ord-1", OrderCreated::example())).await?;
+//! assert_eq!(rx.recv().await.as_deref(), Some("ord-1"));
+//! handle.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use crate::catalog::AnyMessage;
+use crate::decode::Decoder;
+use crate::envelope::Envelope;
+use crate::message::{Context, Message, Payload};
+
+mod config;
+mod consume;
+pub mod dlq;
+mod error;
+pub mod memory;
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub mod nats;
+pub mod transport;
+
+pub use config::{ConsumerSpec, DLQ_PREFIX, DLQ_STREAM, RetryPolicy, StreamSpec};
+pub use consume::{Stats, SubscriptionHandle};
+pub use error::{
+    AckError, AckErrorKind, BoxError, ConsumeError, ConsumeErrorKind, Error, InboxError,
+    InboxErrorKind, ProvisionError, ProvisionErrorKind, PublishError, PublishErrorKind,
+    SubscribeError, SubscribeErrorKind,
+};
+pub use memory::MemoryTransport;
+pub use transport::{DeliveryInfo, PendingAck, Provisioned, PublishAck, RawMessage, Transport};
+
+/// Publishes envelopes. Implemented by [`EventBus`]; depend on this trait, not a transport.
+pub trait Publisher: Clone + Send + Sync + 'static {
+    /// Publishes and waits for the broker's acknowledgement. Publishing the same envelope
+    /// again within 2 minutes stores it once ([`PublishAck::duplicate`]).
+    ///
+    /// # Errors
+    /// [`PublishError`]: no stream, timeout, connection lost, rejected.
+    fn publish<P: Payload>(
+        &self,
+        envelope: &Envelope<P>,
+    ) -> impl Future<Output = Result<PublishAck, PublishError>> + Send;
+
+    /// Sends without waiting for the acknowledgement: await the returned [`PendingAck`]
+    /// later. Keeps many messages in flight, for throughput.
+    ///
+    /// # Errors
+    /// [`PublishError`] when the message could not even be sent.
+    fn publish_pipelined<P: Payload>(
+        &self,
+        envelope: &Envelope<P>,
+    ) -> impl Future<Output = Result<PendingAck, PublishError>> + Send;
+
+    /// Publishes bytes as they are: for bridges, dead-letter replays and tests of bad input.
+    ///
+    /// # Errors
+    /// As [`Publisher::publish`].
+    fn publish_raw(
+        &self,
+        message: RawMessage,
+    ) -> impl Future<Output = Result<PublishAck, PublishError>> + Send;
+}
+
+/// Runs handlers for subscribed messages. Implemented by [`EventBus`].
+pub trait Subscriber: Clone + Send + Sync + 'static {
+    /// Starts consuming: the handler runs for every message the subscription takes, until
+    /// the returned handle is shut down.
+    ///
+    /// # Errors
+    /// [`SubscribeError`]: an invalid subscription, a missing stream, an unreachable broker.
+    fn subscribe<H: Handler>(
+        &self,
+        subscription: Subscription,
+        handler: H,
+    ) -> impl Future<Output = Result<SubscriptionHandle, SubscribeError>> + Send;
+}
+
+/// Handles one message. Any `Fn(Envelope<AnyMessage>, DeliveryInfo) -> impl Future<Output =
+/// Result<(), HandlerError>>` closure is a handler.
+///
+/// Handlers must be idempotent: delivery is at least once. The inbox skips redeliveries of
+/// finished work, but a crash between the handler's effect and the inbox record can still
+/// repeat it.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles the message. `Ok` acknowledges it; see [`HandlerError`] for failures.
+    fn handle(
+        &self,
+        message: Envelope<AnyMessage>,
+        delivery: DeliveryInfo,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(Envelope<AnyMessage>, DeliveryInfo) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send,
+{
+    fn handle(
+        &self,
+        message: Envelope<AnyMessage>,
+        delivery: DeliveryInfo,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        self(message, delivery)
+    }
+}
+
+/// A handler's failure: retryable (redeliver later) or permanent (dead-letter now).
+pub struct HandlerError {
+    permanent: bool,
+    source: BoxError,
+}
+
+impl HandlerError {
+    /// A failure that may pass (a timeout, an unavailable dependency): the message is
+    /// redelivered after a backoff, and dead-lettered when the retries run out.
+    pub fn retryable(error: impl Into<BoxError>) -> Self {
+        HandlerError {
+            permanent: false,
+            source: error.into(),
+        }
+    }
+
+    /// A failure that will not pass (invalid data, a broken invariant): the message goes
+    /// to the dead-letter stream at once.
+    pub fn permanent(error: impl Into<BoxError>) -> Self {
+        HandlerError {
+            permanent: true,
+            source: error.into(),
+        }
+    }
+
+    /// Whether it is permanent.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+
+    /// The error and its causes, outermost first.
+    pub fn chain(&self) -> Vec<String> {
+        let mut chain = vec![self.source.to_string()];
+        let mut next = self.source.source();
+        while let Some(e) = next {
+            chain.push(e.to_string());
+            next = e.source();
+        }
+        chain
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.permanent {
+            "permanent"
+        } else {
+            "retryable"
+        };
+        write!(f, "{kind}: {}", self.chain().join(": "))
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerError")
+            .field("permanent", &self.permanent)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// What a service consumes, and how. One subscription may read several streams (one durable
+/// consumer each, named `<service>_<name>`).
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct Subscription {
+    service: String,
+    name: String,
+    subjects: Vec<String>,
+    retry: RetryPolicy,
+    max_in_flight: usize,
+    ack_wait: Duration,
+    inbox_ttl: Option<Duration>,
+    decoder: Decoder,
+}
+
+impl Subscription {
+    /// A subscription of `service` named `name` (instances with the same pair share the work).
+    /// Defaults: the document's retry ladder, 16 handlers in flight, 30 s ack wait, an inbox
+    /// remembering finished work for 24 h.
+    pub fn new(service: impl Into<String>, name: impl Into<String>) -> Self {
+        Subscription {
+            service: service.into(),
+            name: name.into(),
+            subjects: Vec::new(),
+            retry: RetryPolicy::default(),
+            max_in_flight: 16,
+            ack_wait: Duration::from_secs(30),
+            inbox_ttl: Some(Duration::from_secs(24 * 3600)),
+            decoder: Decoder::new(),
+        }
+    }
+
+    /// Also takes messages of type `M`.
+    pub fn to<M: Message>(mut self) -> Self {
+        self.subjects.push(M::SUBJECT.to_owned());
+        self
+    }
+
+    /// Also takes a subject filter (`order.*` for every order event, `payment.>` for all).
+    pub fn subject(mut self, filter: impl Into<String>) -> Self {
+        self.subjects.push(filter.into());
+        self
+    }
+
+    /// The retry ladder.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// How many handlers may run at once (messages of one aggregate still run in order).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+
+    /// How long a handler may run before the broker assumes it died and redelivers; the bus
+    /// extends it while a handler works, so it only matters for crashed instances.
+    pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
+        self.ack_wait = ack_wait;
+        self
+    }
+
+    /// How long finished event ids are remembered; `None` turns the inbox off.
+    pub fn inbox_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.inbox_ttl = ttl;
+        self
+    }
+
+    /// The decoding policy (size limit, whether headers are required).
+    pub fn decoder(mut self, decoder: Decoder) -> Self {
+        self.decoder = decoder;
+        self
+    }
+
+    /// The durable consumer name: `<service>_<name>`.
+    pub fn durable(&self) -> String {
+        format!("{}_{}", self.service, self.name)
+    }
+
+    /// `<service>/<name>`, as dead letters name the consumer.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.service, self.name)
+    }
+
+    /// The consumers to open: one per stream, with its subject filters.
+    ///
+    /// # Errors
+    /// [`SubscribeErrorKind::InvalidConfig`] saying what to fix.
+    pub fn consumers(&self) -> Result<Vec<ConsumerSpec>, SubscribeError> {
+        let invalid = |what: String| SubscribeError::new(SubscribeErrorKind::InvalidConfig, what);
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !name_ok(&self.service) || !name_ok(&self.name) {
+            return Err(invalid(format!(
+                "service {:?} and name {:?} must be non-empty and use only letters, digits, '-' and '_'",
+                self.service, self.name
+            )));
+        }
+        if self.subjects.is_empty() {
+            return Err(invalid(format!(
+                "{} takes no messages: add .to::<M>() or .subject(..)",
+                self.label()
+            )));
+        }
+        if self.max_in_flight == 0 || self.retry.max_deliver == 0 || self.ack_wait.is_zero() {
+            return Err(invalid(format!(
+                "{}: max_in_flight, retry.max_deliver and ack_wait must be above zero",
+                self.label()
+            )));
+        }
+        let mut by_stream: Vec<(String, Vec<String>)> = Vec::new();
+        for subject in &self.subjects {
+            let first = subject.split('.').next().unwrap_or_default();
+            let Some(context) = Context::ALL.iter().find(|c| c.name() == first) else {
+                return Err(invalid(format!(
+                    "subject {subject:?} belongs to no context stream (it must start with one of: {})",
+                    Context::ALL
+                        .iter()
+                        .map(|c| c.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            };
+            let stream = context.stream().to_owned();
+            match by_stream.iter_mut().find(|(s, _)| *s == stream) {
+                Some((_, filters)) if !filters.contains(subject) => filters.push(subject.clone()),
+                Some(_) => {}
+                None => by_stream.push((stream, vec![subject.clone()])),
+            }
+        }
+        let in_flight = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
+        Ok(by_stream
+            .into_iter()
+            .map(|(stream, filter_subjects)| ConsumerSpec {
+                stream,
+                durable: self.durable(),
+                filter_subjects,
+                ack_wait: self.ack_wait,
+                // Room beyond the retry ladder, so an instance that dies during the last
+                // try does not lose the message: the bus dead-letters by its own count.
+                max_deliver: self.retry.max_deliver.saturating_add(3),
+                max_ack_pending: in_flight.saturating_mul(4).max(64),
+            })
+            .collect())
+    }
+}
+
+/// The bus over a transport: a cheap `Clone` handle implementing [`Publisher`] and
+/// [`Subscriber`].
+#[derive(Clone, Debug)]
+pub struct EventBus<T> {
+    transport: T,
+}
+
+/// The bus on the in-memory transport.
+pub type MemoryBus = EventBus<MemoryTransport>;
+
+impl<T: Transport> EventBus<T> {
+    /// The bus over `transport`. Streams must exist before publishing: see
+    /// [`EventBus::provision`].
+    pub fn new(transport: T) -> Self {
+        EventBus { transport }
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// Creates every stream the marketplace needs (one per context, and `DLQ`) where
+    /// missing, and reports how existing ones differ from the expected settings.
+    ///
+    /// # Errors
+    /// [`ProvisionError`] when a stream cannot be created or inspected.
+    pub async fn provision(&self, replicas: usize) -> Result<Vec<Provisioned>, ProvisionError> {
+        let mut out = Vec::new();
+        for spec in StreamSpec::all(replicas) {
+            let report = self.transport.ensure_stream(&spec).await?;
+            for line in &report.drift {
+                tracing::warn!(stream = %report.stream, drift = %line, "stream differs from the expected settings");
+            }
+            out.push(report);
+        }
+        Ok(out)
+    }
+}
+
+impl MemoryBus {
+    /// An in-memory bus with every stream provisioned.
+    ///
+    /// # Errors
+    /// Never in practice; the signature matches the NATS bus.
+    pub async fn provisioned() -> Result<Self, ProvisionError> {
+        let bus = EventBus::new(MemoryTransport::new());
+        bus.provision(1).await?;
+        Ok(bus)
+    }
+}
+
+impl<T: Transport> Publisher for EventBus<T> {
+    async fn publish<P: Payload>(
+        &self,
+        envelope: &Envelope<P>,
+    ) -> Result<PublishAck, PublishError> {
+        let message = RawMessage::from_envelope(envelope);
+        let span = tracing::debug_span!("publish", subject = %message.subject, event_id = %envelope.event_id);
+        self.transport.publish(message).instrument(span).await
+    }
+
+    async fn publish_pipelined<P: Payload>(
+        &self,
+        envelope: &Envelope<P>,
+    ) -> Result<PendingAck, PublishError> {
+        self.transport
+            .publish_pipelined(RawMessage::from_envelope(envelope))
+            .await
+    }
+
+    async fn publish_raw(&self, message: RawMessage) -> Result<PublishAck, PublishError> {
+        self.transport.publish(message).await
+    }
+}
+
+impl<T: Transport> Subscriber for EventBus<T> {
+    async fn subscribe<H: Handler>(
+        &self,
+        subscription: Subscription,
+        handler: H,
+    ) -> Result<SubscriptionHandle, SubscribeError> {
+        consume::start(self.clone(), subscription, handler).await
+    }
+}

@@ -1,0 +1,681 @@
+//! The JetStream transport (async-nats): the production bus.
+//!
+//! ```no_run
+//! use a4co_events::bus::nats::{Config, NatsBus};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let bus = NatsBus::connect(Config::new("nats://127.0.0.1:4222").name("order-service")).await?;
+//! for report in bus.provision(1).await? {
+//!     println!("{}: created={} drift={:?}", report.stream, report.created, report.drift);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The server must be nats-server 2.12 or newer (older ones silently ignore settings the
+//! SDK relies on); [`NatsBus::connect`] refuses older ones.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, AckKind, kv, stream};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
+
+use super::config::{ConsumerSpec, StreamSpec};
+use super::error::{
+    AckError, AckErrorKind, ConsumeError, ConsumeErrorKind, InboxError, InboxErrorKind,
+    ProvisionError, ProvisionErrorKind, PublishError, PublishErrorKind, SubscribeError,
+    SubscribeErrorKind,
+};
+use super::transport::{
+    Attempt, Consumer, Delivery, DeliveryInfo, Inbox, PendingAck, Provisioned, PublishAck,
+    RawMessage, Transport,
+};
+use super::{Error, EventBus};
+use crate::headers::Headers;
+
+/// The bus on NATS JetStream.
+pub type NatsBus = EventBus<NatsTransport>;
+
+/// The oldest nats-server the SDK accepts.
+pub const MIN_SERVER_VERSION: (u64, u64) = (2, 12);
+
+/// How to reach NATS.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct Config {
+    urls: String,
+    name: Option<String>,
+    ack_timeout: Duration,
+    connect_timeout: Duration,
+    max_ack_inflight: usize,
+}
+
+impl Config {
+    /// The server(s): one URL, or several separated by commas (`nats://a:4222,nats://b:4222`).
+    pub fn new(urls: impl Into<String>) -> Self {
+        Config {
+            urls: urls.into(),
+            name: None,
+            ack_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            max_ack_inflight: 4096,
+        }
+    }
+
+    /// The connection's name, as servers and monitoring show it (the service's name).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// How long to wait for a publish acknowledgement (and any JetStream API call).
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout = timeout;
+        self
+    }
+
+    /// How long the first connection may take.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How many pipelined publishes may await their acknowledgement at once; more wait.
+    pub fn max_ack_inflight(mut self, n: usize) -> Self {
+        self.max_ack_inflight = n;
+        self
+    }
+}
+
+/// Why connecting failed.
+pub type ConnectError = Error<ConnectErrorKind>;
+
+/// Why connecting failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnectErrorKind {
+    /// A URL or setting is invalid; the message says which.
+    InvalidConfig,
+    /// No server answered.
+    Unavailable,
+    /// The server is older than 2.12 or has JetStream off.
+    Unsupported,
+}
+
+impl std::fmt::Display for ConnectErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConnectErrorKind::InvalidConfig => "invalid NATS config",
+            ConnectErrorKind::Unavailable => "NATS unavailable",
+            ConnectErrorKind::Unsupported => "unsupported NATS server",
+        })
+    }
+}
+
+/// The JetStream transport: a cheap `Clone` over one connection.
+#[derive(Clone, Debug)]
+pub struct NatsTransport {
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+impl NatsBus {
+    /// Connects, checks the server (2.12 or newer, JetStream on), and returns the bus.
+    /// Reconnects are automatic and unlimited afterwards.
+    ///
+    /// # Errors
+    /// [`ConnectError`] saying what to fix.
+    pub async fn connect(config: Config) -> Result<NatsBus, ConnectError> {
+        let transport = NatsTransport::connect(config).await?;
+        Ok(EventBus::new(transport))
+    }
+}
+
+impl NatsTransport {
+    /// See [`NatsBus::connect`].
+    ///
+    /// # Errors
+    /// [`ConnectError`] saying what to fix.
+    pub async fn connect(config: Config) -> Result<NatsTransport, ConnectError> {
+        let addrs = config
+            .urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                u.parse::<async_nats::ServerAddr>().map_err(|e| {
+                    ConnectError::new(
+                        ConnectErrorKind::InvalidConfig,
+                        format!("{u:?} is not a NATS URL (expected nats://host:port)"),
+                    )
+                    .with_source(e)
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if addrs.is_empty() {
+            return Err(ConnectError::new(
+                ConnectErrorKind::InvalidConfig,
+                "no NATS URL given",
+            ));
+        }
+        let mut options = async_nats::ConnectOptions::new()
+            .connection_timeout(config.connect_timeout)
+            .max_reconnects(None)
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("NATS connected"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS disconnected; reconnecting");
+                    }
+                    other => tracing::info!(event = %other, "NATS event"),
+                }
+            });
+        if let Some(name) = &config.name {
+            options = options.name(name);
+        }
+        let client = options.connect(addrs).await.map_err(|e| {
+            ConnectError::new(
+                ConnectErrorKind::Unavailable,
+                format!("cannot connect to {}", config.urls),
+            )
+            .with_source(e)
+        })?;
+        let version = client.server_info().version;
+        if !version_at_least(&version, MIN_SERVER_VERSION) {
+            return Err(ConnectError::new(
+                ConnectErrorKind::Unsupported,
+                format!(
+                    "nats-server {version} is too old: a4co needs {}.{} or newer (older servers \
+                     silently ignore KV TTLs, multi-filter consumers and schedules)",
+                    MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1
+                ),
+            ));
+        }
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.ack_timeout)
+            .max_ack_inflight(config.max_ack_inflight)
+            .backpressure_on_inflight(true)
+            .build(client.clone());
+        if let Err(e) = js.query_account().await {
+            return Err(ConnectError::new(
+                ConnectErrorKind::Unsupported,
+                "JetStream is not enabled on this server (start nats-server with -js)",
+            )
+            .with_source(e));
+        }
+        Ok(NatsTransport { client, js })
+    }
+
+    /// The underlying client, for what the bus does not cover.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    fn publish_message(message: RawMessage) -> (String, PublishMessage) {
+        let headers = to_header_map(&message.headers);
+        (
+            message.subject,
+            PublishMessage::build()
+                .payload(message.payload)
+                .headers(headers),
+        )
+    }
+}
+
+fn version_at_least(version: &str, (major, minor): (u64, u64)) -> bool {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split('.')
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
+fn to_header_map(headers: &Headers) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers.iter() {
+        map.insert(name, value);
+    }
+    map
+}
+
+fn from_header_map(map: Option<&HeaderMap>) -> Headers {
+    let mut headers = Headers::new();
+    if let Some(map) = map {
+        for (name, values) in map.iter() {
+            if let Some(value) = values.first() {
+                headers.insert(AsRef::<str>::as_ref(name), value.as_str());
+            }
+        }
+    }
+    headers
+}
+
+fn to_chrono(t: async_nats::datetime::DateTime) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond()).unwrap_or_default()
+}
+
+fn publish_error(e: &jetstream::context::PublishError) -> PublishErrorKind {
+    use jetstream::context::PublishErrorKind as K;
+    match e.kind() {
+        K::StreamNotFound => PublishErrorKind::NoStream,
+        K::TimedOut => PublishErrorKind::Timeout,
+        K::BrokenPipe => PublishErrorKind::ConnectionLost,
+        K::WrongLastMessageId | K::WrongLastSequence | K::MaxPayloadExceeded => {
+            PublishErrorKind::Rejected
+        }
+        _ => PublishErrorKind::Other,
+    }
+}
+
+fn to_publish_error(e: jetstream::context::PublishError, subject: &str) -> PublishError {
+    let kind = publish_error(&e);
+    let message = match kind {
+        PublishErrorKind::NoStream => {
+            format!("no stream captures subject {subject}: provision the streams")
+        }
+        _ => format!("publishing to {subject}"),
+    };
+    PublishError::new(kind, message).with_source(e)
+}
+
+impl Transport for NatsTransport {
+    type Consumer = NatsConsumer;
+    type Inbox = NatsInbox;
+
+    async fn publish(&self, message: RawMessage) -> Result<PublishAck, PublishError> {
+        self.publish_pipelined(message).await?.await
+    }
+
+    async fn publish_pipelined(&self, message: RawMessage) -> Result<PendingAck, PublishError> {
+        let (subject, publish) = Self::publish_message(message);
+        let future = self
+            .js
+            .send_publish(subject.clone(), publish)
+            .await
+            .map_err(|e| to_publish_error(e, &subject))?;
+        Ok(PendingAck::new(async move {
+            let ack = future.await.map_err(|e| to_publish_error(e, &subject))?;
+            Ok(PublishAck {
+                stream: ack.stream,
+                sequence: ack.sequence,
+                duplicate: ack.duplicate,
+            })
+        }))
+    }
+
+    async fn ensure_stream(&self, spec: &StreamSpec) -> Result<Provisioned, ProvisionError> {
+        let wanted = stream::Config {
+            name: spec.name.clone(),
+            subjects: spec.subjects.clone(),
+            max_age: spec.max_age,
+            duplicate_window: spec.duplicate_window,
+            num_replicas: spec.replicas,
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            ..Default::default()
+        };
+        match self.js.get_stream(&spec.name).await {
+            Ok(mut existing) => {
+                let info = existing.info().await.map_err(|e| {
+                    ProvisionError::new(
+                        ProvisionErrorKind::Unavailable,
+                        format!("reading stream {}", spec.name),
+                    )
+                    .with_source(e)
+                })?;
+                let c = &info.config;
+                let actual = StreamSpec {
+                    name: c.name.clone(),
+                    subjects: c.subjects.clone(),
+                    max_age: c.max_age,
+                    duplicate_window: c.duplicate_window,
+                    replicas: c.num_replicas,
+                };
+                let mut drift = super::memory::drift(&actual, spec);
+                if c.storage != stream::StorageType::File {
+                    drift.push(format!("storage is {:?}, expected file", c.storage));
+                }
+                if c.retention != stream::RetentionPolicy::Limits {
+                    drift.push(format!("retention is {:?}, expected limits", c.retention));
+                }
+                Ok(Provisioned {
+                    stream: spec.name.clone(),
+                    created: false,
+                    drift,
+                })
+            }
+            Err(_) => {
+                self.js.create_stream(wanted).await.map_err(|e| {
+                    let kind = if e.to_string().contains("replicas") {
+                        ProvisionErrorKind::InvalidConfig
+                    } else {
+                        ProvisionErrorKind::Other
+                    };
+                    ProvisionError::new(kind, format!("creating stream {}", spec.name))
+                        .with_source(e)
+                })?;
+                Ok(Provisioned {
+                    stream: spec.name.clone(),
+                    created: true,
+                    drift: Vec::new(),
+                })
+            }
+        }
+    }
+
+    async fn consumer(&self, spec: &ConsumerSpec) -> Result<NatsConsumer, SubscribeError> {
+        let stream = self.js.get_stream(&spec.stream).await.map_err(|e| {
+            SubscribeError::new(
+                SubscribeErrorKind::NoStream,
+                format!(
+                    "stream {} is not available: provision the streams first",
+                    spec.stream
+                ),
+            )
+            .with_source(e)
+        })?;
+        let config = pull::Config {
+            durable_name: Some(spec.durable.clone()),
+            filter_subjects: spec.filter_subjects.clone(),
+            ack_policy: AckPolicy::Explicit,
+            deliver_policy: DeliverPolicy::All,
+            ack_wait: spec.ack_wait,
+            max_deliver: i64::from(spec.max_deliver),
+            max_ack_pending: i64::from(spec.max_ack_pending),
+            ..Default::default()
+        };
+        let consumer = match stream.create_consumer(config.clone()).await {
+            Ok(c) => c,
+            // It exists with other settings (a new version of the service): update it.
+            Err(create) => stream.update_consumer(config).await.map_err(|_| {
+                SubscribeError::new(
+                    SubscribeErrorKind::Other,
+                    format!("creating consumer {}", spec.durable),
+                )
+                .with_source(create)
+            })?,
+        };
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(256)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| {
+                SubscribeError::new(
+                    SubscribeErrorKind::Unavailable,
+                    format!("pulling from {}", spec.durable),
+                )
+                .with_source(e)
+            })?;
+        Ok(NatsConsumer {
+            messages,
+            durable: spec.durable.clone(),
+        })
+    }
+
+    async fn inbox(&self, name: &str, ttl: Duration) -> Result<NatsInbox, SubscribeError> {
+        let store = match self.js.get_key_value(name).await {
+            Ok(store) => store,
+            Err(_) => self
+                .js
+                .create_key_value(kv::Config {
+                    bucket: name.to_owned(),
+                    history: 1,
+                    max_age: ttl,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| {
+                    SubscribeError::new(
+                        SubscribeErrorKind::Unavailable,
+                        format!("creating inbox bucket {name}"),
+                    )
+                    .with_source(e)
+                })?,
+        };
+        Ok(NatsInbox { store })
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_sequence: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, RawMessage, DateTime<Utc>)>, ConsumeError> {
+        let unavailable = |e: Box<dyn std::error::Error + Send + Sync>| {
+            ConsumeError::new(ConsumeErrorKind::Other, format!("reading stream {stream}"))
+                .with_source(e)
+        };
+        let mut handle = self
+            .js
+            .get_stream(stream)
+            .await
+            .map_err(|e| unavailable(e.into()))?;
+        let last = handle
+            .info()
+            .await
+            .map_err(|e| unavailable(e.into()))?
+            .state
+            .last_sequence;
+        let mut out = Vec::new();
+        let mut seq = from_sequence.max(1);
+        while seq <= last && out.len() < limit {
+            // Deleted sequences answer "no message found": skip them.
+            if let Ok(m) = handle.get_raw_message(seq).await {
+                let message = RawMessage {
+                    subject: m.subject.to_string(),
+                    headers: from_header_map(Some(&m.headers)),
+                    payload: m.payload,
+                };
+                out.push((seq, message, to_chrono(m.time)));
+            }
+            seq += 1;
+        }
+        Ok(out)
+    }
+
+    async fn delete_message(&self, stream: &str, sequence: u64) -> Result<bool, ConsumeError> {
+        let handle = self.js.get_stream(stream).await.map_err(|e| {
+            ConsumeError::new(ConsumeErrorKind::Other, format!("opening stream {stream}"))
+                .with_source(e)
+        })?;
+        Ok(handle.delete_message(sequence).await.unwrap_or(false))
+    }
+}
+
+/// A durable pull consumer on JetStream.
+pub struct NatsConsumer {
+    messages: pull::Stream,
+    durable: String,
+}
+
+impl std::fmt::Debug for NatsConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConsumer")
+            .field("durable", &self.durable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer for NatsConsumer {
+    type Delivery = NatsDelivery;
+
+    async fn next(&mut self) -> Option<Result<NatsDelivery, ConsumeError>> {
+        let next = self.messages.next().await?;
+        Some(match next {
+            Err(e) => Err(ConsumeError::new(
+                ConsumeErrorKind::Other,
+                format!("pulling for {}", self.durable),
+            )
+            .with_source(e)),
+            Ok(message) => NatsDelivery::new(message),
+        })
+    }
+}
+
+/// A delivery from JetStream.
+pub struct NatsDelivery {
+    message: jetstream::Message,
+    raw: RawMessage,
+    info: DeliveryInfo,
+}
+
+impl std::fmt::Debug for NatsDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsDelivery")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsDelivery {
+    fn new(message: jetstream::Message) -> Result<Self, ConsumeError> {
+        let info = {
+            let i = message.info().map_err(|e| {
+                ConsumeError::new(
+                    ConsumeErrorKind::Other,
+                    "a delivery without JetStream metadata",
+                )
+                .with_source(e.to_string())
+            })?;
+            DeliveryInfo {
+                stream: i.stream.to_owned(),
+                consumer: i.consumer.to_owned(),
+                stream_sequence: i.stream_sequence,
+                attempt: u64::try_from(i.delivered).unwrap_or(1),
+                published: to_chrono(i.published),
+            }
+        };
+        let raw = RawMessage {
+            subject: message.subject.to_string(),
+            headers: from_header_map(message.headers.as_ref()),
+            payload: message.payload.clone(),
+        };
+        Ok(NatsDelivery { message, raw, info })
+    }
+
+    async fn send(&self, kind: AckKind) -> Result<(), AckError> {
+        self.message.ack_with(kind).await.map_err(|e| {
+            AckError::new(
+                AckErrorKind::Other,
+                format!("settling {}", self.info.stream_sequence),
+            )
+            .with_source(e.to_string())
+        })
+    }
+}
+
+impl Delivery for NatsDelivery {
+    fn message(&self) -> &RawMessage {
+        &self.raw
+    }
+    fn info(&self) -> &DeliveryInfo {
+        &self.info
+    }
+    async fn ack(&self) -> Result<(), AckError> {
+        self.send(AckKind::Ack).await
+    }
+    async fn nak(&self, delay: Duration) -> Result<(), AckError> {
+        self.send(AckKind::Nak(Some(delay))).await
+    }
+    async fn term(&self) -> Result<(), AckError> {
+        self.send(AckKind::Term).await
+    }
+    async fn progress(&self) -> Result<(), AckError> {
+        self.send(AckKind::Progress).await
+    }
+}
+
+/// The inbox on a JetStream KV bucket whose entries expire after its TTL.
+#[derive(Clone)]
+pub struct NatsInbox {
+    store: kv::Store,
+}
+
+impl std::fmt::Debug for NatsInbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsInbox").finish_non_exhaustive()
+    }
+}
+
+impl NatsInbox {
+    fn error(
+        what: &str,
+        key: &str,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> InboxError {
+        InboxError::new(InboxErrorKind::Unavailable, format!("{what} {key}")).with_source(e)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, InboxError> {
+        self.store
+            .get(key)
+            .await
+            .map_err(|e| Self::error("reading", key, e))
+    }
+}
+
+impl Inbox for NatsInbox {
+    async fn is_done(&self, key: &str) -> Result<bool, InboxError> {
+        Ok(self.get(&format!("done.{key}")).await?.is_some())
+    }
+    async fn mark_done(&self, key: &str) -> Result<(), InboxError> {
+        let key = format!("done.{key}");
+        self.store
+            .put(&key, Bytes::from_static(b"1"))
+            .await
+            .map(|_| ())
+            .map_err(|e| Self::error("writing", &key, e))
+    }
+    async fn record_attempt(&self, key: &str, attempt: Attempt) -> Result<(), InboxError> {
+        let mut history = self.attempts(key).await?;
+        history.push(attempt);
+        let key = format!("attempts.{key}");
+        let value = Bytes::from(serde_json::to_vec(&history).unwrap_or_default());
+        self.store
+            .put(&key, value)
+            .await
+            .map(|_| ())
+            .map_err(|e| Self::error("writing", &key, e))
+    }
+    async fn attempts(&self, key: &str) -> Result<Vec<Attempt>, InboxError> {
+        Ok(self
+            .get(&format!("attempts.{key}"))
+            .await?
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default())
+    }
+    async fn forget(&self, key: &str) -> Result<(), InboxError> {
+        let key = format!("attempts.{key}");
+        self.store
+            .purge(&key)
+            .await
+            .map_err(|e| Self::error("purging", &key, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_compare_by_major_then_minor() {
+        assert!(super::version_at_least("2.15.1", (2, 12)));
+        assert!(super::version_at_least("v3.0.0", (2, 12)));
+        assert!(!super::version_at_least("2.9.10", (2, 12)));
+        assert!(!super::version_at_least("garbage", (2, 12)));
+    }
+}

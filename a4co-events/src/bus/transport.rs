@@ -1,0 +1,233 @@
+//! The transport contract: what a broker must offer for the bus to run on it.
+//!
+//! Two transports implement it: [`super::memory`] and [`super::nats`] (JetStream). The
+//! delivery guarantees (dedup, retries, dead letters, the inbox, ordering, draining) are
+//! built once on top of it (the bus's consume engine), so both transports behave alike; one
+//! conformance suite runs against both. Implement it only to bring the bus to another
+//! broker.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use super::config::{ConsumerSpec, StreamSpec};
+use super::error::{
+    AckError, ConsumeError, InboxError, ProvisionError, PublishError, SubscribeError,
+};
+use crate::envelope::Envelope;
+use crate::headers::{Headers, names};
+use crate::message::Payload;
+
+/// A message as brokers carry it: subject, headers, bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawMessage {
+    /// The subject.
+    pub subject: String,
+    /// The headers.
+    pub headers: Headers,
+    /// The body.
+    pub payload: Bytes,
+}
+
+impl RawMessage {
+    /// The encoded envelope: its subject, headers and JSON body.
+    pub fn from_envelope<P: Payload>(envelope: &Envelope<P>) -> Self {
+        RawMessage {
+            subject: envelope.subject().to_owned(),
+            headers: envelope.headers(),
+            payload: Bytes::from(envelope.to_json()),
+        }
+    }
+
+    /// The dedup key (`Nats-Msg-Id`), if set.
+    pub fn message_id(&self) -> Option<&str> {
+        self.headers.get(names::MSG_ID)
+    }
+}
+
+/// The broker's acknowledgement of a stored message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishAck {
+    /// The stream that stored it.
+    pub stream: String,
+    /// Its sequence number in the stream.
+    pub sequence: u64,
+    /// Whether the broker had it already (same `Nats-Msg-Id` within the dedup window):
+    /// it was stored once.
+    pub duplicate: bool,
+}
+
+/// An acknowledgement still on its way: await it.
+pub struct PendingAck(Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>);
+
+impl PendingAck {
+    /// Wraps a future resolving to the acknowledgement.
+    pub fn new(
+        future: impl Future<Output = Result<PublishAck, PublishError>> + Send + 'static,
+    ) -> Self {
+        PendingAck(Box::pin(future))
+    }
+
+    /// An acknowledgement that is already here.
+    pub fn ready(result: Result<PublishAck, PublishError>) -> Self {
+        PendingAck::new(std::future::ready(result))
+    }
+}
+
+impl Future for PendingAck {
+    type Output = Result<PublishAck, PublishError>;
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl std::fmt::Debug for PendingAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingAck")
+    }
+}
+
+/// What provisioning a stream found and did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Provisioned {
+    /// The stream.
+    pub stream: String,
+    /// Whether it was created now (false: it existed).
+    pub created: bool,
+    /// How the existing stream differs from the expected settings, one line each. Drift is
+    /// reported, never silently changed: an operator decides.
+    pub drift: Vec<String>,
+}
+
+/// Where and how often a message was delivered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryInfo {
+    /// The stream it is stored in.
+    pub stream: String,
+    /// The durable consumer delivering it.
+    pub consumer: String,
+    /// Its sequence in the stream.
+    pub stream_sequence: u64,
+    /// Which delivery this is, from 1 (the broker counts).
+    pub attempt: u64,
+    /// When the broker stored it.
+    pub published: DateTime<Utc>,
+}
+
+/// One delivery of a message to a consumer, to be settled exactly once.
+pub trait Delivery: Send + Sync + 'static {
+    /// The message.
+    fn message(&self) -> &RawMessage;
+    /// Where and how often it was delivered.
+    fn info(&self) -> &DeliveryInfo;
+    /// Done: never deliver it again.
+    fn ack(&self) -> impl Future<Output = Result<(), AckError>> + Send;
+    /// Not done: deliver it again after `delay`.
+    fn nak(&self, delay: Duration) -> impl Future<Output = Result<(), AckError>> + Send;
+    /// Given up on: never deliver it again (it was dead-lettered).
+    fn term(&self) -> impl Future<Output = Result<(), AckError>> + Send;
+    /// Still working: restart the ack-wait timer.
+    fn progress(&self) -> impl Future<Output = Result<(), AckError>> + Send;
+}
+
+/// A durable pull consumer: the deliveries of one stream for one subscription, shared by
+/// every instance that opens it (competing consumers).
+pub trait Consumer: Send + 'static {
+    /// The deliveries it yields.
+    type Delivery: Delivery;
+    /// The next delivery, waiting for one. `None` when the consumer is closed for good.
+    fn next(&mut self)
+    -> impl Future<Output = Option<Result<Self::Delivery, ConsumeError>>> + Send;
+}
+
+/// One failed attempt at handling a message, kept for the dead-letter record.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    /// Which delivery, from 1.
+    pub attempt: u64,
+    /// When it failed.
+    pub at: DateTime<Utc>,
+    /// The error, with its chain.
+    pub error: String,
+}
+
+/// A key-value record of finished work and of failed attempts, with a time to live.
+pub trait Inbox: Clone + Send + Sync + 'static {
+    /// Whether work under `key` finished already.
+    fn is_done(&self, key: &str) -> impl Future<Output = Result<bool, InboxError>> + Send;
+    /// Records that work under `key` finished.
+    fn mark_done(&self, key: &str) -> impl Future<Output = Result<(), InboxError>> + Send;
+    /// Adds a failed attempt to the history under `key`.
+    fn record_attempt(
+        &self,
+        key: &str,
+        attempt: Attempt,
+    ) -> impl Future<Output = Result<(), InboxError>> + Send;
+    /// The failed attempts recorded under `key`, oldest first.
+    fn attempts(&self, key: &str) -> impl Future<Output = Result<Vec<Attempt>, InboxError>> + Send;
+    /// Drops the history under `key`.
+    fn forget(&self, key: &str) -> impl Future<Output = Result<(), InboxError>> + Send;
+}
+
+/// A broker the bus can run on.
+pub trait Transport: Clone + Send + Sync + 'static {
+    /// Its durable consumers.
+    type Consumer: Consumer;
+    /// Its inbox.
+    type Inbox: Inbox;
+
+    /// Stores a message, waiting for the broker's acknowledgement.
+    fn publish(
+        &self,
+        message: RawMessage,
+    ) -> impl Future<Output = Result<PublishAck, PublishError>> + Send;
+
+    /// Sends a message and returns as soon as it is on its way; the [`PendingAck`] resolves
+    /// with the acknowledgement. Many can be in flight at once.
+    fn publish_pipelined(
+        &self,
+        message: RawMessage,
+    ) -> impl Future<Output = Result<PendingAck, PublishError>> + Send;
+
+    /// Creates the stream if it is missing; reports how an existing one differs.
+    fn ensure_stream(
+        &self,
+        spec: &StreamSpec,
+    ) -> impl Future<Output = Result<Provisioned, ProvisionError>> + Send;
+
+    /// Opens (creating if needed) a durable consumer.
+    fn consumer(
+        &self,
+        spec: &ConsumerSpec,
+    ) -> impl Future<Output = Result<Self::Consumer, SubscribeError>> + Send;
+
+    /// Opens (creating if needed) the inbox bucket `name`, whose entries live for `ttl`.
+    fn inbox(
+        &self,
+        name: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Self::Inbox, SubscribeError>> + Send;
+
+    /// Reads stored messages of a stream from `from_sequence` on, at most `limit` of them
+    /// (for the dead-letter tools).
+    fn read_stream(
+        &self,
+        stream: &str,
+        from_sequence: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(u64, RawMessage, DateTime<Utc>)>, ConsumeError>> + Send;
+
+    /// Deletes one stored message (for the dead-letter tools).
+    fn delete_message(
+        &self,
+        stream: &str,
+        sequence: u64,
+    ) -> impl Future<Output = Result<bool, ConsumeError>> + Send;
+}

@@ -1,0 +1,181 @@
+//! What only the JetStream transport has: a real server to kill, clusters, connection errors.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use a4co_events::bus::nats::{Config, ConnectErrorKind, NatsBus};
+use a4co_events::bus::{
+    DeliveryInfo, HandlerError, Publisher, StreamSpec, Subscriber, Subscription, Transport,
+};
+use a4co_events::catalog::order::OrderCreated;
+use a4co_events::{AnyMessage, Context, Envelope, Message};
+use a4co_testkit::nats::{NatsCluster, NatsServer};
+use tokio::sync::mpsc;
+
+use crate::support::{nats_bus, nats_connect, recv};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_crash_mid_stream_loses_nothing() {
+    let mut f = nats_bus().await;
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let handler = move |m: Envelope<AnyMessage>, _: DeliveryInfo| {
+        let _ = tx.send(m.aggregate_id);
+        std::future::ready(Ok::<(), HandlerError>(()))
+    };
+    let sub = Subscription::new("t", "crash")
+        .to::<OrderCreated>()
+        .ack_wait(Duration::from_secs(2));
+    let handle = f.bus.subscribe(sub, handler).await.unwrap();
+
+    const N: usize = 300;
+    let publish_all = |range: std::ops::Range<usize>| {
+        let bus = f.bus.clone();
+        async move {
+            for n in range {
+                let env =
+                    Envelope::new("order-service", format!("ord-{n}"), OrderCreated::example());
+                // Publishes fail while the server is down: retry the same envelope (same
+                // event id, so a retry that had been stored is deduplicated).
+                while bus.publish(&env).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    };
+    let started = std::time::Instant::now();
+    publish_all(0..N / 3).await;
+    let server = f.server.as_mut().unwrap();
+    server.kill();
+    let after_kill = tokio::spawn(publish_all(N / 3..N));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.resume();
+    after_kill.await.unwrap();
+    eprintln!("published {N} across the crash in {:?}", started.elapsed());
+    let mut seen = HashSet::new();
+    while seen.len() < N {
+        seen.insert(recv(&mut rx, 30, "every message after the restart").await);
+    }
+    eprintln!("all {N} handled after {:?}", started.elapsed());
+    assert_eq!(seen.len(), N, "none lost");
+    handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn connecting_to_nothing_or_nonsense_fails_clearly() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = NatsBus::connect(
+        Config::new(format!("nats://127.0.0.1:{port}")).connect_timeout(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ConnectErrorKind::Unavailable, "{err}");
+    let err = NatsBus::connect(Config::new("nats://[not a host"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ConnectErrorKind::InvalidConfig, "{err}");
+    assert!(err.to_string().contains("not a NATS URL"), "{err}");
+    let err = NatsBus::connect(Config::new(" , ")).await.unwrap_err();
+    assert_eq!(err.kind(), ConnectErrorKind::InvalidConfig);
+}
+
+#[tokio::test]
+async fn provisioning_reports_drift_and_changes_nothing() {
+    let server = NatsServer::start();
+    let bus = NatsBus::connect(Config::new(server.url())).await.unwrap();
+    // Someone created ORDERS by hand, keeping messages for one day.
+    let odd = StreamSpec {
+        max_age: Duration::from_secs(86_400),
+        ..StreamSpec::for_context(Context::Order, 1)
+    };
+    assert!(bus.transport().ensure_stream(&odd).await.unwrap().created);
+    let reports = bus.provision(1).await.unwrap();
+    let orders = reports.iter().find(|r| r.stream == "ORDERS").unwrap();
+    assert!(!orders.created);
+    assert_eq!(orders.drift.len(), 1, "{:?}", orders.drift);
+    assert!(orders.drift[0].contains("max age"), "{:?}", orders.drift);
+    assert!(
+        reports
+            .iter()
+            .filter(|r| r.stream != "ORDERS")
+            .all(|r| r.created && r.drift.is_empty())
+    );
+    let mut stream = bus
+        .transport()
+        .jetstream()
+        .get_stream("ORDERS")
+        .await
+        .unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().config.max_age,
+        Duration::from_secs(86_400),
+        "left as it was"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_replicate_on_a_three_node_cluster() {
+    let cluster = NatsCluster::start();
+    let bus = NatsBus::connect(Config::new(cluster.urls().join(",")))
+        .await
+        .unwrap();
+    let mut reports = None;
+    for _ in 0..50 {
+        match bus.provision(3).await {
+            Ok(r) => {
+                reports = Some(r);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let reports = reports.expect("the cluster never accepted replicated streams");
+    assert!(reports.iter().all(|r| r.drift.is_empty()), "{reports:#?}");
+    let mut stream = bus
+        .transport()
+        .jetstream()
+        .get_stream("PAYMENTS")
+        .await
+        .unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.config.num_replicas, 3);
+    assert_eq!(info.cluster.as_ref().map(|c| c.replicas.len()), Some(2));
+    let ack = bus
+        .publish(&Envelope::new(
+            "order-service",
+            "ord-1",
+            OrderCreated::example(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ack.stream, "ORDERS");
+}
+
+#[tokio::test]
+async fn a_second_connection_sees_the_same_streams() {
+    let server = NatsServer::start();
+    let a = nats_connect(&server.url()).await;
+    let b = nats_connect(&server.url()).await;
+    let env = Envelope::new("order-service", "ord-1", OrderCreated::example());
+    assert!(!a.publish(&env).await.unwrap().duplicate);
+    assert!(
+        b.publish(&env).await.unwrap().duplicate,
+        "dedup holds across connections"
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let h = b
+        .subscribe(
+            Subscription::new("t", "x").to::<OrderCreated>(),
+            move |m: Envelope<AnyMessage>, _: DeliveryInfo| {
+                let _ = tx.send(m.event_id);
+                std::future::ready(Ok::<(), HandlerError>(()))
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut rx, 5, "the message").await, env.event_id);
+    h.shutdown().await;
+}
