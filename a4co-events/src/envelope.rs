@@ -249,8 +249,9 @@ impl<T: Payload> Envelope<T> {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// The NATS headers: `Nats-Msg-Id` (dedup), type, version, aggregate, correlation and
-    /// causation ids, source, and the W3C `traceparent`/`tracestate` when traced.
+    /// The NATS headers: `Nats-Msg-Id` (dedup), type, version, aggregate id, correlation id,
+    /// and the W3C `traceparent`/`tracestate` when traced. Nothing more: every header byte
+    /// costs the broker (the benchmark in docs/benchmarks.md measures it).
     pub fn headers(&self) -> Headers {
         let mut h = Headers::new();
         h.insert(names::MSG_ID, self.event_id.to_string());
@@ -258,8 +259,6 @@ impl<T: Payload> Envelope<T> {
         h.insert(names::EVENT_VERSION, self.event_version().to_string());
         h.insert(names::AGGREGATE_ID, self.aggregate_id.as_str());
         h.insert(names::CORRELATION_ID, self.metadata.correlation_id.as_str());
-        h.insert(names::CAUSATION_ID, self.metadata.causation_id.as_str());
-        h.insert(names::SOURCE, self.source.as_str());
         if let Some(trace) = &self.trace {
             trace.inject(&mut h);
         }

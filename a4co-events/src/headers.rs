@@ -7,8 +7,6 @@
 //! | `a4co-event-version` | `eventVersion` (`2`) |
 //! | `a4co-aggregate-id` | `aggregateId` |
 //! | `a4co-correlation-id` | `metadata.correlationId` |
-//! | `a4co-causation-id` | `metadata.causationId` |
-//! | `a4co-source` | `source` |
 //! | `traceparent`, `tracestate` | W3C trace context |
 //!
 //! NATS header names are case-sensitive, so every name here is exactly as written (lower
@@ -32,10 +30,6 @@ pub mod names {
     pub const AGGREGATE_ID: &str = "a4co-aggregate-id";
     /// The correlation id.
     pub const CORRELATION_ID: &str = "a4co-correlation-id";
-    /// The causation id.
-    pub const CAUSATION_ID: &str = "a4co-causation-id";
-    /// The publishing service.
-    pub const SOURCE: &str = "a4co-source";
     /// W3C trace context: version, trace id, parent span id, flags.
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C vendor trace state.
@@ -198,10 +192,6 @@ pub struct EnvelopeHeaders {
     pub aggregate_id: Option<String>,
     /// `a4co-correlation-id`, when present.
     pub correlation_id: Option<String>,
-    /// `a4co-causation-id`, when present.
-    pub causation_id: Option<String>,
-    /// `a4co-source`, when present.
-    pub source: Option<String>,
     /// The trace context, when present and valid.
     pub trace: Option<TraceContext>,
 }
@@ -257,8 +247,6 @@ impl EnvelopeHeaders {
             event_version,
             aggregate_id: optional(names::AGGREGATE_ID),
             correlation_id: optional(names::CORRELATION_ID),
-            causation_id: optional(names::CAUSATION_ID),
-            source: optional(names::SOURCE),
             trace: TraceContext::extract(headers),
         })
     }

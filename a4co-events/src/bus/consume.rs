@@ -234,7 +234,11 @@ async fn settle<T: Transport, H: Handler>(shared: &Shared<T, H>, delivery: &Deli
         Some(replay) => format!("{}.{}.replay{}", shared.durable, envelope.event_id, replay),
         None => format!("{}.{}", shared.durable, envelope.event_id),
     };
-    if let Some(inbox) = &shared.inbox {
+    let check = match shared.subscription.inbox_check {
+        super::InboxCheck::Always => true,
+        super::InboxCheck::Redeliveries => info.attempt > 1,
+    };
+    if let Some(inbox) = shared.inbox.as_ref().filter(|_| check) {
         match inbox.is_done(&done_key).await {
             Ok(true) => {
                 tracing::debug!("already handled; acknowledging the redelivery");
@@ -267,7 +271,11 @@ async fn settle<T: Transport, H: Handler>(shared: &Shared<T, H>, delivery: &Deli
     match outcome {
         Ok(()) => {
             if let Some(inbox) = &shared.inbox {
-                if let Err(e) = inbox.mark_done(&done_key).await {
+                let recorded = match shared.subscription.inbox_check {
+                    super::InboxCheck::Always => inbox.mark_done(&done_key).await,
+                    super::InboxCheck::Redeliveries => inbox.mark_done_pipelined(&done_key).await,
+                };
+                if let Err(e) = recorded {
                     tracing::warn!(error = %e, "could not record finished work; a redelivery would run it again");
                 }
                 if info.attempt > 1 {

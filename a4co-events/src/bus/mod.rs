@@ -16,7 +16,8 @@
 //!   failing sends the message to the dead-letter stream with the reason, the error chain,
 //!   the attempt history, the consumer and the trace id, once;
 //! - **idempotence**: an inbox (a KV bucket with a TTL) remembers finished event ids, so a
-//!   redelivery of finished work is acknowledged without running the handler again;
+//!   redelivery of finished work is acknowledged without running the handler again
+//!   ([`InboxCheck`] says when it is read);
 //! - **shutdown** drains handlers in flight ([`SubscriptionHandle::shutdown`]).
 //!
 //! ```
@@ -76,6 +77,7 @@ pub use error::{
     SubscribeError, SubscribeErrorKind,
 };
 pub use memory::MemoryTransport;
+pub use transport::{Consumer, Delivery, Inbox};
 pub use transport::{DeliveryInfo, PendingAck, Provisioned, PublishAck, RawMessage, Transport};
 
 /// Publishes envelopes. Implemented by [`EventBus`]; depend on this trait, not a transport.
@@ -225,9 +227,25 @@ pub struct Subscription {
     subjects: Vec<String>,
     retry: RetryPolicy,
     max_in_flight: usize,
+    max_ack_pending: u32,
     ack_wait: Duration,
     inbox_ttl: Option<Duration>,
+    inbox_check: InboxCheck,
     decoder: Decoder,
+}
+
+/// When the inbox is consulted before running a handler.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InboxCheck {
+    /// Only for redeliveries (the broker's delivery count above 1): the common first
+    /// delivery costs no inbox read. The broker already drops re-published duplicates
+    /// within its 2-minute dedup window.
+    #[default]
+    Redeliveries,
+    /// For every delivery: also catches the same event published again outside the dedup
+    /// window (a producer without headers, an outbox re-sending after a long outage), at the
+    /// cost of one inbox read per message.
+    Always,
 }
 
 impl Subscription {
@@ -241,8 +259,10 @@ impl Subscription {
             subjects: Vec::new(),
             retry: RetryPolicy::default(),
             max_in_flight: 16,
+            max_ack_pending: 1024,
             ack_wait: Duration::from_secs(30),
             inbox_ttl: Some(Duration::from_secs(24 * 3600)),
+            inbox_check: InboxCheck::Redeliveries,
             decoder: Decoder::new(),
         }
     }
@@ -275,6 +295,19 @@ impl Subscription {
     /// extends it while a handler works, so it only matters for crashed instances.
     pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
         self.ack_wait = ack_wait;
+        self
+    }
+
+    /// How many deliveries may be unsettled at once, across all instances (default 1024).
+    /// Higher keeps the pipeline from the broker full; lower bounds what an instance buffers.
+    pub fn max_ack_pending(mut self, n: u32) -> Self {
+        self.max_ack_pending = n;
+        self
+    }
+
+    /// When the inbox is read (default: for redeliveries only).
+    pub fn inbox_check(mut self, check: InboxCheck) -> Self {
+        self.inbox_check = check;
         self
     }
 
@@ -323,9 +356,13 @@ impl Subscription {
                 self.label()
             )));
         }
-        if self.max_in_flight == 0 || self.retry.max_deliver == 0 || self.ack_wait.is_zero() {
+        if self.max_in_flight == 0
+            || self.retry.max_deliver == 0
+            || self.ack_wait.is_zero()
+            || self.max_ack_pending == 0
+        {
             return Err(invalid(format!(
-                "{}: max_in_flight, retry.max_deliver and ack_wait must be above zero",
+                "{}: max_in_flight, max_ack_pending, retry.max_deliver and ack_wait must be above zero",
                 self.label()
             )));
         }
@@ -360,7 +397,7 @@ impl Subscription {
                 // Room beyond the retry ladder, so an instance that dies during the last
                 // try does not lose the message: the bus dead-letters by its own count.
                 max_deliver: self.retry.max_deliver.saturating_add(3),
-                max_ack_pending: in_flight.saturating_mul(4).max(64),
+                max_ack_pending: self.max_ack_pending.max(in_flight),
             })
             .collect())
     }

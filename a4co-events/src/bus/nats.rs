@@ -448,7 +448,11 @@ impl Transport for NatsTransport {
                     .with_source(e)
                 })?,
         };
-        Ok(NatsInbox { store })
+        Ok(NatsInbox {
+            store,
+            js: self.js.clone(),
+            bucket: name.to_owned(),
+        })
     }
 
     async fn read_stream(
@@ -605,6 +609,8 @@ impl Delivery for NatsDelivery {
 #[derive(Clone)]
 pub struct NatsInbox {
     store: kv::Store,
+    js: jetstream::Context,
+    bucket: String,
 }
 
 impl std::fmt::Debug for NatsInbox {
@@ -641,6 +647,18 @@ impl Inbox for NatsInbox {
             .await
             .map(|_| ())
             .map_err(|e| Self::error("writing", &key, e))
+    }
+    async fn mark_done_pipelined(&self, key: &str) -> Result<(), InboxError> {
+        // A KV put is a publish to `$KV.<bucket>.<key>`; send it without waiting for the
+        // acknowledgement (async-nats settles it in the background), so recording finished
+        // work costs no round trip on the hot path.
+        let subject = format!("$KV.{}.done.{key}", self.bucket);
+        let publish = PublishMessage::build().payload(Bytes::from_static(b"1"));
+        self.js
+            .send_publish(subject, publish)
+            .await
+            .map(drop)
+            .map_err(|e| Self::error("writing", key, e))
     }
     async fn record_attempt(&self, key: &str, attempt: Attempt) -> Result<(), InboxError> {
         let mut history = self.attempts(key).await?;

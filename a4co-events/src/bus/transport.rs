@@ -162,8 +162,17 @@ pub struct Attempt {
 pub trait Inbox: Clone + Send + Sync + 'static {
     /// Whether work under `key` finished already.
     fn is_done(&self, key: &str) -> impl Future<Output = Result<bool, InboxError>> + Send;
-    /// Records that work under `key` finished.
+    /// Records that work under `key` finished, returning once the record is stored.
     fn mark_done(&self, key: &str) -> impl Future<Output = Result<(), InboxError>> + Send;
+    /// Records that work under `key` finished, returning once the record is on its way. Good
+    /// enough when the record is only read for redeliveries, which come an ack wait later.
+    /// The default waits, as [`Inbox::mark_done`].
+    fn mark_done_pipelined(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<(), InboxError>> + Send {
+        self.mark_done(key)
+    }
     /// Adds a failed attempt to the history under `key`.
     fn record_attempt(
         &self,

@@ -142,8 +142,6 @@ pub fn headers_schema() -> Value {
                 "description": "The envelope's eventVersion."},
             names::AGGREGATE_ID: text("The envelope's aggregateId."),
             names::CORRELATION_ID: text("The envelope's metadata.correlationId."),
-            names::CAUSATION_ID: text("The envelope's metadata.causationId."),
-            names::SOURCE: text("The envelope's source."),
             names::TRACEPARENT: text("W3C trace context."),
             names::TRACESTATE: text("W3C trace state."),
         }

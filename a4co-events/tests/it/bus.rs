@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use a4co_events::bus::dlq::{DeadLetters, FaultKind, Filter};
 use a4co_events::bus::{
-    DLQ_STREAM, DeliveryInfo, EventBus, HandlerError, PublishErrorKind, Publisher, RawMessage,
-    RetryPolicy, Subscriber, Subscription, Transport,
+    DLQ_STREAM, DeliveryInfo, EventBus, HandlerError, InboxCheck, PublishErrorKind, Publisher,
+    RawMessage, RetryPolicy, Subscriber, Subscription, Transport,
 };
 use a4co_events::catalog::inventory::InventoryAdjusted;
 use a4co_events::catalog::order::{OrderConfirmed, OrderCreated};
@@ -507,7 +507,8 @@ async fn finished_work_is_not_redone<T: Transport>(f: Fixture<T>) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let sub = Subscription::new("t", "inbox")
         .to::<OrderCreated>()
-        .decoder(Decoder::new().headers_optional());
+        .decoder(Decoder::new().headers_optional())
+        .inbox_check(InboxCheck::Always);
     let handle = f.bus.subscribe(sub, reporting(tx)).await.unwrap();
     let env = order("ord-1");
     let bare = RawMessage {
@@ -529,6 +530,29 @@ async fn finished_work_is_not_redone<T: Transport>(f: Fixture<T>) {
     .await;
     assert_eq!(handle.stats().handled, 1);
     assert!(rx.try_recv().is_err(), "the handler ran twice");
+    handle.shutdown().await;
+}
+
+async fn a_redelivery_after_a_lost_ack_is_not_redone<T: Transport>(f: Fixture<T>) {
+    // The handler finishes, the ack never reaches the broker, the broker redelivers.
+    let lossy = EventBus::new(crate::support::LosingAcks(f.bus.transport().clone()));
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = Arc::clone(&calls);
+    let handler = move |_: Envelope<AnyMessage>, _: DeliveryInfo| {
+        c.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok::<(), HandlerError>(()))
+    };
+    let sub = Subscription::new("t", "lost-ack")
+        .to::<OrderCreated>()
+        .ack_wait(Duration::from_secs(1));
+    let handle = lossy.subscribe(sub, handler).await.unwrap();
+    f.bus.publish(&order("ord-1")).await.unwrap();
+    eventually(10, "a redelivery skipped", || async {
+        handle.stats().duplicates >= 1
+    })
+    .await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the handler ran again");
+    assert_eq!(handle.stats().handled, 1);
     handle.shutdown().await;
 }
 
@@ -789,6 +813,7 @@ conformance!(
     a_crashed_handler_is_redelivered,
     poison_input_is_dead_lettered_and_the_consumer_goes_on,
     finished_work_is_not_redone,
+    a_redelivery_after_a_lost_ack_is_not_redone,
     the_dead_letter_tools_list_show_replay_and_purge,
     trace_context_arrives,
     shutdown_drains_handlers_in_flight,

@@ -82,7 +82,6 @@ fn headers_repeat_what_routing_and_tracing_need() {
     assert_eq!(parsed.event_type, "order.created");
     assert_eq!(parsed.event_version, 2);
     assert_eq!(parsed.aggregate_id.as_deref(), Some("ord-1001"));
-    assert_eq!(parsed.source.as_deref(), Some("order-service"));
     assert_eq!(parsed.trace, env.trace);
 }
 

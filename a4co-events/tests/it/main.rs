@@ -6,6 +6,7 @@
 mod bus;
 mod bus_nats;
 mod catalog;
+mod cli;
 mod cloudevents;
 mod decode;
 mod envelope;

@@ -85,3 +85,100 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A transport whose acknowledgements are lost on the way: the handler's work is done, the
+/// broker never hears of it and redelivers after the ack wait.
+#[derive(Clone, Debug)]
+pub(crate) struct LosingAcks<T>(pub(crate) T);
+
+/// A consumer of [`LosingAcks`].
+pub(crate) struct LosingConsumer<C>(C);
+
+/// A delivery of [`LosingAcks`].
+pub(crate) struct LosingDelivery<D>(D);
+
+impl<D: a4co_events::bus::Delivery> a4co_events::bus::Delivery for LosingDelivery<D> {
+    fn message(&self) -> &a4co_events::bus::RawMessage {
+        self.0.message()
+    }
+    fn info(&self) -> &a4co_events::bus::DeliveryInfo {
+        self.0.info()
+    }
+    async fn ack(&self) -> Result<(), a4co_events::bus::AckError> {
+        Ok(())
+    }
+    async fn nak(&self, delay: std::time::Duration) -> Result<(), a4co_events::bus::AckError> {
+        self.0.nak(delay).await
+    }
+    async fn term(&self) -> Result<(), a4co_events::bus::AckError> {
+        self.0.term().await
+    }
+    async fn progress(&self) -> Result<(), a4co_events::bus::AckError> {
+        self.0.progress().await
+    }
+}
+
+impl<C: a4co_events::bus::Consumer> a4co_events::bus::Consumer for LosingConsumer<C> {
+    type Delivery = LosingDelivery<C::Delivery>;
+    async fn next(&mut self) -> Option<Result<Self::Delivery, a4co_events::bus::ConsumeError>> {
+        Some(self.0.next().await?.map(LosingDelivery))
+    }
+}
+
+impl<T: a4co_events::bus::Transport> a4co_events::bus::Transport for LosingAcks<T> {
+    type Consumer = LosingConsumer<T::Consumer>;
+    type Inbox = T::Inbox;
+    async fn publish(
+        &self,
+        m: a4co_events::bus::RawMessage,
+    ) -> Result<a4co_events::bus::PublishAck, a4co_events::bus::PublishError> {
+        self.0.publish(m).await
+    }
+    async fn publish_pipelined(
+        &self,
+        m: a4co_events::bus::RawMessage,
+    ) -> Result<a4co_events::bus::PendingAck, a4co_events::bus::PublishError> {
+        self.0.publish_pipelined(m).await
+    }
+    async fn ensure_stream(
+        &self,
+        s: &a4co_events::bus::StreamSpec,
+    ) -> Result<a4co_events::bus::Provisioned, a4co_events::bus::ProvisionError> {
+        self.0.ensure_stream(s).await
+    }
+    async fn consumer(
+        &self,
+        s: &a4co_events::bus::ConsumerSpec,
+    ) -> Result<Self::Consumer, a4co_events::bus::SubscribeError> {
+        Ok(LosingConsumer(self.0.consumer(s).await?))
+    }
+    async fn inbox(
+        &self,
+        name: &str,
+        ttl: std::time::Duration,
+    ) -> Result<T::Inbox, a4co_events::bus::SubscribeError> {
+        self.0.inbox(name, ttl).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<
+        Vec<(
+            u64,
+            a4co_events::bus::RawMessage,
+            chrono::DateTime<chrono::Utc>,
+        )>,
+        a4co_events::bus::ConsumeError,
+    > {
+        self.0.read_stream(stream, from, limit).await
+    }
+    async fn delete_message(
+        &self,
+        stream: &str,
+        seq: u64,
+    ) -> Result<bool, a4co_events::bus::ConsumeError> {
+        self.0.delete_message(stream, seq).await
+    }
+}

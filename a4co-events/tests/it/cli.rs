@@ -1,0 +1,137 @@
+//! The `a4co` binary, run as a user would.
+
+use std::process::{Command, Output};
+
+use a4co_events::bus::{DeliveryInfo, HandlerError, Publisher, Subscriber, Subscription};
+use a4co_events::catalog::order::OrderCreated;
+use a4co_events::{AnyMessage, Envelope, Message};
+use tokio::sync::mpsc;
+
+use crate::support::{eventually, nats_bus, recv};
+
+fn a4co(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_a4co"))
+        .args(args)
+        .output()
+        .expect("the a4co binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_shows_replays_and_purges_dead_letters() {
+    let f = nats_bus().await;
+    let url = f.server.as_ref().unwrap().url();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let handler = move |m: Envelope<AnyMessage>, _: DeliveryInfo| {
+        let _ = tx.send(m.aggregate_id);
+        let fail = first.swap(false, std::sync::atomic::Ordering::SeqCst);
+        std::future::ready(if fail {
+            Err(HandlerError::permanent("stock record corrupt"))
+        } else {
+            Ok(())
+        })
+    };
+    let handle = f
+        .bus
+        .subscribe(
+            Subscription::new("inventory-service", "orders").to::<OrderCreated>(),
+            handler,
+        )
+        .await
+        .unwrap();
+    f.bus
+        .publish(&Envelope::new(
+            "order-service",
+            "ord-42",
+            OrderCreated::example(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut rx, 5, "first try").await, "ord-42");
+    eventually(10, "dead-lettered", || async {
+        handle.stats().dead_lettered == 1
+    })
+    .await;
+
+    let list = a4co(&["dlq", "list", "--url", &url]);
+    assert!(list.status.success(), "{list:?}");
+    let text = stdout(&list);
+    assert!(text.contains("inventory-service/orders"), "{text}");
+    assert!(text.contains("order.created"), "{text}");
+    assert!(text.contains("permanent: stock record corrupt"), "{text}");
+    assert!(text.contains("1 dead letter(s)"), "{text}");
+    let filtered = stdout(&a4co(&[
+        "dlq",
+        "list",
+        "--url",
+        &url,
+        "--consumer",
+        "someone/else",
+    ]));
+    assert!(filtered.contains("0 dead letter(s)"), "{filtered}");
+    let seq = text
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+
+    let show = a4co(&["dlq", "show", &seq, "--url", &url]);
+    let letter: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(letter["consumer"], "inventory-service/orders");
+    assert_eq!(letter["errorChain"][0], "stock record corrupt");
+
+    let replay = a4co(&["dlq", "replay", &seq, "--url", &url]);
+    assert!(replay.status.success(), "{replay:?}");
+    assert!(
+        stdout(&replay).contains("replayed dead letter"),
+        "{replay:?}"
+    );
+    assert_eq!(recv(&mut rx, 10, "the replay").await, "ord-42");
+    eventually(10, "the replay handled", || async {
+        handle.stats().handled == 1
+    })
+    .await;
+    assert!(stdout(&a4co(&["dlq", "list", "--url", &url])).contains("0 dead letter(s)"));
+
+    let purge = a4co(&["dlq", "purge", "--url", &url, "--type", "order.created"]);
+    assert!(
+        stdout(&purge).contains("purged 0 dead letter(s)"),
+        "{purge:?}"
+    );
+    handle.shutdown().await;
+}
+
+#[test]
+fn the_cli_explains_bad_usage() {
+    let out = a4co(&["dlq", "show"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs the dead letter's sequence"));
+    let out = a4co(&["dlq", "list", "--since", "yesterday"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RFC 3339"));
+    let out = a4co(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"));
+}
+
+#[test]
+fn catalog_check_fails_on_a_stale_folder_and_passes_after_generate() {
+    let dir = std::env::temp_dir().join(format!("a4co-cli-catalog-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let stale = a4co(&["catalog", "check", "--dir", d]);
+    assert_eq!(stale.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&stale.stderr).contains("run `a4co catalog generate`"));
+    assert!(a4co(&["catalog", "generate", "--dir", d]).status.success());
+    let fresh = a4co(&["catalog", "check", "--dir", d]);
+    assert!(fresh.status.success(), "{fresh:?}");
+    let show = a4co(&["catalog", "show", "order.created", "1"]);
+    let schema: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(schema["title"], "order.created v1");
+    let _ = std::fs::remove_dir_all(&dir);
+}
