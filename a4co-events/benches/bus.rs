@@ -202,7 +202,12 @@ async fn main() {
         };
         let sub = Subscription::new("bench", format!("consume-{}", label.replace(' ', "-")))
             .to::<OrderConfirmed>()
-            .max_in_flight(64)
+            .max_in_flight(
+                std::env::var("A4CO_BENCH_LANES")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(64),
+            )
             .inbox_ttl(inbox);
         let handle = bus.subscribe(sub, handler).await.unwrap();
         while (handle.stats().handled as usize) < n {

@@ -326,15 +326,22 @@ impl Decoder {
                 ),
             ));
         }
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-            let what = if e.is_eof() {
-                "truncated JSON"
-            } else {
-                "malformed JSON"
-            };
-            DecodeError::new(DecodeErrorKind::MalformedJson, format!("{what}: {e}"))
-        })?;
-        let wire = envelope_of(value)?;
+        let wire = match serde_json::from_slice::<WireEnvelope>(bytes) {
+            // The fast path: straight into the typed envelope, then the few rules serde does
+            // not check. The schema walk below only runs to explain a failure precisely.
+            Ok(wire) if satisfies_envelope_rules(&wire) => wire,
+            _ => {
+                let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+                    let what = if e.is_eof() {
+                        "truncated JSON"
+                    } else {
+                        "malformed JSON"
+                    };
+                    DecodeError::new(DecodeErrorKind::MalformedJson, format!("{what}: {e}"))
+                })?;
+                envelope_of(value)?
+            }
+        };
         let (event_type, version) = (wire.event_type.as_str(), wire.event_version);
 
         let trace = if headers.is_empty() && !self.require_headers {
@@ -373,6 +380,31 @@ impl Decoder {
         }
         Ok((wire, trace))
     }
+}
+
+/// The envelope schema's rules that deserializing a [`WireEnvelope`] does not enforce
+/// (serde already checks the fields' presence and types, the UUID and the RFC 3339 time).
+fn satisfies_envelope_rules(wire: &WireEnvelope) -> bool {
+    let valid_token = |t: &str| {
+        t.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+            && t.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    let type_ok =
+        wire.event_type.split('.').count() >= 2 && wire.event_type.split('.').all(valid_token);
+    let m = &wire.metadata;
+    type_ok
+        && wire.data.is_object()
+        && wire.event_version >= 1
+        && ![
+            &wire.aggregate_id,
+            &wire.source,
+            &m.correlation_id,
+            &m.causation_id,
+            &m.user_id,
+        ]
+        .iter()
+        .any(|s| s.is_empty())
 }
 
 fn envelope_of(value: Value) -> Result<WireEnvelope, DecodeError> {
@@ -564,4 +596,83 @@ fn compile(schema: &Value) -> Option<jsonschema::Validator> {
         .should_validate_formats(true)
         .build(schema)
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::{WireEnvelope, envelope_validator, satisfies_envelope_rules};
+
+    fn valid() -> Value {
+        json!({
+            "eventId": "01944a6b-7c00-7000-8000-000000000001",
+            "eventType": "order.confirmed",
+            "eventVersion": 1,
+            "aggregateId": "ord-1",
+            "occurredAt": "2026-01-15T10:00:00Z",
+            "source": "order-service",
+            "data": {},
+            "metadata": {"correlationId": "c", "causationId": "c", "userId": "u"}
+        })
+    }
+
+    const FIELDS: &[&str] = &[
+        "/eventType",
+        "/eventVersion",
+        "/aggregateId",
+        "/source",
+        "/data",
+        "/occurredAt",
+        "/eventId",
+        "/metadata/correlationId",
+        "/metadata/causationId",
+        "/metadata/userId",
+        "/metadata/sagaId",
+    ];
+
+    fn odd_values() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!("")),
+            Just(json!("Order.Created")),
+            Just(json!("order")),
+            Just(json!("order..created")),
+            Just(json!("order.created_v2")),
+            Just(json!("9order.x")),
+            Just(json!(0)),
+            Just(json!(-1)),
+            Just(json!(1)),
+            Just(json!([])),
+            Just(json!({})),
+            Just(json!(null)),
+            Just(json!("2026-01-15T10:00:00+02:00")),
+            Just(json!("2026-13-15T10:00:00Z")),
+            "[a-z.]{0,12}".prop_map(Value::String),
+        ]
+    }
+
+    proptest! {
+        /// The fast path never accepts an envelope the published schema rejects.
+        #[test]
+        fn the_fast_path_accepts_nothing_the_schema_rejects(field in 0..FIELDS.len(), value in odd_values()) {
+            let mut envelope = valid();
+            if let Some(slot) = envelope.pointer_mut(FIELDS[field]) {
+                *slot = value;
+            } else if let Some(meta) = envelope["metadata"].as_object_mut() {
+                meta.insert("sagaId".into(), value);
+            }
+            if let Ok(wire) = serde_json::from_value::<WireEnvelope>(envelope.clone())
+                && satisfies_envelope_rules(&wire)
+            {
+                prop_assert!(envelope_validator().is_some_and(|v| v.is_valid(&envelope)), "{envelope}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_fast_path_accepts_a_valid_envelope() {
+        let wire: WireEnvelope = serde_json::from_value(valid()).unwrap();
+        assert!(satisfies_envelope_rules(&wire));
+    }
 }

@@ -9,7 +9,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::FutureExt as _;
-use tokio::sync::{mpsc, watch};
+use std::collections::VecDeque;
+
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
@@ -44,8 +48,7 @@ struct Counters {
 #[derive(Debug)]
 pub struct SubscriptionHandle {
     stop: watch::Sender<bool>,
-    fetchers: Vec<JoinHandle<()>>,
-    lanes: Vec<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
     counters: Arc<Counters>,
 }
 
@@ -54,7 +57,7 @@ impl SubscriptionHandle {
     /// finish and settle, then returns.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        for task in self.fetchers.into_iter().chain(self.lanes) {
+        for task in self.tasks {
             let _ = task.await;
         }
     }
@@ -62,7 +65,7 @@ impl SubscriptionHandle {
     /// Stops at once, as a crash would: running handlers are dropped mid-work and their
     /// messages, unsettled, are redelivered when the ack wait runs out. For tests.
     pub fn abort(self) {
-        for task in self.fetchers.iter().chain(&self.lanes) {
+        for task in &self.tasks {
             task.abort();
         }
     }
@@ -120,58 +123,74 @@ pub(super) async fn start<T: Transport, H: Handler>(
         counters: Arc::clone(&counters),
         subscription,
     });
-
-    let lane_count = shared.subscription.max_in_flight;
-    let mut senders = Vec::with_capacity(lane_count);
-    let mut lanes = Vec::with_capacity(lane_count);
-    for _ in 0..lane_count {
-        let (tx, mut rx) = mpsc::channel::<DeliveryOf<T>>(1);
-        senders.push(tx);
-        let shared = Arc::clone(&shared);
-        lanes.push(tokio::spawn(async move {
-            while let Some(delivery) = rx.recv().await {
-                process(&shared, delivery).await;
-            }
-        }));
-    }
     let (stop, stop_rx) = watch::channel(false);
-    let fetchers = consumers
+    let tasks = consumers
         .into_iter()
-        .map(|consumer| tokio::spawn(fetch(consumer, senders.clone(), stop_rx.clone())))
+        .map(|consumer| tokio::spawn(run(Arc::clone(&shared), consumer, stop_rx.clone())))
         .collect();
-    drop(senders);
     Ok(SubscriptionHandle {
         stop,
-        fetchers,
-        lanes,
+        tasks,
         counters,
     })
 }
 
-/// Takes deliveries and hands each to the lane of its aggregate.
-async fn fetch<C: Consumer>(
-    mut consumer: C,
-    lanes: Vec<mpsc::Sender<C::Delivery>>,
+/// One consumer's loop, in one task: take deliveries while fewer than `max_in_flight` are
+/// running or queued, run each as a future of this task (no hand-off between tasks), and
+/// keep the messages of one aggregate in order by queueing them behind the running one.
+async fn run<T: Transport, H: Handler>(
+    shared: Arc<Shared<T, H>>,
+    mut consumer: T::Consumer,
     mut stop: watch::Receiver<bool>,
 ) {
+    let limit = shared.subscription.max_in_flight;
+    let mut running = FuturesUnordered::new();
+    // Per lane: whether a delivery is running, and those waiting behind it.
+    let mut busy = vec![false; limit];
+    let mut waiting: Vec<VecDeque<DeliveryOf<T>>> = (0..limit).map(|_| VecDeque::new()).collect();
+    let mut queued = 0usize;
+    let mut stopping = false;
+    // Set when the handle was dropped: the subscription then runs until the process ends.
+    let mut detached = false;
     loop {
-        let next = tokio::select! {
+        let room = !stopping && running.len() + queued < limit;
+        tokio::select! {
             biased;
-            _ = stop.changed() => return,
-            next = consumer.next() => next,
-        };
-        match next {
-            None => return,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "fetching the next message failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Some(Ok(delivery)) => {
-                let lane = lane_of(&delivery, lanes.len());
-                if lanes[lane].send(delivery).await.is_err() {
-                    return;
+            Some(lane) = running.next(), if !running.is_empty() => {
+                let lane: usize = lane;
+                match waiting[lane].pop_front() {
+                    Some(next) => {
+                        queued -= 1;
+                        running.push(process(Arc::clone(&shared), next, lane));
+                    }
+                    None => busy[lane] = false,
                 }
             }
+            changed = stop.changed(), if !stopping && !detached => match changed {
+                Ok(()) => stopping = true,
+                Err(_) => detached = true,
+            },
+            next = consumer.next(), if room => match next {
+                None => stopping = true,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "fetching the next message failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Some(Ok(delivery)) => {
+                    let lane = lane_of(&delivery, limit);
+                    if busy[lane] {
+                        waiting[lane].push_back(delivery);
+                        queued += 1;
+                    } else {
+                        busy[lane] = true;
+                        running.push(process(Arc::clone(&shared), delivery, lane));
+                    }
+                }
+            },
+            else => {}
+        }
+        if stopping && running.is_empty() && queued == 0 {
+            return;
         }
     }
 }
@@ -190,7 +209,11 @@ fn lane_of<D: Delivery>(delivery: &D, lanes: usize) -> usize {
     usize::try_from(hash % lanes.max(1) as u64).unwrap_or(0)
 }
 
-async fn process<T: Transport, H: Handler>(shared: &Shared<T, H>, delivery: DeliveryOf<T>) {
+async fn process<T: Transport, H: Handler>(
+    shared: Arc<Shared<T, H>>,
+    delivery: DeliveryOf<T>,
+    lane: usize,
+) -> usize {
     let info = delivery.info().clone();
     let message = delivery.message();
     let span = tracing::info_span!(
@@ -201,7 +224,8 @@ async fn process<T: Transport, H: Handler>(shared: &Shared<T, H>, delivery: Deli
         attempt = info.attempt,
         trace_id = TraceContext::extract(&message.headers).map(|t| t.trace_id().to_owned()).unwrap_or_default(),
     );
-    settle(shared, &delivery).instrument(span).await;
+    settle(&shared, &delivery).instrument(span).await;
+    lane
 }
 
 async fn settle<T: Transport, H: Handler>(shared: &Shared<T, H>, delivery: &DeliveryOf<T>) {
