@@ -1,9 +1,10 @@
 //! Test fixtures for services built on a4co (work in progress).
 //!
 //! It holds a real nats-server fixture ([`nats::NatsServer`]: free loopback port, temporary
-//! store, restart on the same store; [`nats::NatsCluster`]: three routed nodes), and will
-//! hold an in-memory harness with assertions that wait instead of sleeping, an HTTP fault
-//! server, and given/when/then saga scenarios. Add it as a dev-dependency.
+//! store, restart on the same store; [`nats::NatsCluster`]: three routed nodes) and a
+//! recording in-memory bus with assertions that wait instead of sleeping
+//! ([`bus::RecordingBus`]); it will hold an HTTP fault server and given/when/then saga
+//! scenarios. Add it as a dev-dependency.
 //!
 //! Today it offers catalog examples wrapped in envelopes, for tests that need a valid message:
 //!
@@ -17,6 +18,7 @@
 
 use a4co_events::{Envelope, Message};
 
+pub mod bus;
 pub mod nats;
 
 /// The catalog example of `M`, in a fresh envelope from its first publisher.
