@@ -19,7 +19,7 @@ use tracing::Instrument as _;
 
 use super::dlq::{DeadLetter, FaultKind, REPLAY_HEADER};
 use super::transport::{Attempt, Consumer, Delivery, Inbox, Transport};
-use super::{EventBus, Handler, HandlerError, SubscribeError, Subscription};
+use super::{EventBus, Handler, HandlerError, SubscribeError, Subscription, telemetry};
 use crate::headers::{TraceContext, names};
 
 /// What a subscription has done so far.
@@ -216,19 +216,34 @@ async fn process<T: Transport, H: Handler>(
 ) -> usize {
     let info = delivery.info().clone();
     let message = delivery.message();
-    let span = tracing::info_span!(
-        "handle",
-        consumer = %shared.label,
-        subject = %message.subject,
-        stream_sequence = info.stream_sequence,
-        attempt = info.attempt,
-        trace_id = TraceContext::extract(&message.headers).map(|t| t.trace_id().to_owned()).unwrap_or_default(),
+    let span = telemetry::consume_span(
+        &message.subject,
+        &shared.label,
+        info.stream_sequence,
+        info.attempt,
     );
-    settle(&shared, &delivery).instrument(span).await;
+    if let Some(trace) = TraceContext::extract(&message.headers) {
+        telemetry::set_remote_parent(&span, &trace);
+    }
+    let started = std::time::Instant::now();
+    let status = settle(&shared, &delivery).instrument(span).await;
+    let event_type = message.headers.get(names::EVENT_TYPE).unwrap_or("unknown");
+    shared.bus.metrics.processed(
+        &shared.subscription.service,
+        event_type,
+        &message.subject,
+        status,
+        started.elapsed(),
+    );
+
     lane
 }
 
-async fn settle<T: Transport, H: Handler>(shared: &Shared<T, H>, delivery: &DeliveryOf<T>) {
+/// Settles one delivery; returns what happened, as the processed metric's status.
+async fn settle<T: Transport, H: Handler>(
+    shared: &Shared<T, H>,
+    delivery: &DeliveryOf<T>,
+) -> &'static str {
     let info = delivery.info().clone();
     let message = delivery.message();
     let attempts_key = format!(
@@ -250,8 +265,7 @@ async fn settle<T: Transport, H: Handler>(shared: &Shared<T, H>, delivery: &Deli
                 event_type: e.event_type().map(str::to_owned),
                 event_id: id,
             };
-            dead_letter(shared, delivery, fault, &attempts_key, &attempts_key).await;
-            return;
+            return dead_letter(shared, delivery, fault, &attempts_key, &attempts_key).await;
         }
     };
     let done_key = match message.headers.get(REPLAY_HEADER) {
@@ -268,7 +282,7 @@ async fn settle<T: Transport, H: Handler>(shared: &Shared<T, H>, delivery: &Deli
                 tracing::debug!("already handled; acknowledging the redelivery");
                 shared.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                 ack(delivery).await;
-                return;
+                return "duplicate";
             }
             Ok(false) => {}
             Err(e) => {
@@ -308,6 +322,7 @@ async fn settle<T: Transport, H: Handler>(shared: &Shared<T, H>, delivery: &Deli
             }
             ack(delivery).await;
             shared.counters.handled.fetch_add(1, Ordering::Relaxed);
+            "success"
         }
         Err(error) => {
             let retry = &shared.subscription.retry;
@@ -325,8 +340,7 @@ async fn settle<T: Transport, H: Handler>(shared: &Shared<T, H>, delivery: &Deli
                     event_type: Some(event_type),
                     event_id: Some(event_id),
                 };
-                dead_letter(shared, delivery, fault, &done_key, &attempts_key).await;
-                return;
+                return dead_letter(shared, delivery, fault, &done_key, &attempts_key).await;
             }
             let delay = retry.delay(info.attempt);
             tracing::info!(error = %error, ?delay, "handler failed; retrying later");
@@ -344,6 +358,7 @@ async fn settle<T: Transport, H: Handler>(shared: &Shared<T, H>, delivery: &Deli
                 tracing::warn!(error = %e, "nak failed; the broker redelivers after the ack wait");
             }
             shared.counters.retried.fetch_add(1, Ordering::Relaxed);
+            "retry"
         }
     }
 }
@@ -363,7 +378,7 @@ async fn dead_letter<T: Transport, H: Handler>(
     fault: Fault,
     done_key: &str,
     attempts_key: &str,
-) {
+) -> &'static str {
     let history = match &shared.inbox {
         Some(inbox) => inbox.attempts(attempts_key).await.unwrap_or_default(),
         None => Vec::new(),
@@ -393,10 +408,12 @@ async fn dead_letter<T: Transport, H: Handler>(
                 .counters
                 .dead_lettered
                 .fetch_add(1, Ordering::Relaxed);
+            "dead_letter"
         }
         Err(e) => {
             tracing::error!(error = %e, reason = %letter.reason, "cannot write the dead letter; retrying the message later");
             let _ = delivery.nak(Duration::from_secs(1)).await;
+            "retry"
         }
     }
 }

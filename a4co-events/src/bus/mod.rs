@@ -67,6 +67,7 @@ pub mod memory;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod nats;
+mod telemetry;
 pub mod transport;
 
 pub use config::{ConsumerSpec, DLQ_PREFIX, DLQ_STREAM, RetryPolicy, StreamSpec};
@@ -408,6 +409,7 @@ impl Subscription {
 #[derive(Clone, Debug)]
 pub struct EventBus<T> {
     transport: T,
+    metrics: telemetry::Metrics,
 }
 
 /// The bus on the in-memory transport.
@@ -415,9 +417,33 @@ pub type MemoryBus = EventBus<MemoryTransport>;
 
 impl<T: Transport> EventBus<T> {
     /// The bus over `transport`. Streams must exist before publishing: see
-    /// [`EventBus::provision`].
+    /// [`EventBus::provision`]. Its metric instruments are created now, on the global meter
+    /// provider: install the application's provider before creating the bus.
     pub fn new(transport: T) -> Self {
-        EventBus { transport }
+        EventBus {
+            transport,
+            metrics: telemetry::Metrics::new(),
+        }
+    }
+
+    /// The message to send and the producer span to send it in. The span is a child of the
+    /// current span, or else of the envelope's own trace context; its context goes into the
+    /// headers, so the consumer's span becomes its child.
+    fn outgoing<P: Payload>(&self, envelope: &Envelope<P>) -> (RawMessage, tracing::Span) {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let mut message = RawMessage::from_envelope(envelope);
+        let span = telemetry::publish_span(&message.subject, &envelope.event_id.to_string());
+        if let Some(trace) = &envelope.trace {
+            let current = tracing::Span::current().context();
+            if !current.span().span_context().is_valid() {
+                telemetry::set_remote_parent(&span, trace);
+            }
+        }
+        if let Some(trace) = telemetry::outgoing(&span, envelope.trace.as_ref()) {
+            trace.inject(&mut message.headers);
+        }
+        (message, span)
     }
 
     /// The transport.
@@ -460,18 +486,26 @@ impl<T: Transport> Publisher for EventBus<T> {
         &self,
         envelope: &Envelope<P>,
     ) -> Result<PublishAck, PublishError> {
-        let message = RawMessage::from_envelope(envelope);
-        let span = tracing::debug_span!("publish", subject = %message.subject, event_id = %envelope.event_id);
-        self.transport.publish(message).instrument(span).await
+        let (message, span) = self.outgoing(envelope);
+        let ack = self.transport.publish(message).instrument(span).await?;
+        self.metrics
+            .published(&envelope.source, envelope.event_type(), envelope.subject());
+        Ok(ack)
     }
 
     async fn publish_pipelined<P: Payload>(
         &self,
         envelope: &Envelope<P>,
     ) -> Result<PendingAck, PublishError> {
-        self.transport
-            .publish_pipelined(RawMessage::from_envelope(envelope))
-            .await
+        let (message, span) = self.outgoing(envelope);
+        let pending = self
+            .transport
+            .publish_pipelined(message)
+            .instrument(span)
+            .await?;
+        self.metrics
+            .published(&envelope.source, envelope.event_type(), envelope.subject());
+        Ok(pending)
     }
 
     async fn publish_raw(&self, message: RawMessage) -> Result<PublishAck, PublishError> {

@@ -13,4 +13,5 @@ mod envelope;
 mod evolution;
 mod properties;
 mod support;
+mod telemetry;
 mod upcast;

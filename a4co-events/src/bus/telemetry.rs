@@ -1,0 +1,161 @@
+//! Traces and metrics of the bus, through OpenTelemetry.
+//!
+//! - Every publish is a `producer` span and every handling a `consumer` span (tracing
+//!   spans, exported by `tracing-opentelemetry` when the application installs it). The
+//!   publish span's W3C context travels in `traceparent`/`tracestate`, and the handling span
+//!   is its child, so a trace follows a message across services. Without an OpenTelemetry
+//!   layer the envelope's own trace context is passed through unchanged.
+//! - The design-v2 metrics, on the global meter provider:
+//!   `microservices_events_published_total{service, event_type, subject}`,
+//!   `microservices_events_processed_total{service, event_type, subject, status}` (status:
+//!   `success`, `retry`, `dead_letter`, `duplicate`) and
+//!   `microservices_event_processing_duration_seconds{service, event_type, subject}`.
+//!   Instruments are created with the bus: install the meter provider first. With a
+//!   Prometheus exporter, turn its unit and `_total` suffixes off to keep these names.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{Context, KeyValue, global};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::headers::TraceContext;
+
+/// The bus's instruments.
+#[derive(Clone, Debug)]
+pub(crate) struct Metrics {
+    published: opentelemetry::metrics::Counter<u64>,
+    processed: opentelemetry::metrics::Counter<u64>,
+    duration: opentelemetry::metrics::Histogram<f64>,
+}
+
+impl Metrics {
+    /// Instruments on the global meter provider as it is now.
+    pub(crate) fn new() -> Self {
+        let meter = global::meter("a4co-events");
+        Metrics {
+            published: meter
+                .u64_counter("microservices_events_published_total")
+                .with_description("Total number of domain events published")
+                .build(),
+            processed: meter
+                .u64_counter("microservices_events_processed_total")
+                .with_description("Total number of domain events processed")
+                .build(),
+            duration: meter
+                .f64_histogram("microservices_event_processing_duration_seconds")
+                .with_description("Duration of event processing")
+                .with_unit("s")
+                .with_boundaries(vec![0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0])
+                .build(),
+        }
+    }
+
+    pub(crate) fn published(&self, service: &str, event_type: &'static str, subject: &str) {
+        self.published.add(
+            1,
+            &[
+                KeyValue::new("service", service.to_owned()),
+                KeyValue::new("event_type", event_type),
+                KeyValue::new("subject", subject.to_owned()),
+            ],
+        );
+    }
+
+    pub(crate) fn processed(
+        &self,
+        service: &str,
+        event_type: &str,
+        subject: &str,
+        status: &'static str,
+        took: Duration,
+    ) {
+        let mut attributes = vec![
+            KeyValue::new("service", service.to_owned()),
+            KeyValue::new("event_type", event_type.to_owned()),
+            KeyValue::new("subject", subject.to_owned()),
+        ];
+        self.duration.record(took.as_secs_f64(), &attributes);
+        attributes.push(KeyValue::new("status", status));
+        self.processed.add(1, &attributes);
+    }
+}
+
+/// The span of one publish.
+pub(crate) fn publish_span(subject: &str, event_id: &str) -> tracing::Span {
+    tracing::info_span!(
+        "publish",
+        otel.name = %format_args!("{subject} publish"),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "publish",
+        messaging.destination.name = %subject,
+        messaging.message.id = %event_id,
+    )
+}
+
+/// The span of one handling.
+pub(crate) fn consume_span(
+    subject: &str,
+    consumer: &str,
+    sequence: u64,
+    attempt: u64,
+) -> tracing::Span {
+    tracing::info_span!(
+        "handle",
+        otel.name = %format_args!("{subject} process"),
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.destination.name = %subject,
+        messaging.consumer.group.name = %consumer,
+        stream_sequence = sequence,
+        attempt = attempt,
+    )
+}
+
+/// Makes the span a child of the remote context in `trace` (before it is first entered).
+pub(crate) fn set_remote_parent(span: &tracing::Span, trace: &TraceContext) {
+    let (Ok(trace_id), Ok(span_id)) = (
+        TraceId::from_hex(trace.trace_id()),
+        SpanId::from_hex(trace.parent_span_id()),
+    ) else {
+        return;
+    };
+    let flags = if trace.sampled() {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    let state = trace
+        .tracestate()
+        .and_then(|s| TraceState::from_str(s).ok())
+        .unwrap_or_default();
+    let remote = SpanContext::new(trace_id, span_id, flags, true, state);
+    let _ = span.set_parent(Context::new().with_remote_span_context(remote));
+}
+
+/// The trace context to send: the span's own, when OpenTelemetry records it; otherwise
+/// `fallback` (the envelope's), unchanged.
+pub(crate) fn outgoing(
+    span: &tracing::Span,
+    fallback: Option<&TraceContext>,
+) -> Option<TraceContext> {
+    let cx = span.context();
+    let otel = cx.span();
+    let sc = otel.span_context();
+    if !sc.is_valid() {
+        return fallback.cloned();
+    }
+    let parent = format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags().to_u8()
+    );
+    let state = sc.trace_state().header();
+    TraceContext::parse(&parent, Some(state.as_str()))
+}
