@@ -179,3 +179,36 @@ async fn a_second_connection_sees_the_same_streams() {
     assert_eq!(recv(&mut rx, 5, "the message").await, env.event_id);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn publishing_while_the_server_is_down_fails_by_kind_and_recovers() {
+    use a4co_events::bus::PublishErrorKind;
+    let mut server = NatsServer::start();
+    let bus = NatsBus::connect(Config::new(server.url()).ack_timeout(Duration::from_millis(500)))
+        .await
+        .unwrap();
+    bus.provision(1).await.unwrap();
+    server.kill();
+    let env = Envelope::new("order-service", "ord-1", OrderCreated::example());
+    let err = bus.publish(&env).await.unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            PublishErrorKind::Timeout | PublishErrorKind::ConnectionLost
+        ),
+        "{err}"
+    );
+    server.resume();
+    let mut stored = None;
+    for _ in 0..100 {
+        if let Ok(ack) = bus.publish(&env).await {
+            stored = Some(ack);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        stored.expect("published after the restart").stream,
+        "ORDERS"
+    );
+}
