@@ -24,6 +24,28 @@ fn event(i: usize) -> Envelope<OrderConfirmed> {
     Envelope::new("order-service", format!("ord-{i:08}"), data).with_user_id("user-4711")
 }
 
+/// Sends `$n` messages with `$send` (an expression of `$i` that sends one and yields its
+/// acknowledgement future), keeping at most `WINDOW` acknowledgements in flight; returns
+/// messages per second. Every pipelined measurement uses this same loop.
+macro_rules! pipelined {
+    ($n:expr, |$i:ident| $send:expr) => {{
+        let start = Instant::now();
+        let mut pending = Vec::with_capacity(WINDOW);
+        for $i in 0..$n {
+            pending.push($send);
+            if pending.len() == WINDOW {
+                for ack in futures::future::join_all(pending.drain(..)).await {
+                    ack.unwrap();
+                }
+            }
+        }
+        for ack in futures::future::join_all(pending).await {
+            ack.unwrap();
+        }
+        $n as f64 / start.elapsed().as_secs_f64()
+    }};
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -63,66 +85,25 @@ async fn main() {
     );
 
     // 1. Pipelined publish (both with a message id: dedup on).
-    let raw_rate = {
-        let start = Instant::now();
-        let mut pending = Vec::with_capacity(WINDOW);
-        for i in 0..n {
-            let msg = jetstream::message::PublishMessage::build()
-                .payload(payload.clone())
-                .message_id(format!("raw-{i}"));
-            pending.push(js.send_publish("raw.pub", msg).await.unwrap().into_future());
-            if pending.len() == WINDOW {
-                for ack in futures::future::join_all(pending.drain(..)).await {
-                    ack.unwrap();
-                }
-            }
-        }
-        for ack in futures::future::join_all(pending).await {
-            ack.unwrap();
-        }
-        n as f64 / start.elapsed().as_secs_f64()
-    };
-    let sdk_rate = {
-        let events: Vec<_> = (0..n).map(event).collect();
-        let start = Instant::now();
-        let mut pending = Vec::with_capacity(WINDOW);
-        for env in &events {
-            pending.push(bus.publish_pipelined(env).await.unwrap());
-            if pending.len() == WINDOW {
-                for ack in futures::future::join_all(pending.drain(..)).await {
-                    ack.unwrap();
-                }
-            }
-        }
-        for ack in futures::future::join_all(pending).await {
-            ack.unwrap();
-        }
-        n as f64 / start.elapsed().as_secs_f64()
-    };
+    let raw_rate = pipelined!(n, |i| {
+        let msg = jetstream::message::PublishMessage::build()
+            .payload(payload.clone())
+            .message_id(format!("raw-{i}"));
+        js.send_publish("raw.pub", msg).await.unwrap().into_future()
+    });
+    let events: Vec<_> = (0..n).map(event).collect();
+    let sdk_rate = pipelined!(n, |i| bus.publish_pipelined(&events[i]).await.unwrap());
     report("pipelined publish", raw_rate, sdk_rate, "msg/s");
     // The same, raw, but carrying the SDK's headers: what the headers cost the broker.
-    let raw_headers_rate = {
-        let headers = event(0).headers();
-        let start = Instant::now();
-        let mut pending = Vec::with_capacity(WINDOW);
-        for i in 0..n {
-            let mut msg = jetstream::message::PublishMessage::build().payload(payload.clone());
-            for (k, v) in headers.iter().filter(|(k, _)| *k != "Nats-Msg-Id") {
-                msg = msg.header(k, v);
-            }
-            let msg = msg.message_id(format!("rawh-{i}"));
-            pending.push(js.send_publish("raw.hdr", msg).await.unwrap().into_future());
-            if pending.len() == WINDOW {
-                for ack in futures::future::join_all(pending.drain(..)).await {
-                    ack.unwrap();
-                }
-            }
+    let headers = event(0).headers();
+    let raw_headers_rate = pipelined!(n, |i| {
+        let mut msg = jetstream::message::PublishMessage::build().payload(payload.clone());
+        for (k, v) in headers.iter().filter(|(k, _)| *k != "Nats-Msg-Id") {
+            msg = msg.header(k, v);
         }
-        for ack in futures::future::join_all(pending).await {
-            ack.unwrap();
-        }
-        n as f64 / start.elapsed().as_secs_f64()
-    };
+        let msg = msg.message_id(format!("rawh-{i}"));
+        js.send_publish("raw.hdr", msg).await.unwrap().into_future()
+    });
     report(
         "pipelined publish, raw with the SDK's headers",
         raw_headers_rate,
@@ -202,12 +183,7 @@ async fn main() {
         };
         let sub = Subscription::new("bench", format!("consume-{}", label.replace(' ', "-")))
             .to::<OrderConfirmed>()
-            .max_in_flight(
-                std::env::var("A4CO_BENCH_LANES")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(64),
-            )
+            .max_in_flight(64)
             .inbox_ttl(inbox);
         let handle = bus.subscribe(sub, handler).await.unwrap();
         while (handle.stats().handled as usize) < n {
