@@ -54,12 +54,13 @@ pub struct SubscriptionHandle {
 
 impl SubscriptionHandle {
     /// Stops taking messages, lets the handlers already running (or handed a message)
-    /// finish and settle, then returns.
-    pub async fn shutdown(self) {
+    /// finish and settle, then returns what the subscription did in all.
+    pub async fn shutdown(mut self) -> Stats {
         let _ = self.stop.send(true);
-        for task in self.tasks {
+        for task in &mut self.tasks {
             let _ = task.await;
         }
+        self.stats()
     }
 
     /// Stops at once, as a crash would: running handlers are dropped mid-work and their
