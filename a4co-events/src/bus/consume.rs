@@ -153,8 +153,10 @@ async fn run<T: Transport, H: Handler>(
     let mut stopping = false;
     // Set when the handle was dropped: the subscription then runs until the process ends.
     let mut detached = false;
+    let mut fetch_paused_until: Option<tokio::time::Instant> = None;
     loop {
         let room = !stopping && running.len() + queued < limit;
+        let paused = fetch_paused_until.is_some_and(|t| tokio::time::Instant::now() < t);
         tokio::select! {
             biased;
             Some(lane) = running.next(), if !running.is_empty() => {
@@ -171,11 +173,15 @@ async fn run<T: Transport, H: Handler>(
                 Ok(()) => stopping = true,
                 Err(_) => detached = true,
             },
-            next = consumer.next(), if room => match next {
+            () = tokio::time::sleep_until(fetch_paused_until.unwrap_or_else(tokio::time::Instant::now)), if paused => {
+                fetch_paused_until = None;
+            }
+            next = consumer.next(), if room && !paused => match next {
                 None => stopping = true,
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "fetching the next message failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    // Pause fetching, not the handlers already running.
+                    tracing::warn!(error = %e, "fetching the next message failed; retrying in 200 ms");
+                    fetch_paused_until = Some(tokio::time::Instant::now() + Duration::from_millis(200));
                 }
                 Some(Ok(delivery)) => {
                     let lane = lane_of(&delivery, limit);

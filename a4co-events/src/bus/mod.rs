@@ -433,7 +433,7 @@ impl<T: Transport> EventBus<T> {
         use opentelemetry::trace::TraceContextExt as _;
         use tracing_opentelemetry::OpenTelemetrySpanExt as _;
         let mut message = RawMessage::from_envelope(envelope);
-        let span = telemetry::publish_span(&message.subject, &envelope.event_id.to_string());
+        let span = telemetry::publish_span(&message.subject, &envelope.event_id);
         if let Some(trace) = &envelope.trace {
             let current = tracing::Span::current().context();
             if !current.span().span_context().is_valid() {

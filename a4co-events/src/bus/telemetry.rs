@@ -85,7 +85,7 @@ impl Metrics {
 }
 
 /// The span of one publish.
-pub(crate) fn publish_span(subject: &str, event_id: &str) -> tracing::Span {
+pub(crate) fn publish_span(subject: &str, event_id: &crate::EventId) -> tracing::Span {
     tracing::info_span!(
         "publish",
         otel.name = %format_args!("{subject} publish"),
