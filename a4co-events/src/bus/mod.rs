@@ -10,7 +10,8 @@
 //!   many acknowledgements in flight;
 //! - **subscribe** opens one durable consumer per stream for a (service, subscription):
 //!   instances of a service share it (competing consumers); at most `max_in_flight`
-//!   handlers run at once, and messages of one aggregate are handled in order;
+//!   handlers run at once, and messages of one aggregate are handled in order (a retried
+//!   message comes back after its successors);
 //! - **failures**: a [`HandlerError::retryable`] is redelivered after exponential backoff
 //!   with jitter; a [`HandlerError::permanent`] error, undecodable input, or the last retry
 //!   failing sends the message to the dead-letter stream with the reason, the error chain,
