@@ -91,6 +91,8 @@ struct Shared<T: Transport, H> {
     counters: Arc<Counters>,
     durable: String,
     label: String,
+    /// The service, as the metrics' label (shared, not copied per message).
+    service: Arc<str>,
 }
 
 type DeliveryOf<T> = <<T as Transport>::Consumer as Consumer>::Delivery;
@@ -117,6 +119,7 @@ pub(super) async fn start<T: Transport, H: Handler>(
     let counters = Arc::new(Counters::default());
     let shared = Arc::new(Shared {
         label: subscription.label(),
+        service: Arc::from(subscription.service.as_str()),
         durable,
         bus,
         inbox,
@@ -221,7 +224,7 @@ async fn process<T: Transport, H: Handler>(
     delivery: DeliveryOf<T>,
     lane: usize,
 ) -> usize {
-    let info = delivery.info().clone();
+    let info = delivery.info();
     let message = delivery.message();
     let span = telemetry::consume_span(
         &message.subject,
@@ -233,30 +236,32 @@ async fn process<T: Transport, H: Handler>(
         telemetry::set_remote_parent(&span, &trace);
     }
     let started = std::time::Instant::now();
-    let status = settle(&shared, &delivery).instrument(span).await;
-    let event_type = message.headers.get(names::EVENT_TYPE).unwrap_or("unknown");
+    let (status, event_type) = settle(&shared, &delivery).instrument(span).await;
     shared.bus.metrics.processed(
-        &shared.subscription.service,
+        &shared.service,
         event_type,
         &message.subject,
         status,
         started.elapsed(),
     );
-
     lane
 }
 
-/// Settles one delivery; returns what happened, as the processed metric's status.
+/// Settles one delivery; returns what happened (the processed metric's status) and, once
+/// decoded, the message type. Keys and strings that only failures or the inbox need are
+/// built only on those paths.
 async fn settle<T: Transport, H: Handler>(
     shared: &Shared<T, H>,
     delivery: &DeliveryOf<T>,
-) -> &'static str {
-    let info = delivery.info().clone();
+) -> (&'static str, Option<&'static str>) {
+    let info = delivery.info();
     let message = delivery.message();
-    let attempts_key = format!(
-        "{}.{}.{}",
-        shared.durable, info.stream, info.stream_sequence
-    );
+    let attempts_key = || {
+        format!(
+            "{}.{}.{}",
+            shared.durable, info.stream, info.stream_sequence
+        )
+    };
 
     let envelope = match shared
         .subscription
@@ -272,24 +277,27 @@ async fn settle<T: Transport, H: Handler>(
                 event_type: e.event_type().map(str::to_owned),
                 event_id: id,
             };
-            return dead_letter(shared, delivery, fault, &attempts_key, &attempts_key).await;
+            let key = attempts_key();
+            return (dead_letter(shared, delivery, fault, &key, &key).await, None);
         }
     };
-    let done_key = match message.headers.get(REPLAY_HEADER) {
-        Some(replay) => format!("{}.{}.replay{}", shared.durable, envelope.event_id, replay),
-        None => format!("{}.{}", shared.durable, envelope.event_id),
+    let event_type = envelope.event_type();
+    let event_id = envelope.event_id;
+    let done_key = || match message.headers.get(REPLAY_HEADER) {
+        Some(replay) => format!("{}.{event_id}.replay{replay}", shared.durable),
+        None => format!("{}.{event_id}", shared.durable),
     };
     let check = match shared.subscription.inbox_check {
         super::InboxCheck::Always => true,
         super::InboxCheck::Redeliveries => info.attempt > 1,
     };
     if let Some(inbox) = shared.inbox.as_ref().filter(|_| check) {
-        match inbox.is_done(&done_key).await {
+        match inbox.is_done(&done_key()).await {
             Ok(true) => {
                 tracing::debug!("already handled; acknowledging the redelivery");
                 shared.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                 ack(delivery).await;
-                return "duplicate";
+                return ("duplicate", Some(event_type));
             }
             Ok(false) => {}
             Err(e) => {
@@ -298,8 +306,6 @@ async fn settle<T: Transport, H: Handler>(
         }
     }
 
-    let event_type = envelope.event_type().to_owned();
-    let event_id = envelope.event_id.to_string();
     let work = AssertUnwindSafe(shared.handler.handle(envelope, info.clone())).catch_unwind();
     let outcome = match with_progress(delivery, shared.subscription.ack_wait, work).await {
         Ok(result) => result,
@@ -313,18 +319,19 @@ async fn settle<T: Transport, H: Handler>(
         }
     };
 
-    match outcome {
+    let status = match outcome {
         Ok(()) => {
             if let Some(inbox) = &shared.inbox {
+                let key = done_key();
                 let recorded = match shared.subscription.inbox_check {
-                    super::InboxCheck::Always => inbox.mark_done(&done_key).await,
-                    super::InboxCheck::Redeliveries => inbox.mark_done_pipelined(&done_key).await,
+                    super::InboxCheck::Always => inbox.mark_done(&key).await,
+                    super::InboxCheck::Redeliveries => inbox.mark_done_pipelined(&key).await,
                 };
                 if let Err(e) = recorded {
                     tracing::warn!(error = %e, "could not record finished work; a redelivery would run it again");
                 }
                 if info.attempt > 1 {
-                    let _ = inbox.forget(&attempts_key).await;
+                    let _ = inbox.forget(&attempts_key()).await;
                 }
             }
             ack(delivery).await;
@@ -344,30 +351,32 @@ async fn settle<T: Transport, H: Handler>(
                 let fault = Fault {
                     kind,
                     chain: error.chain(),
-                    event_type: Some(event_type),
-                    event_id: Some(event_id),
+                    event_type: Some(event_type.to_owned()),
+                    event_id: Some(event_id.to_string()),
                 };
-                return dead_letter(shared, delivery, fault, &done_key, &attempts_key).await;
-            }
-            let delay = retry.delay(info.attempt);
-            tracing::info!(error = %error, ?delay, "handler failed; retrying later");
-            if let Some(inbox) = &shared.inbox {
-                let attempt = Attempt {
-                    attempt: info.attempt,
-                    at: Utc::now(),
-                    error: error.chain().join(": "),
-                };
-                if let Err(e) = inbox.record_attempt(&attempts_key, attempt).await {
-                    tracing::warn!(error = %e, "could not record the failed attempt");
+                dead_letter(shared, delivery, fault, &done_key(), &attempts_key()).await
+            } else {
+                let delay = retry.delay(info.attempt);
+                tracing::info!(error = %error, ?delay, "handler failed; retrying later");
+                if let Some(inbox) = &shared.inbox {
+                    let attempt = Attempt {
+                        attempt: info.attempt,
+                        at: Utc::now(),
+                        error: error.chain().join(": "),
+                    };
+                    if let Err(e) = inbox.record_attempt(&attempts_key(), attempt).await {
+                        tracing::warn!(error = %e, "could not record the failed attempt");
+                    }
                 }
+                if let Err(e) = delivery.nak(delay).await {
+                    tracing::warn!(error = %e, "nak failed; the broker redelivers after the ack wait");
+                }
+                shared.counters.retried.fetch_add(1, Ordering::Relaxed);
+                "retry"
             }
-            if let Err(e) = delivery.nak(delay).await {
-                tracing::warn!(error = %e, "nak failed; the broker redelivers after the ack wait");
-            }
-            shared.counters.retried.fetch_add(1, Ordering::Relaxed);
-            "retry"
         }
-    }
+    };
+    (status, Some(event_type))
 }
 
 struct Fault {

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::config::{DLQ_PREFIX, DLQ_STREAM};
-use super::error::{ConsumeError, ConsumeErrorKind, PublishError};
+use super::error::{ConsumeError, PublishError};
 use super::transport::{Attempt, DeliveryInfo, PublishAck, RawMessage, Transport};
 use crate::headers::{Headers, TraceContext, names};
 
@@ -306,10 +306,4 @@ pub enum ReplayError {
     /// Publishing the original failed.
     #[error(transparent)]
     Publish(#[from] PublishError),
-}
-
-impl From<ReplayError> for ConsumeError {
-    fn from(e: ReplayError) -> Self {
-        ConsumeError::new(ConsumeErrorKind::Other, e.to_string())
-    }
 }

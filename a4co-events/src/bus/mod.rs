@@ -490,7 +490,7 @@ impl<T: Transport> Publisher for EventBus<T> {
         let (message, span) = self.outgoing(envelope);
         let ack = self.transport.publish(message).instrument(span).await?;
         self.metrics
-            .published(&envelope.source, envelope.event_type(), envelope.subject());
+            .published(&envelope.source, envelope.event_type());
         Ok(ack)
     }
 
@@ -505,7 +505,7 @@ impl<T: Transport> Publisher for EventBus<T> {
             .instrument(span)
             .await?;
         self.metrics
-            .published(&envelope.source, envelope.event_type(), envelope.subject());
+            .published(&envelope.source, envelope.event_type());
         Ok(pending)
     }
 

@@ -14,12 +14,13 @@
 //!   Prometheus exporter, turn its unit and `_total` suffixes off to keep these names.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::{Context, KeyValue, global};
+use opentelemetry::{Context, KeyValue, Value, global};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::headers::TraceContext;
@@ -54,32 +55,40 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn published(&self, service: &str, event_type: &'static str, subject: &str) {
+    /// One publish. `event_type` is also the subject, as for every envelope.
+    pub(crate) fn published(&self, service: &str, event_type: &'static str) {
         self.published.add(
             1,
             &[
                 KeyValue::new("service", service.to_owned()),
                 KeyValue::new("event_type", event_type),
-                KeyValue::new("subject", subject.to_owned()),
+                KeyValue::new("subject", event_type),
             ],
         );
     }
 
+    /// One handling. Labels come from statics and the shared service name; only a message
+    /// that could not be decoded, or whose subject is not its type, costs a copy.
     pub(crate) fn processed(
         &self,
-        service: &str,
-        event_type: &str,
+        service: &Arc<str>,
+        event_type: Option<&'static str>,
         subject: &str,
         status: &'static str,
         took: Duration,
     ) {
-        let mut attributes = vec![
-            KeyValue::new("service", service.to_owned()),
-            KeyValue::new("event_type", event_type.to_owned()),
-            KeyValue::new("subject", subject.to_owned()),
+        let subject: Value = match event_type {
+            Some(t) if t == subject => t.into(),
+            _ => subject.to_owned().into(),
+        };
+        let attributes = [
+            KeyValue::new("service", Arc::clone(service)),
+            KeyValue::new("event_type", event_type.unwrap_or("unknown")),
+            KeyValue::new("subject", subject),
+            KeyValue::new("status", status),
         ];
-        self.duration.record(took.as_secs_f64(), &attributes);
-        attributes.push(KeyValue::new("status", status));
+        // The histogram has no status label.
+        self.duration.record(took.as_secs_f64(), &attributes[..3]);
         self.processed.add(1, &attributes);
     }
 }

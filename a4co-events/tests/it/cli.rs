@@ -2,9 +2,11 @@
 
 use std::process::{Command, Output};
 
-use a4co_events::bus::{DeliveryInfo, HandlerError, Publisher, Subscriber, Subscription};
+use a4co_events::bus::{
+    DeliveryInfo, HandlerError, Publisher, RawMessage, Subscriber, Subscription,
+};
 use a4co_events::catalog::order::OrderCreated;
-use a4co_events::{AnyMessage, Envelope, Message};
+use a4co_events::{AnyMessage, Envelope, Headers, Message};
 use tokio::sync::mpsc;
 
 use crate::support::{eventually, nats_bus, recv};
@@ -98,11 +100,35 @@ async fn the_cli_lists_shows_replays_and_purges_dead_letters() {
     .await;
     assert!(stdout(&a4co(&["dlq", "list", "--url", &url])).contains("0 dead letter(s)"));
 
-    let purge = a4co(&["dlq", "purge", "--url", &url, "--type", "order.created"]);
+    // A second dead letter, undecodable this time, for purge to remove.
+    let junk = RawMessage {
+        subject: "order.created".into(),
+        headers: Headers::new(),
+        payload: bytes::Bytes::from_static(b"not json"),
+    };
+    f.bus.publish_raw(junk).await.unwrap();
+    eventually(10, "the junk dead-lettered", || async {
+        handle.stats().dead_lettered == 2
+    })
+    .await;
+    let other = a4co(&["dlq", "purge", "--url", &url, "--consumer", "someone/else"]);
     assert!(
-        stdout(&purge).contains("purged 0 dead letter(s)"),
+        stdout(&other).contains("purged 0 dead letter(s)"),
+        "{other:?}"
+    );
+    let purge = a4co(&[
+        "dlq",
+        "purge",
+        "--url",
+        &url,
+        "--consumer",
+        "inventory-service/orders",
+    ]);
+    assert!(
+        stdout(&purge).contains("purged 1 dead letter(s)"),
         "{purge:?}"
     );
+    assert!(stdout(&a4co(&["dlq", "list", "--url", &url])).contains("0 dead letter(s)"));
     handle.shutdown().await;
 }
 
