@@ -25,11 +25,9 @@ fn event(i: usize) -> Envelope<OrderConfirmed> {
 }
 
 /// Sends `$n` messages with `$send` (an expression of `$i` that sends one and yields its
-/// acknowledgement future), keeping at most `WINDOW` acknowledgements in flight; returns
-/// messages per second. Every pipelined measurement uses this same loop.
+/// acknowledgement future), keeping at most `WINDOW` acknowledgements in flight. Every pipelined measurement uses this same loop.
 macro_rules! pipelined {
     ($n:expr, |$i:ident| $send:expr) => {{
-        let start = Instant::now();
         let mut pending = Vec::with_capacity(WINDOW);
         for $i in 0..$n {
             pending.push($send);
@@ -42,7 +40,6 @@ macro_rules! pipelined {
         for ack in futures::future::join_all(pending).await {
             ack.unwrap();
         }
-        $n as f64 / start.elapsed().as_secs_f64()
     }};
 }
 
@@ -50,21 +47,72 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn report(name: &str, raw: f64, sdk: f64, unit: &str) {
+/// CPU time (ns) a process has used so far, summed over its threads (Linux schedstat).
+fn cpu_ns(pid: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// One measured run: messages per second and CPU microseconds per message, in this
+/// process (the client) and in nats-server.
+#[derive(Clone, Copy)]
+struct Run {
+    rate: f64,
+    client_us: f64,
+    server_us: f64,
+}
+
+/// Measures `work`, which handles `n` messages.
+async fn measure<F: Future<Output = ()>>(server_pid: &str, n: usize, work: F) -> Run {
+    let (c0, s0, t0) = (cpu_ns("self"), cpu_ns(server_pid), Instant::now());
+    work.await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let per_msg = |ns: u64| ns as f64 / 1e3 / n as f64;
+    Run {
+        rate: n as f64 / elapsed,
+        client_us: per_msg(cpu_ns("self") - c0),
+        server_us: per_msg(cpu_ns(server_pid) - s0),
+    }
+}
+
+fn median(runs: &[Run], field: fn(&Run) -> f64) -> f64 {
+    let mut v: Vec<f64> = runs.iter().map(field).collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Prints one row: median rate (range), CPU per message, and the ratio to `baseline`.
+fn row(name: &str, runs: &[Run], baseline: Option<&[Run]>) {
+    let rate = median(runs, |r| r.rate);
+    let lo = runs.iter().map(|r| r.rate).fold(f64::INFINITY, f64::min);
+    let hi = runs.iter().map(|r| r.rate).fold(0.0, f64::max);
+    let ratio = baseline.map_or(String::new(), |b| {
+        let per_round: Vec<String> = runs
+            .iter()
+            .zip(b)
+            .map(|(r, b)| format!("{:.2}", r.rate / b.rate))
+            .collect();
+        format!(
+            "{:.2} (rounds {})",
+            rate / median(b, |r| r.rate),
+            per_round.join(" ")
+        )
+    });
     println!(
-        "{name:<44} raw {raw:>10.0} {unit}   sdk {sdk:>10.0} {unit}   sdk/raw {:.2}",
-        sdk / raw
+        "{name:<40} {rate:>9.0} msg/s [{lo:>7.0}-{hi:>7.0}]  client {:>5.2} us  server {:>5.2} us  {ratio}",
+        median(runs, |r| r.client_us),
+        median(runs, |r| r.server_us),
     );
 }
 
-/// Messages per second of a raw durable pull consumer on `raw.pub` that runs `work` and
-/// acks each message.
-async fn raw_consume_with(
-    js: &jetstream::Context,
-    durable: &str,
-    n: usize,
-    mut work: impl FnMut(),
-) -> f64 {
+/// Drains `n` messages of a raw durable pull consumer on `raw.pub`, running `work` on
+/// each body and acking each message.
+async fn raw_consume(js: &jetstream::Context, durable: &str, n: usize, work: impl Fn(&[u8])) {
     let consumer = js
         .get_stream("RAW")
         .await
@@ -84,22 +132,25 @@ async fn raw_consume_with(
         .messages()
         .await
         .unwrap();
-    let start = Instant::now();
     for _ in 0..n {
         let m = messages.next().await.unwrap().unwrap();
-        work();
+        work(&m.payload);
         m.ack().await.unwrap();
     }
-    n as f64 / start.elapsed().as_secs_f64()
 }
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("A4CO_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000);
+    let env_num = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let n = env_num("A4CO_BENCH_N", 50_000);
+    let rounds = env_num("A4CO_BENCH_ROUNDS", 3).max(1);
     let server = a4co_testkit::nats::NatsServer::start();
+    let pid = server.pid().unwrap().to_string();
     let bus = NatsBus::connect(Config::new(server.url())).await.unwrap();
     bus.provision(1).await.unwrap();
     let client = async_nats::connect(server.url()).await.unwrap();
@@ -113,39 +164,69 @@ async fn main() {
     })
     .await
     .unwrap();
-    let body_len = event(0).to_json().len();
-    let payload = bytes::Bytes::from(vec![b'x'; body_len]);
+    // The raw side sends the very bytes of an SDK envelope, so parsing it means something.
+    let body = bytes::Bytes::from(event(0).to_json());
+    let sdk_headers = event(0).headers();
     println!(
-        "nats-server {} | {n} messages of {body_len} bytes | {WINDOW} acks in flight at most",
-        server.url()
+        "nats-server {} | {n} messages of {} bytes | {WINDOW} acks in flight at most | \
+         {rounds} rounds, medians; CPU is per message",
+        server.url(),
+        body.len()
     );
 
-    // 1. Pipelined publish (both with a message id: dedup on).
-    let raw_rate = pipelined!(n, |i| {
-        let msg = jetstream::message::PublishMessage::build()
-            .payload(payload.clone())
-            .message_id(format!("raw-{i}"));
-        js.send_publish("raw.pub", msg).await.unwrap().into_future()
-    });
-    let events: Vec<_> = (0..n).map(event).collect();
-    let sdk_rate = pipelined!(n, |i| bus.publish_pipelined(&events[i]).await.unwrap());
-    report("pipelined publish", raw_rate, sdk_rate, "msg/s");
-    // The same, raw, but carrying the SDK's headers: what the headers cost the broker.
-    let headers = event(0).headers();
-    let raw_headers_rate = pipelined!(n, |i| {
-        let mut msg = jetstream::message::PublishMessage::build().payload(payload.clone());
-        for (k, v) in headers.iter().filter(|(k, _)| *k != "Nats-Msg-Id") {
-            msg = msg.header(k, v);
-        }
-        let msg = msg.message_id(format!("rawh-{i}"));
-        js.send_publish("raw.hdr", msg).await.unwrap().into_future()
-    });
-    report(
-        "pipelined publish, raw with the SDK's headers",
-        raw_headers_rate,
-        sdk_rate,
-        "msg/s",
-    );
+    // 1. Pipelined publish, all with a message id (dedup on). Each round runs every
+    // variant once, so drift of the machine hits them alike.
+    let (mut raw, mut raw_hdr, mut raw_enc, mut sdk) = (vec![], vec![], vec![], vec![]);
+    for round in 0..rounds {
+        raw.push(
+            measure(&pid, n, async {
+                pipelined!(n, |i| {
+                    let msg = jetstream::message::PublishMessage::build()
+                        .payload(body.clone())
+                        .message_id(format!("raw-{round}-{i}"));
+                    js.send_publish("raw.pub", msg).await.unwrap().into_future()
+                });
+            })
+            .await,
+        );
+        raw_hdr.push(
+            measure(&pid, n, async {
+                pipelined!(n, |i| {
+                    let mut msg = jetstream::message::PublishMessage::build().payload(body.clone());
+                    for (k, v) in sdk_headers.iter().filter(|(k, _)| *k != "Nats-Msg-Id") {
+                        msg = msg.header(k, v);
+                    }
+                    let msg = msg.message_id(format!("rawh-{round}-{i}"));
+                    js.send_publish("raw.hdr", msg).await.unwrap().into_future()
+                });
+            })
+            .await,
+        );
+        let events: Vec<_> = (0..n).map(|i| event(round * n + i)).collect();
+        raw_enc.push(
+            measure(&pid, n, async {
+                pipelined!(n, |i| {
+                    let msg = jetstream::message::PublishMessage::build()
+                        .payload(events[i].to_json().into())
+                        .message_id(events[i].event_id.to_string());
+                    js.send_publish("raw.enc", msg).await.unwrap().into_future()
+                });
+            })
+            .await,
+        );
+        sdk.push(
+            measure(&pid, n, async {
+                pipelined!(n, |i| bus.publish_pipelined(&events[i]).await.unwrap());
+            })
+            .await,
+        );
+    }
+    println!("\npipelined publish");
+    row("raw, message id", &raw, None);
+    row("raw, + the SDK's headers", &raw_hdr, Some(&raw));
+    row("raw, + encoding each envelope", &raw_enc, Some(&raw));
+    row("SDK publish_pipelined", &sdk, Some(&raw));
+    row("  SDK vs raw with the same headers", &sdk, Some(&raw_hdr));
 
     // 2. Publish and wait for each ack.
     let samples = 2_000.min(n);
@@ -153,7 +234,7 @@ async fn main() {
     for i in 0..samples {
         let t = Instant::now();
         let msg = jetstream::message::PublishMessage::build()
-            .payload(payload.clone())
+            .payload(body.clone())
             .message_id(format!("lat-{i}"));
         js.send_publish("raw.lat", msg)
             .await
@@ -164,17 +245,18 @@ async fn main() {
     }
     let mut sdk_lat = Vec::with_capacity(samples);
     for i in 0..samples {
-        let env = event(n + i);
+        let env = event(rounds * n + i);
         let t = Instant::now();
         bus.publish(&env).await.unwrap();
         sdk_lat.push(t.elapsed());
     }
     raw_lat.sort();
     sdk_lat.sort();
+    println!();
     for (p, label) in [(0.5, "p50"), (0.99, "p99")] {
         let (r, s) = (percentile(&raw_lat, p), percentile(&sdk_lat, p));
         println!(
-            "{:<44} raw {:>10.1} us      sdk {:>10.1} us      sdk/raw {:.2}",
+            "{:<40} raw {:>7.1} us   sdk {:>7.1} us   sdk/raw {:.2}",
             format!("publish-and-wait latency {label}"),
             r.as_secs_f64() * 1e6,
             s.as_secs_f64() * 1e6,
@@ -182,44 +264,54 @@ async fn main() {
         );
     }
 
-    // 3. Consume with ack: raw pull consumer vs SDK subscription (no-op handler). The
-    // second raw run also parses each body as JSON: what reading the payload at all costs,
-    // before the SDK's envelope, schema and typed decoding. (The raw payload is filler, so
-    // it parses a real envelope of the same size.)
-    let body = event(0).to_json();
-    let raw_consume = raw_consume_with(&js, "bench", n, || ()).await;
-    let raw_parse_consume = raw_consume_with(&js, "bench-parse", n, || {
-        std::hint::black_box(serde_json::from_slice::<serde_json::Value>(&body).unwrap());
-    })
-    .await;
-    let mut sdk_consume = Vec::new();
-    for (label, inbox) in [
-        ("inbox off", None),
-        ("inbox on", Some(Duration::from_secs(3600))),
-    ] {
-        let start = Instant::now();
-        let handler = |_: Envelope<AnyMessage>, _: DeliveryInfo| {
-            std::future::ready(Ok::<(), HandlerError>(()))
-        };
-        let sub = Subscription::new("bench", format!("consume-{}", label.replace(' ', "-")))
-            .to::<OrderConfirmed>()
-            .max_in_flight(64)
-            .inbox_ttl(inbox);
-        let handle = bus.subscribe(sub, handler).await.unwrap();
-        while (handle.stats().handled as usize) < n {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        sdk_consume.push((label, n as f64 / start.elapsed().as_secs_f64()));
-        handle.shutdown().await;
-    }
-    for (label, rate) in sdk_consume {
-        report(
-            &format!("consume + ack ({label})"),
-            raw_consume,
-            rate,
-            "msg/s",
+    // 3. Consume with ack: a raw pull consumer vs an SDK subscription (no-op handler),
+    // each round on fresh durables reading the first n messages.
+    let (mut raw, mut raw_parse, mut off, mut on) = (vec![], vec![], vec![], vec![]);
+    for round in 0..rounds {
+        raw.push(
+            measure(
+                &pid,
+                n,
+                raw_consume(&js, &format!("raw-{round}"), n, |_| ()),
+            )
+            .await,
         );
-        let like = format!("consume + ack ({label}), raw parsing JSON too");
-        report(&like, raw_parse_consume, rate, "msg/s");
+        raw_parse.push(
+            measure(
+                &pid,
+                n,
+                raw_consume(&js, &format!("parse-{round}"), n, |b| {
+                    std::hint::black_box(serde_json::from_slice::<serde_json::Value>(b).unwrap());
+                }),
+            )
+            .await,
+        );
+        for (runs, label, inbox) in [
+            (&mut off, "off", None),
+            (&mut on, "on", Some(Duration::from_secs(3600))),
+        ] {
+            runs.push(
+                measure(&pid, n, async {
+                    let handler = |_: Envelope<AnyMessage>, _: DeliveryInfo| {
+                        std::future::ready(Ok::<(), HandlerError>(()))
+                    };
+                    let sub = Subscription::new("bench", format!("inbox-{label}-{round}"))
+                        .to::<OrderConfirmed>()
+                        .max_in_flight(64)
+                        .inbox_ttl(inbox);
+                    let handle = bus.subscribe(sub, handler).await.unwrap();
+                    while (handle.stats().handled as usize) < n {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    handle.shutdown().await;
+                })
+                .await,
+            );
+        }
     }
+    println!("\nconsume + ack");
+    row("raw", &raw, None);
+    row("raw, parsing the JSON too", &raw_parse, Some(&raw));
+    row("SDK, inbox off", &off, Some(&raw));
+    row("SDK, inbox on (default)", &on, Some(&raw));
 }

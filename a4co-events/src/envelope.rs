@@ -246,7 +246,11 @@ impl<T: Payload> Envelope<T> {
     pub fn to_json(&self) -> Vec<u8> {
         // An envelope of catalog payloads (string keys, no non-finite floats from the
         // catalog's own constructors) always serializes; a NaN rate would become `null`.
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut body = Vec::with_capacity(1024);
+        match serde_json::to_writer(&mut body, self) {
+            Ok(()) => body,
+            Err(_) => Vec::new(),
+        }
     }
 
     /// The NATS headers: `Nats-Msg-Id` (dedup), type, version, aggregate id, correlation id,
@@ -254,7 +258,15 @@ impl<T: Payload> Envelope<T> {
     /// costs the broker (the benchmark in docs/benchmarks.md measures it).
     pub fn headers(&self) -> Headers {
         let mut h = Headers::new();
-        h.insert(names::MSG_ID, self.event_id.to_string());
+        let mut id = Uuid::encode_buffer();
+        h.insert(
+            names::MSG_ID,
+            self.event_id
+                .0
+                .hyphenated()
+                .encode_lower(&mut id)
+                .to_owned(),
+        );
         h.insert(names::EVENT_TYPE, self.event_type());
         h.insert(names::EVENT_VERSION, self.event_version().to_string());
         h.insert(names::AGGREGATE_ID, self.aggregate_id.as_str());
@@ -331,10 +343,19 @@ struct WireRef<'a, T> {
     event_type: &'static str,
     event_version: u32,
     aggregate_id: &'a str,
-    occurred_at: &'a DateTime<Utc>,
+    occurred_at: Rfc3339<'a>,
     source: &'a str,
     data: &'a T,
     metadata: &'a Metadata,
+}
+
+/// A UTC time as chrono's serde writes it, the fast way (see [`crate::time`]).
+struct Rfc3339<'a>(&'a DateTime<Utc>);
+
+impl Serialize for Rfc3339<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        crate::time::utc(self.0, serializer)
+    }
 }
 
 impl<T: Payload> Serialize for Envelope<T> {
@@ -344,7 +365,7 @@ impl<T: Payload> Serialize for Envelope<T> {
             event_type: self.data.event_type(),
             event_version: self.data.event_version(),
             aggregate_id: &self.aggregate_id,
-            occurred_at: &self.occurred_at,
+            occurred_at: Rfc3339(&self.occurred_at),
             source: &self.source,
             data: &self.data,
             metadata: &self.metadata,
@@ -387,6 +408,24 @@ pub struct WireEnvelope {
 mod tests {
     use super::*;
     use crate::catalog::order::{ConfirmOrder, OrderCreated};
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        #[test]
+        fn occurred_at_is_written_exactly_as_chrono_writes_it(
+            secs in -62_135_596_800_i64..253_402_300_799,
+            nanos in proptest::prop_oneof![
+                proptest::strategy::Just(0_u32),
+                (0_u32..1000).prop_map(|ms| ms * 1_000_000),
+                (0_u32..1_000_000).prop_map(|us| us * 1000),
+                0_u32..1_000_000_000,
+            ],
+        ) {
+            let t = DateTime::from_timestamp(secs, nanos).unwrap();
+            let ours = serde_json::to_string(&Rfc3339(&t)).unwrap();
+            proptest::prop_assert_eq!(ours, serde_json::to_string(&t).unwrap());
+        }
+    }
 
     #[test]
     fn a_first_message_names_itself_as_correlation_and_causation() {

@@ -12,6 +12,7 @@
 //! NATS header names are case-sensitive, so every name here is exactly as written (lower
 //! case but for `Nats-Msg-Id`, which the server defines).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -39,8 +40,9 @@ pub mod names {
 /// A set of message headers, one value per name.
 ///
 /// Transport-neutral: the NATS transport converts it to and from `async_nats::HeaderMap`.
+/// Names are usually the `'static` constants of [`names`], which cost no copy.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Headers(BTreeMap<String, String>);
+pub struct Headers(BTreeMap<Cow<'static, str>, String>);
 
 impl Headers {
     /// No headers.
@@ -49,7 +51,7 @@ impl Headers {
     }
 
     /// Sets a header, replacing any value it had.
-    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    pub fn insert(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) {
         self.0.insert(name.into(), value.into());
     }
 
@@ -65,7 +67,7 @@ impl Headers {
 
     /// Every header, sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.0.iter().map(|(k, v)| (k.as_ref(), v.as_str()))
     }
 
     /// How many headers.
@@ -77,9 +79,37 @@ impl Headers {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Why these headers cannot go on the wire, if they cannot: NATS header names are
+    /// printable ASCII without `:`, and values have no line breaks. Transports refuse such
+    /// a message with an error naming the header instead of sending a broken one.
+    pub fn wire_problem(&self) -> Option<String> {
+        let bad_name =
+            |n: &str| n.is_empty() || n.bytes().any(|b| !b.is_ascii_graphic() || b == b':');
+        let bad_value = |v: &str| v.bytes().any(|b| b == b'\r' || b == b'\n');
+        let (name, value) = self
+            .0
+            .iter()
+            .find(|(name, value)| bad_name(name) || bad_value(value))?;
+        Some(if bad_name(name) {
+            format!("header name {name:?} is not printable ASCII without ':'")
+        } else {
+            format!("header {name} has a line break in its value {value:?}")
+        })
+    }
 }
 
-impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
+/// The headers by value, sorted by name: names and values move out without a copy.
+impl IntoIterator for Headers {
+    type Item = (Cow<'static, str>, String);
+    type IntoIter = std::collections::btree_map::IntoIter<Cow<'static, str>, String>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<K: Into<Cow<'static, str>>, V: Into<String>> FromIterator<(K, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         Headers(
             iter.into_iter()
@@ -87,6 +117,22 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
                 .collect(),
         )
     }
+}
+
+/// The `'static` name among [`names`] equal to `name`, so a received header costs no copy
+/// of its name.
+pub(crate) fn known_name(name: &str) -> Option<&'static str> {
+    [
+        names::MSG_ID,
+        names::EVENT_TYPE,
+        names::EVENT_VERSION,
+        names::AGGREGATE_ID,
+        names::CORRELATION_ID,
+        names::TRACEPARENT,
+        names::TRACESTATE,
+    ]
+    .into_iter()
+    .find(|known| *known == name)
 }
 
 /// A W3C trace context (`traceparent` and optional `tracestate`).

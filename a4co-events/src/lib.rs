@@ -11,6 +11,7 @@ pub mod headers;
 mod message;
 mod money;
 pub mod schema;
+mod time;
 
 pub use catalog::AnyMessage;
 pub use decode::{DecodeError, DecodeErrorKind, Decoder, Violation, decode, decode_as};

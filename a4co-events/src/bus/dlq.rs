@@ -147,7 +147,9 @@ impl DeadLetter {
                 self.stream, self.stream_sequence, self.consumer
             ),
         );
-        headers.insert(REASON_HEADER, crate::decode::clip(&self.reason));
+        // One line: a header value cannot carry line breaks (the body keeps the reason whole).
+        let reason = crate::decode::clip(&self.reason).replace(['\r', '\n'], " ");
+        headers.insert(REASON_HEADER, reason);
         headers.insert(CONSUMER_HEADER, self.consumer.as_str());
         for name in [names::TRACEPARENT, names::TRACESTATE, names::EVENT_TYPE] {
             if let Some(v) = self.headers.get(name) {

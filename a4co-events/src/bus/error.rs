@@ -99,6 +99,9 @@ kinds!(
         ConnectionLost => "connection lost",
         /// The broker refused the message (too large, a failed expectation, ...).
         Rejected => "rejected",
+        /// The message cannot be sent as it is (a header name or value the wire cannot
+        /// carry); the message says which. Sending it again will fail again.
+        InvalidMessage => "invalid message",
         /// Anything else.
         Other => "publish failed",
     }

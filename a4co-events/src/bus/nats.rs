@@ -16,9 +16,11 @@
 //! The server must be nats-server 2.12 or newer (older ones silently ignore settings the
 //! SDK relies on); [`NatsBus::connect`] refuses older ones.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::header::{HeaderName, HeaderValue, IntoHeaderName as _};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, AckKind, kv, stream};
@@ -37,7 +39,7 @@ use super::transport::{
     RawMessage, Transport,
 };
 use super::{Error, EventBus};
-use crate::headers::Headers;
+use crate::headers::{Headers, known_name};
 
 /// The bus on NATS JetStream.
 pub type NatsBus = EventBus<NatsTransport>;
@@ -222,14 +224,14 @@ impl NatsTransport {
         &self.js
     }
 
-    fn publish_message(message: RawMessage) -> (String, PublishMessage) {
-        let headers = to_header_map(&message.headers);
-        (
+    fn publish_message(message: RawMessage) -> Result<(String, PublishMessage), PublishError> {
+        let headers = to_header_map(message.headers, &message.subject)?;
+        Ok((
             message.subject,
             PublishMessage::build()
                 .payload(message.payload)
                 .headers(headers),
-        )
+        ))
     }
 }
 
@@ -242,12 +244,25 @@ fn version_at_least(version: &str, (major, minor): (u64, u64)) -> bool {
     (a, b) >= (major, minor)
 }
 
-fn to_header_map(headers: &Headers) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (name, value) in headers.iter() {
-        map.insert(name, value);
+/// The headers as async-nats takes them: names of [`crate::headers::names`] as static
+/// names, values moved. Refuses what async-nats would panic on (see
+/// [`Headers::wire_problem`]).
+fn to_header_map(headers: Headers, subject: &str) -> Result<HeaderMap, PublishError> {
+    if let Some(problem) = headers.wire_problem() {
+        return Err(PublishError::new(
+            PublishErrorKind::InvalidMessage,
+            format!("cannot publish to {subject}: {problem}"),
+        ));
     }
-    map
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        let name = match name {
+            Cow::Borrowed(name) => HeaderName::from_static(name),
+            Cow::Owned(name) => name.into_header_name(),
+        };
+        map.insert(name, HeaderValue::from(value));
+    }
+    Ok(map)
 }
 
 fn from_header_map(map: Option<&HeaderMap>) -> Headers {
@@ -255,7 +270,10 @@ fn from_header_map(map: Option<&HeaderMap>) -> Headers {
     if let Some(map) = map {
         for (name, values) in map.iter() {
             if let Some(value) = values.first() {
-                headers.insert(AsRef::<str>::as_ref(name), value.as_str());
+                let name: &str = name.as_ref();
+                let name =
+                    known_name(name).map_or_else(|| Cow::Owned(name.to_owned()), Cow::Borrowed);
+                headers.insert(name, value.as_str());
             }
         }
     }
@@ -299,7 +317,7 @@ impl Transport for NatsTransport {
     }
 
     async fn publish_pipelined(&self, message: RawMessage) -> Result<PendingAck, PublishError> {
-        let (subject, publish) = Self::publish_message(message);
+        let (subject, publish) = Self::publish_message(message)?;
         let future = self
             .js
             .send_publish(subject.clone(), publish)

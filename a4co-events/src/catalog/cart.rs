@@ -32,6 +32,7 @@ pub struct CartAbandoned {
     /// The cart's total.
     pub cart_total: Money,
     /// When the customer last touched it.
+    #[serde(serialize_with = "crate::time::utc")]
     pub last_activity_at: DateTime<Utc>,
 }
 

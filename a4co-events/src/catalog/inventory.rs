@@ -23,6 +23,7 @@ pub struct StockReserved {
     /// Units still available to others after this reservation.
     pub remaining_stock: u32,
     /// When the hold lapses unless the order is confirmed.
+    #[serde(serialize_with = "crate::time::utc")]
     pub reservation_expiry: DateTime<Utc>,
     /// The reservation, for releasing it later.
     pub reservation_id: String,
@@ -124,6 +125,7 @@ pub struct StockReleased {
     /// Units available after the release.
     pub new_available_stock: u32,
     /// When.
+    #[serde(serialize_with = "crate::time::utc")]
     pub released_at: DateTime<Utc>,
 }
 
@@ -163,11 +165,13 @@ pub struct LowStockWarning {
     pub category: String,
     /// When stock was last replenished, if ever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(serialize_with = "crate::time::opt_utc")]
     pub last_restock_date: Option<DateTime<Utc>>,
     /// Units sold per day, averaged (a rate, not money).
     #[schemars(range(min = 0.0))]
     pub average_daily_sales: f64,
     /// When stock runs out at that rate.
+    #[serde(serialize_with = "crate::time::utc")]
     pub estimated_stockout_date: DateTime<Utc>,
 }
 
@@ -228,6 +232,7 @@ pub struct InventoryAdjusted {
     /// Who adjusted (a user id, or `system`).
     pub adjusted_by: String,
     /// When.
+    #[serde(serialize_with = "crate::time::utc")]
     pub adjusted_at: DateTime<Utc>,
     /// Free-text notes, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -275,6 +280,7 @@ pub struct ReserveStock {
     #[schemars(range(min = 1))]
     pub quantity: u32,
     /// When the hold lapses unless the order is confirmed (30 minutes by default).
+    #[serde(serialize_with = "crate::time::utc")]
     pub expires_at: DateTime<Utc>,
 }
 

@@ -49,6 +49,7 @@ pub enum Fulfillment {
             default,
             skip_serializing_if = "Option::is_none"
         )]
+        #[serde(serialize_with = "crate::time::opt_utc")]
         requested_date: Option<DateTime<Utc>>,
     },
     /// Collected by the customer at the artisan's workshop.
@@ -59,6 +60,7 @@ pub enum Fulfillment {
             default,
             skip_serializing_if = "Option::is_none"
         )]
+        #[serde(serialize_with = "crate::time::opt_utc")]
         requested_date: Option<DateTime<Utc>>,
     },
 }
@@ -83,8 +85,10 @@ pub struct OrderCreatedV1 {
     pub order_type: OrderType,
     /// The delivery date the customer asked for, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(serialize_with = "crate::time::opt_utc")]
     pub requested_delivery_date: Option<DateTime<Utc>>,
     /// When the order was placed.
+    #[serde(serialize_with = "crate::time::utc")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -105,6 +109,7 @@ pub struct OrderCreated {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_method_id: Option<String>,
     /// When the order was placed.
+    #[serde(serialize_with = "crate::time::utc")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -209,8 +214,10 @@ message!(OrderCreated {
 #[serde(rename_all = "camelCase")]
 pub struct OrderConfirmed {
     /// When the order was confirmed.
+    #[serde(serialize_with = "crate::time::utc")]
     pub confirmed_at: DateTime<Utc>,
     /// When the customer can expect the order.
+    #[serde(serialize_with = "crate::time::utc")]
     pub estimated_delivery_date: DateTime<Utc>,
     /// The payment's transaction reference.
     pub payment_reference: String,
@@ -270,6 +277,7 @@ pub struct OrderCancelled {
     /// Why.
     pub reason: CancellationReason,
     /// When.
+    #[serde(serialize_with = "crate::time::utc")]
     pub cancelled_at: DateTime<Utc>,
     /// Whether money was taken and must be returned.
     pub refund_required: bool,
@@ -324,6 +332,7 @@ pub enum DeliveryMethod {
 #[serde(rename_all = "camelCase")]
 pub struct OrderDelivered {
     /// When it was handed over.
+    #[serde(serialize_with = "crate::time::utc")]
     pub delivered_at: DateTime<Utc>,
     /// How.
     pub delivery_method: DeliveryMethod,
@@ -419,6 +428,7 @@ pub struct OrderStatusChanged {
     /// The state now.
     pub new_status: OrderStatus,
     /// When it changed.
+    #[serde(serialize_with = "crate::time::utc")]
     pub changed_at: DateTime<Utc>,
     /// Why, in words, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -41,6 +41,7 @@ pub struct PaymentInitiated {
     /// Our reference at the gateway.
     pub merchant_reference: String,
     /// When the charge was sent.
+    #[serde(serialize_with = "crate::time::utc")]
     pub initiated_at: DateTime<Utc>,
 }
 
@@ -77,6 +78,7 @@ pub struct PaymentSucceeded {
     /// The amount charged.
     pub amount: Money,
     /// When the gateway processed it.
+    #[serde(serialize_with = "crate::time::utc")]
     pub processed_at: DateTime<Utc>,
     /// The gateway used.
     pub payment_gateway: String,
@@ -130,6 +132,7 @@ pub struct PaymentFailed {
     /// Whether trying again may succeed.
     pub retryable: bool,
     /// When it failed.
+    #[serde(serialize_with = "crate::time::utc")]
     pub failed_at: DateTime<Utc>,
     /// Which attempt this was, from 1.
     #[schemars(range(min = 1))]
@@ -190,6 +193,7 @@ pub struct RefundProcessed {
     /// Why, in words.
     pub refund_reason: String,
     /// When the gateway processed it.
+    #[serde(serialize_with = "crate::time::utc")]
     pub processed_at: DateTime<Utc>,
     /// The gateway's refund id.
     pub gateway_refund_id: String,

@@ -18,6 +18,7 @@ pub struct ShipmentCreated {
     /// The carrier.
     pub carrier: String,
     /// When the carrier expects to deliver.
+    #[serde(serialize_with = "crate::time::utc")]
     pub estimated_delivery: DateTime<Utc>,
 }
 
@@ -48,6 +49,7 @@ pub struct ShipmentDispatched {
     /// The carrier.
     pub carrier: String,
     /// When the carrier collected it.
+    #[serde(serialize_with = "crate::time::utc")]
     pub dispatched_at: DateTime<Utc>,
 }
 
@@ -98,6 +100,7 @@ pub struct ShipmentDelivered {
     /// The order delivered.
     pub order_id: String,
     /// When.
+    #[serde(serialize_with = "crate::time::utc")]
     pub delivered_at: DateTime<Utc>,
 }
 

@@ -51,6 +51,7 @@ pub struct UserRegistered {
     /// Family name.
     pub last_name: String,
     /// When they signed up.
+    #[serde(serialize_with = "crate::time::utc")]
     pub registration_date: DateTime<Utc>,
     /// Where from.
     pub registration_source: RegistrationSource,
@@ -110,6 +111,7 @@ pub struct UserProfileUpdated {
     /// Their values after, by field name.
     pub new_values: BTreeMap<String, serde_json::Value>,
     /// When.
+    #[serde(serialize_with = "crate::time::utc")]
     pub updated_at: DateTime<Utc>,
     /// Who (the user, or an administrator's id).
     pub updated_by: String,
@@ -204,6 +206,7 @@ pub struct UserPreferencesChanged {
     /// The preferences now.
     pub preferences: Preferences,
     /// When they changed.
+    #[serde(serialize_with = "crate::time::utc")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -254,6 +257,7 @@ pub struct EmailVerified {
     #[schemars(email)]
     pub email: String,
     /// When.
+    #[serde(serialize_with = "crate::time::utc")]
     pub verified_at: DateTime<Utc>,
 }
 

@@ -107,6 +107,58 @@ async fn publish_errors_by_kind<T: Transport>(f: Fixture<T>) {
     let err = f.bus.publish_raw(raw).await.unwrap_err();
     assert_eq!(err.kind(), PublishErrorKind::NoStream, "{err}");
     assert!(err.to_string().contains("nowhere.at_all"), "{err}");
+
+    // What the wire cannot carry is refused with a reason, never sent broken (or panicked on).
+    let err = f
+        .bus
+        .publish(&order("ord-1\r\nX-Evil: 1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), PublishErrorKind::InvalidMessage, "{err}");
+    assert!(err.to_string().contains("a4co-aggregate-id"), "{err}");
+    let mut headers = order("ord-1").headers();
+    headers.insert("bad name".to_owned(), "x");
+    let raw = RawMessage {
+        subject: "order.created".into(),
+        headers,
+        payload: Bytes::from(order("ord-1").to_json()),
+    };
+    let err = f.bus.publish_raw(raw).await.unwrap_err();
+    assert_eq!(err.kind(), PublishErrorKind::InvalidMessage, "{err}");
+    assert!(err.to_string().contains("\"bad name\""), "{err}");
+    assert!(dead_letters(&f.bus).await.is_empty());
+}
+
+async fn a_multi_line_failure_reason_is_dead_lettered<T: Transport>(f: Fixture<T>) {
+    let handler = |env: Envelope<AnyMessage>, _: DeliveryInfo| {
+        std::future::ready(if env.aggregate_id == "ord-bad" {
+            Err(HandlerError::permanent("line one\r\nline two"))
+        } else {
+            Ok(())
+        })
+    };
+    let handle = f
+        .bus
+        .subscribe(
+            Subscription::new("inventory", "orders").to::<OrderCreated>(),
+            handler,
+        )
+        .await
+        .unwrap();
+    f.bus.publish(&order("ord-bad")).await.unwrap();
+    f.bus.publish(&order("ord-good")).await.unwrap();
+    eventually(10, "one dead letter, one handled", || async {
+        let s = handle.stats();
+        s.dead_lettered == 1 && s.handled == 1
+    })
+    .await;
+    let letters = dead_letters(&f.bus).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        letters[0].reason, "permanent: line one\r\nline two",
+        "the record keeps it whole"
+    );
+    handle.shutdown().await;
 }
 
 async fn pipelined_publish<T: Transport>(f: Fixture<T>) {
@@ -793,6 +845,7 @@ macro_rules! conformance {
 conformance!(
     dedup,
     publish_errors_by_kind,
+    a_multi_line_failure_reason_is_dead_lettered,
     pipelined_publish,
     typed_delivery,
     redelivery_with_growing_delays,
