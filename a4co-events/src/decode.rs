@@ -317,20 +317,21 @@ impl Decoder {
                 ),
             ));
         }
-        if let Err(e) = std::str::from_utf8(bytes) {
-            return Err(DecodeError::new(
-                DecodeErrorKind::NotUtf8,
-                format!(
-                    "message is not UTF-8: invalid byte sequence at offset {}",
-                    e.valid_up_to()
-                ),
-            ));
-        }
         let wire = match serde_json::from_slice::<WireEnvelope>(bytes) {
-            // The fast path: straight into the typed envelope, then the few rules serde does
-            // not check. The schema walk below only runs to explain a failure precisely.
+            // The fast path: straight into the typed envelope (serde_json checks the UTF-8 of
+            // what it reads), then the few rules serde does not check. The checks below only
+            // run to explain a failure precisely.
             Ok(wire) if satisfies_envelope_rules(&wire) => wire,
             _ => {
+                if let Err(e) = std::str::from_utf8(bytes) {
+                    return Err(DecodeError::new(
+                        DecodeErrorKind::NotUtf8,
+                        format!(
+                            "message is not UTF-8: invalid byte sequence at offset {}",
+                            e.valid_up_to()
+                        ),
+                    ));
+                }
                 let value: Value = serde_json::from_slice(bytes).map_err(|e| {
                     let what = if e.is_eof() {
                         "truncated JSON"

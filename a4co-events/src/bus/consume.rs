@@ -448,6 +448,10 @@ async fn with_progress<D: Delivery, F: Future>(
 ) -> F::Output {
     let period = (ack_wait / 2).max(Duration::from_millis(50));
     tokio::pin!(work);
+    // Most handlers finish without waiting: no timer for them.
+    if let std::task::Poll::Ready(out) = futures::poll!(&mut work) {
+        return out;
+    }
     loop {
         tokio::select! {
             out = &mut work => return out,

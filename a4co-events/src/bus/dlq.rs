@@ -109,7 +109,7 @@ impl DeadLetter {
             error_chain,
             attempts,
             consumer: consumer.to_owned(),
-            stream: info.stream.clone(),
+            stream: info.stream.to_string(),
             stream_sequence: info.stream_sequence,
             delivered: info.attempt,
             subject: message.subject.clone(),

@@ -259,8 +259,8 @@ impl MemoryTransport {
             key: key.clone(),
             message: stored.message.clone(),
             info: DeliveryInfo {
-                stream: key.0.clone(),
-                consumer: key.1.clone(),
+                stream: Arc::from(key.0.as_str()),
+                consumer: Arc::from(key.1.as_str()),
                 stream_sequence: seq,
                 attempt,
                 published: stored.published,

@@ -17,6 +17,7 @@
 //! SDK relies on); [`NatsBus::connect`] refuses older ones.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -280,6 +281,15 @@ fn from_header_map(map: Option<&HeaderMap>) -> Headers {
     headers
 }
 
+/// `known` when `name` is it (always, in practice), else a new copy.
+fn shared_name(known: &Arc<str>, name: &str) -> Arc<str> {
+    if **known == *name {
+        Arc::clone(known)
+    } else {
+        Arc::from(name)
+    }
+}
+
 fn to_chrono(t: async_nats::datetime::DateTime) -> DateTime<Utc> {
     DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond()).unwrap_or_default()
 }
@@ -442,6 +452,10 @@ impl Transport for NatsTransport {
         Ok(NatsConsumer {
             messages,
             durable: spec.durable.clone(),
+            names: (
+                Arc::from(spec.stream.as_str()),
+                Arc::from(spec.durable.as_str()),
+            ),
         })
     }
 
@@ -524,6 +538,8 @@ impl Transport for NatsTransport {
 pub struct NatsConsumer {
     messages: pull::Stream,
     durable: String,
+    /// Stream and consumer names, shared by every delivery's info.
+    names: (Arc<str>, Arc<str>),
 }
 
 impl std::fmt::Debug for NatsConsumer {
@@ -545,7 +561,7 @@ impl Consumer for NatsConsumer {
                 format!("pulling for {}", self.durable),
             )
             .with_source(e)),
-            Ok(message) => NatsDelivery::new(message),
+            Ok(message) => NatsDelivery::new(message, &self.names),
         })
     }
 }
@@ -566,7 +582,10 @@ impl std::fmt::Debug for NatsDelivery {
 }
 
 impl NatsDelivery {
-    fn new(message: jetstream::Message) -> Result<Self, ConsumeError> {
+    fn new(
+        message: jetstream::Message,
+        (stream, consumer): &(Arc<str>, Arc<str>),
+    ) -> Result<Self, ConsumeError> {
         let info = {
             let i = message.info().map_err(|e| {
                 ConsumeError::new(
@@ -576,8 +595,8 @@ impl NatsDelivery {
                 .with_source(e.to_string())
             })?;
             DeliveryInfo {
-                stream: i.stream.to_owned(),
-                consumer: i.consumer.to_owned(),
+                stream: shared_name(stream, i.stream),
+                consumer: shared_name(consumer, i.consumer),
                 stream_sequence: i.stream_sequence,
                 attempt: u64::try_from(i.delivered).unwrap_or(1),
                 published: to_chrono(i.published),

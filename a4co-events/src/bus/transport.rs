@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -109,9 +110,9 @@ pub struct Provisioned {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeliveryInfo {
     /// The stream it is stored in.
-    pub stream: String,
+    pub stream: Arc<str>,
     /// The durable consumer delivering it.
-    pub consumer: String,
+    pub consumer: Arc<str>,
     /// Its sequence in the stream.
     pub stream_sequence: u64,
     /// Which delivery this is, from 1 (the broker counts).

@@ -60,7 +60,10 @@ pub struct ArtisanVerified {
     /// How thoroughly they were verified.
     pub verification_level: VerificationLevel,
     /// When.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub verified_at: DateTime<Utc>,
     /// Who verified them.
     pub verified_by: String,
@@ -135,13 +138,19 @@ pub struct ArtisanStatusChanged {
     /// Why, in words.
     pub reason: String,
     /// When.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub changed_at: DateTime<Utc>,
     /// Who changed it.
     pub changed_by: String,
     /// When a suspension ends by itself, if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(serialize_with = "crate::time::opt_utc")]
+    #[serde(
+        serialize_with = "crate::time::opt_utc",
+        deserialize_with = "crate::time::de_opt_utc"
+    )]
     pub automatic_reactivation_date: Option<DateTime<Utc>>,
     /// The products affected.
     pub impacted_products: Vec<String>,
@@ -223,7 +232,10 @@ pub struct NewProductListed {
     #[schemars(range(min = 0.0, max = 100.0))]
     pub sustainability_score: Option<f64>,
     /// When it was listed.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub listed_at: DateTime<Utc>,
 }
 

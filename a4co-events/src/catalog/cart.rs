@@ -32,7 +32,10 @@ pub struct CartAbandoned {
     /// The cart's total.
     pub cart_total: Money,
     /// When the customer last touched it.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub last_activity_at: DateTime<Utc>,
 }
 

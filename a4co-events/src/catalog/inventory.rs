@@ -23,7 +23,10 @@ pub struct StockReserved {
     /// Units still available to others after this reservation.
     pub remaining_stock: u32,
     /// When the hold lapses unless the order is confirmed.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub reservation_expiry: DateTime<Utc>,
     /// The reservation, for releasing it later.
     pub reservation_id: String,
@@ -125,7 +128,10 @@ pub struct StockReleased {
     /// Units available after the release.
     pub new_available_stock: u32,
     /// When.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub released_at: DateTime<Utc>,
 }
 
@@ -165,13 +171,19 @@ pub struct LowStockWarning {
     pub category: String,
     /// When stock was last replenished, if ever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(serialize_with = "crate::time::opt_utc")]
+    #[serde(
+        serialize_with = "crate::time::opt_utc",
+        deserialize_with = "crate::time::de_opt_utc"
+    )]
     pub last_restock_date: Option<DateTime<Utc>>,
     /// Units sold per day, averaged (a rate, not money).
     #[schemars(range(min = 0.0))]
     pub average_daily_sales: f64,
     /// When stock runs out at that rate.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub estimated_stockout_date: DateTime<Utc>,
 }
 
@@ -232,7 +244,10 @@ pub struct InventoryAdjusted {
     /// Who adjusted (a user id, or `system`).
     pub adjusted_by: String,
     /// When.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub adjusted_at: DateTime<Utc>,
     /// Free-text notes, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -280,7 +295,10 @@ pub struct ReserveStock {
     #[schemars(range(min = 1))]
     pub quantity: u32,
     /// When the hold lapses unless the order is confirmed (30 minutes by default).
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub expires_at: DateTime<Utc>,
 }
 

@@ -49,7 +49,10 @@ pub enum Fulfillment {
             default,
             skip_serializing_if = "Option::is_none"
         )]
-        #[serde(serialize_with = "crate::time::opt_utc")]
+        #[serde(
+            serialize_with = "crate::time::opt_utc",
+            deserialize_with = "crate::time::de_opt_utc"
+        )]
         requested_date: Option<DateTime<Utc>>,
     },
     /// Collected by the customer at the artisan's workshop.
@@ -60,7 +63,10 @@ pub enum Fulfillment {
             default,
             skip_serializing_if = "Option::is_none"
         )]
-        #[serde(serialize_with = "crate::time::opt_utc")]
+        #[serde(
+            serialize_with = "crate::time::opt_utc",
+            deserialize_with = "crate::time::de_opt_utc"
+        )]
         requested_date: Option<DateTime<Utc>>,
     },
 }
@@ -85,10 +91,16 @@ pub struct OrderCreatedV1 {
     pub order_type: OrderType,
     /// The delivery date the customer asked for, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(serialize_with = "crate::time::opt_utc")]
+    #[serde(
+        serialize_with = "crate::time::opt_utc",
+        deserialize_with = "crate::time::de_opt_utc"
+    )]
     pub requested_delivery_date: Option<DateTime<Utc>>,
     /// When the order was placed.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub created_at: DateTime<Utc>,
 }
 
@@ -109,7 +121,10 @@ pub struct OrderCreated {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_method_id: Option<String>,
     /// When the order was placed.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub created_at: DateTime<Utc>,
 }
 
@@ -214,10 +229,16 @@ message!(OrderCreated {
 #[serde(rename_all = "camelCase")]
 pub struct OrderConfirmed {
     /// When the order was confirmed.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub confirmed_at: DateTime<Utc>,
     /// When the customer can expect the order.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub estimated_delivery_date: DateTime<Utc>,
     /// The payment's transaction reference.
     pub payment_reference: String,
@@ -277,7 +298,10 @@ pub struct OrderCancelled {
     /// Why.
     pub reason: CancellationReason,
     /// When.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub cancelled_at: DateTime<Utc>,
     /// Whether money was taken and must be returned.
     pub refund_required: bool,
@@ -332,7 +356,10 @@ pub enum DeliveryMethod {
 #[serde(rename_all = "camelCase")]
 pub struct OrderDelivered {
     /// When it was handed over.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub delivered_at: DateTime<Utc>,
     /// How.
     pub delivery_method: DeliveryMethod,
@@ -428,7 +455,10 @@ pub struct OrderStatusChanged {
     /// The state now.
     pub new_status: OrderStatus,
     /// When it changed.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub changed_at: DateTime<Utc>,
     /// Why, in words, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]

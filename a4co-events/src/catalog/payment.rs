@@ -41,7 +41,10 @@ pub struct PaymentInitiated {
     /// Our reference at the gateway.
     pub merchant_reference: String,
     /// When the charge was sent.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub initiated_at: DateTime<Utc>,
 }
 
@@ -78,7 +81,10 @@ pub struct PaymentSucceeded {
     /// The amount charged.
     pub amount: Money,
     /// When the gateway processed it.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub processed_at: DateTime<Utc>,
     /// The gateway used.
     pub payment_gateway: String,
@@ -132,7 +138,10 @@ pub struct PaymentFailed {
     /// Whether trying again may succeed.
     pub retryable: bool,
     /// When it failed.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub failed_at: DateTime<Utc>,
     /// Which attempt this was, from 1.
     #[schemars(range(min = 1))]
@@ -193,7 +202,10 @@ pub struct RefundProcessed {
     /// Why, in words.
     pub refund_reason: String,
     /// When the gateway processed it.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub processed_at: DateTime<Utc>,
     /// The gateway's refund id.
     pub gateway_refund_id: String,

@@ -18,7 +18,10 @@ pub struct ShipmentCreated {
     /// The carrier.
     pub carrier: String,
     /// When the carrier expects to deliver.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub estimated_delivery: DateTime<Utc>,
 }
 
@@ -49,7 +52,10 @@ pub struct ShipmentDispatched {
     /// The carrier.
     pub carrier: String,
     /// When the carrier collected it.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub dispatched_at: DateTime<Utc>,
 }
 
@@ -100,7 +106,10 @@ pub struct ShipmentDelivered {
     /// The order delivered.
     pub order_id: String,
     /// When.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub delivered_at: DateTime<Utc>,
 }
 

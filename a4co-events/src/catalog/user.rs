@@ -51,7 +51,10 @@ pub struct UserRegistered {
     /// Family name.
     pub last_name: String,
     /// When they signed up.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub registration_date: DateTime<Utc>,
     /// Where from.
     pub registration_source: RegistrationSource,
@@ -111,7 +114,10 @@ pub struct UserProfileUpdated {
     /// Their values after, by field name.
     pub new_values: BTreeMap<String, serde_json::Value>,
     /// When.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub updated_at: DateTime<Utc>,
     /// Who (the user, or an administrator's id).
     pub updated_by: String,
@@ -206,7 +212,10 @@ pub struct UserPreferencesChanged {
     /// The preferences now.
     pub preferences: Preferences,
     /// When they changed.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -257,7 +266,10 @@ pub struct EmailVerified {
     #[schemars(email)]
     pub email: String,
     /// When.
-    #[serde(serialize_with = "crate::time::utc")]
+    #[serde(
+        serialize_with = "crate::time::utc",
+        deserialize_with = "crate::time::de_utc"
+    )]
     pub verified_at: DateTime<Utc>,
 }
 

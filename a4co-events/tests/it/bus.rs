@@ -191,7 +191,7 @@ async fn typed_delivery<T: Transport>(f: Fixture<T>) {
         OrderConfirmed::example()
     );
     assert_eq!(
-        (got.event_id, info.attempt, info.stream.as_str()),
+        (got.event_id, info.attempt, &*info.stream),
         (sent.event_id, 1, "ORDERS")
     );
     assert!(
