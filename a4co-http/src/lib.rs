@@ -1,13 +1,39 @@
-//! The resilient service-to-service HTTP client of a4co (work in progress).
+//! The resilient service-to-service HTTP client of a4co.
 //!
-//! This crate will hold the client one service uses to call another synchronously, with the
-//! design-v2 resilience policies in one pipeline: a concurrency limit, a total timeout (or
-//! the caller's deadline), retry with exponential backoff and jitter under a budget, a
-//! circuit breaker and a per-attempt timeout; plus service JWTs (issuing, and an axum layer
-//! that checks them) and the `microservices_sync_*` metrics.
+//! One [`Client`] per target service, built from a [`ClientBuilder`] that rejects bad
+//! settings. Every call goes through one pipeline, in this order: a concurrency limit, the
+//! total timeout (or the caller's deadline, if sooner), retries with exponential backoff
+//! and jitter under a retry budget ([`retry`]), and a per-attempt timeout. A failed call is
+//! one [`Error`] with predicates (`is_timeout`, `status`, ...) and the body the target sent.
 //!
-//! Until then it exposes the timeouts of design-v2's synchronous call matrix, which the
-//! clients will use as their defaults:
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use a4co_http::{Client, retry};
+//! use a4co_testkit::http::{FaultServer, Reply};
+//!
+//! let inventory = FaultServer::start().await;
+//! inventory.script("GET /api/v1/inventory/p-1", [
+//!     Reply::status(503),                       // a blip...
+//!     Reply::json(200, r#"{"available":3}"#),   // ...then the answer
+//! ]);
+//!
+//! let client = Client::builder("inventory-service", inventory.base_url())
+//!     .timeout(Duration::from_secs(3))
+//!     .retry(retry::Config { initial_backoff: Duration::from_millis(10), ..Default::default() })
+//!     .build()?;
+//! let stock: serde_json::Value = client.get_json("/api/v1/inventory/p-1").await?;
+//! assert_eq!(stock["available"], 3);
+//! assert_eq!(inventory.hits("GET /api/v1/inventory/p-1"), 2);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Still to come (issue 4): the circuit breaker, fallbacks, service JWTs, spans and the
+//! `microservices_sync_*` metrics.
+//!
+//! Design-v2's timeouts of the synchronous call matrix, the examples' defaults:
 //!
 //! ```
 //! use std::time::Duration;
@@ -16,7 +42,17 @@
 //! assert_eq!(timeout, Some(Duration::from_secs(3)));
 //! ```
 
+mod client;
+mod error;
+pub mod retry;
+
 use std::time::Duration;
+
+pub use client::{
+    Call, Client, ClientBuilder, DEADLINE_HEADER, IDEMPOTENCY_KEY_HEADER, Response,
+    deadline_from_headers,
+};
+pub use error::{ConfigError, Error};
 
 /// The per-call timeout design-v2 sets for a synchronous call, by target service and route.
 pub fn design_timeout(target: &str, route: &str) -> Option<Duration> {

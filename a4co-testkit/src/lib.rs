@@ -3,8 +3,10 @@
 //! It holds a real nats-server fixture ([`nats::NatsServer`]: free loopback port, temporary
 //! store, restart on the same store; [`nats::NatsCluster`]: three routed nodes) and a
 //! recording in-memory bus with assertions that wait instead of sleeping
-//! ([`bus::RecordingBus`]); it will hold an HTTP fault server and given/when/then saga
-//! scenarios. Add it as a dev-dependency.
+//! ([`bus::RecordingBus`]), and a scripted HTTP server on a loopback port
+//! ([`http::FaultServer`]: status sequences, latency, hangs, resets, `Retry-After`; it
+//! records what it received); it will hold given/when/then saga scenarios. Add it as a
+//! dev-dependency.
 //!
 //! Today it offers catalog examples wrapped in envelopes, for tests that need a valid message:
 //!
@@ -19,6 +21,7 @@
 use a4co_events::{Envelope, Message};
 
 pub mod bus;
+pub mod http;
 pub mod nats;
 
 /// The catalog example of `M`, in a fresh envelope from its first publisher.

@@ -1,0 +1,562 @@
+//! The client: one per target service, a cheap `Clone` handle over one connection pool.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::{Method, StatusCode, header};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+
+use crate::error::{ConfigError, Error, Kind};
+use crate::retry::{self, Tokens};
+
+/// The header carrying the caller's remaining time budget, in milliseconds, so the
+/// server side can stop work nobody waits for ([`deadline_from_headers`] reads it).
+pub const DEADLINE_HEADER: &str = "a4co-deadline-ms";
+
+/// The header that makes a non-idempotent request safe to retry.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// The deadline a caller sent in [`DEADLINE_HEADER`], as an instant on this machine.
+/// `None` when absent or unreadable.
+pub fn deadline_from_headers(headers: &header::HeaderMap) -> Option<Instant> {
+    let ms: u64 = headers
+        .get(DEADLINE_HEADER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Instant::now() + Duration::from_millis(ms))
+}
+
+/// Builds a [`Client`]; [`ClientBuilder::build`] rejects settings that cannot work.
+#[derive(Debug)]
+#[must_use]
+pub struct ClientBuilder {
+    target: String,
+    base_url: String,
+    timeout: Option<Duration>,
+    attempt_timeout: Option<Duration>,
+    connect_timeout: Duration,
+    retry: retry::Config,
+    max_in_flight: Option<usize>,
+    user_agent: Option<String>,
+}
+
+impl ClientBuilder {
+    /// The total time a call may take, retries and waits included. Default 5 s. `None`
+    /// leaves only the per-attempt timeout and the caller's deadline.
+    pub fn timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.timeout = timeout.into();
+        self
+    }
+
+    /// The time one attempt may take. Default: the total timeout.
+    pub fn attempt_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.attempt_timeout = timeout.into();
+        self
+    }
+
+    /// The time to establish a connection. Default 1 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How to retry. Default [`retry::Config::default`]; [`retry::never`] to switch off.
+    pub fn retry(mut self, retry: retry::Config) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// At most this many calls in flight at once (a bulkhead); more wait for a slot until
+    /// their timeout or deadline, then fail as rejected. Default 64; `None` for no limit.
+    pub fn max_in_flight(mut self, limit: impl Into<Option<usize>>) -> Self {
+        self.max_in_flight = limit.into();
+        self
+    }
+
+    /// The `User-Agent` (default: `a4co-http/<version>`).
+    pub fn user_agent(mut self, agent: impl Into<String>) -> Self {
+        self.user_agent = Some(agent.into());
+        self
+    }
+
+    /// The client.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] saying what to fix: a base URL that is not `http(s)://host[:port]`,
+    /// a zero timeout, an attempt timeout longer than the total, no attempts, a backoff
+    /// whose start exceeds its cap, a negative or non-finite budget, a zero concurrency limit.
+    pub fn build(self) -> Result<Client, ConfigError> {
+        let t = &self.target;
+        if t.trim().is_empty() {
+            return Err(ConfigError::new(t, "the target service needs a name"));
+        }
+        let base = reqwest::Url::parse(&self.base_url).map_err(|e| {
+            ConfigError::new(
+                t,
+                format!("base URL {:?} is not a URL ({e})", self.base_url),
+            )
+        })?;
+        if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
+            return Err(ConfigError::new(
+                t,
+                format!("base URL {:?} must be http(s)://host[:port]", self.base_url),
+            ));
+        }
+        let zero = |d: Option<Duration>| d.is_some_and(|d| d.is_zero());
+        if zero(self.timeout) || zero(self.attempt_timeout) || self.connect_timeout.is_zero() {
+            return Err(ConfigError::new(
+                t,
+                "timeouts must be above zero (use None for none)",
+            ));
+        }
+        if let (Some(total), Some(attempt)) = (self.timeout, self.attempt_timeout)
+            && attempt > total
+        {
+            return Err(ConfigError::new(
+                t,
+                format!("the attempt timeout ({attempt:?}) exceeds the total timeout ({total:?})"),
+            ));
+        }
+        let r = &self.retry;
+        if r.max_attempts == 0 {
+            return Err(ConfigError::new(
+                t,
+                "retry.max_attempts must be at least 1 (1 = no retry)",
+            ));
+        }
+        if r.initial_backoff > r.max_backoff {
+            return Err(ConfigError::new(
+                t,
+                "retry.initial_backoff must not exceed retry.max_backoff",
+            ));
+        }
+        let b = &r.budget;
+        if !(b.ratio.is_finite()
+            && b.ratio >= 0.0
+            && b.min_per_second.is_finite()
+            && b.min_per_second >= 0.0)
+        {
+            return Err(ConfigError::new(
+                t,
+                "retry.budget.ratio and min_per_second must be finite and >= 0",
+            ));
+        }
+        if self.max_in_flight == Some(0) {
+            return Err(ConfigError::new(
+                t,
+                "max_in_flight must be at least 1 (None for no limit)",
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .user_agent(
+                self.user_agent
+                    .clone()
+                    .unwrap_or_else(|| concat!("a4co-http/", env!("CARGO_PKG_VERSION")).to_owned()),
+            )
+            .retry(reqwest::retry::never())
+            .build()
+            .map_err(|e| ConfigError::new(t, format!("cannot build the HTTP stack: {e}")))?;
+        let base = self.base_url.trim_end_matches('/').to_owned();
+        Ok(Client {
+            inner: Arc::new(Inner {
+                tokens: Tokens::new(self.retry.budget.clone()),
+                limit: self.max_in_flight.map(Semaphore::new),
+                target: self.target,
+                base,
+                http,
+                timeout: self.timeout,
+                attempt_timeout: self.attempt_timeout,
+                retry: self.retry,
+            }),
+        })
+    }
+}
+
+/// The client of one target service. Clones share the connection pool, the retry budget
+/// and the concurrency limit.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    target: String,
+    base: String,
+    http: reqwest::Client,
+    timeout: Option<Duration>,
+    attempt_timeout: Option<Duration>,
+    retry: retry::Config,
+    tokens: Tokens,
+    limit: Option<Semaphore>,
+}
+
+impl Client {
+    /// A builder for calls to `target` (the service's name, for errors and metrics) at
+    /// `base_url` (`http://inventory-service:8080`).
+    pub fn builder(target: impl Into<String>, base_url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            target: target.into(),
+            base_url: base_url.into(),
+            timeout: Some(Duration::from_secs(5)),
+            attempt_timeout: None,
+            connect_timeout: Duration::from_secs(1),
+            retry: retry::Config::default(),
+            max_in_flight: Some(64),
+            user_agent: None,
+        }
+    }
+
+    /// The target service's name.
+    pub fn target(&self) -> &str {
+        &self.inner.target
+    }
+
+    /// A call with any method.
+    pub fn request(&self, method: Method, path: &str) -> Call {
+        Call {
+            client: self.clone(),
+            method,
+            path: path.to_owned(),
+            body: None,
+            idempotency_key: None,
+            deadline: None,
+            headers: header::HeaderMap::new(),
+            error: None,
+        }
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> Call {
+        self.request(Method::GET, path)
+    }
+
+    /// `POST path`.
+    pub fn post(&self, path: &str) -> Call {
+        self.request(Method::POST, path)
+    }
+
+    /// `PUT path`.
+    pub fn put(&self, path: &str) -> Call {
+        self.request(Method::PUT, path)
+    }
+
+    /// `DELETE path`.
+    pub fn delete(&self, path: &str) -> Call {
+        self.request(Method::DELETE, path)
+    }
+
+    /// `GET path`, the response's JSON as `T`.
+    ///
+    /// # Errors
+    /// See [`Call::send`]; also the body not being a `T`.
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        self.get(path).send_json().await
+    }
+
+    /// `POST path` with `body` as JSON, the response's JSON as `T`.
+    ///
+    /// # Errors
+    /// As [`Client::get_json`].
+    pub async fn post_json<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, Error> {
+        self.post(path).json(body).send_json().await
+    }
+
+    /// `PUT path` with `body` as JSON, the response's JSON as `T`.
+    ///
+    /// # Errors
+    /// As [`Client::get_json`].
+    pub async fn put_json<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, Error> {
+        self.put(path).json(body).send_json().await
+    }
+}
+
+/// A successful response, read whole.
+#[derive(Clone, Debug)]
+pub struct Response {
+    /// The status (2xx or 3xx).
+    pub status: u16,
+    /// The headers.
+    pub headers: header::HeaderMap,
+    /// The body.
+    pub body: bytes::Bytes,
+}
+
+impl Response {
+    /// The body as JSON.
+    ///
+    /// # Errors
+    /// `serde_json`'s, when the body is not a `T`.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.body)
+    }
+}
+
+/// One call being set up: body, idempotency key, deadline, headers; then [`Call::send`].
+#[derive(Debug)]
+#[must_use]
+pub struct Call {
+    client: Client,
+    method: Method,
+    path: String,
+    body: Option<bytes::Bytes>,
+    idempotency_key: Option<String>,
+    deadline: Option<Instant>,
+    headers: header::HeaderMap,
+    error: Option<String>,
+}
+
+enum Outcome {
+    Done(Response),
+    Retry(Error, Option<Duration>),
+    Fail(Error),
+}
+
+impl Call {
+    /// Sends `body` as JSON.
+    pub fn json<B: Serialize + ?Sized>(mut self, body: &B) -> Self {
+        match serde_json::to_vec(body) {
+            Ok(bytes) => {
+                self.body = Some(bytes.into());
+                self.headers.insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
+            }
+            Err(e) => self.error = Some(format!("the body does not serialize to JSON: {e}")),
+        }
+        self
+    }
+
+    /// Makes the call safe to retry even when its method is not idempotent: the target
+    /// must treat requests with the same key as one.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// The caller's deadline (from a saga step or an incoming request): the call never
+    /// waits past it, and the target learns the time left through [`DEADLINE_HEADER`].
+    pub fn deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        match (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            header::HeaderValue::from_str(value),
+        ) {
+            (Ok(n), Ok(v)) => {
+                self.headers.insert(n, v);
+            }
+            _ => self.error = Some(format!("header {name:?} cannot be sent")),
+        }
+        self
+    }
+
+    fn retryable(&self) -> bool {
+        self.idempotency_key.is_some()
+            || matches!(
+                self.method,
+                Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+            )
+    }
+
+    /// Sends the call through the pipeline: concurrency limit, total timeout (or the
+    /// deadline, if sooner), retries under the budget, per-attempt timeout.
+    ///
+    /// # Errors
+    /// An [`Error`]: timed out, deadline exceeded, cannot connect, a failure status (with
+    /// the body the target sent), rejected by the concurrency limit, or a bad request.
+    pub async fn send(self) -> Result<Response, Error> {
+        let inner = Arc::clone(&self.client.inner);
+        let call = format!("{} {}", self.method, self.path);
+        let err = |kind| Error::new(kind, &inner.target, &call);
+        if let Some(problem) = &self.error {
+            return Err(err(Kind::Request).with_detail(problem.clone()));
+        }
+        let url = format!("{}{}", inner.base, self.path);
+        if let Err(e) = reqwest::Url::parse(&url) {
+            return Err(err(Kind::Request).with_detail(format!("bad path: {e}")));
+        }
+        let started = Instant::now();
+        let total_end = inner.timeout.map(|t| started + t);
+        let (end, by_deadline) = match (total_end, self.deadline) {
+            (Some(t), Some(d)) if d < t => (Some(d), true),
+            (None, Some(d)) => (Some(d), true),
+            (t, _) => (t, false),
+        };
+        let expired = |attempts: u32| {
+            let kind = if by_deadline {
+                Kind::Deadline
+            } else {
+                Kind::Timeout
+            };
+            err(kind).with_attempts(attempts)
+        };
+
+        let _permit = match &inner.limit {
+            None => None,
+            Some(limit) => {
+                let acquire = limit.acquire();
+                let permit = match end {
+                    Some(end) => tokio::time::timeout_at(end.into(), acquire).await.ok(),
+                    None => Some(acquire.await),
+                };
+                match permit {
+                    Some(Ok(p)) => Some(p),
+                    _ => return Err(err(Kind::Rejected)),
+                }
+            }
+        };
+
+        inner.tokens.deposit();
+        let retryable = self.retryable();
+        let mut attempt = 0_u32;
+        loop {
+            attempt += 1;
+            let now = Instant::now();
+            let remaining = end.map(|e| e.saturating_duration_since(now));
+            if remaining.is_some_and(|r| r.is_zero()) {
+                return Err(expired(attempt - 1));
+            }
+            let attempt_limit = match (inner.attempt_timeout, remaining) {
+                (Some(a), Some(r)) => Some(a.min(r)),
+                (a, r) => a.or(r),
+            };
+            let outcome = self
+                .attempt(&inner, &url, attempt_limit, remaining, &err)
+                .await;
+            let (error, wait) = match outcome {
+                Outcome::Done(response) => return Ok(response),
+                Outcome::Fail(e) => return Err(e.with_attempts(attempt)),
+                Outcome::Retry(e, wait) => (e, wait),
+            };
+            let error = error.with_attempts(attempt);
+            // A timeout that is really the end of the whole call's time is reported as such.
+            if error.is_timeout() && end.is_some_and(|e| Instant::now() >= e) {
+                return Err(expired(attempt).with_detail("the last attempt ran out of time"));
+            }
+            if !retryable || attempt >= inner.retry.max_attempts {
+                return Err(error);
+            }
+            let wait = wait.unwrap_or_else(|| inner.retry.backoff(attempt));
+            if end.is_some_and(|e| Instant::now() + wait >= e) {
+                return Err(error.with_detail(format!(
+                    "no retry: the next attempt ({wait:?} from now) would start past the {}",
+                    if by_deadline { "deadline" } else { "timeout" }
+                )));
+            }
+            if !inner.tokens.withdraw() {
+                return Err(error.with_detail("no retry: the retry budget is spent"));
+            }
+            tracing::debug!(target = %inner.target, %call, attempt, ?wait, "retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        inner: &Inner,
+        url: &str,
+        limit: Option<Duration>,
+        remaining: Option<Duration>,
+        err: &impl Fn(Kind) -> Error,
+    ) -> Outcome {
+        let mut request = inner
+            .http
+            .request(self.method.clone(), url)
+            .headers(self.headers.clone());
+        if let Some(key) = &self.idempotency_key {
+            request = request.header(IDEMPOTENCY_KEY_HEADER, key);
+        }
+        if let Some(remaining) = remaining.filter(|_| self.deadline.is_some()) {
+            request = request.header(DEADLINE_HEADER, remaining.as_millis().to_string());
+        }
+        if let Some(body) = &self.body {
+            request = request.body(body.clone());
+        }
+        let exchange = async {
+            let response = request.send().await?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = response.bytes().await?;
+            Ok::<_, reqwest::Error>((status, headers, body))
+        };
+        let result = match limit {
+            Some(limit) => match tokio::time::timeout(limit, exchange).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Outcome::Retry(
+                        err(Kind::Timeout).with_detail(format!("no answer within {limit:?}")),
+                        None,
+                    );
+                }
+            },
+            None => exchange.await,
+        };
+        match result {
+            Err(e) if e.is_connect() => Outcome::Retry(err(Kind::Connect).with_source(e), None),
+            Err(e) if e.is_timeout() => Outcome::Retry(err(Kind::Timeout).with_source(e), None),
+            Err(e) if e.is_builder() => Outcome::Fail(err(Kind::Request).with_source(e)),
+            Err(e) => Outcome::Retry(err(Kind::Transport).with_source(e), None),
+            Ok((status, headers, body)) if status.is_success() || status.is_redirection() => {
+                Outcome::Done(Response {
+                    status: status.as_u16(),
+                    headers,
+                    body,
+                })
+            }
+            Ok((status, headers, body)) => {
+                let error = err(Kind::Status)
+                    .with_status(status.as_u16(), String::from_utf8_lossy(&body).into_owned());
+                if matches!(
+                    status,
+                    StatusCode::TOO_MANY_REQUESTS
+                        | StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
+                ) {
+                    let wait = headers
+                        .get(header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| retry::retry_after(v, SystemTime::now()));
+                    Outcome::Retry(error, wait)
+                } else {
+                    Outcome::Fail(error)
+                }
+            }
+        }
+    }
+
+    /// Sends, then reads the response's JSON as `T`.
+    ///
+    /// # Errors
+    /// As [`Call::send`], or a body that is not a `T` ([`Error::is_decode`]).
+    pub async fn send_json<T: DeserializeOwned>(self) -> Result<T, Error> {
+        let (target, call) = (
+            self.client.inner.target.clone(),
+            format!("{} {}", self.method, self.path),
+        );
+        let response = self.send().await?;
+        response
+            .json()
+            .map_err(|e| Error::new(Kind::Decode, &target, &call).with_source(e))
+    }
+}

@@ -1,0 +1,3 @@
+//! a4co-http against a real local server (the testkit's FaultServer).
+
+mod client;
