@@ -8,8 +8,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
+use crate::breaker::{self, Breaker};
 use crate::error::{ConfigError, Error, Kind};
 use crate::retry::{self, Tokens};
+
+/// Decides which failed attempts count against the circuit breaker.
+type Classifier = Arc<dyn Fn(&Error) -> bool + Send + Sync>;
+
+/// An answer for a call whose target is unavailable.
+type Fallback = Box<dyn FnOnce(&Error) -> Response + Send + Sync>;
 
 /// The header carrying the caller's remaining time budget, in milliseconds, so the
 /// server side can stop work nobody waits for ([`deadline_from_headers`] reads it).
@@ -32,7 +39,6 @@ pub fn deadline_from_headers(headers: &header::HeaderMap) -> Option<Instant> {
 }
 
 /// Builds a [`Client`]; [`ClientBuilder::build`] rejects settings that cannot work.
-#[derive(Debug)]
 #[must_use]
 pub struct ClientBuilder {
     target: String,
@@ -43,9 +49,47 @@ pub struct ClientBuilder {
     retry: retry::Config,
     max_in_flight: Option<usize>,
     user_agent: Option<String>,
+    breaker: Option<breaker::Config>,
+    counts: Classifier,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("target", &self.target)
+            .field("base_url", &self.base_url)
+            .field("timeout", &self.timeout)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("retry", &self.retry)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The breaker's default classifier: a 5xx, a timeout or a failed connection.
+fn default_counts(error: &Error) -> bool {
+    error.status().is_some_and(|s| s >= 500) || error.is_timeout() || error.is_connect()
 }
 
 impl ClientBuilder {
+    /// The circuit breaker's settings. Default [`breaker::Config::default`] (5 failures in
+    /// 60 s open it for 30 s); `None` switches it off.
+    pub fn breaker(mut self, config: impl Into<Option<breaker::Config>>) -> Self {
+        self.breaker = config.into();
+        self
+    }
+
+    /// Which failed attempts count against the breaker (default: a 5xx, a timeout, a
+    /// failed connection; never a 4xx, which is the target answering).
+    pub fn breaker_counts(
+        mut self,
+        counts: impl Fn(&Error) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.counts = Arc::new(counts);
+        self
+    }
+
     /// The total time a call may take, retries and waits included. Default 5 s. `None`
     /// leaves only the per-attempt timeout and the caller's deadline.
     pub fn timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
@@ -146,6 +190,14 @@ impl ClientBuilder {
                 "retry.budget.ratio and min_per_second must be finite and >= 0",
             ));
         }
+        if let Some(b) = &self.breaker
+            && (b.failure_threshold == 0 || b.window.is_zero() || b.open_for.is_zero())
+        {
+            return Err(ConfigError::new(
+                t,
+                "breaker.failure_threshold, window and open_for must be above zero (None for no breaker)",
+            ));
+        }
         if self.max_in_flight == Some(0) {
             return Err(ConfigError::new(
                 t,
@@ -167,6 +219,8 @@ impl ClientBuilder {
             inner: Arc::new(Inner {
                 tokens: Tokens::new(self.retry.budget.clone()),
                 limit: self.max_in_flight.map(Semaphore::new),
+                breaker: self.breaker.map(Breaker::new),
+                counts: self.counts,
                 target: self.target,
                 base,
                 http,
@@ -178,14 +232,13 @@ impl ClientBuilder {
     }
 }
 
-/// The client of one target service. Clones share the connection pool, the retry budget
-/// and the concurrency limit.
+/// The client of one target service. Clones share the connection pool, the retry budget,
+/// the concurrency limit and the circuit breaker.
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     target: String,
     base: String,
@@ -195,6 +248,32 @@ struct Inner {
     retry: retry::Config,
     tokens: Tokens,
     limit: Option<Semaphore>,
+    breaker: Option<Breaker>,
+    counts: Classifier,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("target", &self.target)
+            .field("base", &self.base)
+            .field("breaker", &self.breaker.as_ref().map(Breaker::state))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Holds the half-open probe's slot; a call dropped mid-probe gives it back.
+struct Probe<'a> {
+    breaker: &'a Breaker,
+    armed: bool,
+}
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.breaker.release_probe();
+        }
+    }
 }
 
 impl Client {
@@ -210,7 +289,14 @@ impl Client {
             retry: retry::Config::default(),
             max_in_flight: Some(64),
             user_agent: None,
+            breaker: Some(breaker::Config::default()),
+            counts: Arc::new(default_counts),
         }
+    }
+
+    /// The circuit breaker's state (`None` without a breaker).
+    pub fn breaker_state(&self) -> Option<breaker::State> {
+        self.inner.breaker.as_ref().map(Breaker::state)
     }
 
     /// The target service's name.
@@ -229,6 +315,7 @@ impl Client {
             deadline: None,
             headers: header::HeaderMap::new(),
             error: None,
+            fallback: None,
         }
     }
 
@@ -294,9 +381,26 @@ pub struct Response {
     pub headers: header::HeaderMap,
     /// The body.
     pub body: bytes::Bytes,
+    /// Whether the call's fallback answered instead of the target.
+    pub from_fallback: bool,
 }
 
 impl Response {
+    /// A 200 with `value` as its JSON body: what a fallback usually answers.
+    pub fn from_json<T: Serialize + ?Sized>(value: &T) -> Self {
+        let mut headers = header::HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        Response {
+            status: 200,
+            headers,
+            body: serde_json::to_vec(value).unwrap_or_default().into(),
+            from_fallback: false,
+        }
+    }
+
     /// The body as JSON.
     ///
     /// # Errors
@@ -306,8 +410,8 @@ impl Response {
     }
 }
 
-/// One call being set up: body, idempotency key, deadline, headers; then [`Call::send`].
-#[derive(Debug)]
+/// One call being set up: body, idempotency key, deadline, headers, fallback; then
+/// [`Call::send`].
 #[must_use]
 pub struct Call {
     client: Client,
@@ -318,6 +422,19 @@ pub struct Call {
     deadline: Option<Instant>,
     headers: header::HeaderMap,
     error: Option<String>,
+    fallback: Option<Fallback>,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("idempotency_key", &self.idempotency_key)
+            .field("deadline", &self.deadline)
+            .field("fallback", &self.fallback.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 enum Outcome {
@@ -356,6 +473,18 @@ impl Call {
         self
     }
 
+    /// Answers with `fallback` when the target is unavailable: the breaker is open, the
+    /// retries are spent (connect errors, timeouts, 429/502/503/504), the concurrency limit
+    /// rejected the call, or the deadline passed. A 4xx or a non-retryable 5xx is the
+    /// target's answer and comes back as an error.
+    pub fn fallback(
+        mut self,
+        fallback: impl FnOnce(&Error) -> Response + Send + Sync + 'static,
+    ) -> Self {
+        self.fallback = Some(Box::new(fallback));
+        self
+    }
+
     /// Adds a header.
     pub fn header(mut self, name: &str, value: &str) -> Self {
         match (
@@ -384,7 +513,23 @@ impl Call {
     /// # Errors
     /// An [`Error`]: timed out, deadline exceeded, cannot connect, a failure status (with
     /// the body the target sent), rejected by the concurrency limit, or a bad request.
-    pub async fn send(self) -> Result<Response, Error> {
+    pub async fn send(mut self) -> Result<Response, Error> {
+        let fallback = self.fallback.take();
+        match self.run().await {
+            Err(error) if error.is_unavailable() => match fallback {
+                Some(fallback) => {
+                    tracing::info!(error = %error, "target unavailable: answering with the fallback");
+                    let mut response = fallback(&error);
+                    response.from_fallback = true;
+                    Ok(response)
+                }
+                None => Err(error),
+            },
+            other => other,
+        }
+    }
+
+    async fn run(self) -> Result<Response, Error> {
         let inner = Arc::clone(&self.client.inner);
         let call = format!("{} {}", self.method, self.path);
         let err = |kind| Error::new(kind, &inner.target, &call);
@@ -440,9 +585,37 @@ impl Call {
                 (Some(a), Some(r)) => Some(a.min(r)),
                 (a, r) => a.or(r),
             };
+            let mut probe = None;
+            if let Some(breaker) = &inner.breaker {
+                match breaker.acquire() {
+                    Ok(is_probe) => {
+                        probe = Some(Probe {
+                            breaker,
+                            armed: is_probe,
+                        });
+                    }
+                    Err(rejected) => {
+                        let c = breaker.config();
+                        return Err(err(Kind::CircuitOpen)
+                            .with_attempts(attempt - 1)
+                            .with_detail(format!(
+                                "{} failures within {:?} opened it; next probe in {:?}",
+                                c.failure_threshold, c.window, rejected.retry_in
+                            )));
+                    }
+                }
+            }
             let outcome = self
                 .attempt(&inner, &url, attempt_limit, remaining, &err)
                 .await;
+            if let (Some(breaker), Some(mut probe)) = (&inner.breaker, probe) {
+                let failed = match &outcome {
+                    Outcome::Done(_) => false,
+                    Outcome::Fail(e) | Outcome::Retry(e, _) => (inner.counts)(e),
+                };
+                breaker.record(probe.armed, failed);
+                probe.armed = false;
+            }
             let (error, wait) = match outcome {
                 Outcome::Done(response) => return Ok(response),
                 Outcome::Fail(e) => return Err(e.with_attempts(attempt)),
@@ -521,6 +694,7 @@ impl Call {
                     status: status.as_u16(),
                     headers,
                     body,
+                    from_fallback: false,
                 })
             }
             Ok((status, headers, body)) => {

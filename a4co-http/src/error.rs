@@ -40,6 +40,8 @@ pub(crate) enum Kind {
     Request,
     /// Anything else on the way (connection reset, protocol error, ...).
     Transport,
+    /// The circuit breaker is open: the call failed fast, nothing was sent.
+    CircuitOpen,
 }
 
 impl Error {
@@ -99,6 +101,27 @@ impl Error {
         self.inner.kind == Kind::Rejected
     }
 
+    /// The target's circuit breaker is open: the call failed fast without reaching it.
+    pub fn is_circuit_open(&self) -> bool {
+        self.inner.kind == Kind::CircuitOpen
+    }
+
+    /// The target is unavailable rather than answering: breaker open, retries spent on
+    /// connect errors, timeouts or 429/502/503/504, rejected by the concurrency limit, or
+    /// the deadline passed. This is when a fallback answers.
+    pub fn is_unavailable(&self) -> bool {
+        match self.inner.kind {
+            Kind::Timeout
+            | Kind::Deadline
+            | Kind::Connect
+            | Kind::Rejected
+            | Kind::Transport
+            | Kind::CircuitOpen => true,
+            Kind::Status => matches!(self.inner.status, Some(429 | 502 | 503 | 504)),
+            Kind::Decode | Kind::Request => false,
+        }
+    }
+
     /// The response was not the JSON the caller asked for.
     pub fn is_decode(&self) -> bool {
         self.inner.kind == Kind::Decode
@@ -142,6 +165,7 @@ impl fmt::Display for Error {
             Kind::Decode => "unexpected response body",
             Kind::Request => "invalid request",
             Kind::Transport => "transport error",
+            Kind::CircuitOpen => "circuit open, failing fast",
         };
         write!(f, "{} {}: {what}", i.target, i.call)?;
         if let Some(status) = i.status {

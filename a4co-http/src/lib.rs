@@ -3,8 +3,10 @@
 //! One [`Client`] per target service, built from a [`ClientBuilder`] that rejects bad
 //! settings. Every call goes through one pipeline, in this order: a concurrency limit, the
 //! total timeout (or the caller's deadline, if sooner), retries with exponential backoff
-//! and jitter under a retry budget ([`retry`]), and a per-attempt timeout. A failed call is
-//! one [`Error`] with predicates (`is_timeout`, `status`, ...) and the body the target sent.
+//! and jitter under a retry budget ([`retry`]), a circuit breaker per target ([`breaker`]),
+//! and a per-attempt timeout. A failed call is one [`Error`] with predicates (`is_timeout`,
+//! `is_circuit_open`, `status`, ...) and the body the target sent; a call may carry a
+//! fallback that answers when the target is unavailable.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -30,8 +32,7 @@
 //! # }
 //! ```
 //!
-//! Still to come (issue 4): the circuit breaker, fallbacks, service JWTs, spans and the
-//! `microservices_sync_*` metrics.
+//! Still to come (issue 4): service JWTs, spans and the `microservices_sync_*` metrics.
 //!
 //! Design-v2's timeouts of the synchronous call matrix, the examples' defaults:
 //!
@@ -42,6 +43,7 @@
 //! assert_eq!(timeout, Some(Duration::from_secs(3)));
 //! ```
 
+pub mod breaker;
 mod client;
 mod error;
 pub mod retry;

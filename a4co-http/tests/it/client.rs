@@ -166,6 +166,7 @@ async fn a_spent_budget_stops_retries() {
             },
             ..fast_retry()
         })
+        .breaker(None)
         .build()
         .unwrap();
     // The budget holds two retries (0.2/s over 10 s) and earns none from traffic.
@@ -366,4 +367,160 @@ fn bad_config_fails_at_build_saying_what_to_fix() {
             .build()
             .is_ok()
     );
+}
+
+fn breaker(threshold: u32, open_for: Duration) -> a4co_http::breaker::Config {
+    a4co_http::breaker::Config {
+        failure_threshold: threshold,
+        window: Duration::from_secs(60),
+        open_for,
+    }
+}
+
+#[tokio::test]
+async fn the_breaker_opens_fails_fast_half_opens_and_closes() {
+    use a4co_http::breaker::State;
+    let server = FaultServer::start().await;
+    server.script("GET /x", [Reply::status(503)]);
+    let c = client(&server)
+        .retry(retry::never())
+        .breaker(breaker(3, Duration::from_millis(300)))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(c.get("/x").send().await.unwrap_err().status(), Some(503));
+    }
+    assert_eq!(c.breaker_state(), Some(State::Open));
+    let err = c.get("/x").send().await.unwrap_err();
+    assert!(err.is_circuit_open(), "{err}");
+    assert!(err.to_string().contains("circuit open"), "{err}");
+    assert_eq!(
+        server.hits("GET /x"),
+        3,
+        "nothing reaches the target while open"
+    );
+
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(c.breaker_state(), Some(State::HalfOpen));
+    server.script("GET /x", [Reply::status(200)]);
+    c.get("/x").send().await.unwrap();
+    assert_eq!(c.breaker_state(), Some(State::Closed));
+    assert_eq!(server.hits("GET /x"), 4);
+}
+
+#[tokio::test]
+async fn a_failed_probe_opens_the_breaker_again() {
+    use a4co_http::breaker::State;
+    let server = FaultServer::start().await;
+    server.script("GET /x", [Reply::status(500)]);
+    let c = client(&server)
+        .retry(retry::never())
+        .breaker(breaker(1, Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let _ = c.get("/x").send().await;
+    assert_eq!(c.breaker_state(), Some(State::Open));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        c.get("/x").send().await.unwrap_err().status(),
+        Some(500),
+        "the probe went through"
+    );
+    assert_eq!(c.breaker_state(), Some(State::Open));
+    assert!(c.get("/x").send().await.unwrap_err().is_circuit_open());
+    assert_eq!(server.hits("GET /x"), 2);
+}
+
+#[tokio::test]
+async fn answers_from_the_target_do_not_trip_the_breaker_unless_told() {
+    use a4co_http::breaker::State;
+    let server = FaultServer::start().await;
+    server.script("GET /missing", [Reply::status(404)]);
+    server.script("GET /busy", [Reply::status(429)]);
+    let c = client(&server)
+        .retry(retry::never())
+        .breaker(breaker(2, Duration::from_secs(30)))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let _ = c.get("/missing").send().await;
+        let _ = c.get("/busy").send().await;
+    }
+    assert_eq!(
+        c.breaker_state(),
+        Some(State::Closed),
+        "404 and 429 do not count by default"
+    );
+
+    let strict = client(&server)
+        .retry(retry::never())
+        .breaker(breaker(2, Duration::from_secs(30)))
+        .breaker_counts(|e| e.status() == Some(429))
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let _ = strict.get("/busy").send().await;
+    }
+    assert_eq!(strict.breaker_state(), Some(State::Open));
+}
+
+#[tokio::test]
+async fn retries_stop_when_the_breaker_opens_mid_call() {
+    let server = FaultServer::start().await;
+    server.script("GET /x", [Reply::status(503)]);
+    let c = client(&server)
+        .retry(retry::Config {
+            max_attempts: 5,
+            ..fast_retry()
+        })
+        .breaker(breaker(2, Duration::from_secs(30)))
+        .build()
+        .unwrap();
+    let err = c.get("/x").send().await.unwrap_err();
+    assert!(err.is_circuit_open(), "{err}");
+    assert_eq!(err.attempts(), 2);
+    assert_eq!(server.hits("GET /x"), 2);
+}
+
+#[tokio::test]
+async fn a_fallback_answers_when_the_target_is_unavailable_not_when_it_answers() {
+    let server = FaultServer::start().await;
+    server.script("GET /stock", [Reply::status(503)]);
+    server.script(
+        "GET /missing",
+        [Reply::json(404, r#"{"error":"no such product"}"#)],
+    );
+    let c = client(&server)
+        .breaker(breaker(3, Duration::from_secs(30)))
+        .build()
+        .unwrap();
+    let fallback = || {
+        |e: &a4co_http::Error| {
+            a4co_http::Response::from_json(&json!({"units": 0, "why": e.to_string()}))
+        }
+    };
+    // A 404 is the target's answer: an error, not the fallback (and not a breaker failure).
+    let err = c
+        .get("/missing")
+        .fallback(fallback())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(404));
+    assert_eq!(err.body(), Some(r#"{"error":"no such product"}"#));
+    // Retries spent: the fallback answers.
+    let r = c.get("/stock").fallback(fallback()).send().await.unwrap();
+    assert!(r.from_fallback);
+    assert_eq!(r.json::<Value>().unwrap()["units"], 0);
+    assert_eq!(server.hits("GET /stock"), 3);
+    // Breaker open: the fallback answers at once, nothing is sent.
+    let r = c.get("/stock").fallback(fallback()).send().await.unwrap();
+    assert!(r.from_fallback);
+    assert!(
+        r.json::<Value>().unwrap()["why"]
+            .as_str()
+            .unwrap()
+            .contains("circuit open")
+    );
+    assert_eq!(server.hits("GET /stock"), 3);
 }
