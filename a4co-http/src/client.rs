@@ -51,6 +51,7 @@ pub struct ClientBuilder {
     user_agent: Option<String>,
     breaker: Option<breaker::Config>,
     counts: Classifier,
+    issuer: Option<crate::auth::Issuer>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -73,6 +74,12 @@ fn default_counts(error: &Error) -> bool {
 }
 
 impl ClientBuilder {
+    /// Sends this service's JWT (`Authorization: Bearer`) with every attempt.
+    pub fn service_auth(mut self, issuer: crate::auth::Issuer) -> Self {
+        self.issuer = Some(issuer);
+        self
+    }
+
     /// The circuit breaker's settings. Default [`breaker::Config::default`] (5 failures in
     /// 60 s open it for 30 s); `None` switches it off.
     pub fn breaker(mut self, config: impl Into<Option<breaker::Config>>) -> Self {
@@ -221,6 +228,7 @@ impl ClientBuilder {
                 limit: self.max_in_flight.map(Semaphore::new),
                 breaker: self.breaker.map(Breaker::new),
                 counts: self.counts,
+                issuer: self.issuer,
                 target: self.target,
                 base,
                 http,
@@ -250,6 +258,7 @@ struct Inner {
     limit: Option<Semaphore>,
     breaker: Option<Breaker>,
     counts: Classifier,
+    issuer: Option<crate::auth::Issuer>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -291,6 +300,7 @@ impl Client {
             user_agent: None,
             breaker: Some(breaker::Config::default()),
             counts: Arc::new(default_counts),
+            issuer: None,
         }
     }
 
@@ -656,6 +666,12 @@ impl Call {
             .http
             .request(self.method.clone(), url)
             .headers(self.headers.clone());
+        if let Some(issuer) = &inner.issuer {
+            match issuer.token() {
+                Ok(token) => request = request.bearer_auth(token),
+                Err(e) => return Outcome::Fail(err(Kind::Request).with_source(e)),
+            }
+        }
         if let Some(key) = &self.idempotency_key {
             request = request.header(IDEMPOTENCY_KEY_HEADER, key);
         }

@@ -32,7 +32,11 @@
 //! # }
 //! ```
 //!
-//! Still to come (issue 4): service JWTs, spans and the `microservices_sync_*` metrics.
+//! Service-to-service JWTs are in [`auth`]: an [`auth::Issuer`] the client sends tokens
+//! from ([`ClientBuilder::service_auth`]) and an axum layer ([`auth::require`]) that checks
+//! them per route.
+//!
+//! Still to come (issue 4): spans and the `microservices_sync_*` metrics.
 //!
 //! Design-v2's timeouts of the synchronous call matrix, the examples' defaults:
 //!
@@ -43,6 +47,7 @@
 //! assert_eq!(timeout, Some(Duration::from_secs(3)));
 //! ```
 
+pub mod auth;
 pub mod breaker;
 mod client;
 mod error;

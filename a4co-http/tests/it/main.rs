@@ -1,3 +1,8 @@
-//! a4co-http against a real local server (the testkit's FaultServer).
+//! Integration tests of a4co-http against real local servers: the testkit's FaultServer and
+//! an axum server guarded by the service JWT layer.
 
+// A failing unwrap is a failing test, with its location; helpers outside #[test] use it too.
+#![allow(clippy::unwrap_used)]
+
+mod auth;
 mod client;
