@@ -160,6 +160,11 @@ impl Issuer {
         }
     }
 
+    /// The service the tokens speak for.
+    pub fn service_id(&self) -> &str {
+        &self.service_id
+    }
+
     /// Sets the tokens' life and how early to refresh them.
     #[must_use]
     pub fn lifetime(mut self, ttl: Duration, refresh_before: Duration) -> Self {

@@ -7,10 +7,12 @@ use reqwest::{Method, StatusCode, header};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
+use tracing::Instrument as _;
 
 use crate::breaker::{self, Breaker};
 use crate::error::{ConfigError, Error, Kind};
 use crate::retry::{self, Tokens};
+use crate::telemetry::{self, Metrics};
 
 /// Decides which failed attempts count against the circuit breaker.
 type Classifier = Arc<dyn Fn(&Error) -> bool + Send + Sync>;
@@ -52,6 +54,7 @@ pub struct ClientBuilder {
     breaker: Option<breaker::Config>,
     counts: Classifier,
     issuer: Option<crate::auth::Issuer>,
+    source: Option<String>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -74,6 +77,13 @@ fn default_counts(error: &Error) -> bool {
 }
 
 impl ClientBuilder {
+    /// The calling service, the metrics' `source` label. Default: the service of
+    /// [`ClientBuilder::service_auth`]'s issuer, else `unknown`.
+    pub fn source(mut self, service: impl Into<String>) -> Self {
+        self.source = Some(service.into());
+        self
+    }
+
     /// Sends this service's JWT (`Authorization: Bearer`) with every attempt.
     pub fn service_auth(mut self, issuer: crate::auth::Issuer) -> Self {
         self.issuer = Some(issuer);
@@ -222,11 +232,18 @@ impl ClientBuilder {
             .build()
             .map_err(|e| ConfigError::new(t, format!("cannot build the HTTP stack: {e}")))?;
         let base = self.base_url.trim_end_matches('/').to_owned();
+        let breaker = self.breaker.map(Breaker::new);
+        let source = self
+            .source
+            .or_else(|| self.issuer.as_ref().map(|i| i.service_id().to_owned()))
+            .unwrap_or_else(|| "unknown".to_owned());
+        let metrics = Metrics::new(&source, &self.target, breaker.as_ref());
         Ok(Client {
             inner: Arc::new(Inner {
+                metrics,
                 tokens: Tokens::new(self.retry.budget.clone()),
                 limit: self.max_in_flight.map(Semaphore::new),
-                breaker: self.breaker.map(Breaker::new),
+                breaker,
                 counts: self.counts,
                 issuer: self.issuer,
                 target: self.target,
@@ -259,6 +276,7 @@ struct Inner {
     breaker: Option<Breaker>,
     counts: Classifier,
     issuer: Option<crate::auth::Issuer>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Inner {
@@ -301,6 +319,7 @@ impl Client {
             breaker: Some(breaker::Config::default()),
             counts: Arc::new(default_counts),
             issuer: None,
+            source: None,
         }
     }
 
@@ -326,6 +345,7 @@ impl Client {
             headers: header::HeaderMap::new(),
             error: None,
             fallback: None,
+            endpoint: None,
         }
     }
 
@@ -433,6 +453,7 @@ pub struct Call {
     headers: header::HeaderMap,
     error: Option<String>,
     fallback: Option<Fallback>,
+    endpoint: Option<String>,
 }
 
 impl std::fmt::Debug for Call {
@@ -495,6 +516,13 @@ impl Call {
         self
     }
 
+    /// The route template for metrics and spans (`/api/v1/inventory/{productId}`). Default:
+    /// the path with segments holding digits replaced by `{id}`.
+    pub fn endpoint(mut self, template: impl Into<String>) -> Self {
+        self.endpoint = Some(template.into());
+        self
+    }
+
     /// Adds a header.
     pub fn header(mut self, name: &str, value: &str) -> Self {
         match (
@@ -525,7 +553,30 @@ impl Call {
     /// the body the target sent), rejected by the concurrency limit, or a bad request.
     pub async fn send(mut self) -> Result<Response, Error> {
         let fallback = self.fallback.take();
-        match self.run().await {
+        let inner = Arc::clone(&self.client.inner);
+        let endpoint = self
+            .endpoint
+            .take()
+            .unwrap_or_else(|| telemetry::endpoint_of(&self.path));
+        let span = tracing::info_span!(
+            "http.call",
+            otel.name = %format_args!("{} {endpoint}", self.method),
+            otel.kind = "client",
+            http.request.method = %self.method,
+            peer.service = %inner.target,
+            url.path = %self.path,
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let result = self.run().instrument(span.clone()).await;
+        let status = telemetry::status_label(result.as_ref().map(|r| r.status));
+        inner.metrics.record(&endpoint, &status, started.elapsed());
+        span.record("http.response.status_code", status.as_str());
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        match result {
             Err(error) if error.is_unavailable() => match fallback {
                 Some(fallback) => {
                     tracing::info!(error = %error, "target unavailable: answering with the fallback");
@@ -666,6 +717,13 @@ impl Call {
             .http
             .request(self.method.clone(), url)
             .headers(self.headers.clone());
+        let span = tracing::info_span!("http.attempt", otel.kind = "client");
+        if let Some((parent, state)) = telemetry::trace_headers(&span) {
+            request = request.header("traceparent", parent);
+            if !state.is_empty() {
+                request = request.header("tracestate", state);
+            }
+        }
         if let Some(issuer) = &inner.issuer {
             match issuer.token() {
                 Ok(token) => request = request.bearer_auth(token),
@@ -688,6 +746,7 @@ impl Call {
             let body = response.bytes().await?;
             Ok::<_, reqwest::Error>((status, headers, body))
         };
+        let exchange = exchange.instrument(span);
         let result = match limit {
             Some(limit) => match tokio::time::timeout(limit, exchange).await {
                 Ok(r) => r,

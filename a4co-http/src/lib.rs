@@ -36,7 +36,10 @@
 //! from ([`ClientBuilder::service_auth`]) and an axum layer ([`auth::require`]) that checks
 //! them per route.
 //!
-//! Still to come (issue 4): spans and the `microservices_sync_*` metrics.
+//! Every call is a span (each attempt a child span whose W3C trace context goes out in
+//! `traceparent`) and counts in the design-v2 metrics `microservices_sync_requests_total`
+//! and `microservices_sync_request_duration_seconds`; the breaker's state is the gauge
+//! `microservices_circuit_breaker_state`.
 //!
 //! Design-v2's timeouts of the synchronous call matrix, the examples' defaults:
 //!
@@ -52,6 +55,7 @@ pub mod breaker;
 mod client;
 mod error;
 pub mod retry;
+mod telemetry;
 
 use std::time::Duration;
 

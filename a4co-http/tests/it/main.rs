@@ -6,3 +6,4 @@
 
 mod auth;
 mod client;
+mod telemetry;

@@ -1,0 +1,135 @@
+//! Trace context reaches the server; the design-v2 metrics count each call.
+
+use std::time::Duration;
+
+use a4co_http::{Client, retry};
+use a4co_testkit::http::{FaultServer, Reply};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+
+#[tokio::test]
+async fn trace_context_arrives_and_calls_are_counted() {
+    let spans = InMemorySpanExporter::default();
+    let tracer_provider = SdkTracerProvider::builder()
+        .with_simple_exporter(spans.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(tracer_provider.tracer("a4co-test")));
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let metrics = InMemoryMetricExporter::default();
+    let meter_provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(metrics.clone()).build())
+        .build();
+    opentelemetry::global::set_meter_provider(meter_provider.clone());
+
+    let server = FaultServer::start().await;
+    server.script(
+        "GET /api/v1/inventory/p-7",
+        [Reply::status(503), Reply::json(200, "{}")],
+    );
+    let client = Client::builder("inventory-service", server.base_url())
+        .source("order-service")
+        .retry(retry::Config {
+            initial_backoff: Duration::from_millis(5),
+            jitter: false,
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+
+    let parent = tracing::info_span!("place order");
+    let trace_id = parent.context().span().span_context().trace_id();
+    client
+        .get("/api/v1/inventory/p-7")
+        .send()
+        .instrument(parent.clone())
+        .await
+        .unwrap();
+    drop(parent);
+
+    let received = server.received("GET /api/v1/inventory/p-7");
+    assert_eq!(received.len(), 2);
+    let span_ids: Vec<String> = received
+        .iter()
+        .map(|r| {
+            let parts: Vec<&str> = r
+                .header("traceparent")
+                .expect("traceparent")
+                .split('-')
+                .collect();
+            assert_eq!(parts[1], trace_id.to_string(), "the caller's trace");
+            parts[2].to_owned()
+        })
+        .collect();
+    assert_ne!(span_ids[0], span_ids[1], "each attempt is its own span");
+
+    tracer_provider.force_flush().unwrap();
+    let names: Vec<String> = spans
+        .get_finished_spans()
+        .unwrap()
+        .iter()
+        .map(|s| s.name.to_string())
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "GET /api/v1/inventory/{id}"),
+        "{names:?}"
+    );
+    assert_eq!(
+        names.iter().filter(|n| *n == "http.attempt").count(),
+        2,
+        "{names:?}"
+    );
+
+    meter_provider.force_flush().unwrap();
+    let exported = metrics.get_finished_metrics().unwrap();
+    let all: Vec<_> = exported
+        .iter()
+        .flat_map(|r| r.scope_metrics())
+        .flat_map(|s| s.metrics())
+        .collect();
+    let requests = all
+        .iter()
+        .find(|m| m.name() == "microservices_sync_requests_total")
+        .expect("the requests counter");
+    let AggregatedMetrics::U64(MetricData::Sum(sum)) = requests.data() else {
+        panic!("not a u64 sum")
+    };
+    let point = sum.data_points().next().expect("a data point");
+    assert_eq!(point.value(), 1, "one call, however many attempts");
+    let attrs: Vec<&KeyValue> = point.attributes().collect();
+    for (k, v) in [
+        ("source", "order-service"),
+        ("target", "inventory-service"),
+        ("endpoint", "/api/v1/inventory/{id}"),
+        ("status", "200"),
+    ] {
+        assert!(
+            attrs
+                .iter()
+                .any(|kv| kv.key.as_str() == k && kv.value.as_str() == v),
+            "{k}={v} missing in {attrs:?}"
+        );
+    }
+    assert!(
+        all.iter()
+            .any(|m| m.name() == "microservices_sync_request_duration_seconds")
+    );
+    let gauge = all
+        .iter()
+        .find(|m| m.name() == "microservices_circuit_breaker_state")
+        .expect("the breaker gauge");
+    let AggregatedMetrics::U64(MetricData::Gauge(g)) = gauge.data() else {
+        panic!("not a u64 gauge")
+    };
+    assert_eq!(
+        g.data_points().next().expect("a point").value(),
+        0,
+        "closed"
+    );
+}
