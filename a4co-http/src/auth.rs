@@ -127,7 +127,8 @@ pub struct Issuer {
     permissions: Vec<String>,
     ttl: Duration,
     refresh_before: Duration,
-    cache: Arc<Mutex<Option<(String, u64)>>>,
+    /// The token, its `Authorization` value, and its expiry.
+    cache: Arc<Mutex<Option<(String, HeaderValue, u64)>>>,
 }
 
 struct EncodingKeyDebug(EncodingKey);
@@ -180,15 +181,27 @@ impl Issuer {
     /// # Errors
     /// The crypto backend refused to sign.
     pub fn token(&self) -> Result<String, IssueError> {
+        self.current().map(|(token, _)| token)
+    }
+
+    /// `Bearer <token>`, ready to send (cached with the token).
+    ///
+    /// # Errors
+    /// As [`Issuer::token`].
+    pub fn authorization(&self) -> Result<HeaderValue, IssueError> {
+        self.current().map(|(_, value)| value)
+    }
+
+    fn current(&self) -> Result<(String, HeaderValue), IssueError> {
         let now = now_secs();
         let mut cache = self
             .cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((token, exp)) = cache.as_ref()
+        if let Some((token, value, exp)) = cache.as_ref()
             && now + self.refresh_before.as_secs() < *exp
         {
-            return Ok(token.clone());
+            return Ok((token.clone(), value.clone()));
         }
         let claims = Claims {
             service_id: self.service_id.clone(),
@@ -200,8 +213,12 @@ impl Issuer {
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key.0)
             .map_err(IssueError)?;
-        *cache = Some((token.clone(), claims.exp));
-        Ok(token)
+        // A JWT is base64url and dots: always a valid header value.
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        value.set_sensitive(true);
+        *cache = Some((token.clone(), value.clone(), claims.exp));
+        Ok((token, value))
     }
 }
 

@@ -571,11 +571,11 @@ impl Call {
         let started = Instant::now();
         let result = self.run().instrument(span.clone()).await;
         let status = telemetry::status_label(result.as_ref().map(|r| r.status));
-        inner.metrics.record(&endpoint, &status, started.elapsed());
         span.record("http.response.status_code", status.as_str());
         if result.is_err() {
             span.record("otel.status_code", "ERROR");
         }
+        inner.metrics.record(endpoint, status, started.elapsed());
         match result {
             Err(error) if error.is_unavailable() => match fallback {
                 Some(fallback) => {
@@ -592,15 +592,21 @@ impl Call {
 
     async fn run(self) -> Result<Response, Error> {
         let inner = Arc::clone(&self.client.inner);
-        let call = format!("{} {}", self.method, self.path);
-        let err = |kind| Error::new(kind, &inner.target, &call);
+        // The error's text is only built when there is an error.
+        let err = |kind| {
+            Error::new(
+                kind,
+                &inner.target,
+                &format!("{} {}", self.method, self.path),
+            )
+        };
         if let Some(problem) = &self.error {
             return Err(err(Kind::Request).with_detail(problem.clone()));
         }
-        let url = format!("{}{}", inner.base, self.path);
-        if let Err(e) = reqwest::Url::parse(&url) {
-            return Err(err(Kind::Request).with_detail(format!("bad path: {e}")));
-        }
+        let url = match reqwest::Url::parse(&format!("{}{}", inner.base, self.path)) {
+            Ok(url) => url,
+            Err(e) => return Err(err(Kind::Request).with_detail(format!("bad path: {e}"))),
+        };
         let started = Instant::now();
         let total_end = inner.timeout.map(|t| started + t);
         let (end, by_deadline) = match (total_end, self.deadline) {
@@ -700,7 +706,7 @@ impl Call {
             if !inner.tokens.withdraw() {
                 return Err(error.with_detail("no retry: the retry budget is spent"));
             }
-            tracing::debug!(target = %inner.target, %call, attempt, ?wait, "retrying");
+            tracing::debug!(target = %inner.target, method = %self.method, path = %self.path, attempt, ?wait, "retrying");
             tokio::time::sleep(wait).await;
         }
     }
@@ -708,15 +714,15 @@ impl Call {
     async fn attempt(
         &self,
         inner: &Inner,
-        url: &str,
+        url: &reqwest::Url,
         limit: Option<Duration>,
         remaining: Option<Duration>,
         err: &impl Fn(Kind) -> Error,
     ) -> Outcome {
-        let mut request = inner
-            .http
-            .request(self.method.clone(), url)
-            .headers(self.headers.clone());
+        let mut request = inner.http.request(self.method.clone(), url.clone());
+        if !self.headers.is_empty() {
+            request = request.headers(self.headers.clone());
+        }
         let span = tracing::info_span!("http.attempt", otel.kind = "client");
         if let Some((parent, state)) = telemetry::trace_headers(&span) {
             request = request.header("traceparent", parent);
@@ -725,8 +731,8 @@ impl Call {
             }
         }
         if let Some(issuer) = &inner.issuer {
-            match issuer.token() {
-                Ok(token) => request = request.bearer_auth(token),
+            match issuer.authorization() {
+                Ok(value) => request = request.header(header::AUTHORIZATION, value),
                 Err(e) => return Outcome::Fail(err(Kind::Request).with_source(e)),
             }
         }
@@ -740,9 +746,9 @@ impl Call {
             request = request.body(body.clone());
         }
         let exchange = async {
-            let response = request.send().await?;
+            let mut response = request.send().await?;
             let status = response.status();
-            let headers = response.headers().clone();
+            let headers = std::mem::take(response.headers_mut());
             let body = response.bytes().await?;
             Ok::<_, reqwest::Error>((status, headers, body))
         };

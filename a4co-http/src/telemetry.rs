@@ -60,12 +60,12 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn record(&self, endpoint: &str, status: &str, took: Duration) {
+    pub(crate) fn record(&self, endpoint: String, status: String, took: Duration) {
         let labels = [
             KeyValue::new("source", Arc::clone(&self.source)),
             KeyValue::new("target", Arc::clone(&self.target)),
-            KeyValue::new("endpoint", endpoint.to_owned()),
-            KeyValue::new("status", status.to_owned()),
+            KeyValue::new("endpoint", endpoint),
+            KeyValue::new("status", status),
         ];
         self.requests.add(1, &labels);
         self.duration.record(took.as_secs_f64(), &labels);
@@ -93,18 +93,20 @@ pub(crate) fn status_label(result: Result<u16, &Error>) -> String {
 /// Calls name their route template with [`crate::Call::endpoint`] to be exact.
 pub(crate) fn endpoint_of(path: &str) -> String {
     let path = path.split(['?', '#']).next().unwrap_or_default();
-    path.split('/')
-        .map(|s| {
-            let version =
-                s.len() > 1 && s.starts_with('v') && s[1..].bytes().all(|b| b.is_ascii_digit());
-            if !version && s.bytes().any(|b| b.is_ascii_digit()) {
-                "{id}"
-            } else {
-                s
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("/")
+    let mut out = String::with_capacity(path.len());
+    for (i, s) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let version =
+            s.len() > 1 && s.starts_with('v') && s[1..].bytes().all(|b| b.is_ascii_digit());
+        if !version && s.bytes().any(|b| b.is_ascii_digit()) {
+            out.push_str("{id}");
+        } else {
+            out.push_str(s);
+        }
+    }
+    out
 }
 
 /// The `traceparent` (and `tracestate`) of a span, when it has a valid trace.

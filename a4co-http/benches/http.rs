@@ -1,0 +1,255 @@
+//! Raw reqwest against the a4co-http client with every policy on, in one run, against one
+//! local axum server on a loopback port: requests/s and latency at 64 concurrent callers
+//! with keep-alive, and the client's own cost per call (sequential calls, CPU time of this
+//! process per call, client minus raw).
+//!
+//! Run with `cargo bench -p a4co-http --bench http` (`A4CO_BENCH_N` requests per run,
+//! `A4CO_BENCH_ROUNDS` rounds). It prints numbers; nothing is asserted.
+
+#![allow(clippy::unwrap_used, clippy::cast_precision_loss, missing_docs)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use a4co_http::auth::{Issuer, Secret};
+use a4co_http::{Client, breaker, retry};
+use axum::{Router, routing::get};
+
+const CONCURRENCY: usize = 64;
+
+fn cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+struct Run {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// `n` calls from `CONCURRENCY` tasks; `call(i)` makes call `i`.
+async fn concurrent<F, Fut>(n: usize, call: F) -> Run
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let call = Arc::new(call);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|t| {
+            let call = Arc::clone(&call);
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(n / CONCURRENCY + 1);
+                let mut i = t;
+                while i < n {
+                    let s = Instant::now();
+                    call(i).await;
+                    lat.push(s.elapsed());
+                    i += CONCURRENCY;
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::with_capacity(n);
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
+    Run {
+        rate,
+        p50: pct(0.5),
+        p99: pct(0.99),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let n = env("A4CO_BENCH_N", 50_000);
+    let rounds = env("A4CO_BENCH_ROUNDS", 3).max(1);
+
+    let app = Router::new().route(
+        "/api/v1/inventory/{id}",
+        get(|| async { r#"{"productId":"p-1","available":12}"# }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let raw = reqwest::Client::builder().build().unwrap();
+    let secret = Secret::new("a-benchmark-secret-of-at-least-32-bytes").unwrap();
+    let bearer = Issuer::new(secret.clone(), "order-service", ["inventory:read"])
+        .authorization()
+        .unwrap();
+    let client = Client::builder("inventory-service", &base)
+        .source("order-service")
+        .timeout(Duration::from_secs(5))
+        .attempt_timeout(Duration::from_secs(2))
+        .retry(retry::Config::default())
+        .breaker(breaker::Config::default())
+        .max_in_flight(CONCURRENCY * 2)
+        .service_auth(Issuer::new(secret, "order-service", ["inventory:read"]))
+        .build()
+        .unwrap();
+    // The same client without policies, and without timeouts: what each costs.
+    let bare = Client::builder("inventory-service", &base)
+        .timeout(None)
+        .retry(retry::never())
+        .breaker(None)
+        .max_in_flight(None)
+        .build()
+        .unwrap();
+    let untimed = Client::builder("inventory-service", &base)
+        .source("order-service")
+        .timeout(None)
+        .max_in_flight(CONCURRENCY * 2)
+        .build()
+        .unwrap();
+    println!(
+        "axum on {base} | {n} GETs per run, {CONCURRENCY} concurrent, keep-alive | {rounds} rounds, medians"
+    );
+    println!(
+        "client: bulkhead, total + attempt timeouts, retry with budget, breaker, JWT, span, metrics"
+    );
+
+    let (mut raw_runs, mut jwt_runs, mut sdk_runs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut bare_runs, mut untimed_runs) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        for (c, runs) in [(&bare, &mut bare_runs), (&untimed, &mut untimed_runs)] {
+            let c = c.clone();
+            runs.push(
+                concurrent(n, move |i| {
+                    let c = c.clone();
+                    async move {
+                        c.get(&format!("/api/v1/inventory/p-{i}"))
+                            .send()
+                            .await
+                            .unwrap();
+                    }
+                })
+                .await,
+            );
+        }
+        let (r, b, auth) = (raw.clone(), base.clone(), bearer.clone());
+        jwt_runs.push(
+            concurrent(n, move |i| {
+                let (r, url, auth) = (
+                    r.clone(),
+                    format!("{b}/api/v1/inventory/p-{i}"),
+                    auth.clone(),
+                );
+                async move {
+                    let resp = r
+                        .get(url)
+                        .header(reqwest::header::AUTHORIZATION, auth)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(resp.status().is_success());
+                    resp.bytes().await.unwrap();
+                }
+            })
+            .await,
+        );
+        let (r, b) = (raw.clone(), base.clone());
+        raw_runs.push(
+            concurrent(n, move |i| {
+                let (r, url) = (r.clone(), format!("{b}/api/v1/inventory/p-{i}"));
+                async move {
+                    let resp = r.get(url).send().await.unwrap();
+                    assert!(resp.status().is_success());
+                    resp.bytes().await.unwrap();
+                }
+            })
+            .await,
+        );
+        let c = client.clone();
+        sdk_runs.push(
+            concurrent(n, move |i| {
+                let c = c.clone();
+                async move {
+                    c.get(&format!("/api/v1/inventory/p-{i}"))
+                        .send()
+                        .await
+                        .unwrap();
+                }
+            })
+            .await,
+        );
+    }
+    let row = |name: &str, runs: &[Run]| {
+        let rate = median(runs.iter().map(|r| r.rate).collect());
+        let p50 = median(runs.iter().map(|r| r.p50.as_secs_f64() * 1e6).collect());
+        let p99 = median(runs.iter().map(|r| r.p99.as_secs_f64() * 1e6).collect());
+        println!("{name:<28} {rate:>9.0} req/s   p50 {p50:>7.0} us   p99 {p99:>7.0} us");
+        (rate, p50, p99)
+    };
+    let (rr, r50, r99) = row("raw reqwest", &raw_runs);
+    let (jr, j50, j99) = row("raw reqwest + the same JWT", &jwt_runs);
+    row("client, no policies", &bare_runs);
+    row("client, no timeouts", &untimed_runs);
+    let (sr, s50, s99) = row("a4co-http client", &sdk_runs);
+    println!(
+        "client / raw: throughput {:.2}, p50 {:.2}, p99 {:.2}",
+        sr / rr,
+        s50 / r50,
+        s99 / r99
+    );
+    println!(
+        "client / raw with the same JWT: throughput {:.2}, p50 {:.2}, p99 {:.2}",
+        sr / jr,
+        s50 / j50,
+        s99 / j99
+    );
+
+    // The client's own cost: sequential calls, CPU time of this whole process per call
+    // (client, runtime and the server alike), client minus raw.
+    let seq = n / 5;
+    let per_call = |label: &str, cpu: f64| println!("{label:<28} {cpu:>7.2} us CPU per call");
+    let mut raw_cpu = Vec::new();
+    let mut sdk_cpu = Vec::new();
+    for _ in 0..rounds {
+        let c0 = cpu_ns();
+        for i in 0..seq {
+            let resp = raw
+                .get(format!("{base}/api/v1/inventory/p-{i}"))
+                .send()
+                .await
+                .unwrap();
+            resp.bytes().await.unwrap();
+        }
+        raw_cpu.push((cpu_ns() - c0) as f64 / 1e3 / seq as f64);
+        let c0 = cpu_ns();
+        for i in 0..seq {
+            client
+                .get(&format!("/api/v1/inventory/p-{i}"))
+                .send()
+                .await
+                .unwrap();
+        }
+        sdk_cpu.push((cpu_ns() - c0) as f64 / 1e3 / seq as f64);
+    }
+    let (r, s) = (median(raw_cpu), median(sdk_cpu));
+    per_call("raw reqwest, sequential", r);
+    per_call("a4co-http, sequential", s);
+    println!("pipeline overhead: {:.2} us CPU per call", s - r);
+}
