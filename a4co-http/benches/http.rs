@@ -134,7 +134,11 @@ async fn main() {
     let (mut raw_runs, mut jwt_runs, mut sdk_runs) = (Vec::new(), Vec::new(), Vec::new());
     let (mut bare_runs, mut untimed_runs) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        for (c, runs) in [(&bare, &mut bare_runs), (&untimed, &mut untimed_runs)] {
+        for (c, runs) in [
+            (&bare, &mut bare_runs),
+            (&untimed, &mut untimed_runs),
+            (&client, &mut sdk_runs),
+        ] {
             let c = c.clone();
             runs.push(
                 concurrent(n, move |i| {
@@ -149,52 +153,23 @@ async fn main() {
                 .await,
             );
         }
-        let (r, b, auth) = (raw.clone(), base.clone(), bearer.clone());
-        jwt_runs.push(
-            concurrent(n, move |i| {
-                let (r, url, auth) = (
-                    r.clone(),
-                    format!("{b}/api/v1/inventory/p-{i}"),
-                    auth.clone(),
-                );
-                async move {
-                    let resp = r
-                        .get(url)
-                        .header(reqwest::header::AUTHORIZATION, auth)
-                        .send()
-                        .await
-                        .unwrap();
-                    assert!(resp.status().is_success());
-                    resp.bytes().await.unwrap();
-                }
-            })
-            .await,
-        );
-        let (r, b) = (raw.clone(), base.clone());
-        raw_runs.push(
-            concurrent(n, move |i| {
-                let (r, url) = (r.clone(), format!("{b}/api/v1/inventory/p-{i}"));
-                async move {
-                    let resp = r.get(url).send().await.unwrap();
-                    assert!(resp.status().is_success());
-                    resp.bytes().await.unwrap();
-                }
-            })
-            .await,
-        );
-        let c = client.clone();
-        sdk_runs.push(
-            concurrent(n, move |i| {
-                let c = c.clone();
-                async move {
-                    c.get(&format!("/api/v1/inventory/p-{i}"))
-                        .send()
-                        .await
-                        .unwrap();
-                }
-            })
-            .await,
-        );
+        for (auth, runs) in [(None, &mut raw_runs), (Some(bearer.clone()), &mut jwt_runs)] {
+            let (r, b) = (raw.clone(), base.clone());
+            runs.push(
+                concurrent(n, move |i| {
+                    let mut request = r.get(format!("{b}/api/v1/inventory/p-{i}"));
+                    if let Some(auth) = &auth {
+                        request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
+                    }
+                    async move {
+                        let resp = request.send().await.unwrap();
+                        assert!(resp.status().is_success());
+                        resp.bytes().await.unwrap();
+                    }
+                })
+                .await,
+            );
+        }
     }
     let row = |name: &str, runs: &[Run]| {
         let rate = median(runs.iter().map(|r| r.rate).collect());
