@@ -5,7 +5,8 @@
 //! recording in-memory bus with assertions that wait instead of sleeping
 //! ([`bus::RecordingBus`]), and a scripted HTTP server on a loopback port
 //! ([`http::FaultServer`]: status sequences, latency, hangs, resets, `Retry-After`; it
-//! records what it received); it will hold given/when/then saga scenarios. Add it as a
+//! records what it received), and in-memory OpenTelemetry to assert on spans and metrics
+//! ([`telemetry::Telemetry`]); it will hold given/when/then saga scenarios. Add it as a
 //! dev-dependency.
 //!
 //! Today it offers catalog examples wrapped in envelopes, for tests that need a valid message:
@@ -23,6 +24,7 @@ use a4co_events::{Envelope, Message};
 pub mod bus;
 pub mod http;
 pub mod nats;
+pub mod telemetry;
 
 /// The catalog example of `M`, in a fresh envelope from its first publisher.
 pub fn example_envelope<M: Message>(aggregate_id: &str) -> Envelope<M> {

@@ -8,47 +8,15 @@ use a4co_events::bus::{
 };
 use a4co_events::catalog::order::OrderCreated;
 use a4co_events::{AnyMessage, Envelope, Message};
+use a4co_testkit::telemetry::Telemetry;
 use opentelemetry::KeyValue;
-use opentelemetry::trace::{SpanKind, TracerProvider as _};
+use opentelemetry::trace::SpanKind;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
-use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::SpanData;
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
-use tracing_subscriber::layer::SubscriberExt as _;
 
 use crate::support::recv;
-
-struct Telemetry {
-    spans: InMemorySpanExporter,
-    tracer_provider: SdkTracerProvider,
-    metrics: InMemoryMetricExporter,
-    meter_provider: SdkMeterProvider,
-}
-
-fn install() -> (Telemetry, tracing::subscriber::DefaultGuard) {
-    let spans = InMemorySpanExporter::default();
-    let tracer_provider = SdkTracerProvider::builder()
-        .with_simple_exporter(spans.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(tracer_provider.tracer("a4co-test")));
-    let guard = tracing::subscriber::set_default(subscriber);
-    let metrics = InMemoryMetricExporter::default();
-    let meter_provider = SdkMeterProvider::builder()
-        .with_reader(PeriodicReader::builder(metrics.clone()).build())
-        .build();
-    opentelemetry::global::set_meter_provider(meter_provider.clone());
-    (
-        Telemetry {
-            spans,
-            tracer_provider,
-            metrics,
-            meter_provider,
-        },
-        guard,
-    )
-}
 
 async fn check<T: Transport>(t: &Telemetry, bus: EventBus<T>) {
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -175,7 +143,7 @@ fn consumer_spans_are_children_of_publisher_spans_and_metrics_count() {
         .enable_all()
         .build()
         .unwrap();
-    let (telemetry, _guard) = install();
+    let (telemetry, _guard) = Telemetry::install();
     runtime.block_on(async {
         // Buses are created after the providers are installed, as the docs ask.
         check(&telemetry, crate::support::memory_bus().await.bus).await;

@@ -4,29 +4,16 @@ use std::time::Duration;
 
 use a4co_http::{Client, retry};
 use a4co_testkit::http::{FaultServer, Reply};
+use a4co_testkit::telemetry::Telemetry;
 use opentelemetry::KeyValue;
-use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
-use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use tracing_subscriber::layer::SubscriberExt as _;
 
 #[tokio::test]
 async fn trace_context_arrives_and_calls_are_counted() {
-    let spans = InMemorySpanExporter::default();
-    let tracer_provider = SdkTracerProvider::builder()
-        .with_simple_exporter(spans.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(tracer_provider.tracer("a4co-test")));
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let metrics = InMemoryMetricExporter::default();
-    let meter_provider = SdkMeterProvider::builder()
-        .with_reader(PeriodicReader::builder(metrics.clone()).build())
-        .build();
-    opentelemetry::global::set_meter_provider(meter_provider.clone());
+    let (t, _guard) = Telemetry::install();
 
     let server = FaultServer::start().await;
     server.script(
@@ -69,13 +56,7 @@ async fn trace_context_arrives_and_calls_are_counted() {
         .collect();
     assert_ne!(span_ids[0], span_ids[1], "each attempt is its own span");
 
-    tracer_provider.force_flush().unwrap();
-    let names: Vec<String> = spans
-        .get_finished_spans()
-        .unwrap()
-        .iter()
-        .map(|s| s.name.to_string())
-        .collect();
+    let names = t.span_names();
     assert!(
         names.iter().any(|n| n == "GET /api/v1/inventory/{id}"),
         "{names:?}"
@@ -86,8 +67,7 @@ async fn trace_context_arrives_and_calls_are_counted() {
         "{names:?}"
     );
 
-    meter_provider.force_flush().unwrap();
-    let exported = metrics.get_finished_metrics().unwrap();
+    let exported = t.exported_metrics();
     let all: Vec<_> = exported
         .iter()
         .flat_map(|r| r.scope_metrics())
