@@ -24,6 +24,9 @@ type Fallback = Box<dyn FnOnce(&Error) -> Response + Send + Sync>;
 /// server side can stop work nobody waits for ([`deadline_from_headers`] reads it).
 pub const DEADLINE_HEADER: &str = "a4co-deadline-ms";
 
+/// The longest `Retry-After` the client waits for.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// The header that makes a non-idempotent request safe to retry.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
@@ -696,8 +699,11 @@ impl Call {
             if !retryable || attempt >= inner.retry.max_attempts {
                 return Err(error);
             }
-            let wait = wait.unwrap_or_else(|| inner.retry.backoff(attempt));
-            if end.is_some_and(|e| Instant::now() + wait >= e) {
+            // A Retry-After is honoured up to an hour: a bogus huge one must not hang the call.
+            let wait = wait
+                .map(|w| w.min(MAX_RETRY_AFTER))
+                .unwrap_or_else(|| inner.retry.backoff(attempt));
+            if end.is_some_and(|e| Instant::now().checked_add(wait).is_none_or(|t| t >= e)) {
                 return Err(error.with_detail(format!(
                     "no retry: the next attempt ({wait:?} from now) would start past the {}",
                     if by_deadline { "deadline" } else { "timeout" }

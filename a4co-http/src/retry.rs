@@ -164,6 +164,15 @@ fn httpdate(value: &str) -> Option<std::time::SystemTime> {
     let [h, m, s] = hms.as_slice() else {
         return None;
     };
+    // Bounded so the arithmetic below cannot overflow on a hostile header.
+    if !(1970..=9999).contains(&year)
+        || !(1..=31).contains(&day)
+        || !(0..24).contains(h)
+        || !(0..60).contains(m)
+        || !(0..=60).contains(s)
+    {
+        return None;
+    }
     // Days from the civil date (Howard Hinnant's algorithm).
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
@@ -215,6 +224,11 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(retry_after("soon", now), None);
+        assert_eq!(
+            retry_after("Sun, 06 Nov 99999999999999 08:49:37 GMT", now),
+            None
+        );
+        assert_eq!(retry_after("Sun, 06 Nov 1994 99:49:37 GMT", now), None);
     }
 
     #[test]

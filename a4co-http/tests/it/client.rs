@@ -154,6 +154,22 @@ async fn a_retry_after_past_the_timeout_ends_the_call_at_once() {
 }
 
 #[tokio::test]
+async fn an_absurd_retry_after_is_no_panic_and_no_hang() {
+    let server = FaultServer::start().await;
+    server.script(
+        "GET /never",
+        [Reply::status(503).retry_after("18446744073709551615")],
+    );
+    let c = client(&server)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let err = c.get("/never").send().await.unwrap_err();
+    assert_eq!(err.status(), Some(503));
+    assert_eq!(server.hits("GET /never"), 1);
+}
+
+#[tokio::test]
 async fn a_spent_budget_stops_retries() {
     let server = FaultServer::start().await;
     server.script("GET /down", [Reply::status(503)]);
