@@ -606,6 +606,10 @@ impl Call {
         if let Some(problem) = &self.error {
             return Err(err(Kind::Request).with_detail(problem.clone()));
         }
+        if !self.path.starts_with('/') {
+            // Appended to the base URL, it could name another host (`http://inventory` + `x`).
+            return Err(err(Kind::Request).with_detail("the path must start with `/`"));
+        }
         let url = match reqwest::Url::parse(&format!("{}{}", inner.base, self.path)) {
             Ok(url) => url,
             Err(e) => return Err(err(Kind::Request).with_detail(format!("bad path: {e}"))),

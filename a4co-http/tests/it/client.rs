@@ -318,6 +318,20 @@ async fn a_reset_connection_is_retried_for_idempotent_calls() {
 }
 
 #[tokio::test]
+async fn a_path_without_a_leading_slash_is_refused_before_sending() {
+    let server = FaultServer::start().await;
+    let err = client(&server)
+        .build()
+        .unwrap()
+        .get("evil.example/x")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_request(), "{err}");
+    assert!(err.to_string().contains("must start with `/`"), "{err}");
+}
+
+#[tokio::test]
 async fn a_body_that_is_not_the_expected_json_is_a_decode_error() {
     #[derive(Debug, serde::Deserialize)]
     #[allow(dead_code)]
