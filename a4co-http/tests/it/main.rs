@@ -4,6 +4,7 @@
 // A failing unwrap is a failing test, with its location; helpers outside #[test] use it too.
 #![allow(clippy::unwrap_used)]
 
+mod async_send_sync;
 mod auth;
 mod client;
 mod telemetry;
