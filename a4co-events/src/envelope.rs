@@ -343,19 +343,11 @@ struct WireRef<'a, T> {
     event_type: &'static str,
     event_version: u32,
     aggregate_id: &'a str,
-    occurred_at: Rfc3339<'a>,
+    #[serde(serialize_with = "crate::time::utc")]
+    occurred_at: &'a DateTime<Utc>,
     source: &'a str,
     data: &'a T,
     metadata: &'a Metadata,
-}
-
-/// A UTC time as chrono's serde writes it, the fast way (see [`crate::time`]).
-struct Rfc3339<'a>(&'a DateTime<Utc>);
-
-impl Serialize for Rfc3339<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        crate::time::utc(self.0, serializer)
-    }
 }
 
 impl<T: Payload> Serialize for Envelope<T> {
@@ -365,7 +357,7 @@ impl<T: Payload> Serialize for Envelope<T> {
             event_type: self.data.event_type(),
             event_version: self.data.event_version(),
             aggregate_id: &self.aggregate_id,
-            occurred_at: Rfc3339(&self.occurred_at),
+            occurred_at: &self.occurred_at,
             source: &self.source,
             data: &self.data,
             metadata: &self.metadata,

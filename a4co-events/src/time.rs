@@ -156,17 +156,18 @@ mod tests {
 
         #[test]
         fn the_fast_reader_agrees_with_chrono(
-            digits in proptest::collection::vec(0_u8..10, 14),
+            // Fields mostly in range, sometimes just out of it (month 13, day 32, hour 24,
+            // second 60, Feb 30, ...), so both the fast path and its refusals are exercised.
+            (year, month, day) in (0_u32..10_000, 0_u32..14, 0_u32..33),
+            (hour, minute, second) in (0_u32..25, 0_u32..61, 0_u32..61),
             fraction in proptest::collection::vec(0_u8..10, 0..12),
-            separators in prop_oneof![Just(*b"--T::Z"), Just(*b"--t::z"), Just(*b"-/T: Z")],
+            separators in prop_oneof![Just(*b"--T::Z"), Just(*b"--T::Z"), Just(*b"--t::z"), Just(*b"-/T: Z")],
         ) {
-            let d: Vec<char> = digits.iter().map(|d| char::from(b'0' + d)).collect();
             let f: String = fraction.iter().map(|d| char::from(b'0' + d)).collect();
             let [s1, s2, t, c1, c2, z] = separators.map(char::from);
+            let fraction = if f.is_empty() { String::new() } else { format!(".{f}") };
             let text = format!(
-                "{}{}{}{}{s1}{}{}{s2}{}{}{t}{}{}{c1}{}{}{c2}{}{}{}{z}",
-                d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9], d[10], d[11], d[12], d[13],
-                if f.is_empty() { String::new() } else { format!(".{f}") },
+                "{year:04}{s1}{month:02}{s2}{day:02}{t}{hour:02}{c1}{minute:02}{c2}{second:02}{fraction}{z}"
             );
             let ours = de_utc(serde_json::Value::String(text.clone())).ok();
             prop_assert_eq!(ours, chrono_reads(&text), "{}", text);

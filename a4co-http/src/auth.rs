@@ -127,8 +127,8 @@ pub struct Issuer {
     permissions: Vec<String>,
     ttl: Duration,
     refresh_before: Duration,
-    /// The token, its `Authorization` value, and its expiry.
-    cache: Arc<Mutex<Option<(String, HeaderValue, u64)>>>,
+    /// `Bearer <token>` and the token's expiry (the token is derived from the value).
+    cache: Arc<Mutex<Option<(HeaderValue, u64)>>>,
 }
 
 struct EncodingKeyDebug(EncodingKey);
@@ -181,7 +181,9 @@ impl Issuer {
     /// # Errors
     /// The crypto backend refused to sign.
     pub fn token(&self) -> Result<String, IssueError> {
-        self.current().map(|(token, _)| token)
+        let value = self.authorization()?;
+        let text = value.to_str().unwrap_or_default();
+        Ok(text.strip_prefix("Bearer ").unwrap_or(text).to_owned())
     }
 
     /// `Bearer <token>`, ready to send (cached with the token).
@@ -189,19 +191,15 @@ impl Issuer {
     /// # Errors
     /// As [`Issuer::token`].
     pub fn authorization(&self) -> Result<HeaderValue, IssueError> {
-        self.current().map(|(_, value)| value)
-    }
-
-    fn current(&self) -> Result<(String, HeaderValue), IssueError> {
         let now = now_secs();
         let mut cache = self
             .cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((token, value, exp)) = cache.as_ref()
+        if let Some((value, exp)) = cache.as_ref()
             && now + self.refresh_before.as_secs() < *exp
         {
-            return Ok((token.clone(), value.clone()));
+            return Ok(value.clone());
         }
         let claims = Claims {
             service_id: self.service_id.clone(),
@@ -217,8 +215,8 @@ impl Issuer {
         let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
             .unwrap_or_else(|_| HeaderValue::from_static(""));
         value.set_sensitive(true);
-        *cache = Some((token.clone(), value.clone(), claims.exp));
-        Ok((token, value))
+        *cache = Some((value.clone(), claims.exp));
+        Ok(value)
     }
 }
 

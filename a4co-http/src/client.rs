@@ -341,7 +341,7 @@ impl Client {
         Call {
             client: self.clone(),
             method,
-            path: path.to_owned(),
+            path: Arc::from(path),
             body: None,
             idempotency_key: None,
             deadline: None,
@@ -449,7 +449,7 @@ impl Response {
 pub struct Call {
     client: Client,
     method: Method,
-    path: String,
+    path: Arc<str>,
     body: Option<bytes::Bytes>,
     idempotency_key: Option<String>,
     deadline: Option<Instant>,
@@ -815,13 +815,15 @@ impl Call {
     /// # Errors
     /// As [`Call::send`], or a body that is not a `T` ([`Error::is_decode`]).
     pub async fn send_json<T: DeserializeOwned>(self) -> Result<T, Error> {
-        let (target, call) = (
-            self.client.inner.target.clone(),
-            format!("{} {}", self.method, self.path),
+        // Shared handles only: the error's text is built if decoding fails.
+        let (client, method, path) = (
+            self.client.clone(),
+            self.method.clone(),
+            Arc::clone(&self.path),
         );
         let response = self.send().await?;
-        response
-            .json()
-            .map_err(|e| Error::new(Kind::Decode, &target, &call).with_source(e))
+        response.json().map_err(|e| {
+            Error::new(Kind::Decode, client.target(), &format!("{method} {path}")).with_source(e)
+        })
     }
 }

@@ -104,12 +104,7 @@ impl MemoryTransport {
     }
 
     fn store(&self, message: RawMessage) -> Result<PublishAck, PublishError> {
-        if let Some(problem) = message.headers.wire_problem() {
-            return Err(PublishError::new(
-                PublishErrorKind::InvalidMessage,
-                format!("cannot publish to {}: {problem}", message.subject),
-            ));
-        }
+        message.check_wire()?;
         let mut state = self.lock();
         let now = Instant::now();
         let Some(stream) = state.streams.values_mut().find(|s| {

@@ -226,7 +226,8 @@ impl NatsTransport {
     }
 
     fn publish_message(message: RawMessage) -> Result<(String, PublishMessage), PublishError> {
-        let headers = to_header_map(message.headers, &message.subject)?;
+        message.check_wire()?;
+        let headers = to_header_map(message.headers);
         Ok((
             message.subject,
             PublishMessage::build()
@@ -246,15 +247,9 @@ fn version_at_least(version: &str, (major, minor): (u64, u64)) -> bool {
 }
 
 /// The headers as async-nats takes them: names of [`crate::headers::names`] as static
-/// names, values moved. Refuses what async-nats would panic on (see
-/// [`Headers::wire_problem`]).
-fn to_header_map(headers: Headers, subject: &str) -> Result<HeaderMap, PublishError> {
-    if let Some(problem) = headers.wire_problem() {
-        return Err(PublishError::new(
-            PublishErrorKind::InvalidMessage,
-            format!("cannot publish to {subject}: {problem}"),
-        ));
-    }
+/// names, values moved. Only for headers that passed [`RawMessage::check_wire`]: async-nats
+/// panics on the others.
+fn to_header_map(headers: Headers) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (name, value) in headers {
         let name = match name {
@@ -263,7 +258,7 @@ fn to_header_map(headers: Headers, subject: &str) -> Result<HeaderMap, PublishEr
         };
         map.insert(name, HeaderValue::from(value));
     }
-    Ok(map)
+    map
 }
 
 fn from_header_map(map: Option<&HeaderMap>) -> Headers {

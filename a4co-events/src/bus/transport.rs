@@ -43,6 +43,21 @@ impl RawMessage {
         }
     }
 
+    /// Refuses what the wire cannot carry (see [`Headers::wire_problem`]), with an error
+    /// naming the header; every transport checks this before sending.
+    ///
+    /// # Errors
+    /// [`PublishErrorKind::InvalidMessage`](super::PublishErrorKind::InvalidMessage).
+    pub fn check_wire(&self) -> Result<(), super::PublishError> {
+        match self.headers.wire_problem() {
+            None => Ok(()),
+            Some(problem) => Err(super::PublishError::new(
+                super::PublishErrorKind::InvalidMessage,
+                format!("cannot publish to {}: {problem}", self.subject),
+            )),
+        }
+    }
+
     /// The dedup key (`Nats-Msg-Id`), if set.
     pub fn message_id(&self) -> Option<&str> {
         self.headers.get(names::MSG_ID)

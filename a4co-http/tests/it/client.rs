@@ -278,7 +278,15 @@ async fn the_concurrency_limit_queues_then_rejects() {
         let c = c.clone();
         async move { c.get("/slow").send().await }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The first call holds the only slot once the server has it.
+    let waiting = Instant::now();
+    while server.hits("GET /slow") == 0 {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(5),
+            "the first call never arrived"
+        );
+        tokio::task::yield_now().await;
+    }
     // Waits for the slot within its deadline: rejected, never sent.
     let err = c
         .get("/slow")
