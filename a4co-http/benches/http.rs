@@ -133,42 +133,55 @@ async fn main() {
 
     let (mut raw_runs, mut jwt_runs, mut sdk_runs) = (Vec::new(), Vec::new(), Vec::new());
     let (mut bare_runs, mut untimed_runs) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        for (c, runs) in [
-            (&bare, &mut bare_runs),
-            (&untimed, &mut untimed_runs),
-            (&client, &mut sdk_runs),
-        ] {
-            let c = c.clone();
-            runs.push(
-                concurrent(n, move |i| {
+    // Each round runs every variant, starting one further along each time, so neither order
+    // nor drift of the machine favours one of them.
+    for round in 0..rounds {
+        for k in 0..5 {
+            match (round + k) % 5 {
+                v @ 0..3 => {
+                    let (c, runs) = match v {
+                        0 => (&bare, &mut bare_runs),
+                        1 => (&untimed, &mut untimed_runs),
+                        _ => (&client, &mut sdk_runs),
+                    };
                     let c = c.clone();
-                    async move {
-                        c.get(&format!("/api/v1/inventory/p-{i}"))
-                            .send()
-                            .await
-                            .unwrap();
-                    }
-                })
-                .await,
-            );
-        }
-        for (auth, runs) in [(None, &mut raw_runs), (Some(bearer.clone()), &mut jwt_runs)] {
-            let (r, b) = (raw.clone(), base.clone());
-            runs.push(
-                concurrent(n, move |i| {
-                    let mut request = r.get(format!("{b}/api/v1/inventory/p-{i}"));
-                    if let Some(auth) = &auth {
-                        request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
-                    }
-                    async move {
-                        let resp = request.send().await.unwrap();
-                        assert!(resp.status().is_success());
-                        resp.bytes().await.unwrap();
-                    }
-                })
-                .await,
-            );
+                    runs.push(
+                        concurrent(n, move |i| {
+                            let c = c.clone();
+                            async move {
+                                c.get(&format!("/api/v1/inventory/p-{i}"))
+                                    .send()
+                                    .await
+                                    .unwrap();
+                            }
+                        })
+                        .await,
+                    );
+                }
+                v => {
+                    let (auth, runs) = if v == 3 {
+                        (None, &mut raw_runs)
+                    } else {
+                        (Some(bearer.clone()), &mut jwt_runs)
+                    };
+                    let (r, b) = (raw.clone(), base.clone());
+                    runs.push(
+                        concurrent(n, move |i| {
+                            let mut request = r.get(format!("{b}/api/v1/inventory/p-{i}"));
+                            if let Some(auth) = &auth {
+                                request =
+                                    request.header(reqwest::header::AUTHORIZATION, auth.clone());
+                            }
+                            async move {
+                                let resp = request.send().await.unwrap();
+                                assert!(resp.status().is_success());
+                                resp.bytes().await.unwrap();
+                            }
+                        })
+                        .await,
+                    );
+                }
+            }
         }
     }
     let row = |name: &str, runs: &[Run]| {

@@ -20,6 +20,83 @@ type Classifier = Arc<dyn Fn(&Error) -> bool + Send + Sync>;
 /// An answer for a call whose target is unavailable.
 type Fallback = Box<dyn FnOnce(&Error) -> Response + Send + Sync>;
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The in-process target of [`ClientBuilder::service`], type-erased.
+type ServiceFn = Arc<
+    dyn Fn(
+            axum::http::Request<axum::body::Body>,
+        ) -> std::pin::Pin<
+            Box<
+                dyn Future<Output = Result<axum::http::Response<axum::body::Body>, BoxError>>
+                    + Send,
+            >,
+        > + Send
+        + Sync,
+>;
+
+/// How attempts reach the target: over HTTP, or to a service in this process.
+#[derive(Clone)]
+enum Exchange {
+    Http(reqwest::Client),
+    Service(ServiceFn),
+}
+
+/// What one attempt produced: status, headers, body.
+type Exchanged = (StatusCode, header::HeaderMap, bytes::Bytes);
+
+/// Why an attempt got no response.
+enum ExchangeError {
+    Http(reqwest::Error),
+    Service(BoxError),
+}
+
+/// The most of a response body an in-process service may return (as for any HTTP answer,
+/// the whole body is read into memory).
+const MAX_SERVICE_BODY: usize = 64 * 1024 * 1024;
+
+impl Exchange {
+    async fn send(
+        &self,
+        method: Method,
+        url: &reqwest::Url,
+        headers: header::HeaderMap,
+        body: Option<bytes::Bytes>,
+    ) -> Result<Exchanged, ExchangeError> {
+        match self {
+            Exchange::Http(http) => {
+                let mut request = reqwest::Request::new(method, url.clone());
+                *request.headers_mut() = headers;
+                *request.body_mut() = body.map(reqwest::Body::from);
+                let exchange = async {
+                    let mut response = http.execute(request).await?;
+                    let status = response.status();
+                    let headers = std::mem::take(response.headers_mut());
+                    Ok((status, headers, response.bytes().await?))
+                };
+                exchange.await.map_err(ExchangeError::Http)
+            }
+            Exchange::Service(service) => {
+                let mut request = axum::http::Request::new(
+                    body.map_or_else(axum::body::Body::empty, axum::body::Body::from),
+                );
+                *request.method_mut() = method;
+                *request.headers_mut() = headers;
+                *request.uri_mut() = url
+                    .as_str()
+                    .parse()
+                    .map_err(|e| ExchangeError::Service(Box::new(e)))?;
+                let response = service(request).await.map_err(ExchangeError::Service)?;
+                let (parts, body) = response.into_parts();
+                let body = axum::body::to_bytes(body, MAX_SERVICE_BODY)
+                    .await
+                    .map_err(|e| ExchangeError::Service(Box::new(e)))?;
+                Ok((parts.status, parts.headers, body))
+            }
+        }
+    }
+}
+
 /// The header carrying the caller's remaining time budget, in milliseconds, so the
 /// server side can stop work nobody waits for ([`deadline_from_headers`] reads it).
 pub const DEADLINE_HEADER: &str = "a4co-deadline-ms";
@@ -58,6 +135,7 @@ pub struct ClientBuilder {
     counts: Classifier,
     issuer: Option<crate::auth::Issuer>,
     source: Option<String>,
+    service: Option<ServiceFn>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -70,6 +148,7 @@ impl std::fmt::Debug for ClientBuilder {
             .field("retry", &self.retry)
             .field("max_in_flight", &self.max_in_flight)
             .field("breaker", &self.breaker)
+            .field("in_process", &self.service.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -142,6 +221,50 @@ impl ClientBuilder {
         self
     }
 
+    /// Sends every attempt to `service` in this process instead of over the network: an
+    /// axum `Router`, or any tower service of HTTP requests. The whole pipeline still runs
+    /// (limits, timeouts, retries, breaker, JWT, spans, metrics); only the connection is
+    /// skipped. For tests of a caller against the real target's routes, and to measure the
+    /// pipeline's own cost. The base URL still names the target in requests' URIs.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use axum::{Router, routing::get};
+    ///
+    /// let inventory = Router::new().route("/api/v1/inventory/{id}", get(|| async { r#"{"available":3}"# }));
+    /// let client = a4co_http::Client::builder("inventory-service", "http://inventory")
+    ///     .service(inventory)
+    ///     .build()?;
+    /// let stock: serde_json::Value = client.get_json("/api/v1/inventory/p-1").await?;
+    /// assert_eq!(stock["available"], 3);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn service<S>(mut self, service: S) -> Self
+    where
+        S: tower_service::Service<
+                axum::http::Request<axum::body::Body>,
+                Response = axum::http::Response<axum::body::Body>,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.service = Some(Arc::new(move |request| {
+            let mut service = service.clone();
+            Box::pin(async move {
+                std::future::poll_fn(|cx| service.poll_ready(cx))
+                    .await
+                    .map_err(Into::into)?;
+                service.call(request).await.map_err(Into::into)
+            })
+        }));
+        self
+    }
+
     /// The `User-Agent` (default: `a4co-http/<version>`).
     pub fn user_agent(mut self, agent: impl Into<String>) -> Self {
         self.user_agent = Some(agent.into());
@@ -154,7 +277,7 @@ impl ClientBuilder {
     /// A [`ConfigError`] saying what to fix: a base URL that is not `http(s)://host[:port]`,
     /// a zero timeout, an attempt timeout longer than the total, no attempts, a backoff
     /// whose start exceeds its cap, a negative or non-finite budget, a zero concurrency limit.
-    pub fn build(self) -> Result<Client, ConfigError> {
+    pub fn build(mut self) -> Result<Client, ConfigError> {
         let t = &self.target;
         if t.trim().is_empty() {
             return Err(ConfigError::new(t, "the target service needs a name"));
@@ -224,16 +347,10 @@ impl ClientBuilder {
                 "max_in_flight must be at least 1 (None for no limit)",
             ));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(self.connect_timeout)
-            .user_agent(
-                self.user_agent
-                    .clone()
-                    .unwrap_or_else(|| concat!("a4co-http/", env!("CARGO_PKG_VERSION")).to_owned()),
-            )
-            .retry(reqwest::retry::never())
-            .build()
-            .map_err(|e| ConfigError::new(t, format!("cannot build the HTTP stack: {e}")))?;
+        let exchange = match self.service.take() {
+            Some(service) => Exchange::Service(service),
+            None => Exchange::Http(self.http_client()?),
+        };
         let base = self.base_url.trim_end_matches('/').to_owned();
         let breaker = self.breaker.map(Breaker::new);
         let source = self
@@ -251,12 +368,27 @@ impl ClientBuilder {
                 issuer: self.issuer,
                 target: self.target,
                 base,
-                http,
+                exchange,
                 timeout: self.timeout,
                 attempt_timeout: self.attempt_timeout,
                 retry: self.retry,
             }),
         })
+    }
+
+    fn http_client(&self) -> Result<reqwest::Client, ConfigError> {
+        reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .user_agent(
+                self.user_agent
+                    .clone()
+                    .unwrap_or_else(|| concat!("a4co-http/", env!("CARGO_PKG_VERSION")).to_owned()),
+            )
+            .retry(reqwest::retry::never())
+            .build()
+            .map_err(|e| {
+                ConfigError::new(&self.target, format!("cannot build the HTTP stack: {e}"))
+            })
     }
 }
 
@@ -270,7 +402,7 @@ pub struct Client {
 struct Inner {
     target: String,
     base: String,
-    http: reqwest::Client,
+    exchange: Exchange,
     timeout: Option<Duration>,
     attempt_timeout: Option<Duration>,
     retry: retry::Config,
@@ -323,6 +455,7 @@ impl Client {
             counts: Arc::new(default_counts),
             issuer: None,
             source: None,
+            service: None,
         }
     }
 
@@ -451,7 +584,7 @@ pub struct Call {
     method: Method,
     path: Arc<str>,
     body: Option<bytes::Bytes>,
-    idempotency_key: Option<String>,
+    idempotency_key: Option<header::HeaderValue>,
     deadline: Option<Instant>,
     headers: header::HeaderMap,
     error: Option<String>,
@@ -496,7 +629,15 @@ impl Call {
     /// Makes the call safe to retry even when its method is not idempotent: the target
     /// must treat requests with the same key as one.
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
-        self.idempotency_key = Some(key.into());
+        let key = key.into();
+        match header::HeaderValue::try_from(key.as_str()) {
+            Ok(value) if !key.is_empty() => self.idempotency_key = Some(value),
+            _ => {
+                self.error = Some(format!(
+                    "idempotency key {key:?} cannot be sent in a header"
+                ));
+            }
+        }
         self
     }
 
@@ -729,40 +870,39 @@ impl Call {
         remaining: Option<Duration>,
         err: &impl Fn(Kind) -> Error,
     ) -> Outcome {
-        let mut request = inner.http.request(self.method.clone(), url.clone());
-        if !self.headers.is_empty() {
-            request = request.headers(self.headers.clone());
-        }
+        let mut headers = self.headers.clone();
         let span = tracing::info_span!("http.attempt", otel.kind = "client");
         if let Some((parent, state)) = telemetry::trace_headers(&span) {
-            request = request.header("traceparent", parent);
-            if !state.is_empty() {
-                request = request.header("tracestate", state);
+            if let Ok(parent) = header::HeaderValue::try_from(parent) {
+                headers.insert("traceparent", parent);
+            }
+            if let Ok(state) = header::HeaderValue::try_from(state)
+                && !state.is_empty()
+            {
+                headers.insert("tracestate", state);
             }
         }
         if let Some(issuer) = &inner.issuer {
             match issuer.authorization() {
-                Ok(value) => request = request.header(header::AUTHORIZATION, value),
+                Ok(value) => {
+                    headers.insert(header::AUTHORIZATION, value);
+                }
                 Err(e) => return Outcome::Fail(err(Kind::Request).with_source(e)),
             }
         }
         if let Some(key) = &self.idempotency_key {
-            request = request.header(IDEMPOTENCY_KEY_HEADER, key);
+            headers.insert(IDEMPOTENCY_KEY_HEADER, key.clone());
         }
         if let Some(remaining) = remaining.filter(|_| self.deadline.is_some()) {
-            request = request.header(DEADLINE_HEADER, remaining.as_millis().to_string());
+            headers.insert(
+                DEADLINE_HEADER,
+                header::HeaderValue::from(u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX)),
+            );
         }
-        if let Some(body) = &self.body {
-            request = request.body(body.clone());
-        }
-        let exchange = async {
-            let mut response = request.send().await?;
-            let status = response.status();
-            let headers = std::mem::take(response.headers_mut());
-            let body = response.bytes().await?;
-            Ok::<_, reqwest::Error>((status, headers, body))
-        };
-        let exchange = exchange.instrument(span);
+        let exchange = inner
+            .exchange
+            .send(self.method.clone(), url, headers, self.body.clone())
+            .instrument(span);
         let result = match limit {
             Some(limit) => match tokio::time::timeout(limit, exchange).await {
                 Ok(r) => r,
@@ -776,10 +916,21 @@ impl Call {
             None => exchange.await,
         };
         match result {
-            Err(e) if e.is_connect() => Outcome::Retry(err(Kind::Connect).with_source(e), None),
-            Err(e) if e.is_timeout() => Outcome::Retry(err(Kind::Timeout).with_source(e), None),
-            Err(e) if e.is_builder() => Outcome::Fail(err(Kind::Request).with_source(e)),
-            Err(e) => Outcome::Retry(err(Kind::Transport).with_source(e), None),
+            Err(ExchangeError::Http(e)) if e.is_connect() => {
+                Outcome::Retry(err(Kind::Connect).with_source(e), None)
+            }
+            Err(ExchangeError::Http(e)) if e.is_timeout() => {
+                Outcome::Retry(err(Kind::Timeout).with_source(e), None)
+            }
+            Err(ExchangeError::Http(e)) if e.is_builder() => {
+                Outcome::Fail(err(Kind::Request).with_source(e))
+            }
+            Err(ExchangeError::Http(e)) => {
+                Outcome::Retry(err(Kind::Transport).with_source(e), None)
+            }
+            Err(ExchangeError::Service(e)) => {
+                Outcome::Retry(err(Kind::Transport).with_source(e), None)
+            }
             Ok((status, headers, body)) if status.is_success() || status.is_redirection() => {
                 Outcome::Done(Response {
                     status: status.as_u16(),

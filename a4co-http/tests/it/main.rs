@@ -7,4 +7,5 @@
 mod async_send_sync;
 mod auth;
 mod client;
+mod in_process;
 mod telemetry;
