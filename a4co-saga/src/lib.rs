@@ -1,18 +1,78 @@
-//! Saga state machines for a4co (work in progress).
+//! Saga state machines for a4co: orchestration with compensation and timeouts, saved with
+//! optimistic concurrency, exact under crashes and redeliveries.
 //!
-//! This crate will hold typed saga definitions (states, the messages they react to,
-//! transitions, commands, timeouts and compensations run in reverse), a runtime on the bus
-//! traits of [`a4co_events`], stores on JetStream (optimistic concurrency) and in memory,
-//! and the order fulfillment saga of design-v2 as the reference.
+//! A saga is a [`Definition`]: its [`State`]s and [`Data`], the message that starts an
+//! instance, the reactions of each state to messages and timers, and the compensations of
+//! completed steps, sent last-first when the saga fails. [`Builder::build`] rejects a
+//! definition that reacts twice to one trigger in a state or can get stuck short of a final
+//! state; [`Definition::mermaid`] draws it.
 //!
-//! What it builds on today: the deterministic message ids a saga step gives its commands,
-//! so a command re-sent after a crash is deduplicated by the broker.
+//! A [`Runtime`] runs a definition on the bus (any [`a4co_events::bus::Publisher`] +
+//! [`a4co_events::bus::Subscriber`]) and a [`Store`]: each message is applied to its
+//! instance, the new state and the messages it sends are saved together (compare-and-swap),
+//! then published with ids fixed by saga id + step, so a crash between save and publish
+//! neither loses nor doubles a command ([`Runtime::resend_pending`] runs at start).
+//! Instances remember the messages they processed; timers live in the record and fire once.
 //!
 //! ```
-//! let first = a4co_saga::step_message_id("order-fulfillment/ord-1", "reserve-stock/prod-1");
-//! let again = a4co_saga::step_message_id("order-fulfillment/ord-1", "reserve-stock/prod-1");
-//! assert_eq!(first, again);
+//! use std::time::Duration;
+//! use a4co_events::catalog::order::{CancelOrder, CancellationReason, OrderConfirmed, OrderCreated};
+//! use a4co_events::{AnyMessage, Envelope, Message};
+//! use a4co_saga::{Definition, MemoryStore, Runtime, State, Applied};
+//!
+//! #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+//! enum Phase { Waiting, Done, Gave }
+//! impl State for Phase {
+//!     const ALL: &'static [Self] = &[Phase::Waiting, Phase::Done, Phase::Gave];
+//!     fn name(self) -> &'static str { match self { Phase::Waiting => "waiting", Phase::Done => "done", Phase::Gave => "gave-up" } }
+//!     fn is_final(self) -> bool { self != Phase::Waiting }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Wait for the order's confirmation; give up (cancel it) after an hour.
+//! let definition = Definition::<(), Phase>::builder("confirmation-watch", "order-service")
+//!     .starts_with::<OrderCreated>(&[Phase::Waiting], |step, _| {
+//!         step.schedule("give-up", Duration::from_secs(3600));
+//!         Phase::Waiting
+//!     })
+//!     .on::<OrderConfirmed>(Phase::Waiting, &[Phase::Done], |_, _| Phase::Done)
+//!     .on_timeout(Phase::Waiting, "give-up", &[Phase::Gave], |step| {
+//!         let order = step.saga_id().rsplit('/').next().unwrap_or_default().to_owned();
+//!         let cancel = CancelOrder { reason: CancellationReason::PaymentTimeout, refund_required: false, detail: None };
+//!         step.send("cancel", order, cancel);
+//!         Phase::Gave
+//!     })
+//!     .build()?;
+//! println!("{}", definition.mermaid());
+//!
+//! let bus = a4co_events::bus::MemoryBus::provisioned().await?;
+//! let runtime = Runtime::new(definition, bus, MemoryStore::new());
+//! let created = Envelope::new("order-service", "ord-1", OrderCreated::example()).into_any();
+//! assert_eq!(runtime.handle(&created).await?, Applied::Changed);
+//! assert_eq!(runtime.handle(&created).await?, Applied::Duplicate);
+//! let instance = runtime.instance("confirmation-watch/ord-1").await?.unwrap();
+//! assert_eq!(instance.state, Phase::Waiting);
+//! # Ok(())
+//! # }
 //! ```
+
+mod clock;
+mod definition;
+mod error;
+pub mod fulfillment;
+mod runtime;
+mod step;
+mod store;
+
+pub use clock::{Clock, SystemClock, VirtualClock};
+pub use definition::{Builder, Data, Definition, State, Trigger};
+pub use error::{DefinitionError, RuntimeError, StoreError};
+pub use runtime::{Running, Runtime};
+pub use step::{
+    Applied, Book, Instance, Outgoing, ReactionError, Step, Transition, apply, fire_due,
+};
+pub use store::{Index, MemoryStore, Store, Stored};
 
 use a4co_events::EventId;
 

@@ -213,8 +213,16 @@ impl Publisher for RecordingBus {
         Ok(pending)
     }
 
+    /// Records the message when it decodes and the broker stored it (a duplicate of a
+    /// stored message, dropped by the broker's dedup, is not recorded again).
     async fn publish_raw(&self, message: RawMessage) -> Result<PublishAck, PublishError> {
-        self.bus.publish_raw(message).await
+        let ack = self.bus.publish_raw(message.clone()).await?;
+        if !ack.duplicate
+            && let Ok(any) = a4co_events::decode(&message.payload, &message.headers)
+        {
+            self.recorder.write(|log| log.published.push(any));
+        }
+        Ok(ack)
     }
 }
 

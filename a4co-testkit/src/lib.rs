@@ -24,6 +24,7 @@ use a4co_events::{Envelope, Message};
 pub mod bus;
 pub mod http;
 pub mod nats;
+pub mod saga;
 pub mod telemetry;
 
 /// The catalog example of `M`, in a fresh envelope from its first publisher.

@@ -1,0 +1,409 @@
+//! Declaring a saga: its states, the messages it starts on and reacts to, its timeouts; the
+//! checks a definition passes when it is built; its Mermaid diagram.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use a4co_events::{AnyMessage, Envelope, Message};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::DefinitionError;
+use crate::step::Step;
+
+/// The states of a saga: an enum, usually `Copy`, with one final state or more.
+pub trait State:
+    Copy + Eq + Hash + fmt::Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+    /// Every state, for checks and diagrams.
+    const ALL: &'static [Self];
+    /// The state's name in diagrams and logs (`reserving-stock`).
+    fn name(self) -> &'static str;
+    /// Whether the saga ends here: a final state reacts to nothing.
+    fn is_final(self) -> bool;
+}
+
+/// What a saga keeps between messages.
+pub trait Data:
+    Clone + Default + fmt::Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+}
+
+impl<T> Data for T where
+    T: Clone + Default + fmt::Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+}
+
+pub(crate) type React<D, S> =
+    Arc<dyn Fn(&mut Step<'_, D>, Envelope<AnyMessage>) -> S + Send + Sync>;
+pub(crate) type OnTimeout<D, S> = Arc<dyn Fn(&mut Step<'_, D>) -> S + Send + Sync>;
+pub(crate) type Correlate = Arc<dyn Fn(&Envelope<AnyMessage>) -> String + Send + Sync>;
+
+/// What sets a reaction off: a message type, or a timer by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Trigger {
+    /// A message of this type (`inventory.stock_reserved`).
+    Message(&'static str),
+    /// The timer of this name ran out.
+    Timeout(&'static str),
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trigger::Message(t) => f.write_str(t),
+            Trigger::Timeout(t) => write!(f, "timeout {t}"),
+        }
+    }
+}
+
+pub(crate) enum Run<D, S> {
+    Message(React<D, S>),
+    Timeout(OnTimeout<D, S>),
+}
+
+impl<D, S> Clone for Run<D, S> {
+    fn clone(&self) -> Self {
+        match self {
+            Run::Message(f) => Run::Message(Arc::clone(f)),
+            Run::Timeout(f) => Run::Timeout(Arc::clone(f)),
+        }
+    }
+}
+
+pub(crate) struct Reaction<D, S> {
+    /// `None` for a start: there is no instance yet.
+    pub(crate) from: Option<S>,
+    pub(crate) trigger: Trigger,
+    pub(crate) to: Vec<S>,
+    pub(crate) run: Run<D, S>,
+}
+
+/// A checked saga definition: build one with [`Definition::builder`]. Cheap to clone.
+pub struct Definition<D, S> {
+    inner: Arc<Inner<D, S>>,
+}
+
+impl<D, S> Clone for Definition<D, S> {
+    fn clone(&self) -> Self {
+        Definition {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+pub(crate) struct Inner<D, S> {
+    pub(crate) name: String,
+    pub(crate) service: String,
+    pub(crate) reactions: Vec<Reaction<D, S>>,
+    pub(crate) correlate: HashMap<&'static str, Correlate>,
+    /// The subjects of every message type it starts on or reacts to.
+    pub(crate) subjects: BTreeSet<&'static str>,
+}
+
+impl<D, S> fmt::Debug for Definition<D, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Definition")
+            .field("name", &self.inner.name)
+            .field("service", &self.inner.service)
+            .field("reactions", &self.inner.reactions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Data, S: State> Definition<D, S> {
+    /// Starts declaring the saga `name` (`order-fulfillment`), run by `service` (the
+    /// `source` of the messages it sends, and its consumer's name).
+    pub fn builder(name: impl Into<String>, service: impl Into<String>) -> Builder<D, S> {
+        Builder {
+            name: name.into(),
+            service: service.into(),
+            reactions: Vec::new(),
+            correlate: HashMap::new(),
+        }
+    }
+
+    /// The saga's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The service that runs it.
+    pub fn service(&self) -> &str {
+        &self.inner.service
+    }
+
+    /// The subjects of the messages it starts on or reacts to.
+    pub fn subjects(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.inner.subjects.iter().copied()
+    }
+
+    /// The id of the instance a message belongs to (`order-fulfillment/ord-1`), or `None`
+    /// when the saga does not take messages of its type.
+    pub fn instance_id(&self, message: &Envelope<AnyMessage>) -> Option<String> {
+        let correlate = self.inner.correlate.get(message.event_type())?;
+        Some(format!("{}/{}", self.inner.name, correlate(message)))
+    }
+
+    pub(crate) fn reaction(&self, from: Option<S>, trigger: Trigger) -> Option<&Reaction<D, S>> {
+        self.inner
+            .reactions
+            .iter()
+            .find(|r| r.from == from && r.trigger == trigger)
+    }
+
+    /// The timers state `from` reacts to.
+    pub(crate) fn timers_of(&self, from: S) -> impl Iterator<Item = &'static str> + '_ {
+        self.inner
+            .reactions
+            .iter()
+            .filter_map(move |r| match r.trigger {
+                Trigger::Timeout(t) if r.from == Some(from) => Some(t),
+                _ => None,
+            })
+    }
+
+    /// The definition as a Mermaid state diagram (`stateDiagram-v2`).
+    pub fn mermaid(&self) -> String {
+        use fmt::Write as _;
+        let mut out = String::from("stateDiagram-v2\n");
+        let id = |s: S| s.name().replace('-', "_");
+        for r in &self.inner.reactions {
+            let from = r.from.map_or_else(|| "[*]".to_owned(), id);
+            for to in &r.to {
+                let _ = writeln!(out, "    {from} --> {}: {}", id(*to), r.trigger);
+            }
+        }
+        for s in S::ALL {
+            if s.is_final() {
+                let _ = writeln!(out, "    {} --> [*]", id(*s));
+            }
+            if s.name().contains('-') {
+                let _ = writeln!(out, "    {}: {}", id(*s), s.name());
+            }
+        }
+        out
+    }
+}
+
+/// Declares a saga; [`Builder::build`] checks it.
+#[must_use]
+pub struct Builder<D, S> {
+    name: String,
+    service: String,
+    reactions: Vec<Reaction<D, S>>,
+    correlate: HashMap<&'static str, Correlate>,
+}
+
+impl<D, S> fmt::Debug for Builder<D, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn typed<M, D, S>(
+    f: impl Fn(&mut Step<'_, D>, Envelope<M>) -> S + Send + Sync + 'static,
+) -> React<D, S>
+where
+    M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
+{
+    Arc::new(move |step, envelope| match envelope.downcast::<M>() {
+        Ok(envelope) => f(step, envelope),
+        // The engine picks reactions by the message's type, so this cannot be reached.
+        Err(other) => unreachable!("a {} reached a {} reaction", other.event_type(), M::TYPE),
+    })
+}
+
+impl<D: Data, S: State> Builder<D, S> {
+    /// A message of type `M` starts an instance (from `D::default()`), which `start` moves
+    /// to one of `to`.
+    pub fn starts_with<M>(
+        mut self,
+        to: &[S],
+        start: impl Fn(&mut Step<'_, D>, Envelope<M>) -> S + Send + Sync + 'static,
+    ) -> Self
+    where
+        M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
+    {
+        self.reactions.push(Reaction {
+            from: None,
+            trigger: Trigger::Message(M::TYPE),
+            to: to.to_vec(),
+            run: Run::Message(typed(start)),
+        });
+        self
+    }
+
+    /// In state `from`, a message of type `M` runs `react`, which moves the instance to one
+    /// of `to` (staying in `from` counts only if `to` lists it).
+    pub fn on<M>(
+        mut self,
+        from: S,
+        to: &[S],
+        react: impl Fn(&mut Step<'_, D>, Envelope<M>) -> S + Send + Sync + 'static,
+    ) -> Self
+    where
+        M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
+    {
+        self.reactions.push(Reaction {
+            from: Some(from),
+            trigger: Trigger::Message(M::TYPE),
+            to: to.to_vec(),
+            run: Run::Message(typed(react)),
+        });
+        self
+    }
+
+    /// In state `from`, the timer `timer` running out runs `react` (see
+    /// [`Step::schedule`]).
+    pub fn on_timeout(
+        mut self,
+        from: S,
+        timer: &'static str,
+        to: &[S],
+        react: impl Fn(&mut Step<'_, D>) -> S + Send + Sync + 'static,
+    ) -> Self {
+        self.reactions.push(Reaction {
+            from: Some(from),
+            trigger: Trigger::Timeout(timer),
+            to: to.to_vec(),
+            run: Run::Timeout(Arc::new(react)),
+        });
+        self
+    }
+
+    /// Which instance a message of type `M` belongs to: the correlation id it carries
+    /// (default: its aggregate id).
+    pub fn correlate<M>(
+        mut self,
+        by: impl Fn(&Envelope<M>) -> String + Send + Sync + 'static,
+    ) -> Self
+    where
+        M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
+    {
+        let by = Arc::new(by);
+        self.correlate.insert(
+            M::TYPE,
+            Arc::new(move |envelope: &Envelope<AnyMessage>| {
+                match envelope.clone().downcast::<M>() {
+                    Ok(typed) => by(&typed),
+                    Err(other) => other.aggregate_id,
+                }
+            }),
+        );
+        self
+    }
+
+    /// Checks the definition.
+    ///
+    /// # Errors
+    /// A [`DefinitionError`] naming the problem: no start, a state that reacts twice to the
+    /// same trigger, a final state that reacts, a reaction with no target state, a state
+    /// reachable from the start that can never reach a final state, a name unfit for ids.
+    pub fn build(self) -> Result<Definition<D, S>, DefinitionError> {
+        let err = |what: String| {
+            Err(DefinitionError {
+                saga: self.name.clone(),
+                problem: what,
+            })
+        };
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !name_ok(&self.name) || !name_ok(&self.service) {
+            return err(format!(
+                "the saga name {:?} and service {:?} must be non-empty and use only letters, digits, '-' and '_'",
+                self.name, self.service
+            ));
+        }
+        if !self.reactions.iter().any(|r| r.from.is_none()) {
+            return err("no message starts it: add .starts_with::<M>(..)".to_owned());
+        }
+        let mut seen = BTreeSet::new();
+        for r in &self.reactions {
+            let from = r.from.map_or("(start)", State::name);
+            if !seen.insert((r.from.map(State::name), r.trigger)) {
+                return err(format!("state {from} reacts twice to {}", r.trigger));
+            }
+            if r.to.is_empty() {
+                return err(format!("{from} on {} leads to no state", r.trigger));
+            }
+            if let Some(s) = r.from
+                && s.is_final()
+            {
+                return err(format!(
+                    "final state {} reacts to {}: a finished saga takes no more messages",
+                    s.name(),
+                    r.trigger
+                ));
+            }
+        }
+        // Every state the saga can reach must still be able to finish.
+        let edges = |s: Option<S>| {
+            self.reactions
+                .iter()
+                .filter(move |r| r.from == s)
+                .flat_map(|r| r.to.iter().copied())
+        };
+        let mut reachable: Vec<S> = edges(None).collect();
+        let mut i = 0;
+        while i < reachable.len() {
+            for next in edges(Some(reachable[i])) {
+                if !reachable.contains(&next) {
+                    reachable.push(next);
+                }
+            }
+            i += 1;
+        }
+        for &s in &reachable {
+            let mut frontier = vec![s];
+            let mut visited = vec![s];
+            let mut finishes = s.is_final();
+            while let Some(x) = frontier.pop() {
+                if finishes {
+                    break;
+                }
+                for next in edges(Some(x)) {
+                    if next.is_final() {
+                        finishes = true;
+                    }
+                    if !visited.contains(&next) {
+                        visited.push(next);
+                        frontier.push(next);
+                    }
+                }
+            }
+            if !finishes {
+                return err(format!(
+                    "state {} can never reach a final state (no reaction leads out of it to one)",
+                    s.name()
+                ));
+            }
+        }
+        let mut correlate = self.correlate;
+        let mut subjects = BTreeSet::new();
+        for r in &self.reactions {
+            if let Trigger::Message(t) = r.trigger {
+                subjects.insert(t);
+                correlate
+                    .entry(t)
+                    .or_insert_with(|| Arc::new(|e: &Envelope<AnyMessage>| e.aggregate_id.clone()));
+            }
+        }
+        Ok(Definition {
+            inner: Arc::new(Inner {
+                name: self.name,
+                service: self.service,
+                reactions: self.reactions,
+                correlate,
+                subjects,
+            }),
+        })
+    }
+}

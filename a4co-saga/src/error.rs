@@ -1,0 +1,52 @@
+//! The saga crate's errors.
+
+use a4co_events::bus::{PublishError, SubscribeError};
+
+/// A definition that cannot work, rejected by [`crate::Builder::build`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("saga {saga}: {problem}")]
+pub struct DefinitionError {
+    /// The saga's name.
+    pub saga: String,
+    /// What is wrong, and what to fix.
+    pub problem: String,
+}
+
+/// A store's failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Someone else saved the instance since it was loaded: reload and re-apply.
+    #[error("instance {0} changed since it was loaded")]
+    Conflict(String),
+    /// The store cannot be reached or refused the operation.
+    #[error("saga store: {0}")]
+    Unavailable(String),
+    /// A stored record cannot be read back.
+    #[error("instance {key}: stored record unreadable: {reason}")]
+    Corrupt {
+        /// The instance.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A runtime's failure.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Subscribing to the saga's messages failed.
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Publishing an instance's messages failed (they stay in its outbox).
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// A reaction broke the definition.
+    #[error(transparent)]
+    Reaction(#[from] crate::step::ReactionError),
+    /// Saving kept conflicting with other replicas.
+    #[error("instance {0}: still conflicting after {1} attempts")]
+    Contention(String, u32),
+}

@@ -1,0 +1,517 @@
+//! The order fulfillment saga of design-v2: reserve stock for every item, charge the
+//! payment, confirm the order; on the way out, release what was reserved and refund what
+//! was charged.
+//!
+//! ```text
+//! order.created ─► reserving ─(all reserved)─► paying ─(payment.succeeded)─► confirming ─(order.confirmed)─► confirmed
+//! ```
+//!
+//! - A line that cannot be reserved cancels the order (`inventory-unavailable`); the lines
+//!   already reserved are released, and so are reservations that arrive late (state
+//!   `releasing`, until every line answered or the stock timer runs out).
+//! - A failed payment releases the reservations and cancels the order (`payment-failed`).
+//! - A payment not answered in time releases them and cancels the order
+//!   (`payment-timeout`); a payment that still succeeds afterwards is refunded (state
+//!   `awaiting-late-payment`).
+//! - A cancellation by the order service while paying or confirming releases the stock and
+//!   refunds a payment already taken.
+//! - Reservations ask to be held for 30 minutes by default; the payment timer must run out
+//!   before they lapse.
+//!
+//! It sends catalog commands only: `inventory.cmd.reserve_stock`,
+//! `inventory.cmd.release_stock`, `payment.cmd.process`, `payment.cmd.refund`,
+//! `order.cmd.confirm`, `order.cmd.cancel`.
+
+use std::time::Duration;
+
+use a4co_events::Money;
+use a4co_events::catalog::inventory::{
+    ReleaseReason, ReleaseStock, ReserveStock, StockReservationFailed, StockReserved,
+};
+use a4co_events::catalog::order::{
+    CancelOrder, CancellationReason, ConfirmOrder, OrderCancelled, OrderConfirmed, OrderCreated,
+};
+use a4co_events::catalog::payment::{
+    PaymentFailed, PaymentMethod, PaymentSucceeded, ProcessPayment, RefundPayment,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::definition::{Definition, State};
+use crate::error::DefinitionError;
+use crate::step::Step;
+
+/// The saga's name: instances are `order-fulfillment/<order id>`.
+pub const NAME: &str = "order-fulfillment";
+
+/// Where the fulfillment saga stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Waiting for inventory's answer on every line.
+    Reserving,
+    /// Cancelling for lack of stock: releasing reservations that still come in.
+    Releasing,
+    /// Waiting for the payment.
+    Paying,
+    /// Cancelled before the payment answered: a late success is refunded.
+    AwaitingLatePayment,
+    /// Paid; waiting for the order service to confirm.
+    Confirming,
+    /// Done: the order is confirmed.
+    Confirmed,
+    /// Done: the order is cancelled, everything taken given back.
+    Cancelled,
+}
+
+impl State for Phase {
+    const ALL: &'static [Self] = &[
+        Phase::Reserving,
+        Phase::Releasing,
+        Phase::Paying,
+        Phase::AwaitingLatePayment,
+        Phase::Confirming,
+        Phase::Confirmed,
+        Phase::Cancelled,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Reserving => "reserving",
+            Phase::Releasing => "releasing",
+            Phase::Paying => "paying",
+            Phase::AwaitingLatePayment => "awaiting-late-payment",
+            Phase::Confirming => "confirming",
+            Phase::Confirmed => "confirmed",
+            Phase::Cancelled => "cancelled",
+        }
+    }
+
+    fn is_final(self) -> bool {
+        matches!(self, Phase::Confirmed | Phase::Cancelled)
+    }
+}
+
+/// Where one line of the order stands with inventory.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "status")]
+pub enum LineStatus {
+    /// Asked; no answer yet.
+    #[default]
+    Asked,
+    /// Held under this reservation.
+    Reserved {
+        /// The reservation.
+        reservation_id: String,
+    },
+    /// Could not be held.
+    Failed,
+    /// Was held, and released.
+    Released {
+        /// The reservation.
+        reservation_id: String,
+    },
+}
+
+/// One product of the order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Line {
+    /// The product.
+    pub product_id: String,
+    /// Units of it in the order (lines of one product are added up).
+    pub quantity: u32,
+    /// Where it stands.
+    pub status: LineStatus,
+}
+
+/// A payment taken.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Charge {
+    /// Our transaction id (what a refund names).
+    pub payment_id: String,
+    /// The gateway's reference.
+    pub reference: String,
+    /// How much.
+    pub amount: Money,
+}
+
+/// What the fulfillment saga keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fulfillment {
+    /// The order.
+    pub order_id: String,
+    /// Who pays.
+    pub customer_id: String,
+    /// How much.
+    pub total: Option<Money>,
+    /// The customer's stored payment method, if chosen.
+    pub payment_method_id: Option<String>,
+    /// One line per product.
+    pub lines: Vec<Line>,
+    /// The payment, once taken.
+    pub charge: Option<Charge>,
+    /// Why the saga is cancelling, once it is.
+    pub cancellation: Option<CancellationReason>,
+    /// Whether the order service cancelled the order itself (then the saga sends no
+    /// `order.cmd.cancel`).
+    pub cancelled_by_order: bool,
+    /// What went wrong, for people.
+    pub detail: Option<String>,
+    /// A refund sent for a payment that arrived after the cancellation.
+    pub refunded_late_payment: bool,
+}
+
+impl Fulfillment {
+    fn line(&mut self, product_id: &str) -> Option<&mut Line> {
+        self.lines.iter_mut().find(|l| l.product_id == product_id)
+    }
+
+    fn waiting_for_stock(&self) -> bool {
+        self.lines.iter().any(|l| l.status == LineStatus::Asked)
+    }
+}
+
+/// The saga's timings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// How long inventory holds reserved units unless the order is confirmed (design-v2:
+    /// 30 minutes).
+    pub reservation_ttl: Duration,
+    /// How long to wait for inventory to answer every line (default 2 minutes).
+    pub stock_timeout: Duration,
+    /// How long to wait for the payment (default 5 minutes; under the reservation TTL).
+    pub payment_timeout: Duration,
+    /// How long after a payment timeout a late success is still refunded (default 1 hour).
+    pub late_payment_window: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            reservation_ttl: Duration::from_secs(30 * 60),
+            stock_timeout: Duration::from_secs(2 * 60),
+            payment_timeout: Duration::from_secs(5 * 60),
+            late_payment_window: Duration::from_secs(3600),
+        }
+    }
+}
+
+const STOCK_TIMER: &str = "stock";
+const PAYMENT_TIMER: &str = "payment";
+const LATE_PAYMENT_TIMER: &str = "late-payment";
+
+fn cancel_order(step: &mut Step<'_, Fulfillment>) -> Phase {
+    let data = &*step.data;
+    if !data.cancelled_by_order {
+        let cancel = CancelOrder {
+            reason: data
+                .cancellation
+                .unwrap_or(CancellationReason::InventoryUnavailable),
+            refund_required: data.charge.is_some(),
+            detail: data.detail.clone(),
+        };
+        let order = data.order_id.clone();
+        step.send("cancel", order, cancel);
+    }
+    Phase::Cancelled
+}
+
+/// Releases what is reserved (the compensations, last first); waits in `releasing` while
+/// lines are unanswered, else cancels.
+fn give_up_on_stock(
+    step: &mut Step<'_, Fulfillment>,
+    reason: CancellationReason,
+    stock_timeout: Duration,
+) -> Phase {
+    step.data.cancellation.get_or_insert(reason);
+    step.cancel(STOCK_TIMER);
+    step.compensate();
+    for line in &mut step.data.lines {
+        if let LineStatus::Reserved { reservation_id } = &line.status {
+            line.status = LineStatus::Released {
+                reservation_id: reservation_id.clone(),
+            };
+        }
+    }
+    if step.data.waiting_for_stock() {
+        step.schedule(STOCK_TIMER, stock_timeout);
+        Phase::Releasing
+    } else {
+        cancel_order(step)
+    }
+}
+
+/// The order fulfillment saga, run by `order-service`.
+///
+/// # Errors
+/// A [`DefinitionError`] when the payment timeout does not end before reservations lapse,
+/// or a timing is zero.
+pub fn definition(settings: Settings) -> Result<Definition<Fulfillment, Phase>, DefinitionError> {
+    let reject = |problem: &str| {
+        Err(DefinitionError {
+            saga: NAME.to_owned(),
+            problem: problem.to_owned(),
+        })
+    };
+    if settings.payment_timeout >= settings.reservation_ttl {
+        return reject(
+            "payment_timeout must be shorter than reservation_ttl: a payment must not outlive the stock held for it",
+        );
+    }
+    if [
+        settings.reservation_ttl,
+        settings.stock_timeout,
+        settings.payment_timeout,
+        settings.late_payment_window,
+    ]
+    .iter()
+    .any(Duration::is_zero)
+    {
+        return reject("every timing must be above zero");
+    }
+    let Settings {
+        reservation_ttl,
+        stock_timeout,
+        payment_timeout,
+        late_payment_window,
+    } = settings;
+    let ttl = chrono::Duration::from_std(reservation_ttl).unwrap_or(chrono::Duration::MAX);
+    use Phase::{
+        AwaitingLatePayment, Cancelled, Confirmed, Confirming, Paying, Releasing, Reserving,
+    };
+
+    Definition::<Fulfillment, Phase>::builder(NAME, "order-service")
+        .starts_with::<OrderCreated>(&[Reserving, Cancelled], move |step, order| {
+            let data = &mut *step.data;
+            data.order_id.clone_from(&order.aggregate_id);
+            data.customer_id.clone_from(&order.data.customer_id);
+            data.total = Some(order.data.total_amount);
+            data.payment_method_id.clone_from(&order.data.payment_method_id);
+            for item in &order.data.items {
+                match data.line(&item.product_id) {
+                    Some(line) => line.quantity = line.quantity.saturating_add(item.quantity),
+                    None => data.lines.push(Line {
+                        product_id: item.product_id.clone(),
+                        quantity: item.quantity,
+                        status: LineStatus::Asked,
+                    }),
+                }
+            }
+            if data.lines.is_empty() {
+                data.cancellation = Some(CancellationReason::InventoryUnavailable);
+                data.detail = Some("the order has no items".to_owned());
+                return cancel_order(step);
+            }
+            let expires_at = step.now().checked_add_signed(ttl).unwrap_or(step.now());
+            let order_id = step.data.order_id.clone();
+            for line in step.data.lines.clone() {
+                let reserve = ReserveStock {
+                    order_id: order_id.clone(),
+                    quantity: line.quantity,
+                    expires_at,
+                };
+                step.send(&format!("reserve/{}", line.product_id), &line.product_id, reserve);
+            }
+            step.schedule(STOCK_TIMER, stock_timeout);
+            Reserving
+        })
+        .correlate::<StockReserved>(|e| e.data.order_id.clone())
+        .correlate::<StockReservationFailed>(|e| e.data.order_id.clone())
+        .correlate::<PaymentSucceeded>(|e| e.data.order_id.clone())
+        .correlate::<PaymentFailed>(|e| e.data.order_id.clone())
+        .on::<StockReserved>(Reserving, &[Reserving, Paying], move |step, reserved| {
+            let product = reserved.aggregate_id.clone();
+            let Some(line) = step.data.line(&product) else {
+                tracing::warn!(product = %product, "a reservation for a product not in the order; releasing it");
+                let release = ReleaseStock {
+                    order_id: reserved.data.order_id.clone(),
+                    reservation_id: reserved.data.reservation_id.clone(),
+                    reason: ReleaseReason::OrderCancelled,
+                };
+                step.send(&format!("release-stray/{}", reserved.data.reservation_id), &product, release);
+                return Reserving;
+            };
+            if line.status != LineStatus::Asked {
+                return Reserving;
+            }
+            line.status = LineStatus::Reserved {
+                reservation_id: reserved.data.reservation_id.clone(),
+            };
+            let release = ReleaseStock {
+                order_id: reserved.data.order_id.clone(),
+                reservation_id: reserved.data.reservation_id,
+                reason: ReleaseReason::OrderCancelled,
+            };
+            step.completed(&format!("reserve/{product}"), &product, release);
+            if step.data.waiting_for_stock() {
+                return Reserving;
+            }
+            step.cancel(STOCK_TIMER);
+            let data = &*step.data;
+            let pay = ProcessPayment {
+                order_id: data.order_id.clone(),
+                customer_id: data.customer_id.clone(),
+                amount: data.total.unwrap_or_else(|| Money::eur(0)),
+                payment_method: PaymentMethod::Card,
+                payment_method_id: data.payment_method_id.clone(),
+            };
+            let order = data.order_id.clone();
+            step.send("pay", order, pay);
+            step.schedule(PAYMENT_TIMER, payment_timeout);
+            Paying
+        })
+        .on::<StockReservationFailed>(Reserving, &[Releasing, Cancelled], move |step, failed| {
+            let product = failed.aggregate_id.clone();
+            if let Some(line) = step.data.line(&product) {
+                line.status = LineStatus::Failed;
+            }
+            step.data.detail = Some(
+                failed
+                    .data
+                    .failed_items
+                    .iter()
+                    .map(|i| format!("{}: {} requested, {} available", i.product_id, i.requested_quantity, i.available_quantity))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
+            give_up_on_stock(step, CancellationReason::InventoryUnavailable, stock_timeout)
+        })
+        .on_timeout(Reserving, STOCK_TIMER, &[Releasing, Cancelled], move |step| {
+            step.data.detail = Some("inventory did not answer in time".to_owned());
+            // Lines still unanswered get no more waiting: their holds lapse at inventory.
+            for line in &mut step.data.lines {
+                if line.status == LineStatus::Asked {
+                    line.status = LineStatus::Failed;
+                }
+            }
+            give_up_on_stock(step, CancellationReason::InventoryUnavailable, stock_timeout)
+        })
+        .on::<OrderCancelled>(Reserving, &[Releasing, Cancelled], move |step, cancelled| {
+            step.data.cancelled_by_order = true;
+            give_up_on_stock(step, cancelled.data.reason, stock_timeout)
+        })
+        .on::<StockReserved>(Releasing, &[Releasing, Cancelled], |step, reserved| {
+            let product = reserved.aggregate_id.clone();
+            let release = ReleaseStock {
+                order_id: reserved.data.order_id.clone(),
+                reservation_id: reserved.data.reservation_id.clone(),
+                reason: ReleaseReason::OrderCancelled,
+            };
+            let asked = step.data.line(&product).is_some_and(|l| l.status == LineStatus::Asked);
+            if !asked {
+                return Releasing;
+            }
+            step.send(&format!("release/{product}"), &product, release);
+            if let Some(line) = step.data.line(&product) {
+                line.status = LineStatus::Released {
+                    reservation_id: reserved.data.reservation_id,
+                };
+            }
+            if step.data.waiting_for_stock() { Releasing } else { cancel_order(step) }
+        })
+        .on::<StockReservationFailed>(Releasing, &[Releasing, Cancelled], |step, failed| {
+            if let Some(line) = step.data.line(&failed.aggregate_id)
+                && line.status == LineStatus::Asked
+            {
+                line.status = LineStatus::Failed;
+            }
+            if step.data.waiting_for_stock() { Releasing } else { cancel_order(step) }
+        })
+        .on_timeout(Releasing, STOCK_TIMER, &[Cancelled], |step| {
+            for line in &mut step.data.lines {
+                if line.status == LineStatus::Asked {
+                    line.status = LineStatus::Failed;
+                }
+            }
+            cancel_order(step)
+        })
+        .on::<PaymentSucceeded>(Paying, &[Confirming], |step, paid| {
+            step.cancel(PAYMENT_TIMER);
+            let charge = Charge {
+                payment_id: paid.data.transaction_id.clone(),
+                reference: paid.data.gateway_transaction_id.clone(),
+                amount: paid.data.amount,
+            };
+            let order = step.data.order_id.clone();
+            let refund = RefundPayment {
+                payment_id: charge.payment_id.clone(),
+                order_id: order.clone(),
+                amount: charge.amount,
+                reason: "order cancelled after payment".to_owned(),
+            };
+            step.completed("pay", order.clone(), refund);
+            let confirm = ConfirmOrder {
+                payment_id: charge.payment_id.clone(),
+                payment_reference: charge.reference.clone(),
+            };
+            step.data.charge = Some(charge);
+            step.send("confirm", order, confirm);
+            Confirming
+        })
+        .on::<PaymentFailed>(Paying, &[Cancelled], |step, failed| {
+            step.cancel(PAYMENT_TIMER);
+            step.data.cancellation = Some(CancellationReason::PaymentFailed);
+            step.data.detail = Some(format!("{}: {}", failed.data.error_code, failed.data.error_message));
+            step.compensate();
+            release_all(step);
+            cancel_order(step)
+        })
+        .on_timeout(Paying, PAYMENT_TIMER, &[AwaitingLatePayment], move |step| {
+            step.data.cancellation = Some(CancellationReason::PaymentTimeout);
+            step.data.detail = Some("the payment was not answered in time".to_owned());
+            step.compensate();
+            release_all(step);
+            cancel_order(step);
+            step.schedule(LATE_PAYMENT_TIMER, late_payment_window);
+            AwaitingLatePayment
+        })
+        .on::<OrderCancelled>(Paying, &[AwaitingLatePayment], move |step, cancelled| {
+            step.cancel(PAYMENT_TIMER);
+            step.data.cancelled_by_order = true;
+            step.data.cancellation = Some(cancelled.data.reason);
+            step.compensate();
+            release_all(step);
+            step.schedule(LATE_PAYMENT_TIMER, late_payment_window);
+            AwaitingLatePayment
+        })
+        .on::<PaymentSucceeded>(AwaitingLatePayment, &[Cancelled], |step, paid| {
+            step.cancel(LATE_PAYMENT_TIMER);
+            let order = step.data.order_id.clone();
+            let refund = RefundPayment {
+                payment_id: paid.data.transaction_id.clone(),
+                order_id: order.clone(),
+                amount: paid.data.amount,
+                reason: "payment arrived after the order was cancelled".to_owned(),
+            };
+            step.send("refund-late-payment", order, refund);
+            step.data.refunded_late_payment = true;
+            Cancelled
+        })
+        .on::<PaymentFailed>(AwaitingLatePayment, &[Cancelled], |step, _| {
+            step.cancel(LATE_PAYMENT_TIMER);
+            Cancelled
+        })
+        .on_timeout(AwaitingLatePayment, LATE_PAYMENT_TIMER, &[Cancelled], |_| Cancelled)
+        .on::<OrderConfirmed>(Confirming, &[Confirmed], |_, _| Confirmed)
+        .on::<OrderCancelled>(Confirming, &[Cancelled], |step, cancelled| {
+            step.data.cancelled_by_order = true;
+            step.data.cancellation = Some(cancelled.data.reason);
+            step.compensate();
+            release_all(step);
+            Cancelled
+        })
+        .build()
+}
+
+/// Marks every reserved line released (after [`Step::compensate`] sent the releases).
+fn release_all(step: &mut Step<'_, Fulfillment>) {
+    for line in &mut step.data.lines {
+        if let LineStatus::Reserved { reservation_id } = &line.status {
+            line.status = LineStatus::Released {
+                reservation_id: reservation_id.clone(),
+            };
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! The runtime: feeds messages and due timers to instances, saves them, then publishes
+//! what they send. Several replicas may run at once on one store: saves are compare-and-swap,
+//! and a conflict reloads the instance and applies the message again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use a4co_events::bus::{HandlerError, Publisher, Subscriber, Subscription, SubscriptionHandle};
+use a4co_events::{AnyMessage, Envelope, EventId};
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::clock::{Clock, SystemClock};
+use crate::definition::{Data, Definition, State};
+use crate::error::{RuntimeError, StoreError};
+use crate::step::{Applied, Instance, apply, fire_due};
+use crate::store::{Index, Store};
+
+/// How many times a save is retried against concurrent replicas before giving up (the
+/// message is then retried by the bus).
+const MAX_CONFLICTS: u32 = 16;
+
+/// Runs one saga definition on a bus and a store. A cheap `Clone` handle.
+pub struct Runtime<D, S, B, St> {
+    inner: Arc<Inner<D, S, B, St>>,
+}
+
+impl<D, S, B, St> Clone for Runtime<D, S, B, St> {
+    fn clone(&self) -> Self {
+        Runtime {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<D, S, B, St> std::fmt::Debug for Runtime<D, S, B, St> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+struct Inner<D, S, B, St> {
+    definition: Definition<D, S>,
+    bus: B,
+    store: St,
+    clock: Arc<dyn Clock>,
+    tick: Duration,
+    lost_publishes: AtomicU32,
+}
+
+impl<D, S, B, St> Runtime<D, S, B, St>
+where
+    D: Data,
+    S: State,
+    B: Publisher + Subscriber,
+    St: Store,
+{
+    /// A runtime for `definition` on `bus`, keeping instances in `store`, on the system
+    /// clock, looking for due timers every second.
+    pub fn new(definition: Definition<D, S>, bus: B, store: St) -> Self {
+        Runtime {
+            inner: Arc::new(Inner {
+                definition,
+                bus,
+                store,
+                clock: Arc::new(SystemClock),
+                tick: Duration::from_secs(1),
+                lost_publishes: AtomicU32::new(0),
+            }),
+        }
+    }
+
+    fn rebuild(self, f: impl FnOnce(&mut Inner<D, S, B, St>)) -> Self {
+        let mut inner = match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner,
+            Err(shared) => Inner {
+                definition: shared.definition.clone(),
+                bus: shared.bus.clone(),
+                store: shared.store.clone(),
+                clock: Arc::clone(&shared.clock),
+                tick: shared.tick,
+                lost_publishes: AtomicU32::new(shared.lost_publishes.load(Ordering::Relaxed)),
+            },
+        };
+        f(&mut inner);
+        Runtime {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Reads the time from `clock` (a [`crate::VirtualClock`] in tests).
+    #[must_use]
+    pub fn clock(self, clock: impl Clock) -> Self {
+        self.rebuild(|i| i.clock = Arc::new(clock))
+    }
+
+    /// How often [`Runtime::start`]'s background task looks for due timers (default 1 s).
+    #[must_use]
+    pub fn tick(self, every: Duration) -> Self {
+        self.rebuild(|i| i.tick = every.max(Duration::from_millis(1)))
+    }
+
+    /// The definition.
+    pub fn definition(&self) -> &Definition<D, S> {
+        &self.inner.definition
+    }
+
+    /// For crash tests: the next `n` instances saved skip publishing their messages, as if
+    /// the process died right after the save. [`Runtime::resend_pending`] (run at start)
+    /// sends them.
+    pub fn lose_next_publishes(&self, n: u32) {
+        self.inner.lost_publishes.store(n, Ordering::SeqCst);
+    }
+
+    /// The instance `saga_id` (`order-fulfillment/ord-1`), as stored.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn instance(&self, saga_id: &str) -> Result<Option<Instance<D, S>>, StoreError> {
+        Ok(self.load(saga_id).await?.map(|(i, _)| i))
+    }
+
+    async fn load(&self, key: &str) -> Result<Option<(Instance<D, S>, u64)>, StoreError> {
+        let Some(stored) = self.inner.store.load(key).await? else {
+            return Ok(None);
+        };
+        let instance = serde_json::from_slice(&stored.record).map_err(|e| StoreError::Corrupt {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some((instance, stored.revision)))
+    }
+
+    async fn save(
+        &self,
+        key: &str,
+        instance: &Instance<D, S>,
+        expected: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let record = serde_json::to_vec(instance).map_err(|e| StoreError::Corrupt {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let index = Index {
+            next_timer: instance.next_timer(),
+            pending: !instance.book.outbox.is_empty(),
+        };
+        self.inner
+            .store
+            .save(key, Bytes::from(record), expected, index)
+            .await
+    }
+
+    /// Applies one message: loads its instance, runs the reaction, saves the instance with
+    /// the messages it sends, then publishes them. Safe to call again with the same message.
+    ///
+    /// # Errors
+    /// The store's or the bus's (the message should be retried), a reaction breaking the
+    /// definition (it should be dead-lettered), or endless conflicts.
+    pub async fn handle(&self, message: &Envelope<AnyMessage>) -> Result<Applied, RuntimeError> {
+        let Some(key) = self.inner.definition.instance_id(message) else {
+            return Ok(Applied::Unexpected);
+        };
+        for _ in 0..MAX_CONFLICTS {
+            let loaded = self.load(&key).await?;
+            let revision = loaded.as_ref().map(|(_, r)| *r);
+            let now = self.inner.clock.now();
+            let (applied, instance) = apply(
+                &self.inner.definition,
+                &key,
+                loaded.map(|(i, _)| i),
+                message,
+                now,
+            )?;
+            match applied {
+                Applied::Changed => {}
+                Applied::Duplicate | Applied::Finished | Applied::Unexpected => {
+                    if applied != Applied::Duplicate {
+                        tracing::info!(saga_id = %key, event_type = message.event_type(), event_id = %message.event_id, outcome = ?applied, "message acknowledged without a reaction");
+                    }
+                    // A redelivery after a crash between save and publish: finish the publish.
+                    if let (Some(instance), Some(revision)) = (instance, revision)
+                        && !instance.book.outbox.is_empty()
+                    {
+                        self.publish_outbox(&key, instance, revision).await?;
+                    }
+                    return Ok(applied);
+                }
+                Applied::NotStarted => return Ok(applied),
+            }
+            let Some(instance) = instance else {
+                return Ok(applied);
+            };
+            match self.save(&key, &instance, revision).await {
+                Ok(revision) => {
+                    self.publish_outbox(&key, instance, revision).await?;
+                    return Ok(Applied::Changed);
+                }
+                Err(StoreError::Conflict(_)) => {
+                    tokio::time::sleep(Duration::from_micros(fastrand::u64(100..2_000))).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RuntimeError::Contention(key, MAX_CONFLICTS))
+    }
+
+    /// Publishes an instance's outbox, then removes what was published from the stored
+    /// record (compare-and-swap; a conflict reloads and removes by id).
+    async fn publish_outbox(
+        &self,
+        key: &str,
+        mut instance: Instance<D, S>,
+        mut revision: u64,
+    ) -> Result<(), RuntimeError> {
+        if instance.book.outbox.is_empty() {
+            return Ok(());
+        }
+        let lost = self
+            .inner
+            .lost_publishes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if lost {
+            tracing::warn!(saga_id = %key, "test crash: the saved messages are not published");
+            return Ok(());
+        }
+        let mut sent: Vec<EventId> = Vec::with_capacity(instance.book.outbox.len());
+        for outgoing in &instance.book.outbox {
+            self.inner.bus.publish_raw(outgoing.to_raw()).await?;
+            sent.push(outgoing.event_id);
+        }
+        for _ in 0..MAX_CONFLICTS {
+            instance.book.outbox.retain(|o| !sent.contains(&o.event_id));
+            match self.save(key, &instance, Some(revision)).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict(_)) => match self.load(key).await? {
+                    Some((fresh, r)) => {
+                        instance = fresh;
+                        revision = r;
+                    }
+                    None => return Ok(()),
+                },
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RuntimeError::Contention(key.to_owned(), MAX_CONFLICTS))
+    }
+
+    /// Fires the timers due now, each once across replicas (the save that removes a timer
+    /// is compare-and-swap), and publishes what their reactions send. Returns how many
+    /// instances changed.
+    ///
+    /// # Errors
+    /// As [`Runtime::handle`].
+    pub async fn fire_due_timers(&self) -> Result<usize, RuntimeError> {
+        let now = self.inner.clock.now();
+        let mut fired = 0;
+        for key in self.inner.store.due(now).await? {
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let Some((mut instance, revision)) = self.load(&key).await? else {
+                    break;
+                };
+                if !fire_due(&self.inner.definition, &mut instance, now)? {
+                    break;
+                }
+                match self.save(&key, &instance, Some(revision)).await {
+                    Ok(revision) => {
+                        fired += 1;
+                        self.publish_outbox(&key, instance, revision).await?;
+                        break;
+                    }
+                    Err(StoreError::Conflict(_)) if attempts < MAX_CONFLICTS => {}
+                    Err(StoreError::Conflict(_)) => {
+                        return Err(RuntimeError::Contention(key, MAX_CONFLICTS));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(fired)
+    }
+
+    /// Publishes the messages instances saved but did not publish (a crash between the two).
+    /// Their ids are fixed, so the broker drops any that did go out. Returns how many
+    /// instances had some.
+    ///
+    /// # Errors
+    /// As [`Runtime::handle`].
+    pub async fn resend_pending(&self) -> Result<usize, RuntimeError> {
+        let keys = self.inner.store.pending().await?;
+        let mut resent = 0;
+        for key in keys {
+            if let Some((instance, revision)) = self.load(&key).await?
+                && !instance.book.outbox.is_empty()
+            {
+                tracing::info!(saga_id = %key, messages = instance.book.outbox.len(), "re-sending saved messages");
+                self.publish_outbox(&key, instance, revision).await?;
+                resent += 1;
+            }
+        }
+        Ok(resent)
+    }
+
+    /// Starts the saga: re-sends what a previous run saved but did not publish, subscribes
+    /// to its messages (a durable consumer `<service>_<saga>` shared by replicas), and looks
+    /// for due timers every tick.
+    ///
+    /// # Errors
+    /// Subscribing failed, or the store could not be read.
+    pub async fn start(&self) -> Result<Running, RuntimeError> {
+        self.resend_pending().await?;
+        let definition = &self.inner.definition;
+        let mut subscription = Subscription::new(definition.service(), definition.name());
+        for subject in definition.subjects() {
+            subscription = subscription.subject(subject);
+        }
+        let runtime = self.clone();
+        let handle = self
+            .inner
+            .bus
+            .subscribe(subscription, move |message: Envelope<AnyMessage>, _| {
+                let runtime = runtime.clone();
+                async move {
+                    match runtime.handle(&message).await {
+                        Ok(Applied::NotStarted) => Err(HandlerError::retryable(format!(
+                            "{} arrived before its saga started",
+                            message.event_type()
+                        ))),
+                        Ok(_) => Ok(()),
+                        Err(e @ RuntimeError::Reaction(_)) => Err(HandlerError::permanent(e)),
+                        Err(e) => Err(HandlerError::retryable(e)),
+                    }
+                }
+            })
+            .await?;
+        let (stop, mut stopped) = watch::channel(false);
+        let runtime = self.clone();
+        let ticker = tokio::spawn(async move {
+            let mut every = tokio::time::interval(runtime.inner.tick);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {
+                        if let Err(e) = runtime.fire_due_timers().await {
+                            tracing::warn!(error = %e, "firing due timers failed; trying again next tick");
+                        }
+                    }
+                    _ = stopped.changed() => return,
+                }
+            }
+        });
+        Ok(Running {
+            handle,
+            ticker,
+            stop,
+        })
+    }
+}
+
+/// A started saga runtime: its subscription and timer task.
+#[derive(Debug)]
+pub struct Running {
+    handle: SubscriptionHandle,
+    ticker: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Running {
+    /// Stops taking messages and timers, letting the reactions under way finish.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.ticker.await;
+        self.handle.shutdown().await;
+    }
+
+    /// Stops at once, as a crash would (for tests).
+    pub fn abort(self) {
+        self.ticker.abort();
+        self.handle.abort();
+    }
+}

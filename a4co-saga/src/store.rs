@@ -1,0 +1,154 @@
+//! Where instances live: a store with optimistic concurrency. [`MemoryStore`] here; the
+//! JetStream KV store comes with the `nats` feature.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use crate::error::StoreError;
+
+/// A stored record and its revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// The record (JSON).
+    pub record: Bytes,
+    /// Its revision: pass it back to [`Store::save`] to update it.
+    pub revision: u64,
+}
+
+/// What the runtime needs to find instances without reading them all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Index {
+    /// When the instance's earliest timer runs out.
+    pub next_timer: Option<DateTime<Utc>>,
+    /// Whether its outbox holds messages not yet published.
+    pub pending: bool,
+}
+
+/// Instances keyed by `<saga>/<correlation id>`, saved with compare-and-swap.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// The instance under `key`, if any.
+    fn load(&self, key: &str) -> impl Future<Output = Result<Option<Stored>, StoreError>> + Send;
+
+    /// Saves `record` under `key` if its revision is still `expected` (`None`: only if
+    /// there is none yet) and returns the new revision.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when someone saved it since.
+    fn save(
+        &self,
+        key: &str,
+        record: Bytes,
+        expected: Option<u64>,
+        index: Index,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The keys of instances with a timer due at `now`.
+    fn due(
+        &self,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// The keys of instances with unpublished messages.
+    fn pending(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+}
+
+#[derive(Debug)]
+struct Entry {
+    record: Bytes,
+    revision: u64,
+    index: Index,
+}
+
+/// Instances in memory, for tests and the demo. Clones share the instances, so a
+/// "restarted" runtime given a clone finds them (as it would on JetStream).
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    entries: Arc<Mutex<HashMap<String, Entry>>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryStore::default()
+    }
+
+    /// How many instances it holds.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Every key, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.lock().keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Store for MemoryStore {
+    async fn load(&self, key: &str) -> Result<Option<Stored>, StoreError> {
+        Ok(self.lock().get(key).map(|e| Stored {
+            record: e.record.clone(),
+            revision: e.revision,
+        }))
+    }
+
+    async fn save(
+        &self,
+        key: &str,
+        record: Bytes,
+        expected: Option<u64>,
+        index: Index,
+    ) -> Result<u64, StoreError> {
+        let mut entries = self.lock();
+        let current = entries.get(key).map(|e| e.revision);
+        if current != expected {
+            return Err(StoreError::Conflict(key.to_owned()));
+        }
+        let revision = current.unwrap_or(0) + 1;
+        entries.insert(
+            key.to_owned(),
+            Entry {
+                record,
+                revision,
+                index,
+            },
+        );
+        Ok(revision)
+    }
+
+    async fn due(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+        let mut keys: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, e)| e.index.next_timer.is_some_and(|t| t <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn pending(&self) -> Result<Vec<String>, StoreError> {
+        let mut keys: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, e)| e.index.pending)
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+}
