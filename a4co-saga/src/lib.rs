@@ -61,6 +61,9 @@ mod clock;
 mod definition;
 mod error;
 pub mod fulfillment;
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub mod nats;
 mod runtime;
 mod step;
 mod store;

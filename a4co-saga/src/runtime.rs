@@ -266,6 +266,9 @@ where
                     break;
                 };
                 if !fire_due(&self.inner.definition, &mut instance, now)? {
+                    // Fired already (by another replica, or before a crash that stopped the
+                    // publish): finish publishing what it saved.
+                    self.publish_outbox(&key, instance, revision).await?;
                     break;
                 }
                 match self.save(&key, &instance, Some(revision)).await {
@@ -281,6 +284,7 @@ where
                     Err(e) => return Err(e.into()),
                 }
             }
+            self.inner.store.fired(&key, now).await?;
         }
         Ok(fired)
     }

@@ -1,5 +1,5 @@
-//! Where instances live: a store with optimistic concurrency. [`MemoryStore`] here; the
-//! JetStream KV store comes with the `nats` feature.
+//! Where instances live: a store with optimistic concurrency. [`MemoryStore`] here;
+//! [`crate::nats::KvStore`] on JetStream with the `nats` feature.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,11 +46,24 @@ pub trait Store: Clone + Send + Sync + 'static {
         index: Index,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// The keys of instances with a timer due at `now`.
+    /// The keys of instances with a timer due at `now`. May name instances whose timer
+    /// was cancelled or already fired (the runtime finds nothing due and calls
+    /// [`Store::fired`]); never misses one.
     fn due(
         &self,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// The runtime handled every timer of `key` due at `now`: index entries up to `now`
+    /// may go. (The in-memory index is exact and needs nothing.)
+    fn fired(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (key, now);
+        async { Ok(()) }
+    }
 
     /// The keys of instances with unpublished messages.
     fn pending(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;

@@ -225,3 +225,271 @@ impl<D: Data, S: State> Scenario<D, S> {
             .collect()
     }
 }
+
+/// How the simulated participants of the fulfillment saga behave.
+#[derive(Clone, Debug, Default)]
+pub struct Behaviour {
+    /// Units on hand per product; a product not listed has none.
+    pub stock: std::collections::HashMap<String, u32>,
+    /// Orders whose payment is declined.
+    pub declined: std::collections::HashSet<String>,
+    /// Orders whose payment is never answered.
+    pub silent_payments: std::collections::HashSet<String>,
+}
+
+/// What the simulated participants did, for assertions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ledger {
+    /// Reservations made: (order, product) -> units.
+    pub reserved: std::collections::BTreeMap<(String, String), u32>,
+    /// Reservations released, by reservation id, with how many times a release came.
+    pub released: std::collections::BTreeMap<String, u32>,
+    /// Orders charged, with how many times.
+    pub charged: std::collections::BTreeMap<String, u32>,
+    /// Orders refunded, with how many times.
+    pub refunded: std::collections::BTreeMap<String, u32>,
+    /// Orders confirmed, with how many times.
+    pub confirmed: std::collections::BTreeMap<String, u32>,
+    /// Orders cancelled, with the reason of each cancel command.
+    pub cancelled: std::collections::BTreeMap<String, Vec<String>>,
+    /// Units on hand now, per product.
+    pub stock: std::collections::HashMap<String, u32>,
+}
+
+/// Inventory, payment and the order service's command side, simulated in process on a
+/// bus: they answer the fulfillment saga's commands as the real services would (stock that
+/// runs out, declined and unanswered payments) and keep a [`Ledger`]. Each command id is
+/// handled once.
+#[derive(Clone, Debug)]
+pub struct Participants {
+    state: Arc<
+        Mutex<(
+            Behaviour,
+            Ledger,
+            std::collections::HashSet<a4co_events::EventId>,
+        )>,
+    >,
+}
+
+impl Participants {
+    /// Participants that behave as `behaviour` says.
+    pub fn new(behaviour: Behaviour) -> Self {
+        let ledger = Ledger {
+            stock: behaviour.stock.clone(),
+            ..Ledger::default()
+        };
+        Participants {
+            state: Arc::new(Mutex::new((behaviour, ledger, Default::default()))),
+        }
+    }
+
+    /// What they did so far.
+    pub fn ledger(&self) -> Ledger {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1
+            .clone()
+    }
+
+    /// Subscribes them to `bus` (as `inventory-sim`, `payment-sim`, `order-sim`).
+    ///
+    /// # Errors
+    /// Subscribing failed.
+    pub async fn start<B>(
+        &self,
+        bus: &B,
+    ) -> Result<Vec<a4co_events::bus::SubscriptionHandle>, a4co_events::bus::SubscribeError>
+    where
+        B: a4co_events::bus::Publisher + a4co_events::bus::Subscriber,
+    {
+        use a4co_events::bus::{HandlerError, Subscription};
+        use a4co_events::catalog::inventory::{ReleaseStock, ReserveStock};
+        use a4co_events::catalog::order::{CancelOrder, ConfirmOrder};
+        use a4co_events::catalog::payment::{ProcessPayment, RefundPayment};
+
+        let mut handles = Vec::new();
+        let subscriptions = [
+            Subscription::new("inventory-sim", "commands")
+                .to::<ReserveStock>()
+                .to::<ReleaseStock>(),
+            Subscription::new("payment-sim", "commands")
+                .to::<ProcessPayment>()
+                .to::<RefundPayment>(),
+            Subscription::new("order-sim", "commands")
+                .to::<ConfirmOrder>()
+                .to::<CancelOrder>(),
+        ];
+        for subscription in subscriptions {
+            let me = self.clone();
+            let publisher = bus.clone();
+            let handle = bus
+                .subscribe(
+                    subscription.max_in_flight(64),
+                    move |message: Envelope<AnyMessage>, _| {
+                        let me = me.clone();
+                        let publisher = publisher.clone();
+                        async move {
+                            if let Some(reply) = me.answer(&message) {
+                                publisher
+                                    .publish(&reply)
+                                    .await
+                                    .map_err(HandlerError::retryable)?;
+                            }
+                            Ok(())
+                        }
+                    },
+                )
+                .await?;
+            handles.push(handle);
+        }
+        Ok(handles)
+    }
+
+    /// The reply to one command, after updating the ledger (`None`: no reply, or a
+    /// command seen before).
+    fn answer(&self, command: &Envelope<AnyMessage>) -> Option<Envelope<AnyMessage>> {
+        use a4co_events::catalog::inventory::{
+            FailedItem, ReleaseReason, StockReleased, StockReservationFailed, StockReserved,
+        };
+        use a4co_events::catalog::order::{OrderCancelled, OrderConfirmed};
+        use a4co_events::catalog::payment::{PaymentFailed, PaymentSucceeded};
+
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (behaviour, ledger, seen) = &mut *guard;
+        if !seen.insert(command.event_id) {
+            return None;
+        }
+        let now = command.occurred_at;
+        let reply = |source: &str, aggregate: &str, data: AnyMessage| {
+            Some(Envelope::caused_by(command, source, aggregate, data))
+        };
+        match &command.data {
+            AnyMessage::ReserveStock(c) => {
+                let product = command.aggregate_id.clone();
+                let on_hand = ledger.stock.get(&product).copied().unwrap_or(0);
+                if on_hand >= c.quantity {
+                    ledger.stock.insert(product.clone(), on_hand - c.quantity);
+                    *ledger
+                        .reserved
+                        .entry((c.order_id.clone(), product.clone()))
+                        .or_default() += c.quantity;
+                    let data = StockReserved {
+                        order_id: c.order_id.clone(),
+                        artisan_id: "art-sim".to_owned(),
+                        quantity_reserved: c.quantity,
+                        remaining_stock: on_hand - c.quantity,
+                        reservation_expiry: c.expires_at,
+                        reservation_id: format!("res-{}-{product}", c.order_id),
+                        unit_price: a4co_events::Money::eur(100),
+                    };
+                    reply("inventory-service", &product, data.into())
+                } else {
+                    let data = StockReservationFailed {
+                        order_id: c.order_id.clone(),
+                        reason: "insufficient stock".to_owned(),
+                        failed_items: vec![FailedItem {
+                            product_id: product.clone(),
+                            requested_quantity: c.quantity,
+                            available_quantity: on_hand,
+                        }],
+                    };
+                    reply("inventory-service", &product, data.into())
+                }
+            }
+            AnyMessage::ReleaseStock(c) => {
+                let product = command.aggregate_id.clone();
+                *ledger.released.entry(c.reservation_id.clone()).or_default() += 1;
+                let units = ledger
+                    .reserved
+                    .get(&(c.order_id.clone(), product.clone()))
+                    .copied()
+                    .unwrap_or(0);
+                let on_hand = ledger.stock.entry(product.clone()).or_default();
+                *on_hand += units;
+                let data = StockReleased {
+                    order_id: c.order_id.clone(),
+                    reservation_id: c.reservation_id.clone(),
+                    quantity_released: units.max(1),
+                    reason: ReleaseReason::OrderCancelled,
+                    new_available_stock: *on_hand,
+                    released_at: now,
+                };
+                reply("inventory-service", &product, data.into())
+            }
+            AnyMessage::ProcessPayment(c) => {
+                if behaviour.silent_payments.contains(&c.order_id) {
+                    return None;
+                }
+                let payment = format!("pay-{}", c.order_id);
+                if behaviour.declined.contains(&c.order_id) {
+                    let data = PaymentFailed {
+                        order_id: c.order_id.clone(),
+                        error_code: "card-declined".to_owned(),
+                        error_message: "declined by the simulated gateway".to_owned(),
+                        gateway_error_code: None,
+                        retryable: false,
+                        failed_at: now,
+                        attempt_number: 1,
+                        max_attempts: 1,
+                    };
+                    return reply("payment-service", &payment, data.into());
+                }
+                *ledger.charged.entry(c.order_id.clone()).or_default() += 1;
+                let zero = a4co_events::Money::eur(0);
+                let data = PaymentSucceeded {
+                    order_id: c.order_id.clone(),
+                    transaction_id: format!("txn-{}", c.order_id),
+                    gateway_transaction_id: format!("sim-{}", c.order_id),
+                    amount: c.amount,
+                    processed_at: now,
+                    payment_gateway: "sim".to_owned(),
+                    gateway_fee: zero,
+                    marketplace_fee: zero,
+                    artisan_amount: c.amount,
+                };
+                reply("payment-service", &payment, data.into())
+            }
+            AnyMessage::RefundPayment(c) => {
+                *ledger.refunded.entry(c.order_id.clone()).or_default() += 1;
+                None
+            }
+            AnyMessage::ConfirmOrder(_) => {
+                *ledger
+                    .confirmed
+                    .entry(command.aggregate_id.clone())
+                    .or_default() += 1;
+                let data = OrderConfirmed {
+                    confirmed_at: now,
+                    estimated_delivery_date: now,
+                    payment_reference: "sim".to_owned(),
+                    payment_id: None,
+                    tracking_number: None,
+                    artisan_notified: false,
+                };
+                reply("order-service", &command.aggregate_id, data.into())
+            }
+            AnyMessage::CancelOrder(c) => {
+                let reason = serde_json::to_value(c.reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                ledger
+                    .cancelled
+                    .entry(command.aggregate_id.clone())
+                    .or_default()
+                    .push(reason);
+                let data = OrderCancelled {
+                    reason: c.reason,
+                    cancelled_at: now,
+                    refund_required: c.refund_required,
+                    refund_amount: None,
+                    cancelled_by: "system".to_owned(),
+                    compensation_actions: Vec::new(),
+                };
+                reply("order-service", &command.aggregate_id, data.into())
+            }
+            _ => None,
+        }
+    }
+}

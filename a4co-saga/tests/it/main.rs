@@ -6,4 +6,6 @@
 
 mod definition;
 mod fulfillment;
+mod nats;
+mod properties;
 mod support;

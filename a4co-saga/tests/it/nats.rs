@@ -1,0 +1,308 @@
+//! The fulfillment saga over a real nats-server: its paths with simulated participants,
+//! two replicas on one stream, a timer across a restart, a crash between save and publish.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use a4co_events::bus::nats::{Config, NatsBus};
+use a4co_events::bus::{Publisher, SubscriptionHandle};
+use a4co_events::catalog::order::{OrderCreated, OrderItem};
+use a4co_events::{Envelope, Message, Money};
+use a4co_saga::fulfillment::{self, Fulfillment, Phase};
+use a4co_saga::nats::KvStore;
+use a4co_saga::{Running, Runtime, VirtualClock};
+use a4co_testkit::nats::NatsServer;
+use a4co_testkit::saga::{Behaviour, Participants, scenario_start};
+
+type Fr = Runtime<Fulfillment, Phase, NatsBus, KvStore>;
+
+async fn connect(server: &NatsServer) -> NatsBus {
+    let bus = NatsBus::connect(Config::new(server.url()).ack_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    bus.provision(1).await.unwrap();
+    bus
+}
+
+async fn runtime(bus: &NatsBus, clock: &VirtualClock) -> Fr {
+    let store = KvStore::open(bus.transport(), 1).await.unwrap();
+    Runtime::new(
+        fulfillment::definition(fulfillment::Settings::default()).unwrap(),
+        bus.clone(),
+        store,
+    )
+    .clock(clock.clone())
+    .tick(Duration::from_millis(20))
+}
+
+fn order(id: &str, products: &[&str]) -> Envelope<OrderCreated> {
+    let items = products
+        .iter()
+        .map(|p| OrderItem {
+            product_id: (*p).to_owned(),
+            artisan_id: "art-1".to_owned(),
+            quantity: 2,
+            unit_price: Money::eur(1000),
+            product_name: (*p).to_owned(),
+        })
+        .collect();
+    let data = OrderCreated {
+        items,
+        total_amount: Money::eur(2000 * i64::try_from(products.len()).unwrap()),
+        ..OrderCreated::example()
+    };
+    Envelope::new("order-service", id, data)
+}
+
+fn stock(products: &[(&str, u32)]) -> HashMap<String, u32> {
+    products
+        .iter()
+        .map(|(p, n)| ((*p).to_owned(), *n))
+        .collect()
+}
+
+/// Waits until every saga of `orders` is in a final state, or fails naming the others.
+async fn until_final(runtime: &Fr, orders: &[&str], what: &str) -> HashMap<String, Phase> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut states = HashMap::new();
+        for o in orders {
+            let id = format!("{}/{o}", fulfillment::NAME);
+            if let Some(i) = runtime.instance(&id).await.unwrap() {
+                states.insert((*o).to_owned(), i.state);
+            }
+        }
+        let done = states.len() == orders.len()
+            && states
+                .values()
+                .all(|s| matches!(s, Phase::Confirmed | Phase::Cancelled));
+        if done {
+            return states;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not all final after 30 s: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn until_state(runtime: &Fr, order: &str, state: Phase) {
+    let id = format!("{}/{order}", fulfillment::NAME);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = runtime.instance(&id).await.unwrap().map(|i| i.state);
+        if now == Some(state) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{order} never reached {state:?} (last: {now:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn stop(handles: Vec<SubscriptionHandle>, running: Vec<Running>) {
+    for r in running {
+        r.shutdown().await;
+    }
+    for h in handles {
+        h.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_path_over_nats() {
+    let server = NatsServer::start();
+    let bus = connect(&server).await;
+    let clock = VirtualClock::at(scenario_start());
+    let participants = Participants::new(Behaviour {
+        stock: stock(&[("oil", 100), ("bowl", 100), ("rare", 1)]),
+        declined: ["ord-declined".to_owned()].into(),
+        silent_payments: ["ord-silent".to_owned()].into(),
+    });
+    let handles = participants.start(&bus).await.unwrap();
+    let saga = runtime(&bus, &clock).await;
+    let running = saga.start().await.unwrap();
+
+    let happy = order("ord-ok", &["oil", "bowl"]);
+    for o in [
+        happy.clone(),
+        order("ord-out", &["oil", "rare"]), // rare: 2 wanted, 1 on hand
+        order("ord-declined", &["oil", "bowl"]),
+    ] {
+        bus.publish(&o).await.unwrap();
+    }
+    // The same order again: stored once by the broker; and under a new id: one saga still.
+    assert!(bus.publish(&happy).await.unwrap().duplicate);
+    bus.publish(&order("ord-ok", &["oil", "bowl"]))
+        .await
+        .unwrap();
+    let states = until_final(&saga, &["ord-ok", "ord-out", "ord-declined"], "paths").await;
+    assert_eq!(states["ord-ok"], Phase::Confirmed);
+    assert_eq!(states["ord-out"], Phase::Cancelled);
+    assert_eq!(states["ord-declined"], Phase::Cancelled);
+
+    // A payment never answered (the virtual clock moves for every saga: the others are done).
+    bus.publish(&order("ord-silent", &["bowl"])).await.unwrap();
+    until_state(&saga, "ord-silent", Phase::Paying).await;
+    clock.advance(Duration::from_secs(301));
+    until_state(&saga, "ord-silent", Phase::AwaitingLatePayment).await;
+
+    // Give late duplicates a moment to show up, then read the ledger.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ledger = participants.ledger();
+    assert_eq!(ledger.confirmed.get("ord-ok"), Some(&1));
+    assert_eq!(ledger.charged.get("ord-ok"), Some(&1));
+    assert_eq!(
+        ledger.reserved.get(&("ord-ok".into(), "oil".into())),
+        Some(&2),
+        "one saga for the order published twice"
+    );
+    assert_eq!(
+        ledger.cancelled.get("ord-out"),
+        Some(&vec!["inventory-unavailable".to_owned()])
+    );
+    assert_eq!(ledger.released.get("res-ord-out-oil"), Some(&1));
+    assert_eq!(
+        ledger.cancelled.get("ord-declined"),
+        Some(&vec!["payment-failed".to_owned()])
+    );
+    assert_eq!(ledger.released.get("res-ord-declined-oil"), Some(&1));
+    assert_eq!(ledger.released.get("res-ord-declined-bowl"), Some(&1));
+    assert_eq!(ledger.charged.get("ord-declined"), None);
+    assert_eq!(
+        ledger.cancelled.get("ord-silent"),
+        Some(&vec!["payment-timeout".to_owned()])
+    );
+    assert_eq!(ledger.released.get("res-ord-silent-bowl"), Some(&1));
+    assert!(ledger.refunded.is_empty());
+    // Stock: only the confirmed order keeps its units.
+    assert_eq!(ledger.stock["oil"], 98);
+    assert_eq!(ledger.stock["bowl"], 98);
+    assert_eq!(ledger.stock["rare"], 1);
+    stop(handles, vec![running]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_the_work_without_double_commands() {
+    let server = NatsServer::start();
+    let bus = connect(&server).await;
+    let clock = VirtualClock::at(scenario_start());
+    let participants = Participants::new(Behaviour {
+        stock: stock(&[("p1", 10_000), ("p2", 10_000), ("p3", 10_000)]),
+        ..Behaviour::default()
+    });
+    let handles = participants.start(&bus).await.unwrap();
+    let (one, two) = (connect(&server).await, connect(&server).await);
+    let (a, b) = (runtime(&one, &clock).await, runtime(&two, &clock).await);
+    let running = vec![a.start().await.unwrap(), b.start().await.unwrap()];
+
+    const N: usize = 40;
+    let ids: Vec<String> = (0..N).map(|n| format!("ord-{n}")).collect();
+    for id in &ids {
+        bus.publish(&order(id, &["p1", "p2", "p3"])).await.unwrap();
+    }
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let states = until_final(&a, &refs, "replicas").await;
+    assert!(
+        states.values().all(|s| *s == Phase::Confirmed),
+        "{states:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ledger = participants.ledger();
+    for id in &ids {
+        assert_eq!(ledger.charged.get(id), Some(&1), "{id} charged once");
+        assert_eq!(ledger.confirmed.get(id), Some(&1), "{id} confirmed once");
+        for p in ["p1", "p2", "p3"] {
+            assert_eq!(
+                ledger.reserved.get(&(id.clone(), p.to_owned())),
+                Some(&2),
+                "{id}/{p}"
+            );
+        }
+    }
+    assert!(
+        ledger.released.is_empty() && ledger.cancelled.is_empty() && ledger.refunded.is_empty()
+    );
+    stop(handles, running).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_survives_a_restart_and_fires_once() {
+    let server = NatsServer::start();
+    let bus = connect(&server).await;
+    let clock = VirtualClock::at(scenario_start());
+    let participants = Participants::new(Behaviour {
+        stock: stock(&[("p1", 10)]),
+        silent_payments: ["ord-t".to_owned()].into(),
+        ..Behaviour::default()
+    });
+    let handles = participants.start(&bus).await.unwrap();
+    let first = runtime(&bus, &clock).await;
+    let crashed = first.start().await.unwrap();
+    bus.publish(&order("ord-t", &["p1"])).await.unwrap();
+    until_state(&first, "ord-t", Phase::Paying).await;
+    crashed.abort();
+
+    // The payment timer runs out while no runtime is up; two come back.
+    clock.advance(Duration::from_secs(600));
+    let (one, two) = (connect(&server).await, connect(&server).await);
+    let (a, b) = (runtime(&one, &clock).await, runtime(&two, &clock).await);
+    let running = vec![a.start().await.unwrap(), b.start().await.unwrap()];
+    until_state(&a, "ord-t", Phase::AwaitingLatePayment).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ledger = participants.ledger();
+    assert_eq!(
+        ledger.cancelled.get("ord-t"),
+        Some(&vec!["payment-timeout".to_owned()]),
+        "fired once"
+    );
+    assert_eq!(ledger.released.get("res-ord-t-p1"), Some(&1));
+    stop(handles, running).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_save_and_publish_is_recovered_on_restart() {
+    let server = NatsServer::start();
+    let bus = connect(&server).await;
+    let clock = VirtualClock::at(scenario_start());
+    let participants = Participants::new(Behaviour {
+        stock: stock(&[("p1", 10), ("p2", 10)]),
+        ..Behaviour::default()
+    });
+    let handles = participants.start(&bus).await.unwrap();
+    let first = runtime(&bus, &clock).await;
+    first.lose_next_publishes(1);
+    let crashed = first.start().await.unwrap();
+    bus.publish(&order("ord-c", &["p1", "p2"])).await.unwrap();
+    let id = format!("{}/ord-c", fulfillment::NAME);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while first
+        .instance(&id)
+        .await
+        .unwrap()
+        .is_none_or(|i| i.book.outbox.len() != 2)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the instance was never saved"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    crashed.abort();
+    assert!(
+        participants.ledger().reserved.is_empty(),
+        "nothing was published before the crash"
+    );
+
+    let second = runtime(&bus, &clock).await;
+    let running = second.start().await.unwrap();
+    let states = until_final(&second, &["ord-c"], "after the restart").await;
+    assert_eq!(states["ord-c"], Phase::Confirmed);
+    let ledger = participants.ledger();
+    assert_eq!(ledger.reserved.len(), 2);
+    assert_eq!(ledger.charged.get("ord-c"), Some(&1));
+    stop(handles, vec![running]).await;
+}
