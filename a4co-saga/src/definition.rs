@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::future::Future;
 use std::hash::Hash;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use a4co_events::{AnyMessage, Envelope, Message};
@@ -36,9 +38,12 @@ impl<T> Data for T where
 {
 }
 
-pub(crate) type React<D, S> =
-    Arc<dyn Fn(&mut Step<'_, D>, Envelope<AnyMessage>) -> S + Send + Sync>;
-pub(crate) type OnTimeout<D, S> = Arc<dyn Fn(&mut Step<'_, D>) -> S + Send + Sync>;
+pub(crate) type React<D, S> = Arc<dyn Fn(&mut Step<D>, Envelope<AnyMessage>) -> S + Send + Sync>;
+/// A future that hands the step back with the next state.
+pub type StepFuture<D, S> = Pin<Box<dyn Future<Output = (Step<D>, S)> + Send>>;
+pub(crate) type ReactAsync<D, S> =
+    Arc<dyn Fn(Step<D>, Envelope<AnyMessage>) -> StepFuture<D, S> + Send + Sync>;
+pub(crate) type OnTimeout<D, S> = Arc<dyn Fn(&mut Step<D>) -> S + Send + Sync>;
 pub(crate) type Correlate = Arc<dyn Fn(&Envelope<AnyMessage>) -> String + Send + Sync>;
 
 /// What sets a reaction off: a message type, or a timer by name.
@@ -61,16 +66,8 @@ impl fmt::Display for Trigger {
 
 pub(crate) enum Run<D, S> {
     Message(React<D, S>),
+    MessageAsync(ReactAsync<D, S>),
     Timeout(OnTimeout<D, S>),
-}
-
-impl<D, S> Clone for Run<D, S> {
-    fn clone(&self) -> Self {
-        match self {
-            Run::Message(f) => Run::Message(Arc::clone(f)),
-            Run::Timeout(f) => Run::Timeout(Arc::clone(f)),
-        }
-    }
 }
 
 pub(crate) struct Reaction<D, S> {
@@ -205,9 +202,7 @@ impl<D, S> fmt::Debug for Builder<D, S> {
     }
 }
 
-fn typed<M, D, S>(
-    f: impl Fn(&mut Step<'_, D>, Envelope<M>) -> S + Send + Sync + 'static,
-) -> React<D, S>
+fn typed<M, D, S>(f: impl Fn(&mut Step<D>, Envelope<M>) -> S + Send + Sync + 'static) -> React<D, S>
 where
     M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
 {
@@ -224,7 +219,7 @@ impl<D: Data, S: State> Builder<D, S> {
     pub fn starts_with<M>(
         mut self,
         to: &[S],
-        start: impl Fn(&mut Step<'_, D>, Envelope<M>) -> S + Send + Sync + 'static,
+        start: impl Fn(&mut Step<D>, Envelope<M>) -> S + Send + Sync + 'static,
     ) -> Self
     where
         M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
@@ -244,7 +239,7 @@ impl<D: Data, S: State> Builder<D, S> {
         mut self,
         from: S,
         to: &[S],
-        react: impl Fn(&mut Step<'_, D>, Envelope<M>) -> S + Send + Sync + 'static,
+        react: impl Fn(&mut Step<D>, Envelope<M>) -> S + Send + Sync + 'static,
     ) -> Self
     where
         M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
@@ -258,6 +253,37 @@ impl<D: Data, S: State> Builder<D, S> {
         self
     }
 
+    /// As [`Builder::on`], for a reaction that awaits something: an HTTP call to a
+    /// participant, made with the step's idempotency key and deadline ([`Step::http`]). It
+    /// takes the step and hands it back with the next state. The instance is saved only
+    /// after it finishes; a retry of the message runs it again, so what it calls must be
+    /// idempotent (the key sees to that).
+    pub fn on_async<M, F>(
+        mut self,
+        from: S,
+        to: &[S],
+        react: impl Fn(Step<D>, Envelope<M>) -> F + Send + Sync + 'static,
+    ) -> Self
+    where
+        M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
+        F: Future<Output = (Step<D>, S)> + Send + 'static,
+    {
+        let react: ReactAsync<D, S> =
+            Arc::new(move |step, envelope| match envelope.downcast::<M>() {
+                Ok(envelope) => Box::pin(react(step, envelope)),
+                Err(other) => {
+                    unreachable!("a {} reached a {} reaction", other.event_type(), M::TYPE)
+                }
+            });
+        self.reactions.push(Reaction {
+            from: Some(from),
+            trigger: Trigger::Message(M::TYPE),
+            to: to.to_vec(),
+            run: Run::MessageAsync(react),
+        });
+        self
+    }
+
     /// In state `from`, the timer `timer` running out runs `react` (see
     /// [`Step::schedule`]).
     pub fn on_timeout(
@@ -265,7 +291,7 @@ impl<D: Data, S: State> Builder<D, S> {
         from: S,
         timer: &'static str,
         to: &[S],
-        react: impl Fn(&mut Step<'_, D>) -> S + Send + Sync + 'static,
+        react: impl Fn(&mut Step<D>) -> S + Send + Sync + 'static,
     ) -> Self {
         self.reactions.push(Reaction {
             from: Some(from),

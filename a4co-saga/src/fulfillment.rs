@@ -202,8 +202,8 @@ const STOCK_TIMER: &str = "stock";
 const PAYMENT_TIMER: &str = "payment";
 const LATE_PAYMENT_TIMER: &str = "late-payment";
 
-fn cancel_order(step: &mut Step<'_, Fulfillment>) -> Phase {
-    let data = &*step.data;
+fn cancel_order(step: &mut Step<Fulfillment>) -> Phase {
+    let data = &step.data;
     if !data.cancelled_by_order {
         let cancel = CancelOrder {
             reason: data
@@ -221,7 +221,7 @@ fn cancel_order(step: &mut Step<'_, Fulfillment>) -> Phase {
 /// Releases what is reserved (the compensations, last first); waits in `releasing` while
 /// lines are unanswered, else cancels.
 fn give_up_on_stock(
-    step: &mut Step<'_, Fulfillment>,
+    step: &mut Step<Fulfillment>,
     reason: CancellationReason,
     stock_timeout: Duration,
 ) -> Phase {
@@ -284,7 +284,7 @@ pub fn definition(settings: Settings) -> Result<Definition<Fulfillment, Phase>, 
 
     Definition::<Fulfillment, Phase>::builder(NAME, "order-service")
         .starts_with::<OrderCreated>(&[Reserving, Cancelled], move |step, order| {
-            let data = &mut *step.data;
+            let data = &mut step.data;
             data.order_id.clone_from(&order.aggregate_id);
             data.customer_id.clone_from(&order.data.customer_id);
             data.total = Some(order.data.total_amount);
@@ -349,7 +349,7 @@ pub fn definition(settings: Settings) -> Result<Definition<Fulfillment, Phase>, 
                 return Reserving;
             }
             step.cancel(STOCK_TIMER);
-            let data = &*step.data;
+            let data = &step.data;
             let pay = ProcessPayment {
                 order_id: data.order_id.clone(),
                 customer_id: data.customer_id.clone(),
@@ -506,7 +506,7 @@ pub fn definition(settings: Settings) -> Result<Definition<Fulfillment, Phase>, 
 }
 
 /// Marks every reserved line released (after [`Step::compensate`] sent the releases).
-fn release_all(step: &mut Step<'_, Fulfillment>) {
+fn release_all(step: &mut Step<Fulfillment>) {
     for line in &mut step.data.lines {
         if let LineStatus::Reserved { reservation_id } = &line.status {
             line.status = LineStatus::Released {

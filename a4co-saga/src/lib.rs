@@ -69,7 +69,7 @@ mod step;
 mod store;
 
 pub use clock::{Clock, SystemClock, VirtualClock};
-pub use definition::{Builder, Data, Definition, State, Trigger};
+pub use definition::{Builder, Data, Definition, State, StepFuture, Trigger};
 pub use error::{DefinitionError, RuntimeError, StoreError};
 pub use runtime::{Running, Runtime};
 pub use step::{

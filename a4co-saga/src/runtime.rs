@@ -173,7 +173,8 @@ where
                 loaded.map(|(i, _)| i),
                 message,
                 now,
-            )?;
+            )
+            .await?;
             match applied {
                 Applied::Changed => {}
                 Applied::Duplicate | Applied::Finished | Applied::Unexpected => {
@@ -265,7 +266,7 @@ where
                 let Some((mut instance, revision)) = self.load(&key).await? else {
                     break;
                 };
-                if !fire_due(&self.inner.definition, &mut instance, now)? {
+                if !fire_due(&self.inner.definition, &mut instance, now).await? {
                     // Fired already (by another replica, or before a crash that stopped the
                     // publish): finish publishing what it saved.
                     self.publish_outbox(&key, instance, revision).await?;

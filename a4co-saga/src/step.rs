@@ -126,17 +126,17 @@ impl<D: Data, S: State> Instance<D, S> {
 
 /// What a reaction works through: the saga's data, and the effects it wants (messages,
 /// compensations, timers). Nothing happens until the runtime has saved the instance.
-pub struct Step<'a, D> {
+pub struct Step<D> {
     /// The saga's data, to read and change.
-    pub data: &'a mut D,
-    book: &'a mut Book,
+    pub data: D,
+    book: Book,
     now: DateTime<Utc>,
-    source: &'a str,
+    source: String,
     cause: Option<(EventId, Option<TraceContext>)>,
     misuse: Option<String>,
 }
 
-impl<D> std::fmt::Debug for Step<'_, D> {
+impl<D> std::fmt::Debug for Step<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Step")
             .field("saga_id", &self.book.saga_id)
@@ -145,7 +145,7 @@ impl<D> std::fmt::Debug for Step<'_, D> {
     }
 }
 
-impl<D> Step<'_, D> {
+impl<D> Step<D> {
     /// The instance's id (`order-fulfillment/ord-1`).
     pub fn saga_id(&self) -> &str {
         &self.book.saga_id
@@ -160,6 +160,28 @@ impl<D> Step<'_, D> {
     /// re-run of the step.
     pub fn idempotency_key(&self, step: &str) -> String {
         format!("{}/{step}", self.book.saga_id)
+    }
+
+    /// When the step's time runs out: the earliest of the instance's timers (the state's
+    /// own deadline, such as the payment timer), as an instant on this machine. `None`
+    /// without timers.
+    pub fn deadline(&self) -> Option<std::time::Instant> {
+        let due = self.book.timers.values().min()?;
+        let left = (*due - self.now).to_std().unwrap_or_default();
+        Some(std::time::Instant::now() + left)
+    }
+
+    /// Prepares an HTTP call made at `step`: it carries the step's idempotency key (saga
+    /// id + step, so a re-run of the step is one request to the target) and never waits
+    /// past the step's [`deadline`](Step::deadline), which the target learns too.
+    #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+    pub fn http(&self, call: a4co_http::Call, step: &str) -> a4co_http::Call {
+        let call = call.idempotency_key(self.idempotency_key(step));
+        match self.deadline() {
+            Some(deadline) => call.deadline(deadline),
+            None => call,
+        }
     }
 
     fn envelope<M: Message>(
@@ -177,7 +199,7 @@ impl<D> Step<'_, D> {
         }
         self.book.steps.push(step.to_owned());
         let id = EventId::deterministic(&self.book.saga_id, step);
-        let mut envelope = Envelope::new(self.source, aggregate_id, message)
+        let mut envelope = Envelope::new(self.source.as_str(), aggregate_id, message)
             .with_event_id(id)
             .with_occurred_at(self.now)
             .with_correlation_id(self.book.correlation_id.clone())
@@ -295,7 +317,7 @@ pub struct ReactionError {
     pub problem: String,
 }
 
-fn run_reaction<D: Data, S: State>(
+async fn run_reaction<D: Data, S: State>(
     definition: &Definition<D, S>,
     instance: &mut Instance<D, S>,
     from: Option<S>,
@@ -308,19 +330,29 @@ fn run_reaction<D: Data, S: State>(
     };
     let cause = message.as_ref().map(|m| (m.event_id, m.trace.clone()));
     let mut step = Step {
-        data: &mut instance.data,
-        book: &mut instance.book,
+        data: std::mem::take(&mut instance.data),
+        book: std::mem::take(&mut instance.book),
         now,
-        source: definition.service(),
+        source: definition.service().to_owned(),
         cause,
         misuse: None,
     };
     let to = match (&reaction.run, message) {
-        (Run::Message(f), Some(m)) => f(&mut step, m),
-        (Run::Timeout(f), None) => f(&mut step),
-        _ => return Ok(false),
+        (Run::Message(f), Some(m)) => Some(f(&mut step, m)),
+        (Run::MessageAsync(f), Some(m)) => {
+            let (back, to) = f(step, m).await;
+            step = back;
+            Some(to)
+        }
+        (Run::Timeout(f), None) => Some(f(&mut step)),
+        _ => None,
     };
     let misuse = step.misuse.take();
+    instance.data = step.data;
+    instance.book = step.book;
+    let Some(to) = to else {
+        return Ok(false);
+    };
     let fail = |problem: String| ReactionError {
         saga_id: instance.book.saga_id.clone(),
         problem,
@@ -362,7 +394,7 @@ fn run_reaction<D: Data, S: State>(
 ///
 /// # Errors
 /// A [`ReactionError`] when the reaction breaks the definition (a bug: dead-letter it).
-pub fn apply<D: Data, S: State>(
+pub async fn apply<D: Data, S: State>(
     definition: &Definition<D, S>,
     saga_id: &str,
     instance: Option<Instance<D, S>>,
@@ -399,7 +431,8 @@ pub fn apply<D: Data, S: State>(
                 trigger,
                 Some(message.clone()),
                 now,
-            )?;
+            )
+            .await?;
             remember(&mut fresh.book, message.event_id);
             return Ok((Applied::Changed, Some(fresh)));
         }
@@ -412,7 +445,9 @@ pub fn apply<D: Data, S: State>(
         trigger,
         Some(message.clone()),
         now,
-    )? {
+    )
+    .await?
+    {
         return Ok((Applied::Unexpected, Some(instance)));
     }
     remember(&mut instance.book, message.event_id);
@@ -431,7 +466,7 @@ fn remember(book: &mut Book, id: EventId) {
 ///
 /// # Errors
 /// As [`apply`].
-pub fn fire_due<D: Data, S: State>(
+pub async fn fire_due<D: Data, S: State>(
     definition: &Definition<D, S>,
     instance: &mut Instance<D, S>,
     now: DateTime<Utc>,
@@ -461,7 +496,7 @@ pub fn fire_due<D: Data, S: State>(
             .map(Trigger::Timeout);
         match trigger {
             Some(trigger) => {
-                run_reaction(definition, instance, Some(from), trigger, None, now)?;
+                run_reaction(definition, instance, Some(from), trigger, None, now).await?;
             }
             None => tracing::debug!(
                 saga_id = %instance.book.saga_id,

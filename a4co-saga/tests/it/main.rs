@@ -6,6 +6,7 @@
 
 mod definition;
 mod fulfillment;
+mod http;
 mod nats;
 mod properties;
 mod support;
