@@ -1,5 +1,9 @@
 //! Instances on JetStream KV: one entry per instance (`<saga>/<correlation id>`), saved
-//! with compare-and-swap on the entry's revision; a second bucket indexes due timers.
+//! with compare-and-swap on the entry's revision; a second bucket indexes due timers by
+//! the second they run out, so a tick lists only the seconds since the last one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use a4co_events::bus::nats::NatsTransport;
 use async_nats::jetstream::{self, kv};
@@ -11,14 +15,29 @@ use crate::store::{Index, Store, Stored};
 
 /// The bucket of instances.
 pub const INSTANCES_BUCKET: &str = "a4co-sagas";
-/// The bucket of timer index entries (`due.<unix ms>.<instance key>`).
+/// The bucket of timer index entries (`due.<unix second>.<unix ms>.<instance key>`).
 pub const TIMERS_BUCKET: &str = "a4co-saga-timers";
+
+/// The most seconds a tick lists one by one; a longer gap (a runtime that was down) lists
+/// the whole index once.
+const MAX_SECONDS_LISTED: i64 = 300;
 
 /// Saga instances in JetStream KV. A cheap `Clone`.
 #[derive(Clone, Debug)]
 pub struct KvStore {
     instances: kv::Store,
     timers: kv::Store,
+    timers_stream: jetstream::stream::Stream,
+    sweep: Arc<Mutex<Sweep>>,
+}
+
+/// What this process listed of the timer index.
+#[derive(Debug, Default)]
+struct Sweep {
+    /// The second up to which entries were listed (`None`: nothing yet, list all).
+    until: Option<i64>,
+    /// The entries each instance had due, from the last listing, to drop once handled.
+    listed: HashMap<String, Vec<String>>,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -78,10 +97,87 @@ impl KvStore {
                 .await
                 .map_err(|e| unavailable(&format!("creating bucket {}", config.bucket), e)),
         };
+        let instances = open(bucket(INSTANCES_BUCKET, "a4co saga instances")).await?;
+        let timers = open(bucket(TIMERS_BUCKET, "a4co saga timers, by due time")).await?;
+        let timers_stream = js
+            .get_stream(format!("KV_{TIMERS_BUCKET}"))
+            .await
+            .map_err(|e| unavailable("opening the timer index", e))?;
         Ok(KvStore {
-            instances: open(bucket(INSTANCES_BUCKET, "a4co saga instances")).await?,
-            timers: open(bucket(TIMERS_BUCKET, "a4co saga timers, by due time")).await?,
+            instances,
+            timers,
+            timers_stream,
+            sweep: Arc::default(),
         })
+    }
+
+    /// Writes the index entry for `key`'s timer at `at`.
+    async fn put_entry(&self, key: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let ms = at.timestamp_millis().max(0);
+        let second = ms / 1000;
+        let entry = format!("due.{second}.{ms}.{}", encode(key));
+        // A timer already due, in a second this process swept: list from there again.
+        {
+            let mut sweep = self.sweep();
+            if let Some(until) = sweep.until
+                && second < until
+            {
+                sweep.until = Some(second);
+            }
+        }
+        self.timers
+            .put(entry, Bytes::new())
+            .await
+            .map_err(|e| unavailable(&format!("indexing the timer of {key}"), e))?;
+        Ok(())
+    }
+
+    fn sweep(&self) -> std::sync::MutexGuard<'_, Sweep> {
+        self.sweep.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The index entries (names after `due.`) under the given subject filters, as they
+    /// stand: an ordered, headers-only consumer, last message per subject.
+    async fn list(&self, filters: Vec<String>) -> Result<Vec<String>, StoreError> {
+        use futures::StreamExt as _;
+        let prefix = format!("$KV.{TIMERS_BUCKET}.");
+        let js = self.timers_stream.clone();
+        let consumer = js
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                deliver_subject: format!("_INBOX.a4co-timers.{}", a4co_events::EventId::new()),
+                filter_subjects: filters,
+                headers_only: true,
+                deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+                replay_policy: jetstream::consumer::ReplayPolicy::Instant,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("listing timers", e))?;
+        let pending = consumer.cached_info().num_pending;
+        let mut names = Vec::new();
+        if pending == 0 {
+            return Ok(names);
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| unavailable("listing timers", e))?;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| unavailable("listing timers", e))?;
+            let removed = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("KV-Operation"))
+                .is_some_and(|op| op.as_str() != "PUT");
+            if !removed && let Some(name) = message.subject.as_str().strip_prefix(&prefix) {
+                names.push(name.to_owned());
+            }
+            let left = message.info().map(|i| i.pending).unwrap_or(0);
+            if left == 0 {
+                break;
+            }
+        }
+        Ok(names)
     }
 }
 
@@ -110,12 +206,8 @@ impl Store for KvStore {
         let encoded = encode(key);
         // The timer's index entry goes first: if the save then fails, a stale entry only
         // costs a look at the instance; the other order could lose a timer.
-        if let Some(at) = index.next_timer {
-            let entry = format!("due.{}.{encoded}", at.timestamp_millis().max(0));
-            self.timers
-                .put(entry, Bytes::new())
-                .await
-                .map_err(|e| unavailable(&format!("indexing the timer of {key}"), e))?;
+        if let Some(at) = index.new_entry {
+            self.put_entry(key, at).await?;
         }
         match expected {
             None => self.instances.create(&encoded, record).await.map_err(|e| {
@@ -140,50 +232,62 @@ impl Store for KvStore {
     }
 
     async fn due(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
-        use futures::TryStreamExt as _;
         let now_ms = now.timestamp_millis();
-        let names: Vec<String> = match self.timers.keys().await {
-            Ok(keys) => keys
-                .try_collect()
-                .await
-                .map_err(|e| unavailable("listing timers", e))?,
-            Err(e) => return Err(unavailable("listing timers", e)),
+        let now_second = now_ms / 1000;
+        let from = self.sweep().until;
+        let filters = match from {
+            Some(from) if now_second - from <= MAX_SECONDS_LISTED => (from.min(now_second)
+                ..=now_second)
+                .map(|second| format!("$KV.{TIMERS_BUCKET}.due.{second}.>"))
+                .collect(),
+            _ => vec![format!("$KV.{TIMERS_BUCKET}.due.>")],
         };
-        let mut keys: Vec<String> = names
-            .iter()
-            .filter_map(|name| {
-                let rest = name.strip_prefix("due.")?;
+        let names = self.list(filters).await?;
+        let mut listed: HashMap<String, Vec<String>> = HashMap::new();
+        for name in names {
+            let parsed = name.strip_prefix("due.").and_then(|rest| {
+                let (_, rest) = rest.split_once('.')?;
                 let (ms, key) = rest.split_once('.')?;
-                (ms.parse::<i64>().ok()? <= now_ms).then(|| decode(key))?
-            })
-            .collect();
+                Some((ms.parse::<i64>().ok()?, decode(key)?))
+            });
+            if let Some((ms, key)) = parsed
+                && ms <= now_ms
+            {
+                listed.entry(key).or_default().push(name);
+            }
+        }
+        let mut keys: Vec<String> = listed.keys().cloned().collect();
         keys.sort();
-        keys.dedup();
+        let mut sweep = self.sweep();
+        // Next time from this second on (entries due later in it are listed again), unless
+        // a save moved the start back meanwhile.
+        sweep.until = Some(match (from, sweep.until) {
+            (Some(f), Some(current)) if current < f => current,
+            _ => now_second,
+        });
+        sweep.listed = listed;
         Ok(keys)
     }
 
-    async fn fired(&self, key: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        use futures::TryStreamExt as _;
-        let now_ms = now.timestamp_millis();
-        let suffix = format!(".{}", encode(key));
-        let names: Vec<String> = match self.timers.keys().await {
-            Ok(keys) => keys
-                .try_collect()
-                .await
-                .map_err(|e| unavailable("listing timers", e))?,
-            Err(e) => return Err(unavailable("listing timers", e)),
-        };
+    async fn fired(
+        &self,
+        key: &str,
+        _now: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        // The entries about to go may be all that stands for a later timer: index it first.
+        if let Some(at) = next {
+            self.put_entry(key, at).await?;
+        }
+        let names = self.sweep().listed.remove(key).unwrap_or_default();
         for name in names {
-            let due_ms = name
-                .strip_prefix("due.")
-                .and_then(|rest| rest.strip_suffix(&suffix))
-                .and_then(|ms| ms.parse::<i64>().ok());
-            if due_ms.is_some_and(|ms| ms <= now_ms) {
-                self.timers
-                    .purge(&name)
-                    .await
-                    .map_err(|e| unavailable(&format!("dropping timer entry {name}"), e))?;
-            }
+            // Removed from the stream, not marked deleted: listings stay the size of what
+            // is still to come.
+            self.timers_stream
+                .purge()
+                .filter(format!("$KV.{TIMERS_BUCKET}.{name}"))
+                .await
+                .map_err(|e| unavailable(&format!("dropping timer entry {name}"), e))?;
         }
         Ok(())
     }

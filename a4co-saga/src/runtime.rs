@@ -47,6 +47,7 @@ struct Inner<D, S, B, St> {
     store: St,
     clock: Arc<dyn Clock>,
     tick: Duration,
+    max_in_flight: usize,
     lost_publishes: AtomicU32,
 }
 
@@ -67,6 +68,7 @@ where
                 store,
                 clock: Arc::new(SystemClock),
                 tick: Duration::from_secs(1),
+                max_in_flight: 64,
                 lost_publishes: AtomicU32::new(0),
             }),
         }
@@ -81,6 +83,7 @@ where
                 store: shared.store.clone(),
                 clock: Arc::clone(&shared.clock),
                 tick: shared.tick,
+                max_in_flight: shared.max_in_flight,
                 lost_publishes: AtomicU32::new(shared.lost_publishes.load(Ordering::Relaxed)),
             },
         };
@@ -100,6 +103,13 @@ where
     #[must_use]
     pub fn tick(self, every: Duration) -> Self {
         self.rebuild(|i| i.tick = every.max(Duration::from_millis(1)))
+    }
+
+    /// How many messages [`Runtime::start`] handles at once (default 64; messages of one
+    /// aggregate still in order, and conflicting saves on one instance retried).
+    #[must_use]
+    pub fn max_in_flight(self, n: usize) -> Self {
+        self.rebuild(|i| i.max_in_flight = n.max(1))
     }
 
     /// The definition.
@@ -139,12 +149,27 @@ where
         instance: &Instance<D, S>,
         expected: Option<u64>,
     ) -> Result<u64, StoreError> {
+        let next_timer = instance.next_timer();
+        // An entry at or before the earliest timer is enough: a new one only when there is
+        // none. Entries already due may be gone (visited and dropped): they do not count.
+        let now = self.inner.clock.now();
+        let new_entry =
+            next_timer.filter(|t| instance.book.indexed.is_none_or(|i| i > *t || i <= now));
+        let mut indexed;
+        let instance = if new_entry.is_some() {
+            indexed = instance.clone();
+            indexed.book.indexed = new_entry;
+            &indexed
+        } else {
+            instance
+        };
         let record = serde_json::to_vec(instance).map_err(|e| StoreError::Corrupt {
             key: key.to_owned(),
             reason: e.to_string(),
         })?;
         let index = Index {
-            next_timer: instance.next_timer(),
+            next_timer,
+            new_entry,
             pending: !instance.book.outbox.is_empty(),
         };
         self.inner
@@ -228,11 +253,16 @@ where
             tracing::warn!(saga_id = %key, "test crash: the saved messages are not published");
             return Ok(());
         }
-        let mut sent: Vec<EventId> = Vec::with_capacity(instance.book.outbox.len());
-        for outgoing in &instance.book.outbox {
-            self.inner.bus.publish_raw(outgoing.to_raw()).await?;
-            sent.push(outgoing.event_id);
+        // All at once, then every acknowledgement.
+        let publishes = instance
+            .book
+            .outbox
+            .iter()
+            .map(|outgoing| self.inner.bus.publish_raw(outgoing.to_raw()));
+        for ack in futures_join_all(publishes).await {
+            ack?;
         }
+        let sent: Vec<EventId> = instance.book.outbox.iter().map(|o| o.event_id).collect();
         for _ in 0..MAX_CONFLICTS {
             instance.book.outbox.retain(|o| !sent.contains(&o.event_id));
             match self.save(key, &instance, Some(revision)).await {
@@ -261,12 +291,15 @@ where
         let mut fired = 0;
         for key in self.inner.store.due(now).await? {
             let mut attempts = 0;
+            let mut next = None;
             loop {
                 attempts += 1;
                 let Some((mut instance, revision)) = self.load(&key).await? else {
                     break;
                 };
-                if !fire_due(&self.inner.definition, &mut instance, now).await? {
+                let changed = fire_due(&self.inner.definition, &mut instance, now).await?;
+                next = instance.next_timer();
+                if !changed {
                     // Fired already (by another replica, or before a crash that stopped the
                     // publish): finish publishing what it saved.
                     self.publish_outbox(&key, instance, revision).await?;
@@ -275,6 +308,8 @@ where
                 match self.save(&key, &instance, Some(revision)).await {
                     Ok(revision) => {
                         fired += 1;
+                        // The save indexed the timers it left.
+                        next = None;
                         self.publish_outbox(&key, instance, revision).await?;
                         break;
                     }
@@ -285,7 +320,7 @@ where
                     Err(e) => return Err(e.into()),
                 }
             }
-            self.inner.store.fired(&key, now).await?;
+            self.inner.store.fired(&key, now, next).await?;
         }
         Ok(fired)
     }
@@ -320,7 +355,13 @@ where
     pub async fn start(&self) -> Result<Running, RuntimeError> {
         self.resend_pending().await?;
         let definition = &self.inner.definition;
-        let mut subscription = Subscription::new(definition.service(), definition.name());
+        // No bus inbox: instances remember the messages they processed.
+        let mut subscription = Subscription::new(definition.service(), definition.name())
+            .max_in_flight(self.inner.max_in_flight)
+            .inbox_ttl(None)
+            // One instance's messages in order (fewer conflicting saves); replies come
+            // from many aggregates but share the saga's correlation id.
+            .order(a4co_events::bus::Order::Correlation);
         for subject in definition.subjects() {
             subscription = subscription.subject(subject);
         }
@@ -365,6 +406,30 @@ where
             stop,
         })
     }
+}
+
+/// Awaits every future, in order of results matching the input.
+async fn futures_join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in pinned.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }
 
 /// A started saga runtime: its subscription and timer task.

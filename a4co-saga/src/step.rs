@@ -17,7 +17,7 @@ const REMEMBERED: usize = 512;
 
 /// A message an instance sends, stored in its record before it is published, so a crash
 /// between the two neither loses nor doubles it: its id is fixed (saga id + step).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Outgoing {
     /// The step that sent it (`reserve/prod-1`), unique within the instance.
@@ -30,9 +30,22 @@ pub struct Outgoing {
     pub subject: String,
     /// The headers.
     pub headers: Vec<(String, String)>,
-    /// The envelope, as JSON.
-    pub body: String,
+    /// The envelope, as JSON (kept as is in the record, not as an escaped string).
+    pub body: Box<serde_json::value::RawValue>,
 }
+
+impl PartialEq for Outgoing {
+    fn eq(&self, other: &Self) -> bool {
+        self.step == other.step
+            && self.event_id == other.event_id
+            && self.event_type == other.event_type
+            && self.subject == other.subject
+            && self.headers == other.headers
+            && self.body.get() == other.body.get()
+    }
+}
+
+impl Eq for Outgoing {}
 
 impl Outgoing {
     fn new<M: Message>(envelope: &Envelope<M>, step: String) -> Self {
@@ -46,7 +59,7 @@ impl Outgoing {
                 .iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
-            body: String::from_utf8_lossy(&envelope.to_json()).into_owned(),
+            body: raw_json(envelope.to_json()),
         }
     }
 
@@ -55,7 +68,7 @@ impl Outgoing {
         RawMessage {
             subject: self.subject.clone(),
             headers: self.headers.iter().cloned().collect(),
-            payload: Bytes::from(self.body.clone().into_bytes()),
+            payload: Bytes::copy_from_slice(self.body.get().as_bytes()),
         }
     }
 }
@@ -96,6 +109,10 @@ pub struct Book {
     pub steps: Vec<String>,
     /// Ids of the latest messages processed.
     pub processed: Vec<EventId>,
+    /// The earliest time a store index entry is known to exist for (see
+    /// [`crate::Index::new_entry`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indexed: Option<DateTime<Utc>>,
     /// The latest moves.
     pub history: Vec<Transition>,
 }
@@ -250,12 +267,12 @@ impl<D> Step<D> {
         let mut undone = Vec::new();
         while let Some(mut c) = self.book.compensations.pop() {
             // Stamped now, caused by what set the compensation off.
-            if let Ok(mut body) = serde_json::from_str::<serde_json::Value>(&c.body) {
+            if let Ok(mut body) = serde_json::from_str::<serde_json::Value>(c.body.get()) {
                 body["occurredAt"] = serde_json::Value::String(rfc3339(self.now));
                 if let Some((cause, _)) = &self.cause {
                     body["metadata"]["causationId"] = serde_json::Value::String(cause.to_string());
                 }
-                c.body = body.to_string();
+                c.body = raw_json(body.to_string().into_bytes());
             }
             undone.push(c.step.clone());
             self.book.outbox.push(c);
@@ -284,6 +301,17 @@ impl<D> Step<D> {
     pub fn cancel(&mut self, timer: &str) {
         self.book.timers.remove(timer);
     }
+}
+
+/// Bytes the envelope encoder wrote, as a raw JSON value. They are JSON by construction; a
+/// failure here would be a bug in the encoder, kept visible as a JSON string.
+fn raw_json(bytes: Vec<u8>) -> Box<serde_json::value::RawValue> {
+    let text = String::from_utf8(bytes)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    serde_json::value::RawValue::from_string(text).unwrap_or_else(|e| {
+        let quoted = serde_json::Value::String(format!("unencodable envelope: {e}")).to_string();
+        serde_json::value::RawValue::from_string(quoted).unwrap_or_default()
+    })
 }
 
 /// RFC 3339, as the catalog writes times.

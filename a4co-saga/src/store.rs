@@ -24,6 +24,12 @@ pub struct Stored {
 pub struct Index {
     /// When the instance's earliest timer runs out.
     pub next_timer: Option<DateTime<Utc>>,
+    /// A time to add an index entry for, because no entry at or before the earliest
+    /// timer is known to exist (a store that indexes by entries writes one before the
+    /// save; an exact index like [`MemoryStore`]'s uses `next_timer`). Between, a stale
+    /// earlier entry stands for the later timer: the runtime visits at the stale time,
+    /// finds nothing due, and indexes the real one then.
+    pub new_entry: Option<DateTime<Utc>>,
     /// Whether its outbox holds messages not yet published.
     pub pending: bool,
 }
@@ -55,13 +61,15 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
     /// The runtime handled every timer of `key` due at `now`: index entries up to `now`
-    /// may go. (The in-memory index is exact and needs nothing.)
+    /// may go, and `next` (the instance's earliest timer left, if any) must stay findable.
+    /// (The in-memory index is exact and needs nothing.)
     fn fired(
         &self,
         key: &str,
         now: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let _ = (key, now);
+        let _ = (key, now, next);
         async { Ok(()) }
     }
 

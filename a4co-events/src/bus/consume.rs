@@ -187,7 +187,10 @@ async fn run<T: Transport, H: Handler>(
                     fetch_paused_until = Some(tokio::time::Instant::now() + Duration::from_millis(200));
                 }
                 Some(Ok(delivery)) => {
-                    let lane = lane_of(&delivery, limit);
+                    let lane = match shared.subscription.order {
+                        super::Order::Unordered => busy.iter().position(|b| !b).unwrap_or(0),
+                        order => lane_of(&delivery, limit, order),
+                    };
                     if busy[lane] {
                         waiting[lane].push_back(delivery);
                         queued += 1;
@@ -205,13 +208,15 @@ async fn run<T: Transport, H: Handler>(
     }
 }
 
-/// Messages of one aggregate go to one lane, so they are handled in order.
-fn lane_of<D: Delivery>(delivery: &D, lanes: usize) -> usize {
+/// Messages of one aggregate (or one correlation) go to one lane, so they are handled in
+/// order.
+fn lane_of<D: Delivery>(delivery: &D, lanes: usize, order: super::Order) -> usize {
     let message = delivery.message();
-    let key = message
-        .headers
-        .get(names::AGGREGATE_ID)
-        .unwrap_or(&message.subject);
+    let header = match order {
+        super::Order::Correlation => names::CORRELATION_ID,
+        _ => names::AGGREGATE_ID,
+    };
+    let key = message.headers.get(header).unwrap_or(&message.subject);
     // FNV-1a: stable across processes and runs.
     let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)

@@ -6,7 +6,7 @@
 //! deliveries and hold at most `max_ack_pending` unsettled ones. Time is tokio's, so a test
 //! with a paused clock drives retries without waiting. Nothing survives the process.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -65,6 +65,8 @@ struct Stream {
     messages: BTreeMap<u64, Stored>,
     last_sequence: u64,
     dedup: HashMap<String, (u64, Instant)>,
+    /// The dedup entries by age, oldest first, so expiring them costs what expires.
+    dedup_order: VecDeque<(Instant, String)>,
 }
 
 #[derive(Debug)]
@@ -87,6 +89,8 @@ struct ConsumerState {
 struct Bucket {
     ttl: Duration,
     entries: HashMap<String, (Vec<u8>, Instant)>,
+    /// Keys by expiry, soonest first (a key written again has a later entry too).
+    expiry: VecDeque<(Instant, String)>,
 }
 
 impl MemoryTransport {
@@ -119,9 +123,18 @@ impl MemoryTransport {
             ));
         };
         let window = stream.spec.duplicate_window;
-        stream
-            .dedup
-            .retain(|_, (_, at)| now.duration_since(*at) < window);
+        while let Some((at, _)) = stream.dedup_order.front()
+            && now.duration_since(*at) >= window
+        {
+            if let Some((_, id)) = stream.dedup_order.pop_front()
+                && stream
+                    .dedup
+                    .get(&id)
+                    .is_some_and(|(_, t)| now.duration_since(*t) >= window)
+            {
+                stream.dedup.remove(&id);
+            }
+        }
         if let Some(id) = message.message_id()
             && let Some((sequence, _)) = stream.dedup.get(id)
         {
@@ -135,6 +148,7 @@ impl MemoryTransport {
         let sequence = stream.last_sequence;
         if let Some(id) = message.message_id() {
             stream.dedup.insert(id.to_owned(), (sequence, now));
+            stream.dedup_order.push_back((now, id.to_owned()));
         }
         stream.messages.insert(
             sequence,
@@ -354,7 +368,15 @@ impl MemoryInbox {
         let mut state = self.transport.lock();
         let bucket = state.buckets.get_mut(&self.bucket)?;
         let now = Instant::now();
-        bucket.entries.retain(|_, (_, expires)| *expires > now);
+        while let Some((expires, _)) = bucket.expiry.front()
+            && *expires <= now
+        {
+            if let Some((_, key)) = bucket.expiry.pop_front()
+                && bucket.entries.get(&key).is_some_and(|(_, e)| *e <= now)
+            {
+                bucket.entries.remove(&key);
+            }
+        }
         bucket.entries.get(key).map(|(v, _)| v.clone())
     }
 
@@ -363,6 +385,7 @@ impl MemoryInbox {
         if let Some(bucket) = state.buckets.get_mut(&self.bucket) {
             let expires = Instant::now() + bucket.ttl;
             bucket.entries.insert(key.to_owned(), (value, expires));
+            bucket.expiry.push_back((expires, key.to_owned()));
         }
     }
 }
@@ -427,6 +450,7 @@ impl Transport for MemoryTransport {
                 messages: BTreeMap::new(),
                 last_sequence: 0,
                 dedup: HashMap::new(),
+                dedup_order: VecDeque::new(),
             },
         );
         Ok(Provisioned {

@@ -234,6 +234,20 @@ pub struct Subscription {
     inbox_ttl: Option<Duration>,
     inbox_check: InboxCheck,
     decoder: Decoder,
+    order: Order,
+}
+
+/// Which messages a subscription handles one after another.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Order {
+    /// Messages of one aggregate (the `aggregate id` header), in order.
+    #[default]
+    Aggregate,
+    /// Messages of one conversation (the `correlation id` header), in order: what a saga
+    /// wants, whose replies come from different aggregates.
+    Correlation,
+    /// No order: any message may run beside any other (handlers must cope).
+    Unordered,
 }
 
 /// When the inbox is consulted before running a handler.
@@ -266,7 +280,14 @@ impl Subscription {
             inbox_ttl: Some(Duration::from_secs(24 * 3600)),
             inbox_check: InboxCheck::Redeliveries,
             decoder: Decoder::new(),
+            order: Order::Aggregate,
         }
+    }
+
+    /// Which messages run one after another (default: those of one aggregate).
+    pub fn order(mut self, order: Order) -> Self {
+        self.order = order;
+        self
     }
 
     /// Also takes messages of type `M`.

@@ -434,6 +434,80 @@ async fn one_aggregate_is_handled_in_order<T: Transport>(f: Fixture<T>) {
     handle.shutdown().await;
 }
 
+async fn ordering_by_correlation_or_none<T: Transport>(f: Fixture<T>) {
+    use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+    // By correlation: one conversation in order, whatever the aggregates.
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, u32)>();
+    let handler = move |m: Envelope<AnyMessage>, _: DeliveryInfo| {
+        let tx = tx.clone();
+        async move {
+            let AnyMessage::InventoryAdjusted(adj) = &m.data else {
+                return Err(HandlerError::permanent("unexpected"));
+            };
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(0..4))).await;
+            let _ = tx.send((m.metadata.correlation_id.clone(), adj.new_stock));
+            Ok(())
+        }
+    };
+    let sub = Subscription::new("t", "by-correlation")
+        .to::<InventoryAdjusted>()
+        .max_in_flight(8)
+        .order(a4co_events::bus::Order::Correlation);
+    let handle = f.bus.subscribe(sub, handler).await.unwrap();
+    for i in 0..20u32 {
+        for conversation in 0..3 {
+            let data = InventoryAdjusted {
+                new_stock: i,
+                ..InventoryAdjusted::example()
+            };
+            let env = Envelope::new("inventory-service", format!("prod-{i}"), data)
+                .with_correlation_id(format!("conv-{conversation}"));
+            f.bus.publish(&env).await.unwrap();
+        }
+    }
+    let mut last: HashMap<String, u32> = HashMap::new();
+    for _ in 0..60 {
+        let (conversation, n) = recv(&mut rx, 20, "an adjustment").await;
+        if let Some(prev) = last.insert(conversation.clone(), n) {
+            assert!(n > prev, "{conversation}: {n} after {prev}");
+        }
+    }
+    handle.shutdown().await;
+
+    // Unordered: messages of one aggregate overlap.
+    let running = std::sync::Arc::new(AtomicUsize::new(0));
+    let most = std::sync::Arc::new(AtomicUsize::new(0));
+    let (done, mut finished) = mpsc::unbounded_channel::<()>();
+    let (r, m) = (running.clone(), most.clone());
+    let handler = move |_: Envelope<AnyMessage>, _: DeliveryInfo| {
+        let (r, m, done) = (r.clone(), m.clone(), done.clone());
+        async move {
+            let now = r.fetch_add(1, AtomicOrdering::SeqCst) + 1;
+            m.fetch_max(now, AtomicOrdering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            r.fetch_sub(1, AtomicOrdering::SeqCst);
+            let _ = done.send(());
+            Ok::<(), HandlerError>(())
+        }
+    };
+    let sub = Subscription::new("t", "unordered")
+        .to::<OrderCreated>()
+        .max_in_flight(8)
+        .order(a4co_events::bus::Order::Unordered);
+    let handle = f.bus.subscribe(sub, handler).await.unwrap();
+    for _ in 0..8 {
+        f.bus.publish(&order("ord-same")).await.unwrap();
+    }
+    for _ in 0..8 {
+        recv(&mut finished, 20, "a handled message").await;
+    }
+    assert!(
+        most.load(AtomicOrdering::SeqCst) > 1,
+        "one aggregate's messages never overlapped"
+    );
+    handle.shutdown().await;
+}
+
 async fn a_crashed_handler_is_redelivered<T: Transport>(f: Fixture<T>) {
     let (started_tx, mut started) = mpsc::unbounded_channel();
     let hang = move |_: Envelope<AnyMessage>, info: DeliveryInfo| {
@@ -853,6 +927,7 @@ conformance!(
     exhausted_retries_dead_letter_once_with_history,
     competing_consumers_share_the_work,
     one_aggregate_is_handled_in_order,
+    ordering_by_correlation_or_none,
     a_crashed_handler_is_redelivered,
     poison_input_is_dead_lettered_and_the_consumer_goes_on,
     finished_work_is_not_redone,

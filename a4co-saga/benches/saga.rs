@@ -1,0 +1,582 @@
+//! Saga throughput and latency: steps/s in memory; and, against one nats-server started by
+//! the testkit, fulfillment sagas/s with end-to-end latency, next to a hand-written raw
+//! async-nats version of the same message flow, in the same run.
+//!
+//! The flow per order (two items): order.created -> 2 reserve_stock -> 2 stock_reserved ->
+//! process payment -> payment.succeeded -> confirm order. Raw: 8 publishes, 4 KV
+//! compare-and-swap updates, 8 acks per order. The participants (inventory, payment, the
+//! order service's command side) are simulated in process for both. Latency: from
+//! publishing order.created to the confirm command reaching the order service.
+//!
+//! Run with `cargo bench -p a4co-saga --bench saga` (`A4CO_BENCH_N` orders per run,
+//! default 2000; `A4CO_BENCH_IN_FLIGHT`, default 64; `A4CO_BENCH_NATS=0` for the in-memory
+//! part only). It prints numbers; nothing is asserted.
+
+#![allow(clippy::unwrap_used, clippy::cast_precision_loss, missing_docs)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use a4co_events::bus::nats::{Config, NatsBus};
+use a4co_events::bus::{HandlerError, MemoryBus, Publisher, Subscriber, Subscription};
+use a4co_events::catalog::inventory::{ReserveStock, StockReserved};
+use a4co_events::catalog::order::{ConfirmOrder, OrderConfirmed, OrderCreated, OrderItem};
+use a4co_events::catalog::payment::{PaymentSucceeded, ProcessPayment};
+use a4co_events::{AnyMessage, Envelope, Message, Money};
+use a4co_saga::fulfillment::{self, Fulfillment, Phase};
+use a4co_saga::{MemoryStore, Runtime};
+use async_nats::jetstream::{self, consumer::pull, kv, stream};
+use futures::StreamExt as _;
+use tokio::sync::Semaphore;
+
+fn order(i: usize) -> Envelope<OrderCreated> {
+    let item = |p: &str| OrderItem {
+        product_id: p.to_owned(),
+        artisan_id: "art-1".to_owned(),
+        quantity: 1,
+        unit_price: Money::eur(1000),
+        product_name: p.to_owned(),
+    };
+    let data = OrderCreated {
+        items: vec![item("prod-a"), item("prod-b")],
+        total_amount: Money::eur(2000),
+        ..OrderCreated::example()
+    };
+    Envelope::new("order-service", format!("ord-{i:07}"), data)
+}
+
+fn reserved_reply(cmd: &Envelope<AnyMessage>, order_id: &str) -> Envelope<AnyMessage> {
+    let data = StockReserved {
+        order_id: order_id.to_owned(),
+        reservation_id: format!("res-{order_id}-{}", cmd.aggregate_id),
+        ..StockReserved::example()
+    };
+    Envelope::caused_by(cmd, "inventory-service", cmd.aggregate_id.clone(), data).into_any()
+}
+
+fn paid_reply(cmd: &Envelope<AnyMessage>, order_id: &str) -> Envelope<AnyMessage> {
+    let data = PaymentSucceeded {
+        order_id: order_id.to_owned(),
+        transaction_id: format!("txn-{order_id}"),
+        ..PaymentSucceeded::example()
+    };
+    Envelope::caused_by(cmd, "payment-service", format!("pay-{order_id}"), data).into_any()
+}
+
+/// When each order started, and the latencies of those finished.
+#[derive(Default)]
+struct Clock {
+    started: Mutex<HashMap<String, Instant>>,
+    latencies: Mutex<Vec<Duration>>,
+}
+
+impl Clock {
+    fn start(&self, order: &str) {
+        self.started
+            .lock()
+            .unwrap()
+            .insert(order.to_owned(), Instant::now());
+    }
+
+    /// Records the end of `order`; false if it was seen before.
+    fn end(&self, order: &str) -> bool {
+        let Some(t) = self.started.lock().unwrap().remove(order) else {
+            return false;
+        };
+        self.latencies.lock().unwrap().push(t.elapsed());
+        true
+    }
+
+    fn finished(&self) -> usize {
+        self.latencies.lock().unwrap().len()
+    }
+}
+
+struct Run {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// Publishes `n` orders (ids from `first`) with `publish`, keeping at most `in_flight`
+/// unfinished (or pacing them at `rate` orders/s when given), and waits until all are
+/// confirmed. The confirm handler gives a slot back through `slots`.
+async fn drive<F, Fut>(
+    n: usize,
+    first: usize,
+    in_flight: usize,
+    rate: Option<f64>,
+    clock: &Clock,
+    slots: &Arc<Semaphore>,
+    publish: F,
+) -> Run
+where
+    F: Fn(Envelope<OrderCreated>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    clock.latencies.lock().unwrap().clear();
+    // Reset the window: `in_flight` slots.
+    while let Ok(p) = slots.try_acquire() {
+        p.forget();
+    }
+    slots.add_permits(in_flight);
+    let start = Instant::now();
+    for i in 0..n {
+        if let Some(rate) = rate {
+            let at = start + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(at.into()).await;
+        }
+        slots.acquire().await.unwrap().forget();
+        let o = order(first + i);
+        clock.start(&o.aggregate_id);
+        publish(o).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while clock.finished() < n {
+        assert!(
+            Instant::now() < deadline,
+            "orders stopped finishing: {} of {n}",
+            clock.finished()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = start.elapsed();
+    let mut lat = clock.latencies.lock().unwrap().clone();
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
+    Run {
+        rate: n as f64 / elapsed.as_secs_f64(),
+        p50: pct(0.5),
+        p99: pct(0.99),
+    }
+}
+
+fn finished(clock: &Clock, slots: &Semaphore, order: &str) {
+    if clock.end(order) {
+        slots.add_permits(1);
+    }
+}
+
+// ---------------------------------------------------------------- SDK
+
+async fn sdk_participants(
+    bus: &NatsBus,
+    clock: Arc<Clock>,
+    slots: Arc<Semaphore>,
+) -> Vec<a4co_events::bus::SubscriptionHandle> {
+    let mut handles = Vec::new();
+    let p = bus.clone();
+    let inventory = Subscription::new("bench-inventory", "cmd")
+        .to::<ReserveStock>()
+        .max_in_flight(64)
+        .inbox_ttl(None)
+        .order(a4co_events::bus::Order::Unordered);
+    handles.push(
+        bus.subscribe(inventory, move |m: Envelope<AnyMessage>, _| {
+            let p = p.clone();
+            async move {
+                let AnyMessage::ReserveStock(c) = &m.data else {
+                    return Ok(());
+                };
+                let reply = reserved_reply(&m, &c.order_id);
+                p.publish(&reply).await.map_err(HandlerError::retryable)?;
+                Ok(())
+            }
+        })
+        .await
+        .unwrap(),
+    );
+    let p = bus.clone();
+    let payment = Subscription::new("bench-payment", "cmd")
+        .to::<ProcessPayment>()
+        .max_in_flight(64)
+        .inbox_ttl(None)
+        .order(a4co_events::bus::Order::Unordered);
+    handles.push(
+        bus.subscribe(payment, move |m: Envelope<AnyMessage>, _| {
+            let p = p.clone();
+            async move {
+                let AnyMessage::ProcessPayment(c) = &m.data else {
+                    return Ok(());
+                };
+                let reply = paid_reply(&m, &c.order_id);
+                p.publish(&reply).await.map_err(HandlerError::retryable)?;
+                Ok(())
+            }
+        })
+        .await
+        .unwrap(),
+    );
+    let orders = Subscription::new("bench-order", "cmd")
+        .to::<ConfirmOrder>()
+        .max_in_flight(64)
+        .inbox_ttl(None)
+        .order(a4co_events::bus::Order::Unordered);
+    handles.push(
+        bus.subscribe(orders, move |m: Envelope<AnyMessage>, _| {
+            finished(&clock, &slots, &m.aggregate_id);
+            std::future::ready(Ok::<(), HandlerError>(()))
+        })
+        .await
+        .unwrap(),
+    );
+    handles
+}
+
+// ---------------------------------------------------------------- raw
+
+const RAW_STREAM: &str = "RAWSAGA";
+
+async fn raw_consume<F, Fut>(js: &jetstream::Context, name: &str, subject: &str, handle: F)
+where
+    F: Fn(jetstream::Message) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let stream = js.get_stream(RAW_STREAM).await.unwrap();
+    let consumer = stream
+        .get_or_create_consumer(
+            name,
+            pull::Config {
+                durable_name: Some(name.to_owned()),
+                filter_subject: subject.to_owned(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                max_ack_pending: 1024,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let handle = Arc::new(handle);
+    tokio::spawn(async move {
+        let messages = consumer.messages().await.unwrap();
+        messages
+            .for_each_concurrent(64, move |m| {
+                let handle = Arc::clone(&handle);
+                async move {
+                    if let Ok(m) = m {
+                        handle(m).await;
+                    }
+                }
+            })
+            .await;
+    });
+}
+
+async fn raw_publish(js: &jetstream::Context, subject: &str, envelope: &Envelope<AnyMessage>) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", envelope.event_id.to_string().as_str());
+    js.publish_with_headers(subject.to_owned(), headers, envelope.to_json().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// Updates the raw saga's state with compare-and-swap, retrying on conflicts.
+async fn raw_update(kv: &kv::Store, order: &str, change: impl Fn(&mut serde_json::Value)) {
+    loop {
+        let entry = kv.entry(order).await.unwrap().unwrap();
+        let mut state: serde_json::Value = serde_json::from_slice(&entry.value).unwrap();
+        change(&mut state);
+        let bytes = serde_json::to_vec(&state).unwrap();
+        if kv.update(order, bytes.into(), entry.revision).await.is_ok() {
+            return;
+        }
+    }
+}
+
+fn command<M: Message>(order: &str, step: &str, aggregate: &str, data: M) -> Envelope<AnyMessage>
+where
+    AnyMessage: From<M>,
+{
+    Envelope::new("order-service", aggregate, data)
+        .with_event_id(a4co_saga::step_message_id(order, step))
+        .into_any()
+}
+
+/// The same flow by hand: the saga's state in KV, commands published after each update.
+#[allow(clippy::too_many_lines)]
+async fn raw_flow(js: jetstream::Context, clock: Arc<Clock>, slots: Arc<Semaphore>) {
+    js.create_stream(stream::Config {
+        name: RAW_STREAM.to_owned(),
+        subjects: vec!["raw.>".to_owned()],
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let kv = js
+        .create_key_value(kv::Config {
+            bucket: "raw-sagas".to_owned(),
+            history: 1,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let (j, k) = (js.clone(), kv.clone());
+    raw_consume(&js, "raw-saga-created", "raw.order.created", move |m| {
+        let (js, kv) = (j.clone(), k.clone());
+        async move {
+            let created: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            let order = created["aggregateId"].as_str().unwrap().to_owned();
+            let state = serde_json::json!({"state": "reserving", "reserved": 0, "items": 2});
+            let _ = kv
+                .create(&order, serde_json::to_vec(&state).unwrap().into())
+                .await;
+            for p in ["prod-a", "prod-b"] {
+                let cmd = ReserveStock {
+                    order_id: order.clone(),
+                    quantity: 1,
+                    expires_at: chrono::Utc::now(),
+                };
+                let env = command(&order, p, p, cmd);
+                raw_publish(&js, "raw.inventory.cmd.reserve_stock", &env).await;
+            }
+            m.ack().await.unwrap();
+        }
+    })
+    .await;
+    let (j, k) = (js.clone(), kv.clone());
+    raw_consume(
+        &js,
+        "raw-saga-reserved",
+        "raw.inventory.stock_reserved",
+        move |m| {
+            let (js, kv) = (j.clone(), k.clone());
+            async move {
+                let reserved: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+                let order = reserved["data"]["orderId"].as_str().unwrap().to_owned();
+                let all = Arc::new(Mutex::new(false));
+                let seen = Arc::clone(&all);
+                raw_update(&kv, &order, move |state| {
+                    let n = state["reserved"].as_u64().unwrap_or(0) + 1;
+                    state["reserved"] = n.into();
+                    if n == 2 {
+                        state["state"] = "paying".into();
+                    }
+                    *seen.lock().unwrap() = n == 2;
+                })
+                .await;
+                if *all.lock().unwrap() {
+                    let cmd = ProcessPayment {
+                        order_id: order.clone(),
+                        ..ProcessPayment::example()
+                    };
+                    let env = command(&order, "pay", &order, cmd);
+                    raw_publish(&js, "raw.payment.cmd.process", &env).await;
+                }
+                m.ack().await.unwrap();
+            }
+        },
+    )
+    .await;
+    let (j, k) = (js.clone(), kv.clone());
+    raw_consume(&js, "raw-saga-paid", "raw.payment.succeeded", move |m| {
+        let (js, kv) = (j.clone(), k.clone());
+        async move {
+            let paid: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            let order = paid["data"]["orderId"].as_str().unwrap().to_owned();
+            raw_update(&kv, &order, |state| state["state"] = "confirming".into()).await;
+            let cmd = ConfirmOrder {
+                payment_id: format!("txn-{order}"),
+                payment_reference: "ref".to_owned(),
+            };
+            let env = command(&order, "confirm", &order, cmd);
+            raw_publish(&js, "raw.order.cmd.confirm", &env).await;
+            m.ack().await.unwrap();
+        }
+    })
+    .await;
+    // The participants.
+    let j = js.clone();
+    raw_consume(
+        &js,
+        "raw-inventory",
+        "raw.inventory.cmd.reserve_stock",
+        move |m| {
+            let js = j.clone();
+            async move {
+                let cmd: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+                let order = cmd["data"]["orderId"].as_str().unwrap();
+                let product = cmd["aggregateId"].as_str().unwrap();
+                let data = StockReserved {
+                    order_id: order.to_owned(),
+                    reservation_id: format!("res-{order}-{product}"),
+                    ..StockReserved::example()
+                };
+                let reply = Envelope::new("inventory-service", product, data).into_any();
+                raw_publish(&js, "raw.inventory.stock_reserved", &reply).await;
+                m.ack().await.unwrap();
+            }
+        },
+    )
+    .await;
+    let j = js.clone();
+    raw_consume(&js, "raw-payment", "raw.payment.cmd.process", move |m| {
+        let js = j.clone();
+        async move {
+            let cmd: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            let order = cmd["data"]["orderId"].as_str().unwrap();
+            let data = PaymentSucceeded {
+                order_id: order.to_owned(),
+                transaction_id: format!("txn-{order}"),
+                ..PaymentSucceeded::example()
+            };
+            let reply = Envelope::new("payment-service", format!("pay-{order}"), data).into_any();
+            raw_publish(&js, "raw.payment.succeeded", &reply).await;
+            m.ack().await.unwrap();
+        }
+    })
+    .await;
+    raw_consume(&js, "raw-order", "raw.order.cmd.confirm", move |m| {
+        let (clock, slots) = (Arc::clone(&clock), Arc::clone(&slots));
+        async move {
+            let cmd: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            finished(&clock, &slots, cmd["aggregateId"].as_str().unwrap());
+            m.ack().await.unwrap();
+        }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------- main
+
+fn row(name: &str, r: &Run) {
+    println!(
+        "{name:<44} {:>8.0} orders/s   p50 {:>7.1} ms   p99 {:>7.1} ms",
+        r.rate,
+        r.p50.as_secs_f64() * 1e3,
+        r.p99.as_secs_f64() * 1e3
+    );
+}
+
+async fn in_memory(n: usize) {
+    let definition = fulfillment::definition(fulfillment::Settings::default()).unwrap();
+    let bus = MemoryBus::provisioned().await.unwrap();
+    let runtime = Runtime::new(definition, bus, MemoryStore::new());
+    let steps = n * 5;
+    let started = Instant::now();
+    for i in 0..n {
+        let created = order(i).into_any();
+        let id = created.aggregate_id.clone();
+        runtime.handle(&created).await.unwrap();
+        for p in ["prod-a", "prod-b"] {
+            let data = StockReserved {
+                order_id: id.clone(),
+                reservation_id: format!("res-{id}-{p}"),
+                ..StockReserved::example()
+            };
+            let reserved = Envelope::new("inventory-service", p, data).into_any();
+            runtime.handle(&reserved).await.unwrap();
+        }
+        let data = PaymentSucceeded {
+            order_id: id.clone(),
+            ..PaymentSucceeded::example()
+        };
+        let paid = Envelope::new("payment-service", "pay", data).into_any();
+        runtime.handle(&paid).await.unwrap();
+        let confirmed = Envelope::new("order-service", id.as_str(), OrderConfirmed::example());
+        runtime.handle(&confirmed.into_any()).await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "in memory: {steps} saga steps in {elapsed:.2?}: {:.0} steps/s ({:.1} us per step, publishing included)",
+        steps as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1e6 / steps as f64
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let n = env("A4CO_BENCH_N", 2000);
+    let in_flight = env("A4CO_BENCH_IN_FLIGHT", 64);
+    in_memory(n).await;
+    if std::env::var("A4CO_BENCH_NATS").is_ok_and(|v| v == "0") {
+        return;
+    }
+
+    let server = a4co_testkit::nats::NatsServer::start();
+    println!(
+        "nats-server on {} | {n} orders per run, {in_flight} in flight",
+        server.url()
+    );
+
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let raw_clock = Arc::new(Clock::default());
+    let raw_slots = Arc::new(Semaphore::new(0));
+    raw_flow(js.clone(), Arc::clone(&raw_clock), Arc::clone(&raw_slots)).await;
+    let publish_raw = |o: Envelope<OrderCreated>| {
+        let js = js.clone();
+        async move { raw_publish(&js, "raw.order.created", &o.into_any()).await }
+    };
+
+    let bus = NatsBus::connect(Config::new(server.url())).await.unwrap();
+    bus.provision(1).await.unwrap();
+    let store = a4co_saga::nats::KvStore::open(bus.transport(), 1)
+        .await
+        .unwrap();
+    let sdk_clock = Arc::new(Clock::default());
+    let sdk_slots = Arc::new(Semaphore::new(0));
+    let _participants =
+        sdk_participants(&bus, Arc::clone(&sdk_clock), Arc::clone(&sdk_slots)).await;
+    let definition = fulfillment::definition(fulfillment::Settings::default()).unwrap();
+    let runtime: Runtime<Fulfillment, Phase, NatsBus, _> =
+        Runtime::new(definition, bus.clone(), store);
+    let _running = runtime.start().await.unwrap();
+    let publish_sdk = |o: Envelope<OrderCreated>| {
+        let bus = bus.clone();
+        async move {
+            bus.publish(&o).await.unwrap();
+        }
+    };
+
+    let raw_peak = drive(n, 0, in_flight, None, &raw_clock, &raw_slots, publish_raw).await;
+    row("raw async-nats, peak", &raw_peak);
+    let sdk_peak = drive(n, 0, in_flight, None, &sdk_clock, &sdk_slots, publish_sdk).await;
+    row("a4co-saga, peak", &sdk_peak);
+    println!(
+        "a4co-saga / raw: {:.2} orders/s",
+        sdk_peak.rate / raw_peak.rate
+    );
+    let half = sdk_peak.rate / 2.0;
+    let sdk_half = drive(
+        n / 2,
+        n,
+        4096,
+        Some(half),
+        &sdk_clock,
+        &sdk_slots,
+        publish_sdk,
+    )
+    .await;
+    row(
+        &format!("a4co-saga at {half:.0} orders/s (half its peak)"),
+        &sdk_half,
+    );
+    let raw_rate = raw_peak.rate / 2.0;
+    let raw_half = drive(
+        n / 2,
+        n,
+        4096,
+        Some(raw_rate),
+        &raw_clock,
+        &raw_slots,
+        publish_raw,
+    )
+    .await;
+    row(
+        &format!("raw at {raw_rate:.0} orders/s (half its peak)"),
+        &raw_half,
+    );
+}
