@@ -235,6 +235,10 @@ pub struct Behaviour {
     pub declined: std::collections::HashSet<String>,
     /// Orders whose payment is never answered.
     pub silent_payments: std::collections::HashSet<String>,
+    /// Orders whose confirm command is never answered.
+    pub silent_confirms: std::collections::HashSet<String>,
+    /// Products whose reservations are never answered.
+    pub silent_stock: std::collections::HashSet<String>,
 }
 
 /// What the simulated participants did, for assertions.
@@ -365,6 +369,11 @@ impl Participants {
             Some(Envelope::caused_by(command, source, aggregate, data))
         };
         match &command.data {
+            AnyMessage::ReserveStock(_)
+                if behaviour.silent_stock.contains(&command.aggregate_id) =>
+            {
+                None
+            }
             AnyMessage::ReserveStock(c) => {
                 let product = command.aggregate_id.clone();
                 let on_hand = ledger.stock.get(&product).copied().unwrap_or(0);
@@ -452,6 +461,11 @@ impl Participants {
             }
             AnyMessage::RefundPayment(c) => {
                 *ledger.refunded.entry(c.order_id.clone()).or_default() += 1;
+                None
+            }
+            AnyMessage::ConfirmOrder(_)
+                if behaviour.silent_confirms.contains(&command.aggregate_id) =>
+            {
                 None
             }
             AnyMessage::ConfirmOrder(_) => {

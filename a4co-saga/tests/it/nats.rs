@@ -121,6 +121,7 @@ async fn every_path_over_nats() {
         stock: stock(&[("oil", 100), ("bowl", 100), ("rare", 1)]),
         declined: ["ord-declined".to_owned()].into(),
         silent_payments: ["ord-silent".to_owned()].into(),
+        ..Behaviour::default()
     });
     let handles = participants.start(&bus).await.unwrap();
     let saga = runtime(&bus, &clock).await;
@@ -186,6 +187,104 @@ async fn every_path_over_nats() {
     assert_eq!(ledger.stock["oil"], 98);
     assert_eq!(ledger.stock["bowl"], 98);
     assert_eq!(ledger.stock["rare"], 1);
+    stop(handles, vec![running]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compensating_paths_over_nats() {
+    use a4co_events::catalog::order::{CancellationReason, OrderCancelled};
+    use a4co_events::catalog::payment::PaymentSucceeded;
+
+    let server = NatsServer::start();
+    let bus = connect(&server).await;
+    let clock = VirtualClock::at(scenario_start());
+    let participants = Participants::new(Behaviour {
+        stock: stock(&[("oil", 100), ("bowl", 100)]),
+        silent_payments: ["ord-late".to_owned()].into(),
+        silent_confirms: ["ord-regret".to_owned()].into(),
+        silent_stock: ["slow".to_owned()].into(),
+        ..Behaviour::default()
+    });
+    let handles = participants.start(&bus).await.unwrap();
+    let saga = runtime(&bus, &clock).await;
+    let running = saga.start().await.unwrap();
+
+    // The customer cancels after paying: refund, then release.
+    bus.publish(&order("ord-regret", &["oil", "bowl"]))
+        .await
+        .unwrap();
+    until_state(&saga, "ord-regret", Phase::Confirming).await;
+    let regret = OrderCancelled {
+        reason: CancellationReason::CustomerRequest,
+        cancelled_by: "user-4711".to_owned(),
+        ..OrderCancelled::example()
+    };
+    bus.publish(&Envelope::new("order-service", "ord-regret", regret))
+        .await
+        .unwrap();
+    until_state(&saga, "ord-regret", Phase::Cancelled).await;
+
+    // A payment that answers after its timeout is refunded.
+    bus.publish(&order("ord-late", &["oil"])).await.unwrap();
+    until_state(&saga, "ord-late", Phase::Paying).await;
+    clock.advance(Duration::from_secs(301));
+    until_state(&saga, "ord-late", Phase::AwaitingLatePayment).await;
+    let late = PaymentSucceeded {
+        order_id: "ord-late".to_owned(),
+        transaction_id: "txn-ord-late".to_owned(),
+        ..PaymentSucceeded::example()
+    };
+    bus.publish(&Envelope::new("payment-service", "pay-ord-late", late))
+        .await
+        .unwrap();
+    until_state(&saga, "ord-late", Phase::Cancelled).await;
+
+    // Inventory never answers one line: the stock timer cancels, the other line is released.
+    bus.publish(&order("ord-slow", &["oil", "slow"]))
+        .await
+        .unwrap();
+    let id = format!("{}/ord-slow", fulfillment::NAME);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !participants
+        .ledger()
+        .reserved
+        .contains_key(&("ord-slow".into(), "oil".into()))
+        || saga
+            .instance(&id)
+            .await
+            .unwrap()
+            .is_none_or(|i| i.book.compensations.is_empty())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the oil line was never reserved"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    clock.advance(Duration::from_secs(121));
+    until_state(&saga, "ord-slow", Phase::Cancelled).await;
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ledger = participants.ledger();
+    assert_eq!(ledger.refunded.get("ord-regret"), Some(&1));
+    assert_eq!(ledger.released.get("res-ord-regret-oil"), Some(&1));
+    assert_eq!(ledger.released.get("res-ord-regret-bowl"), Some(&1));
+    assert_eq!(
+        ledger.cancelled.get("ord-regret"),
+        None,
+        "the order service cancelled it"
+    );
+    assert_eq!(ledger.refunded.get("ord-late"), Some(&1));
+    assert_eq!(
+        ledger.cancelled.get("ord-late"),
+        Some(&vec!["payment-timeout".to_owned()])
+    );
+    assert_eq!(ledger.released.get("res-ord-slow-oil"), Some(&1));
+    assert_eq!(
+        ledger.cancelled.get("ord-slow"),
+        Some(&vec!["inventory-unavailable".to_owned()])
+    );
+    assert_eq!(ledger.stock["oil"], 100, "every unit came back");
     stop(handles, vec![running]).await;
 }
 
