@@ -146,7 +146,7 @@ where
     async fn save(
         &self,
         key: &str,
-        instance: &Instance<D, S>,
+        instance: &mut Instance<D, S>,
         expected: Option<u64>,
     ) -> Result<u64, StoreError> {
         let next_timer = instance.next_timer();
@@ -155,14 +155,9 @@ where
         let now = self.inner.clock.now();
         let new_entry =
             next_timer.filter(|t| instance.book.indexed.is_none_or(|i| i > *t || i <= now));
-        let mut indexed;
-        let instance = if new_entry.is_some() {
-            indexed = instance.clone();
-            indexed.book.indexed = new_entry;
-            &indexed
-        } else {
-            instance
-        };
+        if new_entry.is_some() {
+            instance.book.indexed = new_entry;
+        }
         let record = serde_json::to_vec(instance).map_err(|e| StoreError::Corrupt {
             key: key.to_owned(),
             reason: e.to_string(),
@@ -216,10 +211,10 @@ where
                 }
                 Applied::NotStarted => return Ok(applied),
             }
-            let Some(instance) = instance else {
+            let Some(mut instance) = instance else {
                 return Ok(applied);
             };
-            match self.save(&key, &instance, revision).await {
+            match self.save(&key, &mut instance, revision).await {
                 Ok(revision) => {
                     self.publish_outbox(&key, instance, revision).await?;
                     return Ok(Applied::Changed);
@@ -265,7 +260,7 @@ where
         let sent: Vec<EventId> = instance.book.outbox.iter().map(|o| o.event_id).collect();
         for _ in 0..MAX_CONFLICTS {
             instance.book.outbox.retain(|o| !sent.contains(&o.event_id));
-            match self.save(key, &instance, Some(revision)).await {
+            match self.save(key, &mut instance, Some(revision)).await {
                 Ok(_) => return Ok(()),
                 Err(StoreError::Conflict(_)) => match self.load(key).await? {
                     Some((fresh, r)) => {
@@ -305,7 +300,7 @@ where
                     self.publish_outbox(&key, instance, revision).await?;
                     break;
                 }
-                match self.save(&key, &instance, Some(revision)).await {
+                match self.save(&key, &mut instance, Some(revision)).await {
                     Ok(revision) => {
                         fired += 1;
                         // The save indexed the timers it left.

@@ -392,19 +392,28 @@ async fn competing_consumers_share_the_work<T: Transport>(f: Fixture<T>) {
     }
 }
 
-async fn one_aggregate_is_handled_in_order<T: Transport>(f: Fixture<T>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(String, u32)>();
-    let handler = move |m: Envelope<AnyMessage>, _: DeliveryInfo| {
+/// A handler that reports each inventory adjustment's key (by `key`) and new stock, after a
+/// random short pause.
+fn adjustments(
+    tx: mpsc::UnboundedSender<(String, u32)>,
+    key: fn(&Envelope<AnyMessage>) -> String,
+) -> impl a4co_events::bus::Handler {
+    move |m: Envelope<AnyMessage>, _: DeliveryInfo| {
         let tx = tx.clone();
         async move {
             let AnyMessage::InventoryAdjusted(adj) = &m.data else {
                 return Err(HandlerError::permanent("unexpected"));
             };
             tokio::time::sleep(Duration::from_millis(fastrand::u64(0..4))).await;
-            let _ = tx.send((m.aggregate_id.clone(), adj.new_stock));
+            let _ = tx.send((key(&m), adj.new_stock));
             Ok(())
         }
-    };
+    }
+}
+
+async fn one_aggregate_is_handled_in_order<T: Transport>(f: Fixture<T>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, u32)>();
+    let handler = adjustments(tx, |m| m.aggregate_id.clone());
     let sub = Subscription::new("t", "ordered")
         .to::<InventoryAdjusted>()
         .max_in_flight(8);
@@ -438,17 +447,7 @@ async fn ordering_by_correlation_or_none<T: Transport>(f: Fixture<T>) {
     use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
     // By correlation: one conversation in order, whatever the aggregates.
     let (tx, mut rx) = mpsc::unbounded_channel::<(String, u32)>();
-    let handler = move |m: Envelope<AnyMessage>, _: DeliveryInfo| {
-        let tx = tx.clone();
-        async move {
-            let AnyMessage::InventoryAdjusted(adj) = &m.data else {
-                return Err(HandlerError::permanent("unexpected"));
-            };
-            tokio::time::sleep(Duration::from_millis(fastrand::u64(0..4))).await;
-            let _ = tx.send((m.metadata.correlation_id.clone(), adj.new_stock));
-            Ok(())
-        }
-    };
+    let handler = adjustments(tx, |m| m.metadata.correlation_id.clone());
     let sub = Subscription::new("t", "by-correlation")
         .to::<InventoryAdjusted>()
         .max_in_flight(8)
