@@ -38,11 +38,24 @@ impl<T> Data for T where
 {
 }
 
-pub(crate) type React<D, S> = Arc<dyn Fn(&mut Step<D>, Envelope<AnyMessage>) -> S + Send + Sync>;
-/// A future that hands the step back with the next state.
-pub type StepFuture<D, S> = Pin<Box<dyn Future<Output = (Step<D>, S)> + Send>>;
+/// A reaction's outcome: the next state, or why the message cannot be its input.
+pub(crate) type Outcome<S> = Result<S, String>;
+pub(crate) type React<D, S> =
+    Arc<dyn Fn(&mut Step<D>, Envelope<AnyMessage>) -> Outcome<S> + Send + Sync>;
+/// A future that hands the step back with the outcome.
+pub(crate) type StepFuture<D, S> = Pin<Box<dyn Future<Output = (Step<D>, Outcome<S>)> + Send>>;
 pub(crate) type ReactAsync<D, S> =
     Arc<dyn Fn(Step<D>, Envelope<AnyMessage>) -> StepFuture<D, S> + Send + Sync>;
+
+/// The payload under a message type that another build may have put there (an older
+/// version's variant, say): refused, never a panic.
+fn mismatch(found: &Envelope<AnyMessage>, expected: &str) -> String {
+    format!(
+        "a {} payload ({:?}) cannot be the input of the {expected} reaction",
+        found.event_type(),
+        std::mem::discriminant(&found.data)
+    )
+}
 pub(crate) type OnTimeout<D, S> = Arc<dyn Fn(&mut Step<D>) -> S + Send + Sync>;
 pub(crate) type Correlate = Arc<dyn Fn(&Envelope<AnyMessage>) -> String + Send + Sync>;
 
@@ -207,9 +220,8 @@ where
     M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
 {
     Arc::new(move |step, envelope| match envelope.downcast::<M>() {
-        Ok(envelope) => f(step, envelope),
-        // The engine picks reactions by the message's type, so this cannot be reached.
-        Err(other) => unreachable!("a {} reached a {} reaction", other.event_type(), M::TYPE),
+        Ok(envelope) => Ok(f(step, envelope)),
+        Err(other) => Err(mismatch(&other, M::TYPE)),
     })
 }
 
@@ -270,9 +282,16 @@ impl<D: Data, S: State> Builder<D, S> {
     {
         let react: ReactAsync<D, S> =
             Arc::new(move |step, envelope| match envelope.downcast::<M>() {
-                Ok(envelope) => Box::pin(react(step, envelope)),
+                Ok(envelope) => {
+                    let running = react(step, envelope);
+                    Box::pin(async move {
+                        let (step, to) = running.await;
+                        (step, Ok(to))
+                    })
+                }
                 Err(other) => {
-                    unreachable!("a {} reached a {} reaction", other.event_type(), M::TYPE)
+                    let problem = mismatch(&other, M::TYPE);
+                    Box::pin(std::future::ready((step, Err(problem))))
                 }
             });
         self.reactions.push(Reaction {

@@ -13,6 +13,11 @@
 //! then published with ids fixed by saga id + step, so a crash between save and publish
 //! neither loses nor doubles a command ([`Runtime::resend_pending`] runs at start).
 //! Instances remember the messages they processed; timers live in the record and fire once.
+//! Stores: [`MemoryStore`], and `nats::KvStore` on JetStream KV (feature `nats`, on by
+//! default). A reaction that calls another service is declared with [`Builder::on_async`]
+//! and makes its calls through `Step::http` (feature `http`): the call carries an
+//! idempotency key of saga id + step and never outlives the step's deadline. The order
+//! fulfillment saga of design-v2 is [`fulfillment`]; docs/saga.md tells the whole story.
 //!
 //! ```
 //! use std::time::Duration;
@@ -69,7 +74,7 @@ mod step;
 mod store;
 
 pub use clock::{Clock, SystemClock, VirtualClock};
-pub use definition::{Builder, Data, Definition, State, StepFuture, Trigger};
+pub use definition::{Builder, Data, Definition, State, Trigger};
 pub use error::{DefinitionError, RuntimeError, StoreError};
 pub use runtime::{Running, Runtime};
 pub use step::{

@@ -372,7 +372,7 @@ async fn run_reaction<D: Data, S: State>(
             step = back;
             Some(to)
         }
-        (Run::Timeout(f), None) => Some(f(&mut step)),
+        (Run::Timeout(f), None) => Some(Ok(f(&mut step))),
         _ => None,
     };
     let misuse = step.misuse.take();
@@ -385,6 +385,7 @@ async fn run_reaction<D: Data, S: State>(
         saga_id: instance.book.saga_id.clone(),
         problem,
     };
+    let to = to.map_err(fail)?;
     if let Some(problem) = misuse {
         return Err(fail(problem));
     }
