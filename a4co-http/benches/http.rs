@@ -96,6 +96,13 @@ async fn main() {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let raw = reqwest::Client::builder().build().unwrap();
+    // Raw reqwest with the settings the client gives its own reqwest: what they cost.
+    let raw_tuned = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .user_agent("a4co-http/0.1.0")
+        .retry(reqwest::retry::never())
+        .build()
+        .unwrap();
     let secret = Secret::new("a-benchmark-secret-of-at-least-32-bytes").unwrap();
     let bearer = Issuer::new(secret.clone(), "order-service", ["inventory:read"])
         .authorization()
@@ -132,12 +139,13 @@ async fn main() {
     );
 
     let (mut raw_runs, mut jwt_runs, mut sdk_runs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut tuned_runs = Vec::new();
     let (mut bare_runs, mut untimed_runs) = (Vec::new(), Vec::new());
     // Each round runs every variant, starting one further along each time, so neither order
     // nor drift of the machine favours one of them.
     for round in 0..rounds {
-        for k in 0..5 {
-            match (round + k) % 5 {
+        for k in 0..6 {
+            match (round + k) % 6 {
                 v @ 0..3 => {
                     let (c, runs) = match v {
                         0 => (&bare, &mut bare_runs),
@@ -159,12 +167,12 @@ async fn main() {
                     );
                 }
                 v => {
-                    let (auth, runs) = if v == 3 {
-                        (None, &mut raw_runs)
-                    } else {
-                        (Some(bearer.clone()), &mut jwt_runs)
+                    let (client, auth, runs) = match v {
+                        3 => (&raw, None, &mut raw_runs),
+                        4 => (&raw, Some(bearer.clone()), &mut jwt_runs),
+                        _ => (&raw_tuned, None, &mut tuned_runs),
                     };
-                    let (r, b) = (raw.clone(), base.clone());
+                    let (r, b) = (client.clone(), base.clone());
                     runs.push(
                         concurrent(n, move |i| {
                             let mut request = r.get(format!("{b}/api/v1/inventory/p-{i}"));
@@ -193,6 +201,7 @@ async fn main() {
     };
     let (rr, r50, r99) = row("raw reqwest", &raw_runs);
     let (jr, j50, j99) = row("raw reqwest + the same JWT", &jwt_runs);
+    row("raw reqwest, client's settings", &tuned_runs);
     row("client, no policies", &bare_runs);
     row("client, no timeouts", &untimed_runs);
     let (sr, s50, s99) = row("a4co-http client", &sdk_runs);

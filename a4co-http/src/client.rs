@@ -773,6 +773,8 @@ impl Call {
 
         let _permit = match &inner.limit {
             None => None,
+            // A free slot needs no timer.
+            Some(limit) if let Ok(permit) = limit.try_acquire() => Some(permit),
             Some(limit) => {
                 let acquire = limit.acquire();
                 let permit = match end {
