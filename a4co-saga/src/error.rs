@@ -21,6 +21,9 @@ pub enum StoreError {
     /// The store cannot be reached or refused the operation.
     #[error("saga store: {0}")]
     Unavailable(String),
+    /// A setting that cannot work, saying what to fix.
+    #[error("saga store: {0}")]
+    InvalidConfig(String),
     /// A stored record cannot be read back.
     #[error("instance {key}: stored record unreadable: {reason}")]
     Corrupt {

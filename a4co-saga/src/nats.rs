@@ -75,17 +75,43 @@ fn decode(key: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// How long an instance is kept after its last change, unless [`KvStore::open_with`] says
+/// otherwise: 30 days.
+pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
 impl KvStore {
-    /// Opens (creating if missing) the two buckets, file-stored, with `replicas` copies.
+    /// Opens (creating if missing) the two buckets, file-stored, with `replicas` copies,
+    /// keeping an instance [`DEFAULT_RETENTION`] after its last change.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when JetStream refuses.
     pub async fn open(transport: &NatsTransport, replicas: usize) -> Result<Self, StoreError> {
+        Self::open_with(transport, replicas, DEFAULT_RETENTION).await
+    }
+
+    /// As [`KvStore::open`], keeping an instance `retention` after its last change (every
+    /// step rewrites it, so only finished or forgotten instances age out). It must outlast
+    /// the longest wait of any saga (timers included); a bucket that exists keeps its own.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when JetStream refuses; [`StoreError::InvalidConfig`] for a
+    /// retention under one second.
+    pub async fn open_with(
+        transport: &NatsTransport,
+        replicas: usize,
+        retention: std::time::Duration,
+    ) -> Result<Self, StoreError> {
+        if retention < std::time::Duration::from_secs(1) {
+            return Err(StoreError::InvalidConfig(format!(
+                "a retention of {retention:?} is too short: JetStream keeps entries whole seconds; use 1 s or more"
+            )));
+        }
         let js = transport.jetstream();
         let bucket = |name: &str, description: &str| kv::Config {
             bucket: name.to_owned(),
             description: description.to_owned(),
             history: 1,
+            max_age: retention,
             storage: jetstream::stream::StorageType::File,
             num_replicas: replicas.max(1),
             ..Default::default()

@@ -409,3 +409,31 @@ async fn a_crash_between_save_and_publish_is_recovered_on_restart() {
     assert_eq!(ledger.charged.get("ord-c"), Some(&1));
     stop(handles, vec![running]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_instances_age_out_after_the_retention() {
+    use a4co_saga::Store as _;
+    let server = NatsServer::start();
+    let bus = connect(&server).await;
+    let store = KvStore::open_with(bus.transport(), 1, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let index = a4co_saga::Index::default();
+    store
+        .save("s/old", bytes::Bytes::from_static(b"{}"), None, index)
+        .await
+        .unwrap();
+    assert!(store.load("s/old").await.unwrap().is_some());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.load("s/old").await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still there after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let err = KvStore::open_with(bus.transport(), 1, Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("too short"), "{err}");
+}
