@@ -106,7 +106,7 @@ impl<D, S> Clone for Definition<D, S> {
 
 pub(crate) struct Inner<D, S> {
     pub(crate) name: String,
-    pub(crate) service: String,
+    pub(crate) service: Arc<str>,
     pub(crate) reactions: Vec<Reaction<D, S>>,
     pub(crate) correlate: HashMap<&'static str, Correlate>,
     /// The subjects of every message type it starts on or reacts to.
@@ -143,6 +143,11 @@ impl<D: Data, S: State> Definition<D, S> {
     /// The service that runs it.
     pub fn service(&self) -> &str {
         &self.inner.service
+    }
+
+    /// The service, shared (the `source` of every message a step sends).
+    pub(crate) fn source(&self) -> Arc<str> {
+        Arc::clone(&self.inner.service)
     }
 
     /// The subjects of the messages it starts on or reacts to.
@@ -321,24 +326,21 @@ impl<D: Data, S: State> Builder<D, S> {
         self
     }
 
-    /// Which instance a message of type `M` belongs to: the correlation id it carries
-    /// (default: its aggregate id).
-    pub fn correlate<M>(
-        mut self,
-        by: impl Fn(&Envelope<M>) -> String + Send + Sync + 'static,
-    ) -> Self
+    /// Which instance a message of type `M` belongs to: the correlation id its payload
+    /// carries (default: the envelope's aggregate id).
+    pub fn correlate<M>(mut self, by: impl Fn(&M) -> String + Send + Sync + 'static) -> Self
     where
-        M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
+        M: Message,
+        for<'a> &'a M: TryFrom<&'a AnyMessage>,
     {
-        let by = Arc::new(by);
         self.correlate.insert(
             M::TYPE,
-            Arc::new(move |envelope: &Envelope<AnyMessage>| {
-                match envelope.clone().downcast::<M>() {
-                    Ok(typed) => by(&typed),
-                    Err(other) => other.aggregate_id,
-                }
-            }),
+            Arc::new(
+                move |envelope: &Envelope<AnyMessage>| match <&M>::try_from(&envelope.data) {
+                    Ok(payload) => by(payload),
+                    Err(_) => envelope.aggregate_id.clone(),
+                },
+            ),
         );
         self
     }
@@ -444,7 +446,7 @@ impl<D: Data, S: State> Builder<D, S> {
         Ok(Definition {
             inner: Arc::new(Inner {
                 name: self.name,
-                service: self.service,
+                service: Arc::from(self.service),
                 reactions: self.reactions,
                 correlate,
                 subjects,

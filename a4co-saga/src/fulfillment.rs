@@ -227,14 +227,7 @@ fn give_up_on_stock(
 ) -> Phase {
     step.data.cancellation.get_or_insert(reason);
     step.cancel(STOCK_TIMER);
-    step.compensate();
-    for line in &mut step.data.lines {
-        if let LineStatus::Reserved { reservation_id } = &line.status {
-            line.status = LineStatus::Released {
-                reservation_id: reservation_id.clone(),
-            };
-        }
-    }
+    release_all(step);
     if step.data.waiting_for_stock() {
         step.schedule(STOCK_TIMER, stock_timeout);
         Phase::Releasing
@@ -317,20 +310,16 @@ pub fn definition(settings: Settings) -> Result<Definition<Fulfillment, Phase>, 
             step.schedule(STOCK_TIMER, stock_timeout);
             Reserving
         })
-        .correlate::<StockReserved>(|e| e.data.order_id.clone())
-        .correlate::<StockReservationFailed>(|e| e.data.order_id.clone())
-        .correlate::<PaymentSucceeded>(|e| e.data.order_id.clone())
-        .correlate::<PaymentFailed>(|e| e.data.order_id.clone())
+        .correlate::<StockReserved>(|m| m.order_id.clone())
+        .correlate::<StockReservationFailed>(|m| m.order_id.clone())
+        .correlate::<PaymentSucceeded>(|m| m.order_id.clone())
+        .correlate::<PaymentFailed>(|m| m.order_id.clone())
         .on::<StockReserved>(Reserving, &[Reserving, Paying], move |step, reserved| {
             let product = reserved.aggregate_id.clone();
             let Some(line) = step.data.line(&product) else {
                 tracing::warn!(product = %product, "a reservation for a product not in the order; releasing it");
-                let release = ReleaseStock {
-                    order_id: reserved.data.order_id.clone(),
-                    reservation_id: reserved.data.reservation_id.clone(),
-                    reason: ReleaseReason::OrderCancelled,
-                };
-                step.send(&format!("release-stray/{}", reserved.data.reservation_id), &product, release);
+                let undo = release(&reserved.data);
+                step.send(&format!("release-stray/{}", reserved.data.reservation_id), &product, undo);
                 return Reserving;
             };
             if line.status != LineStatus::Asked {
@@ -339,12 +328,8 @@ pub fn definition(settings: Settings) -> Result<Definition<Fulfillment, Phase>, 
             line.status = LineStatus::Reserved {
                 reservation_id: reserved.data.reservation_id.clone(),
             };
-            let release = ReleaseStock {
-                order_id: reserved.data.order_id.clone(),
-                reservation_id: reserved.data.reservation_id,
-                reason: ReleaseReason::OrderCancelled,
-            };
-            step.completed(&format!("reserve/{product}"), &product, release);
+            let undo = release(&reserved.data);
+            step.completed(&format!("reserve/{product}"), &product, undo);
             if step.data.waiting_for_stock() {
                 return Reserving;
             }
@@ -381,11 +366,7 @@ pub fn definition(settings: Settings) -> Result<Definition<Fulfillment, Phase>, 
         .on_timeout(Reserving, STOCK_TIMER, &[Releasing, Cancelled], move |step| {
             step.data.detail = Some("inventory did not answer in time".to_owned());
             // Lines still unanswered get no more waiting: their holds lapse at inventory.
-            for line in &mut step.data.lines {
-                if line.status == LineStatus::Asked {
-                    line.status = LineStatus::Failed;
-                }
-            }
+            give_up_unanswered(&mut step.data);
             give_up_on_stock(step, CancellationReason::InventoryUnavailable, stock_timeout)
         })
         .on::<OrderCancelled>(Reserving, &[Releasing, Cancelled], move |step, cancelled| {
@@ -394,16 +375,12 @@ pub fn definition(settings: Settings) -> Result<Definition<Fulfillment, Phase>, 
         })
         .on::<StockReserved>(Releasing, &[Releasing, Cancelled], |step, reserved| {
             let product = reserved.aggregate_id.clone();
-            let release = ReleaseStock {
-                order_id: reserved.data.order_id.clone(),
-                reservation_id: reserved.data.reservation_id.clone(),
-                reason: ReleaseReason::OrderCancelled,
-            };
+            let undo = release(&reserved.data);
             let asked = step.data.line(&product).is_some_and(|l| l.status == LineStatus::Asked);
             if !asked {
                 return Releasing;
             }
-            step.send(&format!("release/{product}"), &product, release);
+            step.send(&format!("release/{product}"), &product, undo);
             if let Some(line) = step.data.line(&product) {
                 line.status = LineStatus::Released {
                     reservation_id: reserved.data.reservation_id,
@@ -420,11 +397,7 @@ pub fn definition(settings: Settings) -> Result<Definition<Fulfillment, Phase>, 
             if step.data.waiting_for_stock() { Releasing } else { cancel_order(step) }
         })
         .on_timeout(Releasing, STOCK_TIMER, &[Cancelled], |step| {
-            for line in &mut step.data.lines {
-                if line.status == LineStatus::Asked {
-                    line.status = LineStatus::Failed;
-                }
-            }
+            give_up_unanswered(&mut step.data);
             cancel_order(step)
         })
         .on::<PaymentSucceeded>(Paying, &[Confirming], |step, paid| {
@@ -454,14 +427,12 @@ pub fn definition(settings: Settings) -> Result<Definition<Fulfillment, Phase>, 
             step.cancel(PAYMENT_TIMER);
             step.data.cancellation = Some(CancellationReason::PaymentFailed);
             step.data.detail = Some(format!("{}: {}", failed.data.error_code, failed.data.error_message));
-            step.compensate();
             release_all(step);
             cancel_order(step)
         })
         .on_timeout(Paying, PAYMENT_TIMER, &[AwaitingLatePayment], move |step| {
             step.data.cancellation = Some(CancellationReason::PaymentTimeout);
             step.data.detail = Some("the payment was not answered in time".to_owned());
-            step.compensate();
             release_all(step);
             cancel_order(step);
             step.schedule(LATE_PAYMENT_TIMER, late_payment_window);
@@ -471,7 +442,6 @@ pub fn definition(settings: Settings) -> Result<Definition<Fulfillment, Phase>, 
             step.cancel(PAYMENT_TIMER);
             step.data.cancelled_by_order = true;
             step.data.cancellation = Some(cancelled.data.reason);
-            step.compensate();
             release_all(step);
             step.schedule(LATE_PAYMENT_TIMER, late_payment_window);
             AwaitingLatePayment
@@ -498,15 +468,34 @@ pub fn definition(settings: Settings) -> Result<Definition<Fulfillment, Phase>, 
         .on::<OrderCancelled>(Confirming, &[Cancelled], |step, cancelled| {
             step.data.cancelled_by_order = true;
             step.data.cancellation = Some(cancelled.data.reason);
-            step.compensate();
             release_all(step);
             Cancelled
         })
         .build()
 }
 
-/// Marks every reserved line released (after [`Step::compensate`] sent the releases).
+/// The command that releases `reserved`.
+fn release(reserved: &StockReserved) -> ReleaseStock {
+    ReleaseStock {
+        order_id: reserved.order_id.clone(),
+        reservation_id: reserved.reservation_id.clone(),
+        reason: ReleaseReason::OrderCancelled,
+    }
+}
+
+/// Lines inventory never answered: given up on (their holds, if any, lapse at inventory).
+fn give_up_unanswered(data: &mut Fulfillment) {
+    for line in &mut data.lines {
+        if line.status == LineStatus::Asked {
+            line.status = LineStatus::Failed;
+        }
+    }
+}
+
+/// Undoes every completed step (the releases, and the refund once paid: last completed
+/// first) and marks the reserved lines released.
 fn release_all(step: &mut Step<Fulfillment>) {
+    step.compensate();
     for line in &mut step.data.lines {
         if let LineStatus::Reserved { reservation_id } = &line.status {
             line.status = LineStatus::Released {

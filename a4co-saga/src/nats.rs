@@ -28,6 +28,7 @@ pub struct KvStore {
     instances: kv::Store,
     timers: kv::Store,
     timers_stream: jetstream::stream::Stream,
+    client: async_nats::Client,
     sweep: Arc<Mutex<Sweep>>,
 }
 
@@ -133,6 +134,7 @@ impl KvStore {
             instances,
             timers,
             timers_stream,
+            client: transport.client().clone(),
             sweep: Arc::default(),
         })
     }
@@ -170,7 +172,7 @@ impl KvStore {
         let js = self.timers_stream.clone();
         let consumer = js
             .create_consumer(jetstream::consumer::push::OrderedConfig {
-                deliver_subject: format!("_INBOX.a4co-timers.{}", a4co_events::EventId::new()),
+                deliver_subject: self.client.new_inbox(),
                 filter_subjects: filters,
                 headers_only: true,
                 deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,

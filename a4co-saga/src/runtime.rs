@@ -41,6 +41,7 @@ impl<D, S, B, St> std::fmt::Debug for Runtime<D, S, B, St> {
     }
 }
 
+#[derive(Clone)]
 struct Inner<D, S, B, St> {
     definition: Definition<D, S>,
     bus: B,
@@ -48,7 +49,7 @@ struct Inner<D, S, B, St> {
     clock: Arc<dyn Clock>,
     tick: Duration,
     max_in_flight: usize,
-    lost_publishes: AtomicU32,
+    lost_publishes: Arc<AtomicU32>,
 }
 
 impl<D, S, B, St> Runtime<D, S, B, St>
@@ -69,24 +70,13 @@ where
                 clock: Arc::new(SystemClock),
                 tick: Duration::from_secs(1),
                 max_in_flight: 64,
-                lost_publishes: AtomicU32::new(0),
+                lost_publishes: Arc::default(),
             }),
         }
     }
 
     fn rebuild(self, f: impl FnOnce(&mut Inner<D, S, B, St>)) -> Self {
-        let mut inner = match Arc::try_unwrap(self.inner) {
-            Ok(inner) => inner,
-            Err(shared) => Inner {
-                definition: shared.definition.clone(),
-                bus: shared.bus.clone(),
-                store: shared.store.clone(),
-                clock: Arc::clone(&shared.clock),
-                tick: shared.tick,
-                max_in_flight: shared.max_in_flight,
-                lost_publishes: AtomicU32::new(shared.lost_publishes.load(Ordering::Relaxed)),
-            },
-        };
+        let mut inner = Arc::unwrap_or_clone(self.inner);
         f(&mut inner);
         Runtime {
             inner: Arc::new(inner),
@@ -254,7 +244,7 @@ where
             .outbox
             .iter()
             .map(|outgoing| self.inner.bus.publish_raw(outgoing.to_raw()));
-        for ack in futures_join_all(publishes).await {
+        for ack in futures::future::join_all(publishes).await {
             ack?;
         }
         let sent: Vec<EventId> = instance.book.outbox.iter().map(|o| o.event_id).collect();
@@ -401,30 +391,6 @@ where
             stop,
         })
     }
-}
-
-/// Awaits every future, in order of results matching the input.
-async fn futures_join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, slot) in pinned.iter_mut().zip(out.iter_mut()) {
-            if slot.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *slot = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
 }
 
 /// A started saga runtime: its subscription and timer task.

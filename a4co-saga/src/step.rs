@@ -2,6 +2,7 @@
 //! applies a message or a due timer to a record.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use a4co_events::bus::RawMessage;
@@ -148,7 +149,7 @@ pub struct Step<D> {
     pub data: D,
     book: Book,
     now: DateTime<Utc>,
-    source: String,
+    source: Arc<str>,
     cause: Option<(EventId, Option<TraceContext>)>,
     misuse: Option<String>,
 }
@@ -216,7 +217,7 @@ impl<D> Step<D> {
         }
         self.book.steps.push(step.to_owned());
         let id = EventId::deterministic(&self.book.saga_id, step);
-        let mut envelope = Envelope::new(self.source.as_str(), aggregate_id, message)
+        let mut envelope = Envelope::new(&*self.source, aggregate_id, message)
             .with_event_id(id)
             .with_occurred_at(self.now)
             .with_correlation_id(self.book.correlation_id.clone())
@@ -361,7 +362,7 @@ async fn run_reaction<D: Data, S: State>(
         data: std::mem::take(&mut instance.data),
         book: std::mem::take(&mut instance.book),
         now,
-        source: definition.service().to_owned(),
+        source: definition.source(),
         cause,
         misuse: None,
     };

@@ -224,6 +224,18 @@ macro_rules! catalog {
                     }
                 }
             }
+
+            /// The payload, borrowed, when it is this type.
+            impl<'a> TryFrom<&'a AnyMessage> for &'a $path {
+                type Error = ();
+                fn try_from(message: &'a AnyMessage) -> Result<Self, ()> {
+                    match message {
+                        AnyMessage::$ty(m) => Ok(m),
+                        #[allow(unreachable_patterns)]
+                        _ => Err(()),
+                    }
+                }
+            }
         )*
 
         /// Every version of every message type, superseded versions included.
