@@ -80,7 +80,7 @@ pub use runtime::{Running, Runtime};
 pub use step::{
     Applied, Book, Instance, Outgoing, ReactionError, Step, Transition, apply, fire_due,
 };
-pub use store::{Index, MemoryStore, Store, Stored};
+pub use store::{Due, Index, MemoryStore, Store, Stored};
 
 use a4co_events::EventId;
 

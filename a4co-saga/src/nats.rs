@@ -11,7 +11,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::error::StoreError;
-use crate::store::{Index, Store, Stored};
+use crate::store::{Due, Index, Store, Stored};
 
 /// The bucket of instances.
 pub const INSTANCES_BUCKET: &str = "a4co-sagas";
@@ -21,6 +21,9 @@ pub const TIMERS_BUCKET: &str = "a4co-saga-timers";
 /// The most seconds a tick lists one by one; a longer gap (a runtime that was down) lists
 /// the whole index once.
 const MAX_SECONDS_LISTED: i64 = 300;
+
+/// How long one listing of the timer index may take.
+const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Saga instances in JetStream KV. A cheap `Clone`.
 #[derive(Clone, Debug)]
@@ -37,8 +40,6 @@ pub struct KvStore {
 struct Sweep {
     /// The second up to which entries were listed (`None`: nothing yet, list all).
     until: Option<i64>,
-    /// The entries each instance had due, from the last listing, to drop once handled.
-    listed: HashMap<String, Vec<String>>,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -167,6 +168,14 @@ impl KvStore {
     /// The index entries (names after `due.`) under the given subject filters, as they
     /// stand: an ordered, headers-only consumer, last message per subject.
     async fn list(&self, filters: Vec<String>) -> Result<Vec<String>, StoreError> {
+        // A push listing can lose a message it sent before the subscription was up, and
+        // then waits for ever: bounded, a tick later it lists again.
+        tokio::time::timeout(LIST_TIMEOUT, self.list_once(filters))
+            .await
+            .map_err(|_| unavailable("listing timers", format!("no end within {LIST_TIMEOUT:?}")))?
+    }
+
+    async fn list_once(&self, filters: Vec<String>) -> Result<Vec<String>, StoreError> {
         use futures::StreamExt as _;
         let prefix = format!("$KV.{TIMERS_BUCKET}.");
         let js = self.timers_stream.clone();
@@ -259,7 +268,7 @@ impl Store for KvStore {
         }
     }
 
-    async fn due(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+    async fn due(&self, now: DateTime<Utc>) -> Result<Vec<Due>, StoreError> {
         let now_ms = now.timestamp_millis();
         let now_second = now_ms / 1000;
         let from = self.sweep().until;
@@ -284,8 +293,11 @@ impl Store for KvStore {
                 listed.entry(key).or_default().push(name);
             }
         }
-        let mut keys: Vec<String> = listed.keys().cloned().collect();
-        keys.sort();
+        let mut due: Vec<Due> = listed
+            .into_iter()
+            .map(|(key, entries)| Due { key, entries })
+            .collect();
+        due.sort_by(|a, b| a.key.cmp(&b.key));
         let mut sweep = self.sweep();
         // Next time from this second on (entries due later in it are listed again), unless
         // a save moved the start back meanwhile.
@@ -293,22 +305,15 @@ impl Store for KvStore {
             (Some(f), Some(current)) if current < f => current,
             _ => now_second,
         });
-        sweep.listed = listed;
-        Ok(keys)
+        Ok(due)
     }
 
-    async fn fired(
-        &self,
-        key: &str,
-        _now: DateTime<Utc>,
-        next: Option<DateTime<Utc>>,
-    ) -> Result<(), StoreError> {
+    async fn fired(&self, due: &Due, next: Option<DateTime<Utc>>) -> Result<(), StoreError> {
         // The entries about to go may be all that stands for a later timer: index it first.
         if let Some(at) = next {
-            self.put_entry(key, at).await?;
+            self.put_entry(&due.key, at).await?;
         }
-        let names = self.sweep().listed.remove(key).unwrap_or_default();
-        for name in names {
+        for name in &due.entries {
             // Removed from the stream, not marked deleted: listings stay the size of what
             // is still to come.
             self.timers_stream

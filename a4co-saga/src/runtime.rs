@@ -274,7 +274,8 @@ where
     pub async fn fire_due_timers(&self) -> Result<usize, RuntimeError> {
         let now = self.inner.clock.now();
         let mut fired = 0;
-        for key in self.inner.store.due(now).await? {
+        for due in self.inner.store.due(now).await? {
+            let key = due.key.clone();
             let mut attempts = 0;
             let mut next = None;
             loop {
@@ -305,7 +306,7 @@ where
                     Err(e) => return Err(e.into()),
                 }
             }
-            self.inner.store.fired(&key, now, next).await?;
+            self.inner.store.fired(&due, next).await?;
         }
         Ok(fired)
     }

@@ -34,6 +34,15 @@ pub struct Index {
     pub pending: bool,
 }
 
+/// An instance with a timer due, as [`Store::due`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Due {
+    /// The instance.
+    pub key: String,
+    /// The store's index entries that named it, to drop in [`Store::fired`].
+    pub entries: Vec<String>,
+}
+
 /// Instances keyed by `<saga>/<correlation id>`, saved with compare-and-swap.
 pub trait Store: Clone + Send + Sync + 'static {
     /// The instance under `key`, if any.
@@ -52,24 +61,20 @@ pub trait Store: Clone + Send + Sync + 'static {
         index: Index,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// The keys of instances with a timer due at `now`. May name instances whose timer
-    /// was cancelled or already fired (the runtime finds nothing due and calls
+    /// The instances with a timer due at `now`. May name instances whose timer was
+    /// cancelled or already fired (the runtime finds nothing due and calls
     /// [`Store::fired`]); never misses one.
-    fn due(
-        &self,
-        now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    fn due(&self, now: DateTime<Utc>) -> impl Future<Output = Result<Vec<Due>, StoreError>> + Send;
 
-    /// The runtime handled every timer of `key` due at `now`: index entries up to `now`
-    /// may go, and `next` (the instance's earliest timer left, if any) must stay findable.
-    /// (The in-memory index is exact and needs nothing.)
+    /// The runtime handled the timers `due` listed: their index entries may go, and `next`
+    /// (the instance's earliest timer left, if any) must stay findable. (The in-memory
+    /// index is exact and needs nothing.)
     fn fired(
         &self,
-        key: &str,
-        now: DateTime<Utc>,
+        due: &Due,
         next: Option<DateTime<Utc>>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let _ = (key, now, next);
+        let _ = (due, next);
         async { Ok(()) }
     }
 
@@ -151,15 +156,18 @@ impl Store for MemoryStore {
         Ok(revision)
     }
 
-    async fn due(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
-        let mut keys: Vec<String> = self
+    async fn due(&self, now: DateTime<Utc>) -> Result<Vec<Due>, StoreError> {
+        let mut due: Vec<Due> = self
             .lock()
             .iter()
             .filter(|(_, e)| e.index.next_timer.is_some_and(|t| t <= now))
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| Due {
+                key: k.clone(),
+                entries: Vec::new(),
+            })
             .collect();
-        keys.sort();
-        Ok(keys)
+        due.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(due)
     }
 
     async fn pending(&self) -> Result<Vec<String>, StoreError> {

@@ -91,7 +91,8 @@ impl Recorder {
 }
 
 /// The in-memory bus with a record of everything that went through it. A cheap `Clone`;
-/// clones share the bus and the record.
+/// clones share the bus and the record. A message the broker dropped as a duplicate (same
+/// event id within the dedup window) is not recorded again: the record is what consumers see.
 #[derive(Clone)]
 pub struct RecordingBus {
     bus: MemoryBus,
@@ -200,7 +201,9 @@ impl Publisher for RecordingBus {
         envelope: &Envelope<P>,
     ) -> Result<PublishAck, PublishError> {
         let ack = self.bus.publish(envelope).await?;
-        self.record(envelope);
+        if !ack.duplicate {
+            self.record(&RawMessage::from_envelope(envelope));
+        }
         Ok(ack)
     }
 
@@ -209,26 +212,22 @@ impl Publisher for RecordingBus {
         envelope: &Envelope<P>,
     ) -> Result<PendingAck, PublishError> {
         let pending = self.bus.publish_pipelined(envelope).await?;
-        self.record(envelope);
+        self.record(&RawMessage::from_envelope(envelope));
         Ok(pending)
     }
 
-    /// Records the message when it decodes and the broker stored it (a duplicate of a
-    /// stored message, dropped by the broker's dedup, is not recorded again).
     async fn publish_raw(&self, message: RawMessage) -> Result<PublishAck, PublishError> {
         let ack = self.bus.publish_raw(message.clone()).await?;
-        if !ack.duplicate
-            && let Ok(any) = a4co_events::decode(&message.payload, &message.headers)
-        {
-            self.recorder.write(|log| log.published.push(any));
+        if !ack.duplicate {
+            self.record(&message);
         }
         Ok(ack)
     }
 }
 
 impl RecordingBus {
-    fn record<P: Payload>(&self, envelope: &Envelope<P>) {
-        let raw = RawMessage::from_envelope(envelope);
+    /// Records a message as published, when it decodes.
+    fn record(&self, raw: &RawMessage) {
         if let Ok(any) = a4co_events::decode(&raw.payload, &raw.headers) {
             self.recorder.write(|log| log.published.push(any));
         }

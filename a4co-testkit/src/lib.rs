@@ -6,8 +6,8 @@
 //! ([`bus::RecordingBus`]), and a scripted HTTP server on a loopback port
 //! ([`http::FaultServer`]: status sequences, latency, hangs, resets, `Retry-After`; it
 //! records what it received), and in-memory OpenTelemetry to assert on spans and metrics
-//! ([`telemetry::Telemetry`]); it will hold given/when/then saga scenarios. Add it as a
-//! dev-dependency.
+//! ([`telemetry::Telemetry`]), and given/when/then saga scenarios with simulated
+//! participants ([`saga::Scenario`], [`saga::Participants`]). Add it as a dev-dependency.
 //!
 //! Today it offers catalog examples wrapped in envelopes, for tests that need a valid message:
 //!
