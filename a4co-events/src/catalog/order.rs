@@ -263,7 +263,8 @@ message!(OrderConfirmed {
         "notification-service",
         "loyalty-service",
         "artisan-service",
-        "shipping-service"
+        "shipping-service",
+        "inventory-service"
     ],
     example: OrderConfirmed {
         confirmed_at: example_time(90),

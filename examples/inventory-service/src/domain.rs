@@ -1,0 +1,267 @@
+//! A product's stock: units on hand, reservations held for orders, and the rules that keep
+//! stock from going negative or being reserved twice. Pure code: the handlers load a
+//! [`Product`], call one of these, and save it with compare-and-swap.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use a4co_events::Money;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// How many closed (released or committed) reservations a product remembers, so a late
+/// redelivery of their reserve command does not reserve again.
+const CLOSED_MEMORY: usize = 4096;
+
+/// Units held for one order until it is confirmed, released, or the hold lapses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reservation {
+    /// Its id (`res-<order>-<product>`: one per order and product).
+    pub reservation_id: String,
+    /// Units held.
+    pub quantity: u32,
+    /// When the hold lapses.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A product's stock record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Product {
+    /// The product.
+    pub product_id: String,
+    /// Its name.
+    pub name: String,
+    /// The artisan who makes it.
+    pub artisan_id: String,
+    /// Its category.
+    pub category: String,
+    /// The price of one unit.
+    pub unit_price: Money,
+    /// Units in the workshop, reserved or not.
+    pub on_hand: u32,
+    /// Holds by order id.
+    pub reservations: BTreeMap<String, Reservation>,
+    /// Under this many available units, a `LowStockWarning` goes out.
+    pub low_stock_threshold: u32,
+    /// When stock was last replenished.
+    pub last_restock: Option<DateTime<Utc>>,
+    /// Units sold (reservations committed) since `tracking_since`.
+    pub sold: u32,
+    /// Since when sales are counted.
+    pub tracking_since: DateTime<Utc>,
+    /// Orders whose reservation was released or committed, newest last.
+    pub closed: VecDeque<String>,
+}
+
+/// What a reserve command did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reserved {
+    /// Units are now held.
+    New(Reservation),
+    /// The order holds them already (a redelivered command).
+    Again(Reservation),
+    /// Not enough units available.
+    Insufficient {
+        /// Units available.
+        available: u32,
+    },
+    /// The order's reservation was released or committed already: a stale command.
+    Closed,
+}
+
+/// A removal larger than the units not reserved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Insufficient {
+    /// Units that could be removed.
+    pub removable: u32,
+}
+
+impl Product {
+    /// A product with no stock.
+    pub fn new(
+        product_id: impl Into<String>,
+        name: impl Into<String>,
+        artisan_id: impl Into<String>,
+        category: impl Into<String>,
+        unit_price: Money,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Product {
+            product_id: product_id.into(),
+            name: name.into(),
+            artisan_id: artisan_id.into(),
+            category: category.into(),
+            unit_price,
+            on_hand: 0,
+            reservations: BTreeMap::new(),
+            low_stock_threshold: 5,
+            last_restock: None,
+            sold: 0,
+            tracking_since: now,
+            closed: VecDeque::new(),
+        }
+    }
+
+    /// Units held by reservations.
+    pub fn reserved(&self) -> u32 {
+        self.reservations.values().map(|r| r.quantity).sum()
+    }
+
+    /// Units others can still reserve.
+    pub fn available(&self) -> u32 {
+        self.on_hand.saturating_sub(self.reserved())
+    }
+
+    /// Holds `quantity` units for `order_id` until `expires_at`; once per order.
+    pub fn reserve(
+        &mut self,
+        order_id: &str,
+        quantity: u32,
+        expires_at: DateTime<Utc>,
+    ) -> Reserved {
+        if let Some(held) = self.reservations.get(order_id) {
+            return Reserved::Again(held.clone());
+        }
+        if self.closed.iter().any(|o| o == order_id) {
+            return Reserved::Closed;
+        }
+        let available = self.available();
+        if quantity == 0 || quantity > available {
+            return Reserved::Insufficient { available };
+        }
+        let reservation = Reservation {
+            reservation_id: format!("res-{order_id}-{}", self.product_id),
+            quantity,
+            expires_at,
+        };
+        self.reservations
+            .insert(order_id.to_owned(), reservation.clone());
+        Reserved::New(reservation)
+    }
+
+    /// Gives the order's held units back; `None` when it holds none.
+    pub fn release(&mut self, order_id: &str) -> Option<Reservation> {
+        let released = self.reservations.remove(order_id)?;
+        self.close(order_id);
+        Some(released)
+    }
+
+    /// The order is confirmed: its held units leave the stock for good.
+    pub fn commit(&mut self, order_id: &str) -> Option<Reservation> {
+        let committed = self.reservations.remove(order_id)?;
+        self.on_hand = self.on_hand.saturating_sub(committed.quantity);
+        self.sold = self.sold.saturating_add(committed.quantity);
+        self.close(order_id);
+        Some(committed)
+    }
+
+    /// Orders whose hold lapsed at `now`.
+    pub fn expired(&self, now: DateTime<Utc>) -> Vec<String> {
+        self.reservations
+            .iter()
+            .filter(|(_, r)| r.expires_at <= now)
+            .map(|(order, _)| order.clone())
+            .collect()
+    }
+
+    /// Adds (or, negative, removes) units on hand. Reserved units cannot be removed.
+    ///
+    /// # Errors
+    /// [`Insufficient`] when removing more than the units not reserved.
+    pub fn adjust(&mut self, delta: i64, now: DateTime<Utc>) -> Result<u32, Insufficient> {
+        let removable = self.available();
+        let next = i64::from(self.on_hand) + delta;
+        if delta < 0 && delta.unsigned_abs() > u64::from(removable) {
+            return Err(Insufficient { removable });
+        }
+        let previous = self.on_hand;
+        self.on_hand = u32::try_from(next).unwrap_or(u32::MAX);
+        if delta > 0 {
+            self.last_restock = Some(now);
+        }
+        Ok(previous)
+    }
+
+    /// Units sold per day since tracking began (at least one day counted).
+    pub fn daily_sales(&self, now: DateTime<Utc>) -> f64 {
+        let days = (now - self.tracking_since).num_seconds().max(86_400) as f64 / 86_400.0;
+        f64::from(self.sold) / days
+    }
+
+    fn close(&mut self, order_id: &str) {
+        self.closed.push_back(order_id.to_owned());
+        while self.closed.len() > CLOSED_MEMORY {
+            self.closed.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use a4co_events::Money;
+    use chrono::{Duration, Utc};
+
+    use super::{Product, Reserved};
+
+    fn bowl(on_hand: u32) -> Product {
+        let mut p = Product::new(
+            "bowl",
+            "Cuenco",
+            "art-1",
+            "ceramics",
+            Money::eur(3400),
+            Utc::now(),
+        );
+        p.on_hand = on_hand;
+        p
+    }
+
+    #[test]
+    fn a_reservation_is_made_once_per_order() {
+        let later = Utc::now() + Duration::minutes(30);
+        let mut p = bowl(3);
+        assert!(matches!(p.reserve("o1", 2, later), Reserved::New(_)));
+        assert!(matches!(p.reserve("o1", 2, later), Reserved::Again(_)));
+        assert_eq!(p.available(), 1);
+        assert_eq!(
+            p.reserve("o2", 2, later),
+            Reserved::Insufficient { available: 1 }
+        );
+        assert!(p.release("o1").is_some());
+        assert_eq!(
+            p.reserve("o1", 2, later),
+            Reserved::Closed,
+            "a stale redelivery"
+        );
+        assert_eq!(p.available(), 3);
+    }
+
+    #[test]
+    fn committing_takes_units_out_for_good() {
+        let mut p = bowl(3);
+        p.reserve("o1", 2, Utc::now());
+        assert_eq!(p.commit("o1").map(|r| r.quantity), Some(2));
+        assert_eq!((p.on_hand, p.available(), p.sold), (1, 1, 2));
+        assert_eq!(p.commit("o1"), None);
+    }
+
+    #[test]
+    fn reserved_units_cannot_be_adjusted_away() {
+        let mut p = bowl(3);
+        p.reserve("o1", 2, Utc::now());
+        assert_eq!(p.adjust(-2, Utc::now()).map_err(|e| e.removable), Err(1));
+        assert_eq!(p.adjust(-1, Utc::now()), Ok(3));
+        assert_eq!(p.adjust(10, Utc::now()), Ok(2));
+        assert_eq!(p.on_hand, 12);
+    }
+
+    #[test]
+    fn lapsed_holds_are_listed() {
+        let now = Utc::now();
+        let mut p = bowl(3);
+        p.reserve("old", 1, now - Duration::seconds(1));
+        p.reserve("new", 1, now + Duration::minutes(5));
+        assert_eq!(p.expired(now), vec!["old".to_owned()]);
+    }
+}

@@ -1,0 +1,13 @@
+//! inventory-service: `cargo run -p example-inventory-service` (see the library's docs for
+//! its settings).
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match inventory_service::run(service_kit::Env::from_process()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("inventory-service: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! inventory-service from the outside: its REST contract, and its answers to the saga's
+//! commands in memory and over a real nats-server.
+
+use std::time::Duration;
+
+use a4co_events::bus::Publisher;
+use a4co_events::catalog::inventory::{
+    InventoryAdjusted, LowStockWarning, ReleaseReason, ReleaseStock, ReserveStock, StockReleased,
+    StockReservationFailed, StockReserved,
+};
+use a4co_events::catalog::order::OrderConfirmed;
+use a4co_events::{AnyMessage, Envelope, Message, Money};
+use a4co_http::Client;
+use a4co_http::auth::{Issuer, Secret, Verifier};
+use a4co_testkit::bus::RecordingBus;
+use a4co_testkit::nats::NatsServer;
+use chrono::Utc;
+use inventory_service::http::{Availability, CheckResponse, StockView};
+use inventory_service::{Inventory, ProductDetails, Settings};
+use serde_json::json;
+use service_kit::{Bus, Records};
+
+fn secret() -> Secret {
+    Secret::new("test-secret-test-secret-test-secret!").unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn client(
+    inventory: &Inventory<impl Publisher + a4co_events::bus::Subscriber>,
+    permissions: &[&str],
+) -> Client {
+    let mut builder = Client::builder("inventory-service", "http://inventory.local")
+        .service(inventory.router(&Verifier::new(&secret())))
+        .retry(a4co_http::retry::never());
+    if !permissions.is_empty() {
+        builder = builder.service_auth(Issuer::new(
+            secret(),
+            "order-service",
+            permissions.iter().copied(),
+        ));
+    }
+    builder.build().unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn seeded(bus: RecordingBus, units: u32) -> Inventory<RecordingBus> {
+    let inventory = Inventory::new(bus, Records::memory(), Settings::default());
+    inventory
+        .put_product(ProductDetails::new(
+            "bowl",
+            "Cuenco verde",
+            "art-tito",
+            "ceramics",
+            Money::eur(3400),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    if units > 0 {
+        inventory
+            .restock("bowl", units, "test")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    inventory
+}
+
+fn reserve(order: &str, units: u32) -> Envelope<ReserveStock> {
+    let command = ReserveStock {
+        order_id: order.to_owned(),
+        quantity: units,
+        expires_at: Utc::now() + chrono::Duration::minutes(30),
+    };
+    Envelope::new("order-service", "bowl", command)
+}
+
+fn count<M: Message>(bus: &RecordingBus, pred: impl Fn(&Envelope<AnyMessage>) -> bool) -> usize {
+    bus.all_published()
+        .iter()
+        .filter(|e| e.event_type() == M::TYPE && pred(e))
+        .count()
+}
+
+#[tokio::test]
+async fn rest_contract() {
+    let bus = RecordingBus::new().await;
+    let inventory = seeded(bus.clone(), 12).await;
+    let reader = client(&inventory, &["inventory:read"]);
+    let writer = client(&inventory, &["inventory:read", "inventory:write"]);
+
+    let found: Availability = reader
+        .get_json("/api/v1/inventory/availability/bowl")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (found.available, found.in_stock, found.unit_price),
+        (12, true, Money::eur(3400))
+    );
+
+    let status =
+        |r: Result<a4co_http::Response, a4co_http::Error>| r.err().and_then(|e| e.status());
+    assert_eq!(
+        status(
+            reader
+                .get("/api/v1/inventory/availability/nope")
+                .send()
+                .await
+        ),
+        Some(404)
+    );
+    assert_eq!(
+        status(
+            reader
+                .get("/api/v1/inventory/availability/a.b")
+                .send()
+                .await
+        ),
+        Some(400)
+    );
+    assert_eq!(
+        status(
+            client(&inventory, &[])
+                .get("/api/v1/inventory/bowl")
+                .send()
+                .await
+        ),
+        Some(401)
+    );
+    let forbidden = reader
+        .post("/api/v1/inventory/bowl/adjust")
+        .json(&json!({"quantity": 1, "reason": "restock"}))
+        .send()
+        .await;
+    assert_eq!(status(forbidden), Some(403));
+
+    let checked: CheckResponse = reader
+        .post_json(
+            "/api/v1/inventory/check-availability",
+            &json!({"items": [{"productId": "bowl", "quantity": 12}, {"productId": "ghost", "quantity": 1}]}),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!checked.all_available);
+    assert!(checked.items[0].sufficient && !checked.items[1].known);
+    for bad in [
+        json!({"items": []}),
+        json!({"items": [{"productId": "bowl", "quantity": 0}]}),
+        json!({"items": "x"}),
+    ] {
+        let err = reader
+            .post("/api/v1/inventory/check-availability")
+            .json(&bad)
+            .send()
+            .await
+            .err();
+        assert_eq!(
+            err.as_ref().and_then(a4co_http::Error::status),
+            Some(400),
+            "{bad}"
+        );
+        assert!(
+            err.and_then(|e| e.body().map(str::to_owned))
+                .is_some_and(|b| b.contains("invalid-request"))
+        );
+    }
+
+    let removed_too_much = writer
+        .post("/api/v1/inventory/bowl/adjust")
+        .json(&json!({"quantity": -13, "reason": "damage"}))
+        .send()
+        .await;
+    assert_eq!(status(removed_too_much), Some(409));
+    let after: StockView = writer
+        .post_json(
+            "/api/v1/inventory/bowl/adjust",
+            &json!({"quantity": -8, "reason": "damage", "notes": "kiln"}),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((after.on_hand, after.available), (4, 4));
+    let adjusted = bus
+        .published::<InventoryAdjusted>()
+        .matching(|e| e.data.adjustment_quantity == -8)
+        .await;
+    assert_eq!(
+        adjusted.data.adjusted_by, "order-service",
+        "who adjusted comes from the token"
+    );
+    let warning = bus.published::<LowStockWarning>().await;
+    assert_eq!(
+        (warning.data.current_stock, warning.data.warning_threshold),
+        (4, 5)
+    );
+
+    let created: StockView = writer
+        .put_json(
+            "/api/v1/inventory/jar",
+            &json!({"name": "Tarro", "artisanId": "art-tito", "category": "ceramics", "unitPrice": {"amountMinor": 900, "currency": "EUR"}}),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((created.product_id.as_str(), created.on_hand), ("jar", 0));
+    let no_price = writer
+        .put("/api/v1/inventory/jar")
+        .json(&json!({"name": "Tarro", "artisanId": "art-tito", "category": "c", "unitPrice": {"amountMinor": 0, "currency": "EUR"}}))
+        .send()
+        .await;
+    assert_eq!(status(no_price), Some(400));
+}
+
+#[tokio::test]
+async fn reservations_are_made_once_whatever_the_redeliveries() {
+    let bus = RecordingBus::new().await;
+    let inventory = seeded(bus.clone(), 3).await;
+    let workers = inventory.start().await.unwrap_or_else(|e| panic!("{e}"));
+
+    let first = reserve("o-1", 2);
+    bus.publish(&first).await.ok();
+    let reserved = bus.published::<StockReserved>().await;
+    assert_eq!(reserved.data.remaining_stock, 1);
+    // The same command again (a redelivery past the dedup window has a new delivery, same
+    // content) and a second command for the same order: still one hold.
+    let again = reserve("o-1", 2);
+    bus.publish(&again).await.ok();
+    bus.published::<StockReserved>()
+        .matching(move |e| e.metadata.causation_id == again.event_id.to_string())
+        .await;
+    let failed = reserve("o-2", 2);
+    bus.publish(&failed).await.ok();
+    let refused = bus.published::<StockReservationFailed>().await;
+    assert_eq!(refused.data.failed_items[0].available_quantity, 1);
+    let product = inventory.product("bowl").await.ok().flatten();
+    assert_eq!(
+        product.as_ref().map(|p| (p.reserved(), p.available())),
+        Some((2, 1))
+    );
+
+    let release = ReleaseStock {
+        order_id: "o-1".into(),
+        reservation_id: reserved.data.reservation_id.clone(),
+        reason: ReleaseReason::PaymentFailed,
+    };
+    bus.publish(&Envelope::new("order-service", "bowl", release.clone()))
+        .await
+        .ok();
+    let released = bus.published::<StockReleased>().await;
+    assert_eq!(
+        (
+            released.data.quantity_released,
+            released.data.new_available_stock
+        ),
+        (2, 3)
+    );
+    // A release and a reserve arriving again after the release change nothing.
+    bus.publish(&Envelope::new("order-service", "bowl", release))
+        .await
+        .ok();
+    let late = reserve("o-1", 2);
+    let late_id = late.event_id;
+    bus.publish(&late).await.ok();
+    // One consumer, in order per product: once the last is handled, so are the others.
+    bus.consumed::<ReserveStock>()
+        .matching(move |e| e.event_id == late_id)
+        .await;
+    assert_eq!(count::<StockReleased>(&bus, |_| true), 1);
+    assert_eq!(
+        count::<StockReserved>(&bus, |_| true),
+        2,
+        "the first answer and its repeat only"
+    );
+    let product = inventory.product("bowl").await.ok().flatten();
+    assert_eq!(product.map(|p| (p.on_hand, p.available())), Some((3, 3)));
+    bus.assert_nothing_dead_lettered().await;
+    workers.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_confirmed_order_keeps_its_units_and_a_lapsed_hold_comes_back() {
+    let bus = RecordingBus::new().await;
+    let inventory = seeded(bus.clone(), 10).await;
+    let workers = inventory.start().await.unwrap_or_else(|e| panic!("{e}"));
+
+    bus.publish(&reserve("o-kept", 4)).await.ok();
+    let mut lapsing = reserve("o-lapsed", 3);
+    lapsing.data.expires_at = Utc::now() - chrono::Duration::seconds(1);
+    bus.publish(&lapsing).await.ok();
+    bus.published::<StockReserved>()
+        .matching(|e| e.data.order_id == "o-lapsed")
+        .await;
+    bus.published::<StockReserved>()
+        .matching(|e| e.data.order_id == "o-kept")
+        .await;
+
+    let released = inventory
+        .release_lapsed(Utc::now())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(released, 1);
+    let expired = bus.published::<StockReleased>().await;
+    assert_eq!(
+        (expired.data.order_id.as_str(), expired.data.reason),
+        ("o-lapsed", ReleaseReason::ReservationExpired)
+    );
+    assert_eq!(inventory.release_lapsed(Utc::now()).await.ok(), Some(0));
+
+    let confirmed = OrderConfirmed::example();
+    bus.publish(&Envelope::new("order-service", "o-kept", confirmed))
+        .await
+        .ok();
+    bus.consumed::<OrderConfirmed>().await;
+    let product = inventory
+        .product("bowl")
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("no bowl"));
+    assert_eq!(
+        (product.on_hand, product.reserved(), product.sold),
+        (6, 0, 4)
+    );
+    workers.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_instances_on_nats_never_oversell_and_a_restart_loses_nothing() {
+    let server = NatsServer::start();
+    let bus = Bus::connect(Some(&server.url()), "inventory-test")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let open = || async {
+        let records = Records::open(&bus, "inventory")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        Inventory::new(bus.clone(), records, Settings::default())
+    };
+    let (one, two) = (open().await, open().await);
+    one.put_product(ProductDetails::new(
+        "bowl",
+        "Cuenco",
+        "art-tito",
+        "ceramics",
+        Money::eur(3400),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    one.restock("bowl", 10, "test")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (answers, listening) = Answers::listen(&bus).await;
+    let (w1, w2) = (
+        one.start().await.unwrap_or_else(|e| panic!("{e}")),
+        two.start().await.unwrap_or_else(|e| panic!("{e}")),
+    );
+
+    let commands: Vec<_> = (0..20).map(|i| reserve(&format!("o-{i}"), 1)).collect();
+    for command in &commands {
+        bus.publish(command).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    // Every command answered once, across the two instances.
+    assert_eq!(answers.wait(20).await, (10, 10), "(reserved, failed)");
+    let product = one
+        .product("bowl")
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("no bowl"));
+    assert_eq!((product.reserved(), product.available()), (10, 0));
+
+    // A crash, then redeliveries of every command to a fresh instance: nothing changes.
+    w1.abort().await;
+    w2.abort().await;
+    let three = open().await;
+    let w3 = three.start().await.unwrap_or_else(|e| panic!("{e}"));
+    for command in &commands {
+        let again = command.clone().with_event_id(a4co_events::EventId::new());
+        bus.publish(&again).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    // Every command is answered again, the same way.
+    answers.wait(40).await;
+    let product = three
+        .product("bowl")
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("no bowl"));
+    assert_eq!(
+        (product.on_hand, product.reserved()),
+        (10, 10),
+        "no hold made or lost"
+    );
+    w3.shutdown().await;
+    listening.shutdown().await;
+}
+
+/// Counts the answers the bus carries (each event id once): (reserved, failed).
+#[derive(Clone, Default)]
+struct Answers(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, bool>>>);
+
+impl Answers {
+    async fn listen(bus: &Bus) -> (Self, a4co_events::bus::SubscriptionHandle) {
+        use a4co_events::bus::{Subscriber, Subscription};
+        let answers = Answers::default();
+        let seen = answers.clone();
+        let handle = bus
+            .subscribe(
+                Subscription::new("test", "answers")
+                    .to::<StockReserved>()
+                    .to::<StockReservationFailed>(),
+                move |e: Envelope<AnyMessage>, _| {
+                    let seen = seen.clone();
+                    async move {
+                        let ok = matches!(e.data, AnyMessage::StockReserved(_));
+                        seen.0
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(e.event_id.to_string(), ok);
+                        Ok(())
+                    }
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        (answers, handle)
+    }
+
+    /// Waits until `n` answers arrived (at most 20 s): (reserved, failed).
+    async fn wait(&self, n: usize) -> (usize, usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (ok, failed) = {
+                let seen = self
+                    .0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let ok = seen.values().filter(|ok| **ok).count();
+                (ok, seen.len() - ok)
+            };
+            if ok + failed >= n || tokio::time::Instant::now() > deadline {
+                return (ok, failed);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Operating a service: logs, metrics, `/health`, `/metrics`, serving and shutting down.
+//!
+//! - **Logs**: `tracing` events as JSON lines (`A4CO_LOG_FORMAT=text` for people), filtered
+//!   by `RUST_LOG` (default `info`). Handlers log inside [`message_span`] and HTTP requests
+//!   inside [`request_span`]'s span, so every line carries the trace id.
+//! - **Metrics**: the SDK's OpenTelemetry instruments (the design-v2 names) on a meter
+//!   provider whose reader is a Prometheus registry, served as text at `/metrics`.
+//! - **Health**: `/health` answers 200 while the bus is connected, 503 (with why) when not.
+
+use std::future::Future;
+use std::sync::OnceLock;
+
+use a4co_events::{AnyMessage, Envelope};
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+use crate::bus::Bus;
+
+/// The process's logging and metrics, set up once by [`init`].
+#[derive(Debug)]
+pub struct Telemetry {
+    registry: prometheus::Registry,
+    _provider: opentelemetry_sdk::metrics::SdkMeterProvider,
+}
+
+static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
+
+/// Sets up logs (`default_filter` unless `RUST_LOG` says otherwise) and the global meter
+/// provider behind `/metrics`. Call it first, before creating the bus (the bus creates its
+/// instruments on the global provider). Later calls return the first setup: several services
+/// in one process (the demo) share it.
+pub fn init(default_filter: &str) -> &'static Telemetry {
+    TELEMETRY.get_or_init(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+        let text = std::env::var("A4CO_LOG_FORMAT").is_ok_and(|f| f == "text");
+        let registry = tracing_subscriber::registry().with(filter);
+        // Another subscriber may be installed already (tests): then logs go there.
+        let _ = if text {
+            registry
+                .with(tracing_subscriber::fmt::layer().with_target(false))
+                .try_init()
+        } else {
+            registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .json()
+                        .flatten_event(true)
+                        .with_current_span(true)
+                        .with_span_list(false),
+                )
+                .try_init()
+        };
+        let registry = prometheus::Registry::new();
+        let provider = match opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .build()
+        {
+            Ok(exporter) => opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+                .with_reader(exporter)
+                .build(),
+            Err(e) => {
+                tracing::error!(error = %e, "the Prometheus exporter failed; /metrics stays empty");
+                opentelemetry_sdk::metrics::SdkMeterProvider::builder().build()
+            }
+        };
+        opentelemetry::global::set_meter_provider(provider.clone());
+        Telemetry {
+            registry,
+            _provider: provider,
+        }
+    })
+}
+
+impl Telemetry {
+    /// Every metric, in the Prometheus text format.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder as _;
+        let mut out = Vec::new();
+        if let Err(e) = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "encoding the metrics failed");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// The span to handle `message` in: its type, aggregate, correlation id and trace id show
+/// on every log line written inside.
+pub fn message_span(message: &Envelope<AnyMessage>) -> tracing::Span {
+    let trace_id = message
+        .trace
+        .as_ref()
+        .map(|t| t.trace_id().to_owned())
+        .unwrap_or_default();
+    tracing::info_span!(
+        "message",
+        r#type = message.event_type(),
+        aggregate = %message.aggregate_id,
+        correlation_id = %message.metadata.correlation_id,
+        trace_id = %trace_id,
+    )
+}
+
+/// Middleware: each request runs in a span with its method, path and trace id (from the
+/// caller's `traceparent`, or a new one), and the answer carries the trace id back in
+/// `x-trace-id`.
+pub async fn request_span(request: Request, next: Next) -> Response {
+    use tracing::Instrument as _;
+    let trace_id = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1))
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map_or_else(new_trace_id, str::to_owned);
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        trace_id = %trace_id,
+    );
+    let mut response = next.run(request).instrument(span).await;
+    if let Ok(value) = HeaderValue::from_str(&trace_id) {
+        response.headers_mut().insert("x-trace-id", value);
+    }
+    response
+}
+
+fn new_trace_id() -> String {
+    format!("{:032x}", fastrand::u128(1..))
+}
+
+/// `/health` and `/metrics`, to merge into a service's router.
+pub fn routes(bus: Bus) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(bus)
+}
+
+async fn health(State(bus): State<Bus>) -> Response {
+    let kind = bus.kind();
+    match bus.check() {
+        Ok(()) => axum::Json(serde_json::json!({"status": "ok", "bus": kind})).into_response(),
+        Err(detail) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "unavailable", "bus": kind, "detail": detail})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics() -> Response {
+    let body = TELEMETRY.get().map(Telemetry::render).unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets requests in flight
+/// finish.
+///
+/// # Errors
+/// Accepting connections failed.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds `addr`, serves `router` with `/health`, `/metrics` and request spans added, until
+/// Ctrl-C or SIGTERM; then stops `workers` gracefully.
+///
+/// # Errors
+/// The address cannot be bound (the message names it), or serving failed.
+pub async fn serve_until_signal(
+    service: &str,
+    addr: std::net::SocketAddr,
+    bus: Bus,
+    router: Router,
+    workers: crate::Workers,
+) -> Result<(), crate::ConfigError> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        crate::ConfigError::new(format!(
+            "{service} cannot listen on {addr}: {e} (set another address)"
+        ))
+    })?;
+    let kind = bus.kind();
+    let router = router
+        .merge(routes(bus))
+        .layer(axum::middleware::from_fn(request_span));
+    tracing::info!(%addr, bus = kind, "{service} listening");
+    let served = serve(listener, router, shutdown_signal()).await;
+    workers.shutdown().await;
+    served.map_err(|e| crate::ConfigError::new(format!("{service} stopped serving: {e}")))
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,310 @@
+//! A service's own state: JSON records under keys, each with a revision, written with
+//! compare-and-swap. On NATS they live in a JetStream KV bucket (so every instance of the
+//! service shares them and a restart finds them); in memory otherwise.
+//!
+//! [`Records::modify`] is the one way to change a record safely under concurrency: it reads,
+//! lets a closure decide, writes only if nobody wrote since, and retries otherwise.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use futures::TryStreamExt as _;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::bus::Bus;
+
+/// A record and the revision it was read at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned<T> {
+    /// The record.
+    pub value: T,
+    /// Its revision: pass it back to write over exactly this version.
+    pub revision: u64,
+}
+
+/// Reading or writing a record failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordsError {
+    /// Someone wrote the record since it was read (retry from the read).
+    #[error("record {0:?} changed since it was read")]
+    Conflict(String),
+    /// The key has characters a KV key cannot hold.
+    #[error("{0:?} is not a record key (letters, digits, - _ . = / only)")]
+    InvalidKey(String),
+    /// The stored bytes are not the record type (a bug, or another writer).
+    #[error("record {key:?} is unreadable: {source}")]
+    Corrupt {
+        /// The record.
+        key: String,
+        /// What serde said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The store cannot be reached (retry later).
+    #[error("records unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Clone, Debug)]
+enum Inner {
+    Memory(Arc<Mutex<BTreeMap<String, (Bytes, u64)>>>),
+    Nats(Box<kv::Store>),
+}
+
+/// JSON records with compare-and-swap; a cheap `Clone` handle.
+#[derive(Clone, Debug)]
+pub struct Records {
+    inner: Inner,
+}
+
+/// How many times [`Records::modify`] retries a write that lost a race.
+const MAX_CONFLICTS: usize = 64;
+
+impl Records {
+    /// Empty records in memory.
+    pub fn memory() -> Self {
+        Records {
+            inner: Inner::Memory(Arc::default()),
+        }
+    }
+
+    /// The records of `bucket`: a JetStream KV bucket (created if missing, file storage)
+    /// when `bus` is NATS, else empty records in memory.
+    ///
+    /// # Errors
+    /// The bucket cannot be opened or created.
+    pub async fn open(bus: &Bus, bucket: &str) -> Result<Self, RecordsError> {
+        let Bus::Nats(bus) = bus else {
+            return Ok(Records::memory());
+        };
+        let js = bus.transport().jetstream();
+        let store = match js.get_key_value(bucket).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: bucket.to_owned(),
+                    history: 1,
+                    storage: async_nats::jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| RecordsError::Unavailable(format!("bucket {bucket}: {e}")))?,
+        };
+        Ok(Records {
+            inner: Inner::Nats(Box::new(store)),
+        })
+    }
+
+    /// The record under `key`, if any.
+    ///
+    /// # Errors
+    /// [`RecordsError`]: a bad key, unreadable bytes, an unreachable store.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<Versioned<T>>, RecordsError> {
+        check_key(key)?;
+        let raw = match &self.inner {
+            Inner::Memory(map) => lock(map).get(key).cloned(),
+            Inner::Nats(store) => store
+                .entry(key)
+                .await
+                .map_err(|e| RecordsError::Unavailable(e.to_string()))?
+                .filter(|e| e.operation == kv::Operation::Put)
+                .map(|e| (e.value, e.revision)),
+        };
+        raw.map(|(bytes, revision)| decode(key, &bytes).map(|value| Versioned { value, revision }))
+            .transpose()
+    }
+
+    /// Writes `value` under `key` if the record is still at `expected` (`None`: only if
+    /// there is none) and returns the new revision.
+    ///
+    /// # Errors
+    /// [`RecordsError::Conflict`] when someone wrote it since; the others as [`Records::get`].
+    pub async fn put<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        expected: Option<u64>,
+    ) -> Result<u64, RecordsError> {
+        check_key(key)?;
+        let bytes =
+            Bytes::from(
+                serde_json::to_vec(value).map_err(|source| RecordsError::Corrupt {
+                    key: key.to_owned(),
+                    source,
+                })?,
+            );
+        match &self.inner {
+            Inner::Memory(map) => {
+                let mut map = lock(map);
+                let current = map.get(key).map(|(_, revision)| *revision);
+                if current != expected {
+                    return Err(RecordsError::Conflict(key.to_owned()));
+                }
+                let revision = current.unwrap_or(0) + 1;
+                map.insert(key.to_owned(), (bytes, revision));
+                Ok(revision)
+            }
+            Inner::Nats(store) => match expected {
+                None => store.create(key, bytes).await.map_err(|e| {
+                    if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                        RecordsError::Conflict(key.to_owned())
+                    } else {
+                        RecordsError::Unavailable(e.to_string())
+                    }
+                }),
+                Some(revision) => store.update(key, bytes, revision).await.map_err(|e| {
+                    if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                        RecordsError::Conflict(key.to_owned())
+                    } else {
+                        RecordsError::Unavailable(e.to_string())
+                    }
+                }),
+            },
+        }
+    }
+
+    /// Reads the record under `key`, lets `decide` look at it and return the new record
+    /// (`None`: leave it as it is) plus an answer, writes the new record if nobody wrote
+    /// since the read, and retries from the read if somebody did. `decide` may run more
+    /// than once: keep its side effects out of it.
+    ///
+    /// # Errors
+    /// As [`Records::put`]; [`RecordsError::Conflict`] only after many lost races in a row.
+    pub async fn modify<T, R>(
+        &self,
+        key: &str,
+        mut decide: impl FnMut(Option<&T>) -> (Option<T>, R),
+    ) -> Result<R, RecordsError>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        for _ in 0..MAX_CONFLICTS {
+            let current = self.get::<T>(key).await?;
+            let (next, answer) = decide(current.as_ref().map(|v| &v.value));
+            let Some(next) = next else {
+                return Ok(answer);
+            };
+            match self.put(key, &next, current.map(|v| v.revision)).await {
+                Ok(_) => return Ok(answer),
+                Err(RecordsError::Conflict(_)) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        Err(RecordsError::Conflict(key.to_owned()))
+    }
+
+    /// Every record whose key starts with `prefix`, by key (for small sets: listings, the
+    /// demo's summary).
+    ///
+    /// # Errors
+    /// As [`Records::get`].
+    pub async fn all<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>, RecordsError> {
+        let entries: Vec<(String, Bytes)> = match &self.inner {
+            Inner::Memory(map) => lock(map)
+                .range(prefix.to_owned()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, (bytes, _))| (k.clone(), bytes.clone()))
+                .collect(),
+            Inner::Nats(store) => {
+                let keys: Vec<String> = match store.keys().await {
+                    Ok(keys) => keys
+                        .try_collect()
+                        .await
+                        .map_err(|e| RecordsError::Unavailable(e.to_string()))?,
+                    Err(e) => return Err(RecordsError::Unavailable(e.to_string())),
+                };
+                let mut entries = Vec::with_capacity(keys.len());
+                for key in keys.into_iter().filter(|k| k.starts_with(prefix)) {
+                    if let Some(bytes) = store
+                        .get(&key)
+                        .await
+                        .map_err(|e| RecordsError::Unavailable(e.to_string()))?
+                    {
+                        entries.push((key, bytes));
+                    }
+                }
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                entries
+            }
+        };
+        entries
+            .into_iter()
+            .map(|(key, bytes)| decode(&key, &bytes).map(|value| (key, value)))
+            .collect()
+    }
+}
+
+fn check_key(key: &str) -> Result<(), RecordsError> {
+    let ok = !key.is_empty()
+        && !key.starts_with('.')
+        && !key.ends_with('.')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.=/".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(RecordsError::InvalidKey(key.to_owned()))
+    }
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, RecordsError> {
+    serde_json::from_slice(bytes).map_err(|source| RecordsError::Corrupt {
+        key: key.to_owned(),
+        source,
+    })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Records, RecordsError};
+
+    #[tokio::test]
+    async fn a_stale_write_conflicts_and_modify_retries_it() {
+        let records = Records::memory();
+        let first = records.put("k", &1_u32, None).await.unwrap_or_default();
+        assert!(matches!(
+            records.put("k", &5_u32, None).await,
+            Err(RecordsError::Conflict(_))
+        ));
+        records.put("k", &2_u32, Some(first)).await.ok();
+        assert!(matches!(
+            records.put("k", &3_u32, Some(first)).await,
+            Err(RecordsError::Conflict(_))
+        ));
+        let seen = records
+            .modify("k", |n: Option<&u32>| (n.map(|n| n * 10), n.copied()))
+            .await
+            .ok()
+            .flatten();
+        assert_eq!(seen, Some(2));
+        let stored = records.get::<u32>("k").await.ok().flatten();
+        assert_eq!(stored.map(|v| (v.value, v.revision)), Some((20, 3)));
+    }
+
+    #[tokio::test]
+    async fn bad_keys_are_refused() {
+        let records = Records::memory();
+        assert!(matches!(
+            records.put("a b", &1_u8, None).await,
+            Err(RecordsError::InvalidKey(_))
+        ));
+        assert!(matches!(
+            records.get::<u8>("").await,
+            Err(RecordsError::InvalidKey(_))
+        ));
+    }
+}

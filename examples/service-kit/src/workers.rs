@@ -1,0 +1,107 @@
+//! What a started service runs in the background (its subscriptions, periodic tasks, a saga
+//! runtime), stopped together: gracefully, draining work in flight, or at once, as a crash.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use a4co_events::bus::SubscriptionHandle;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+type Stopper = Box<dyn FnOnce(bool) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// A service's background work.
+#[derive(Default)]
+pub struct Workers {
+    subscriptions: Vec<SubscriptionHandle>,
+    tasks: Vec<JoinHandle<()>>,
+    stoppers: Vec<Stopper>,
+    stop: Option<watch::Sender<bool>>,
+}
+
+impl fmt::Debug for Workers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Workers")
+            .field("subscriptions", &self.subscriptions.len())
+            .field("tasks", &self.tasks.len())
+            .field("others", &self.stoppers.len())
+            .finish()
+    }
+}
+
+impl Workers {
+    /// Nothing running yet.
+    pub fn new() -> Self {
+        Workers::default()
+    }
+
+    /// Adds a subscription.
+    pub fn subscription(&mut self, handle: SubscriptionHandle) {
+        self.subscriptions.push(handle);
+    }
+
+    /// Runs `work` every `period` until the workers stop (a stop waits for a run under way).
+    pub fn every<F, Fut>(&mut self, period: Duration, work: F)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let mut stopped = self
+            .stop
+            .get_or_insert_with(|| watch::channel(false).0)
+            .subscribe();
+        self.tasks.push(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => work().await,
+                    _ = stopped.changed() => return,
+                }
+            }
+        }));
+    }
+
+    /// Adds something else with its own stop: `stop(true)` stops it gracefully,
+    /// `stop(false)` at once.
+    pub fn other<F, Fut>(&mut self, stop: F)
+    where
+        F: FnOnce(bool) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.stoppers
+            .push(Box::new(move |graceful| Box::pin(stop(graceful))));
+    }
+
+    /// Stops taking new work, lets the work under way finish, and returns when all did.
+    pub async fn shutdown(self) {
+        if let Some(stop) = &self.stop {
+            let _ = stop.send(true);
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        for stopper in self.stoppers {
+            stopper(true).await;
+        }
+        for handle in self.subscriptions {
+            handle.shutdown().await;
+        }
+    }
+
+    /// Stops everything at once, as a crash would (work under way is abandoned and will
+    /// be redelivered).
+    pub async fn abort(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for stopper in self.stoppers {
+            stopper(false).await;
+        }
+        for handle in self.subscriptions {
+            handle.abort();
+        }
+    }
+}
