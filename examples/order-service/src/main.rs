@@ -1,0 +1,13 @@
+//! order-service: `cargo run -p example-order-service` (see the library's docs for
+//! its settings).
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match order_service::run(service_kit::Env::from_process()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("order-service: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
