@@ -1,0 +1,312 @@
+//! **notification-service**, the a4co reference service that tells people what happened:
+//! it subscribes to every event the design documents list for it (taken from the catalog's
+//! subscriber tables), renders the e-mail, SMS or push message it would send
+//! ([`render::draft`]), writes it to the log, keeps it queryable, and publishes
+//! `notification.sent`. One notification per event, whatever the redeliveries.
+//!
+//! Run it with `cargo run -p example-notification-service` (in memory), or with
+//! `NATS_URL=nats://127.0.0.1:4222` (notifications in the KV bucket `notifications`). It
+//! needs `SERVICE_JWT_SECRET`.
+//!
+//! | REST (service JWT) | permission |
+//! |---|---|
+//! | `GET /api/v1/notifications?recipient=&orderId=&type=&limit=` | `notification:read` |
+//!
+//! ```
+//! use a4co_events::bus::Publisher;
+//! use a4co_events::catalog::order::OrderCreated;
+//! use a4co_events::{Envelope, Message};
+//! use notification_service::Notifications;
+//! use service_kit::{Bus, Records};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let bus = Bus::connect(None, "notification-service").await?;
+//! let notifications = Notifications::new(bus.clone(), Records::memory());
+//! let workers = notifications.start().await?;
+//! bus.publish(&Envelope::new("order-service", "ord-1", OrderCreated::example())).await?;
+//! # let mut sent = Vec::new();
+//! # for _ in 0..200 {
+//! #     sent = notifications.list(&Default::default()).await?;
+//! #     if !sent.is_empty() { break; }
+//! #     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+//! # }
+//! assert_eq!(sent[0].template, "order-received");
+//! workers.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+pub mod render;
+
+use a4co_events::bus::{DeliveryInfo, HandlerError, Publisher, Subscriber, Subscription};
+use a4co_events::catalog::notification::{Channel, DeliveryStatus, NotificationSent};
+use a4co_events::{AnyMessage, Envelope};
+use a4co_http::auth::{Verifier, require};
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use service_kit::bus::reply_to;
+use service_kit::{ApiError, ConfigError, Env, Records, RecordsError, Workers, is_valid_id};
+use tracing::Instrument as _;
+
+pub use config::Config;
+use render::{Draft, Recipient};
+
+/// The service's name on the bus and in tokens.
+pub const NAME: &str = "notification-service";
+
+/// After this many deliveries, an event whose order's customer is still unknown is sent to
+/// the order instead (its `order.created` may never come).
+const WAIT_FOR_CUSTOMER_ATTEMPTS: u64 = 3;
+
+/// A notification, as sent (to the log) and as served.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    /// `ntf-<event id>`.
+    pub notification_id: String,
+    /// The event it tells of.
+    pub event_id: String,
+    /// That event's type.
+    pub event_type: String,
+    /// Who it was for.
+    pub recipient: String,
+    /// How.
+    pub channel: Channel,
+    /// The template.
+    pub template: String,
+    /// The subject line.
+    pub subject: String,
+    /// The text.
+    pub body: String,
+    /// The order it is about, if any.
+    pub order_id: Option<String>,
+    /// When it was sent.
+    pub sent_at: DateTime<Utc>,
+}
+
+/// Filters of [`Notifications::list`] (all optional).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Filter {
+    /// Only for this recipient.
+    pub recipient: Option<String>,
+    /// Only about this order.
+    pub order_id: Option<String>,
+    /// Only of this template (`type` in the query).
+    #[serde(rename = "type")]
+    pub template: Option<String>,
+    /// At most this many, newest first (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// The service over a bus and its records; a cheap `Clone` handle.
+#[derive(Clone, Debug)]
+pub struct Notifications<B> {
+    bus: B,
+    records: Records,
+}
+
+impl<B: Publisher + Subscriber> Notifications<B> {
+    /// The service on `bus`, keeping notifications in `records`.
+    pub fn new(bus: B, records: Records) -> Self {
+        Notifications { bus, records }
+    }
+
+    /// The subscription: every message type whose catalog entry names this service.
+    pub fn subscription() -> Subscription {
+        a4co_events::catalog::MESSAGES
+            .iter()
+            .filter(|m| m.latest && m.subscribers.contains(&NAME))
+            .fold(Subscription::new(NAME, "events"), |s, m| {
+                s.subject(m.subject())
+            })
+    }
+
+    /// Subscribes.
+    ///
+    /// # Errors
+    /// Subscribing failed.
+    pub async fn start(&self) -> Result<Workers, a4co_events::bus::SubscribeError> {
+        let me = self.clone();
+        let handle = self
+            .bus
+            .subscribe(
+                Self::subscription(),
+                move |event: Envelope<AnyMessage>, delivery: DeliveryInfo| {
+                    let me = me.clone();
+                    async move {
+                        let span = service_kit::ops::message_span(&event);
+                        me.handle(&event, &delivery).instrument(span).await
+                    }
+                },
+            )
+            .await?;
+        let mut workers = Workers::new();
+        workers.subscription(handle);
+        Ok(workers)
+    }
+
+    async fn handle(
+        &self,
+        event: &Envelope<AnyMessage>,
+        delivery: &DeliveryInfo,
+    ) -> Result<(), HandlerError> {
+        if let AnyMessage::OrderCreated(created) = &event.data
+            && is_valid_id(&event.aggregate_id)
+        {
+            let customer = created.customer_id.clone();
+            self.records
+                .modify(
+                    &format!("customer-of.{}", event.aggregate_id),
+                    |known: Option<&String>| (known.is_none().then(|| customer.clone()), ()),
+                )
+                .await?;
+        }
+        let Some(draft) = render::draft(event) else {
+            return Ok(());
+        };
+        let key = format!("notification.{}", event.event_id);
+        let recipient = self.recipient(&draft, delivery.attempt).await?;
+        let notification = Notification {
+            notification_id: format!("ntf-{}", event.event_id),
+            event_id: event.event_id.to_string(),
+            event_type: event.event_type().to_owned(),
+            recipient,
+            channel: draft.channel,
+            template: draft.template.to_owned(),
+            subject: draft.subject,
+            body: draft.body,
+            order_id: draft.order_id,
+            sent_at: Utc::now(),
+        };
+        let (sent, first) = self
+            .records
+            .modify(&key, |existing: Option<&Notification>| match existing {
+                Some(existing) => (None, (existing.clone(), false)),
+                None => (Some(notification.clone()), (notification.clone(), true)),
+            })
+            .await?;
+        if first {
+            tracing::info!(
+                recipient = %sent.recipient,
+                channel = ?sent.channel,
+                template = %sent.template,
+                subject = %sent.subject,
+                body = %sent.body,
+                "notification sent"
+            );
+        }
+        let announced = NotificationSent {
+            recipient: sent.recipient.clone(),
+            notification_type: sent.template.clone(),
+            channel: Some(sent.channel),
+            status: DeliveryStatus::Sent,
+        };
+        self.bus
+            .publish(&reply_to(
+                event,
+                NAME,
+                &sent.notification_id,
+                announced,
+                "sent",
+            ))
+            .await
+            .map_err(HandlerError::retryable)?;
+        Ok(())
+    }
+
+    async fn recipient(&self, draft: &Draft, attempt: u64) -> Result<String, HandlerError> {
+        match &draft.recipient {
+            Recipient::Direct(to) => Ok(to.clone()),
+            Recipient::CustomerOf(order) => {
+                let known = if is_valid_id(order) {
+                    self.records
+                        .get::<String>(&format!("customer-of.{order}"))
+                        .await?
+                        .map(|v| v.value)
+                } else {
+                    None
+                };
+                match known {
+                    Some(customer) => Ok(customer),
+                    // The order's creation travels on another stream and may come later.
+                    None if attempt < WAIT_FOR_CUSTOMER_ATTEMPTS => Err(HandlerError::retryable(
+                        format!("the customer of order {order} is not known yet"),
+                    )),
+                    None => Ok(format!("order:{order}")),
+                }
+            }
+        }
+    }
+
+    /// Notifications sent, newest first.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn list(&self, filter: &Filter) -> Result<Vec<Notification>, RecordsError> {
+        let mut all: Vec<Notification> = self
+            .records
+            .all::<Notification>("notification.")
+            .await?
+            .into_iter()
+            .map(|(_, n)| n)
+            .filter(|n| filter.recipient.as_ref().is_none_or(|r| *r == n.recipient))
+            .filter(|n| filter.order_id.is_none() || filter.order_id == n.order_id)
+            .filter(|n| filter.template.as_ref().is_none_or(|t| *t == n.template))
+            .collect();
+        all.sort_by_key(|n| std::cmp::Reverse(n.sent_at));
+        all.truncate(filter.limit.unwrap_or(100).min(1000));
+        Ok(all)
+    }
+
+    /// The REST routes, checking service tokens with `verifier`.
+    pub fn router(&self, verifier: &Verifier) -> Router {
+        Router::new()
+            .route("/api/v1/notifications", get(list::<B>))
+            .route_layer(require(verifier, "notification:read"))
+            .with_state(self.clone())
+    }
+}
+
+async fn list<B: Publisher + Subscriber>(
+    State(notifications): State<Notifications<B>>,
+    query: Result<Query<Filter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<Notification>>, ApiError> {
+    let Query(filter) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if filter.limit == Some(0) {
+        return Err(ApiError::bad_request("limit must be at least 1"));
+    }
+    Ok(Json(notifications.list(&filter).await?))
+}
+
+/// Runs the service until Ctrl-C or SIGTERM.
+///
+/// # Errors
+/// A bad setting, an unreachable NATS, an address in use: the message says what to fix.
+pub async fn run(env: Env) -> Result<(), ConfigError> {
+    service_kit::ops::init("info");
+    let config = Config::from_env(&env)?;
+    let bus = service_kit::Bus::connect(config.nats_url.as_deref(), NAME).await?;
+    let records = Records::open(&bus, "notifications")
+        .await
+        .map_err(|e| ConfigError::new(e.to_string()))?;
+    let notifications = Notifications::new(bus.clone(), records);
+    let workers = notifications
+        .start()
+        .await
+        .map_err(|e| ConfigError::new(format!("subscribing: {e}")))?;
+    let verifier = Verifier::new(&config.secret);
+    service_kit::ops::serve_until_signal(
+        NAME,
+        config.http_addr,
+        bus,
+        notifications.router(&verifier),
+        workers,
+    )
+    .await
+}

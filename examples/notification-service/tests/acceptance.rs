@@ -1,0 +1,143 @@
+//! notification-service from the outside: one notification per event, to the right
+//! person, queryable over REST.
+
+use std::time::Duration;
+
+use a4co_events::bus::Publisher;
+use a4co_events::catalog::notification::NotificationSent;
+use a4co_events::catalog::order::{OrderConfirmed, OrderCreated, OrderStatusChanged};
+use a4co_events::catalog::payment::PaymentFailed;
+use a4co_events::{Envelope, EventId, Message};
+use a4co_http::Client;
+use a4co_http::auth::{Issuer, Secret, Verifier};
+use a4co_testkit::bus::RecordingBus;
+use notification_service::{Filter, Notification, Notifications};
+use service_kit::Records;
+
+fn secret() -> Secret {
+    Secret::new("test-secret-test-secret-test-secret!").unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn every_event_is_told_once_to_its_customer() {
+    let bus = RecordingBus::new().await;
+    let notifications = Notifications::new(bus.clone(), Records::memory());
+    let workers = notifications
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let created = Envelope::new("order-service", "ord-9", OrderCreated::example());
+    bus.publish(&created).await.ok();
+    bus.published::<NotificationSent>()
+        .matching(|e| e.data.notification_type == "order-received")
+        .await;
+    let confirmed = Envelope::new("order-service", "ord-9", OrderConfirmed::example());
+    bus.publish(&confirmed).await.ok();
+    // A redelivery of the same event under a new delivery (same event id: the broker
+    // dedups it; a new id is a new event and is told again).
+    bus.publish(&confirmed).await.ok();
+    let mut failed = PaymentFailed::example();
+    failed.order_id = "ord-9".into();
+    bus.publish(&Envelope::new("payment-service", "txn-ord-9", failed))
+        .await
+        .ok();
+    bus.publish(&Envelope::new(
+        "order-service",
+        "ord-9",
+        OrderStatusChanged::example(),
+    ))
+    .await
+    .ok();
+    let sms = bus
+        .published::<NotificationSent>()
+        .matching(|e| e.data.notification_type == "payment-failed")
+        .await;
+    assert_eq!(
+        sms.data.recipient, "user-4711",
+        "the customer of ord-9, from its order.created"
+    );
+    bus.published::<NotificationSent>()
+        .matching(|e| e.data.notification_type == "order-confirmed")
+        .await;
+
+    let sent = notifications
+        .list(&Filter::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut templates: Vec<_> = sent.iter().map(|n| n.template.as_str()).collect();
+    templates.sort_unstable();
+    assert_eq!(
+        templates,
+        ["order-confirmed", "order-received", "payment-failed"],
+        "nothing for a status change"
+    );
+    assert!(
+        sent.iter()
+            .all(|n| n.recipient == "user-4711" && n.order_id.as_deref() == Some("ord-9"))
+    );
+
+    let client = |permissions: &[&str]| {
+        let mut builder = Client::builder("notification-service", "http://in-process")
+            .service(notifications.router(&Verifier::new(&secret())))
+            .retry(a4co_http::retry::never());
+        if !permissions.is_empty() {
+            builder =
+                builder.service_auth(Issuer::new(secret(), "ops", permissions.iter().copied()));
+        }
+        builder.build().unwrap_or_else(|e| panic!("{e}"))
+    };
+    let reader = client(&["notification:read"]);
+    let found: Vec<Notification> = reader
+        .get_json("/api/v1/notifications?orderId=ord-9&type=payment-failed")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(found.len(), 1);
+    assert!(
+        found[0].body.contains("Revisa tu método de pago"),
+        "{}",
+        found[0].body
+    );
+    let bad = reader
+        .get("/api/v1/notifications?limit=lots")
+        .send()
+        .await
+        .err()
+        .and_then(|e| e.status());
+    assert_eq!(bad, Some(400));
+    let anonymous = client(&[])
+        .get("/api/v1/notifications")
+        .send()
+        .await
+        .err()
+        .and_then(|e| e.status());
+    assert_eq!(anonymous, Some(401));
+    workers.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_event_whose_customer_never_shows_goes_to_the_order() {
+    let bus = RecordingBus::new().await;
+    let notifications = Notifications::new(bus.clone(), Records::memory());
+    let workers = notifications
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut confirmed = Envelope::new("order-service", "ord-orphan", OrderConfirmed::example());
+    confirmed.event_id = EventId::new();
+    bus.publish(&confirmed).await.ok();
+    let told = bus
+        .published::<NotificationSent>()
+        .within(Duration::from_secs(15))
+        .await;
+    assert_eq!(told.data.recipient, "order:ord-orphan");
+    bus.assert_nothing_dead_lettered().await;
+    assert_eq!(
+        bus.all_published()
+            .iter()
+            .filter(|e| e.event_type() == NotificationSent::TYPE)
+            .count(),
+        1
+    );
+    workers.shutdown().await;
+}
