@@ -53,6 +53,7 @@ impl Config {
                     "a whole number of units",
                 )?,
                 sweep_interval: Duration::from_millis(sweep_ms),
+                ack_wait: defaults.ack_wait,
             },
             secret: env.jwt_secret()?,
         })

@@ -32,8 +32,11 @@ impl<B: Publisher + Subscriber> Inventory<B> {
         let mut workers = Workers::new();
         let commands = Subscription::new(NAME, "commands")
             .to::<ReserveStock>()
-            .to::<ReleaseStock>();
-        let orders = Subscription::new(NAME, "orders").to::<OrderConfirmed>();
+            .to::<ReleaseStock>()
+            .ack_wait(self.settings.ack_wait);
+        let orders = Subscription::new(NAME, "orders")
+            .to::<OrderConfirmed>()
+            .ack_wait(self.settings.ack_wait);
         for subscription in [commands, orders] {
             let me = self.clone();
             let handle = self

@@ -69,6 +69,9 @@ pub struct Settings {
     pub low_stock_threshold: u32,
     /// How often lapsed reservations are looked for (default 5 s).
     pub sweep_interval: Duration,
+    /// How long a command taken by an instance that died waits before it is delivered
+    /// again (default 30 s).
+    pub ack_wait: Duration,
 }
 
 impl Default for Settings {
@@ -76,6 +79,7 @@ impl Default for Settings {
         Settings {
             low_stock_threshold: 5,
             sweep_interval: Duration::from_secs(5),
+            ack_wait: Duration::from_secs(30),
         }
     }
 }
@@ -336,7 +340,7 @@ impl<B: Publisher + Subscriber> Inventory<B> {
 /// # Errors
 /// A bad setting, an unreachable NATS, an address in use: the message says what to fix.
 pub async fn run(env: Env) -> Result<(), service_kit::ConfigError> {
-    service_kit::ops::init("info");
+    service_kit::ops::init("info", service_kit::ops::LogFormat::Json);
     let config = Config::from_env(&env)?;
     let bus = service_kit::Bus::connect(config.nats_url.as_deref(), NAME).await?;
     let records = Records::open(&bus, "inventory")

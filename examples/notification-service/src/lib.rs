@@ -264,6 +264,18 @@ impl<B: Publisher + Subscriber> Notifications<B> {
         Ok(all)
     }
 
+    /// How many notifications were sent, by template.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn counts(&self) -> Result<std::collections::BTreeMap<String, usize>, RecordsError> {
+        let mut counts = std::collections::BTreeMap::new();
+        for (_, n) in self.records.all::<Notification>("notification.").await? {
+            *counts.entry(n.template).or_default() += 1;
+        }
+        Ok(counts)
+    }
+
     /// The REST routes, checking service tokens with `verifier`.
     pub fn router(&self, verifier: &Verifier) -> Router {
         Router::new()
@@ -289,7 +301,7 @@ async fn list<B: Publisher + Subscriber>(
 /// # Errors
 /// A bad setting, an unreachable NATS, an address in use: the message says what to fix.
 pub async fn run(env: Env) -> Result<(), ConfigError> {
-    service_kit::ops::init("info");
+    service_kit::ops::init("info", service_kit::ops::LogFormat::Json);
     let config = Config::from_env(&env)?;
     let bus = service_kit::Bus::connect(config.nats_url.as_deref(), NAME).await?;
     let records = Records::open(&bus, "notifications")

@@ -221,7 +221,7 @@ impl<B> Orders<B> {
 /// # Errors
 /// A bad setting, an unreachable NATS, an address in use: the message says what to fix.
 pub async fn run(env: Env) -> Result<(), ConfigError> {
-    service_kit::ops::init("info");
+    service_kit::ops::init("info", service_kit::ops::LogFormat::Json);
     let config = Config::from_env(&env)?;
     let bus = service_kit::Bus::connect(config.nats_url.as_deref(), NAME).await?;
     let records = Records::open(&bus, "orders")

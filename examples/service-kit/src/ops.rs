@@ -31,15 +31,29 @@ pub struct Telemetry {
 
 static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
 
-/// Sets up logs (`default_filter` unless `RUST_LOG` says otherwise) and the global meter
-/// provider behind `/metrics`. Call it first, before creating the bus (the bus creates its
-/// instruments on the global provider). Later calls return the first setup: several services
-/// in one process (the demo) share it.
-pub fn init(default_filter: &str) -> &'static Telemetry {
+/// How log lines look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, for log collectors (services).
+    Json,
+    /// Plain text, for people (the demo).
+    Text,
+}
+
+/// Sets up logs (`default_filter` unless `RUST_LOG` says otherwise; `format` unless
+/// `A4CO_LOG_FORMAT` is `json` or `text`) and the global meter provider behind `/metrics`.
+/// Call it first, before creating the bus (the bus creates its instruments on the global
+/// provider). Later calls return the first setup: several services in one process (the
+/// demo) share it.
+pub fn init(default_filter: &str, format: LogFormat) -> &'static Telemetry {
     TELEMETRY.get_or_init(|| {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-        let text = std::env::var("A4CO_LOG_FORMAT").is_ok_and(|f| f == "text");
+        let text = match std::env::var("A4CO_LOG_FORMAT").as_deref() {
+            Ok("text") => true,
+            Ok("json") => false,
+            _ => format == LogFormat::Text,
+        };
         let registry = tracing_subscriber::registry().with(filter);
         // Another subscriber may be installed already (tests): then logs go there.
         let _ = if text {

@@ -1,0 +1,203 @@
+//! **marketplace-demo**, the README's first command: every a4co reference service in one
+//! process, a catalog of Jaén's artisans, a mix of orders (some confirmed, some finding no
+//! stock, some with a declined card), progress while they run, and a summary: orders by
+//! outcome, stock before and after, notifications sent, latency p50/p99.
+//!
+//! ```text
+//! cargo run -p example-marketplace-demo                      # in-memory bus
+//! cargo run -p example-marketplace-demo -- --nats nats://127.0.0.1:4222
+//! cargo run -p example-marketplace-demo -- --orders 2000 --concurrency 64   # load
+//! cargo run -p example-marketplace-demo -- serve inventory   # one service, as its own process
+//! ```
+//!
+//! ```
+//! use marketplace_demo::{Marketplace, Plan, Settings, run};
+//! use service_kit::Bus;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let secret = a4co_http::auth::Secret::new("a-demo-secret-of-at-least-32-bytes")?;
+//! let market = Marketplace::start(Bus::connect(None, "demo").await?, Settings::new(secret)).await?;
+//! let plan = Plan { orders: Some(20), progress: false, ..Plan::default() };
+//! let summary = run(&market, &plan, "in-memory bus".into()).await?;
+//! assert_eq!(summary.confirmed, 20);
+//! market.stop().await;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod marketplace;
+pub mod scenario;
+
+use std::time::Duration;
+
+use a4co_http::auth::Secret;
+use service_kit::{Bus, ConfigError, Env};
+
+pub use marketplace::{Marketplace, Settings};
+pub use scenario::{Plan, Summary, run};
+
+/// What the command line asks for.
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// The demo, on NATS when a URL is given.
+    Demo {
+        /// The orders to place.
+        plan: Plan,
+        /// `--nats`, or `NATS_URL`.
+        nats_url: Option<String>,
+    },
+    /// One service as its own process (`serve order|inventory|payment|notification`).
+    Serve(String),
+    /// `--help`.
+    Help,
+}
+
+/// How to call it.
+pub const USAGE: &str = "\
+usage: marketplace-demo [--orders N] [--concurrency C] [--nats URL] [--quiet]
+       marketplace-demo serve order|inventory|payment|notification
+
+  (no option)      the showcase: 40 orders, some confirmed, some out of stock, some declined
+  --orders N       a load run of N ordinary orders, reporting orders/s
+  --concurrency C  orders placed at once (default 8)
+  --nats URL       run on NATS JetStream (default: $NATS_URL, else the in-memory bus)
+  --quiet          no progress lines
+  serve NAME       run one service until Ctrl-C, configured by its environment variables";
+
+/// Reads the command line (`args` without the program name).
+///
+/// # Errors
+/// An unknown option or a bad number, with the usage.
+pub fn parse(args: &[String], env: &Env) -> Result<Command, String> {
+    let mut plan = Plan::default();
+    let mut nats_url = env.optional("NATS_URL");
+    let mut rest = args.iter();
+    let number = |flag: &str, value: Option<&String>| -> Result<usize, String> {
+        value
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{flag} needs a whole number above zero\n\n{USAGE}"))
+    };
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--orders" => plan.orders = Some(number("--orders", rest.next())?),
+            "--concurrency" => plan.concurrency = number("--concurrency", rest.next())?,
+            "--nats" => {
+                nats_url = Some(
+                    rest.next()
+                        .cloned()
+                        .ok_or_else(|| format!("--nats needs a URL\n\n{USAGE}"))?,
+                );
+            }
+            "--quiet" => plan.progress = false,
+            "--help" | "-h" => return Ok(Command::Help),
+            "serve" => {
+                let name = rest.next().map(String::as_str).unwrap_or_default();
+                return match name {
+                    "order" | "inventory" | "payment" | "notification" => {
+                        Ok(Command::Serve(name.to_owned()))
+                    }
+                    _ => Err(format!("serve needs a service name\n\n{USAGE}")),
+                };
+            }
+            other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
+        }
+    }
+    if let Some(n) = plan.orders {
+        plan.patience = Duration::from_secs(30).max(Duration::from_millis(n as u64 * 20));
+    }
+    Ok(Command::Demo { plan, nats_url })
+}
+
+/// Runs the demo and prints its summary, or serves one service.
+///
+/// # Errors
+/// What went wrong, saying what to fix.
+pub async fn execute(command: Command, env: Env) -> Result<(), ConfigError> {
+    match command {
+        Command::Help => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Command::Serve(name) => match name.as_str() {
+            "order" => order_service::run(env).await,
+            "inventory" => inventory_service::run(env).await,
+            "payment" => payment_service::run(env).await,
+            _ => notification_service::run(env).await,
+        },
+        Command::Demo { plan, nats_url } => {
+            service_kit::ops::init("warn", service_kit::ops::LogFormat::Text);
+            // One process: the services' tokens never leave it, so a secret made for this
+            // run does (unless one is given).
+            let secret = match env.optional(a4co_http::auth::SECRET_ENV) {
+                Some(_) => env.jwt_secret()?,
+                None => Secret::new(format!(
+                    "{:032x}{:032x}",
+                    fastrand::u128(..),
+                    fastrand::u128(..)
+                ))
+                .map_err(|e| ConfigError::new(e.to_string()))?,
+            };
+            let mode = match &nats_url {
+                Some(url) => format!("NATS JetStream at {url}"),
+                None => "in-memory bus".to_owned(),
+            };
+            let bus = Bus::connect(nats_url.as_deref(), "marketplace-demo").await?;
+            let market = Marketplace::start(bus, Settings::new(secret)).await?;
+            eprintln!(
+                "a4co marketplace: order, inventory, payment and notification services started on the {mode}"
+            );
+            if nats_url.is_none() {
+                eprintln!(
+                    "(set NATS_URL or pass --nats URL to run on NATS JetStream; scripts/nats-server starts one)"
+                );
+            }
+            let summary = run(&market, &plan, mode).await;
+            market.stop().await;
+            println!("{}", summary?);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use service_kit::Env;
+
+    use super::{Command, parse};
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_command_line() {
+        let env = Env::from_pairs([("NATS_URL", "nats://127.0.0.1:4222")]);
+        match parse(
+            &args(&["--orders", "500", "--concurrency", "32", "--quiet"]),
+            &env,
+        ) {
+            Ok(Command::Demo { plan, nats_url }) => {
+                assert_eq!(
+                    (plan.orders, plan.concurrency, plan.progress),
+                    (Some(500), 32, false)
+                );
+                assert_eq!(nats_url.as_deref(), Some("nats://127.0.0.1:4222"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(parse(&args(&["serve", "payment"]), &env), Ok(Command::Serve(s)) if s == "payment")
+        );
+        for bad in [
+            &["--orders", "0"][..],
+            &["--orders"],
+            &["--fast"],
+            &["serve", "shipping"],
+        ] {
+            let err = parse(&args(bad), &env).unwrap_err();
+            assert!(err.contains("usage:"), "{err}");
+        }
+    }
+}

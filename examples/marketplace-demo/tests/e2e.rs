@@ -1,0 +1,626 @@
+//! The marketplace end to end over a real nats-server: the fulfillment paths, a duplicate
+//! `order.created`, inventory crashing mid-flow, and the four services as separate
+//! processes talking HTTP and NATS.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use a4co_events::bus::{Publisher, Subscriber, Subscription, SubscriptionHandle};
+use a4co_events::catalog::inventory::ReserveStock;
+use a4co_events::catalog::order::{
+    CancellationReason, Fulfillment, OrderConfirmed, OrderCreated, OrderItem, OrderStatus,
+};
+use a4co_events::{AnyMessage, Envelope, EventId, Money};
+use a4co_http::Client;
+use a4co_http::auth::{Issuer, Secret};
+use a4co_testkit::nats::NatsServer;
+use inventory_service::ProductDetails;
+use marketplace_demo::{Marketplace, Settings};
+use notification_service::Filter;
+use order_service::Order;
+use serde_json::json;
+use service_kit::Bus;
+
+fn secret() -> Secret {
+    Secret::new("e2e-secret-e2e-secret-e2e-secret-e2e").unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn market(server: &NatsServer, settings: Settings) -> Marketplace {
+    let bus = Bus::connect(Some(&server.url()), "e2e")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    Marketplace::start(bus, settings)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn stock(market: &Marketplace, id: &str, units: u32) {
+    market
+        .inventory
+        .put_product(ProductDetails::new(
+            id,
+            id,
+            "art-1",
+            "crafts",
+            Money::eur(1000),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    market
+        .inventory
+        .restock(id, units, "e2e")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn order_body(customer: &str, lines: &[(&str, u32)], method_id: &str) -> serde_json::Value {
+    json!({
+        "customerId": customer,
+        "items": lines.iter().map(|(p, q)| json!({"productId": p, "quantity": q})).collect::<Vec<_>>(),
+        "paymentMethod": "card",
+        "paymentMethodId": method_id,
+        "fulfillment": {"method": "pickup"},
+    })
+}
+
+async fn place(api: &Client, customer: &str, lines: &[(&str, u32)], method_id: &str) -> String {
+    let order: Order = api
+        .post_json("/api/v1/orders", &order_body(customer, lines, method_id))
+        .await
+        .unwrap_or_else(|e| panic!("placing an order: {e}"));
+    order.order_id
+}
+
+/// Waits (at most `within`) until `check` holds, then returns its last value.
+async fn eventually<T, F, Fut>(within: Duration, mut probe: F, check: impl Fn(&T) -> bool) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let value = probe().await;
+        if check(&value) || tokio::time::Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn settled(market: &Marketplace, id: &str) -> Option<Order> {
+    eventually(
+        Duration::from_secs(20),
+        || async { market.orders.order(id).await.ok().flatten() },
+        |o| o.as_ref().is_some_and(|o| o.status != OrderStatus::Pending),
+    )
+    .await
+}
+
+async fn templates_for(market: &Marketplace, customer: &str, at_least: usize) -> Vec<String> {
+    let filter = Filter {
+        recipient: Some(customer.to_owned()),
+        ..Filter::default()
+    };
+    let mut told: Vec<String> = eventually(
+        Duration::from_secs(20),
+        || async {
+            market
+                .notifications
+                .list(&filter)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|n| n.template)
+                .collect::<Vec<_>>()
+        },
+        |t| t.len() >= at_least,
+    )
+    .await;
+    told.sort_unstable();
+    told
+}
+
+#[tokio::test]
+async fn the_fulfillment_paths_over_nats() {
+    let server = NatsServer::start();
+    let market = market(&server, Settings::new(secret())).await;
+    stock(&market, "olive-oil", 10).await;
+    stock(&market, "lantern", 0).await;
+
+    // Happy path: confirmed, units sold, the customer told three times.
+    let happy = place(&market.api, "cust-happy", &[("olive-oil", 3)], "pm-card-1").await;
+    let order = settled(&market, &happy).await;
+    assert_eq!(order.map(|o| o.status), Some(OrderStatus::Confirmed));
+    let oil = eventually(
+        Duration::from_secs(10),
+        || async { market.inventory.product("olive-oil").await.ok().flatten() },
+        |p| p.as_ref().is_some_and(|p| p.reserved() == 0),
+    )
+    .await;
+    assert_eq!(oil.map(|p| (p.on_hand, p.available())), Some((7, 7)));
+    assert_eq!(
+        templates_for(&market, "cust-happy", 3).await,
+        ["order-confirmed", "order-received", "payment-received"]
+    );
+
+    // Declined payment: stock released, order cancelled, customer told.
+    let declined = place(
+        &market.api,
+        "cust-declined",
+        &[("olive-oil", 2)],
+        "pm-declined-1",
+    )
+    .await;
+    let order = settled(&market, &declined).await;
+    assert_eq!(
+        order.and_then(|o| o.cancellation).map(|c| c.reason),
+        Some(CancellationReason::PaymentFailed)
+    );
+    let oil = eventually(
+        Duration::from_secs(10),
+        || async { market.inventory.product("olive-oil").await.ok().flatten() },
+        |p| p.as_ref().is_some_and(|p| p.reserved() == 0),
+    )
+    .await;
+    assert_eq!(
+        oil.map(|p| (p.on_hand, p.available())),
+        Some((7, 7)),
+        "the held units came back"
+    );
+    assert_eq!(
+        templates_for(&market, "cust-declined", 3).await,
+        ["order-cancelled", "order-received", "payment-failed"]
+    );
+
+    // Out of stock: an order.created that inventory cannot serve (as after a race past
+    // the checkout's check) is cancelled as inventory-unavailable; nothing is charged.
+    let created = OrderCreated {
+        customer_id: "cust-late".into(),
+        items: vec![OrderItem {
+            product_id: "lantern".into(),
+            artisan_id: "art-1".into(),
+            quantity: 1,
+            unit_price: Money::eur(1000),
+            product_name: "lantern".into(),
+        }],
+        total_amount: Money::eur(1000),
+        fulfillment: Fulfillment::Pickup {
+            requested_date: None,
+        },
+        payment_method_id: Some("pm-card-9".into()),
+        created_at: chrono::Utc::now(),
+    };
+    market
+        .bus
+        .publish(&Envelope::new("order-service", "ord-raced", created))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let told = templates_for(&market, "cust-late", 2).await;
+    assert_eq!(told, ["order-cancelled", "order-received"]);
+    let cancelled = market
+        .notifications
+        .list(&Filter {
+            recipient: Some("cust-late".into()),
+            template: Some("order-cancelled".into()),
+            ..Filter::default()
+        })
+        .await
+        .unwrap_or_default();
+    assert!(
+        cancelled[0].body.contains("no queda stock"),
+        "{}",
+        cancelled[0].body
+    );
+    assert!(
+        market
+            .payments
+            .payment("ord-raced")
+            .await
+            .ok()
+            .flatten()
+            .is_none(),
+        "never charged"
+    );
+    market.stop().await;
+}
+
+/// Counts messages of the given subjects by event id.
+struct Tally {
+    seen: Arc<Mutex<HashMap<String, Envelope<AnyMessage>>>>,
+    handle: SubscriptionHandle,
+}
+
+impl Tally {
+    async fn start(bus: &Bus, subscription: Subscription) -> Self {
+        let seen: Arc<Mutex<HashMap<String, Envelope<AnyMessage>>>> = Arc::default();
+        let record = seen.clone();
+        let handle = bus
+            .subscribe(subscription, move |e: Envelope<AnyMessage>, _| {
+                let record = record.clone();
+                async move {
+                    record
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(e.event_id.to_string(), e);
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        Tally { seen, handle }
+    }
+
+    fn of(&self, order: &str) -> Vec<Envelope<AnyMessage>> {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|e| match &e.data {
+                AnyMessage::ReserveStock(r) => r.order_id == order,
+                _ => e.aggregate_id == order,
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_duplicate_order_created_runs_one_saga() {
+    let server = NatsServer::start();
+    let market = market(&server, Settings::new(secret())).await;
+    stock(&market, "honey", 10).await;
+    stock(&market, "soap", 10).await;
+    let tally = Tally::start(
+        &market.bus,
+        Subscription::new("e2e", "tally")
+            .to::<ReserveStock>()
+            .to::<OrderConfirmed>(),
+    )
+    .await;
+    let created = OrderCreated {
+        customer_id: "cust-dup".into(),
+        items: ["honey", "soap"]
+            .iter()
+            .map(|p| OrderItem {
+                product_id: (*p).into(),
+                artisan_id: "art-1".into(),
+                quantity: 2,
+                unit_price: Money::eur(1000),
+                product_name: (*p).into(),
+            })
+            .collect(),
+        total_amount: Money::eur(4000),
+        fulfillment: Fulfillment::Pickup {
+            requested_date: None,
+        },
+        payment_method_id: Some("pm-card-1".into()),
+        created_at: chrono::Utc::now(),
+    };
+    let first = Envelope::new("order-service", "ord-dup", created);
+    // The same event twice (broker dedup), and the same order announced again under a
+    // new id (as a retrying producer past the dedup window would).
+    market
+        .bus
+        .publish(&first)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    market
+        .bus
+        .publish(&first)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    market
+        .bus
+        .publish(&first.clone().with_event_id(EventId::new()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let confirmed = eventually(
+        Duration::from_secs(20),
+        || async { tally.of("ord-dup") },
+        |seen| {
+            seen.iter()
+                .any(|e| matches!(e.data, AnyMessage::OrderConfirmed(_)))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = tally.of("ord-dup");
+    let reserves = seen
+        .iter()
+        .filter(|e| matches!(e.data, AnyMessage::ReserveStock(_)))
+        .count();
+    let confirms = seen
+        .iter()
+        .filter(|e| matches!(e.data, AnyMessage::OrderConfirmed(_)))
+        .count();
+    assert!(!confirmed.is_empty());
+    assert_eq!(
+        (reserves, confirms),
+        (2, 1),
+        "one reservation per product, one confirmation"
+    );
+    assert_eq!(
+        market
+            .payments
+            .gateway_charges()
+            .await
+            .map(|c| c.len())
+            .ok(),
+        Some(1),
+        "charged once"
+    );
+    for product in ["honey", "soap"] {
+        let p = market.inventory.product(product).await.ok().flatten();
+        assert_eq!(
+            p.map(|p| (p.on_hand, p.reserved())),
+            Some((8, 0)),
+            "{product}"
+        );
+    }
+    tally.handle.shutdown().await;
+    market.stop().await;
+}
+
+#[tokio::test]
+async fn inventory_crashing_mid_flow_loses_no_stock() {
+    let server = NatsServer::start();
+    let mut settings = Settings::new(secret());
+    settings.inventory.ack_wait = Duration::from_secs(2);
+    let mut market = market(&server, settings).await;
+    for product in ["a", "b", "c"] {
+        stock(&market, product, 30).await;
+    }
+    let mut placed = Vec::new();
+    for i in 0..24_u32 {
+        let product = ["a", "b", "c"][i as usize % 3];
+        let method = if i % 6 == 5 {
+            "pm-declined-1"
+        } else {
+            "pm-card-1"
+        };
+        placed.push((
+            place(
+                &market.api,
+                &format!("cust-{i}"),
+                &[(product, 1 + i % 2)],
+                method,
+            )
+            .await,
+            product,
+            1 + i % 2,
+        ));
+        if i == 11 {
+            market
+                .restart_inventory(true)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    let mut sold: BTreeMap<&str, u32> = BTreeMap::new();
+    for (id, product, units) in &placed {
+        let order = settled(&market, id)
+            .await
+            .unwrap_or_else(|| panic!("{id} unknown"));
+        match order.status {
+            OrderStatus::Confirmed => *sold.entry(product).or_default() += units,
+            OrderStatus::Cancelled => {}
+            other => panic!("{id} still {other:?}"),
+        }
+    }
+    for product in ["a", "b", "c"] {
+        let expected = 30 - sold.get(product).copied().unwrap_or(0);
+        let p = eventually(
+            Duration::from_secs(20),
+            || async { market.inventory.product(product).await.ok().flatten() },
+            |p| {
+                p.as_ref()
+                    .is_some_and(|p| p.reserved() == 0 && p.on_hand == expected)
+            },
+        )
+        .await;
+        assert_eq!(
+            p.map(|p| (p.on_hand, p.available())),
+            Some((expected, expected)),
+            "{product}"
+        );
+    }
+    assert!(sold.values().sum::<u32>() > 0);
+    market.stop().await;
+}
+
+/// A service binary (`marketplace-demo serve <name>`) on a free loopback port.
+struct Process {
+    child: tokio::process::Child,
+    url: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn spawn(name: &str, env: &[(String, String)]) -> Process {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_marketplace-demo"))
+        .args(["serve", name])
+        .envs(env.iter().cloned())
+        .env(
+            format!("{}_HTTP_ADDR", name.to_uppercase()),
+            format!("127.0.0.1:{port}"),
+        )
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+    Process { child, url }
+}
+
+async fn healthy(process: &mut Process, name: &str) {
+    let client = Client::builder(name, &process.url)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(answer) = client.get_json::<serde_json::Value>("/health").await {
+            assert_eq!(answer["bus"], "nats");
+            return;
+        }
+        if let Ok(Some(status)) = process.child.try_wait() {
+            panic!("{name} exited: {status}");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never became healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_four_services_as_separate_processes() {
+    let server = NatsServer::start();
+    let secret_text = "e2e-secret-e2e-secret-e2e-secret-e2e";
+    let mut env = vec![
+        ("NATS_URL".to_owned(), server.url()),
+        ("SERVICE_JWT_SECRET".to_owned(), secret_text.to_owned()),
+    ];
+    let mut inventory = spawn("inventory", &env).await;
+    let mut payment = spawn("payment", &env).await;
+    let mut notification = spawn("notification", &env).await;
+    env.push(("INVENTORY_URL".to_owned(), inventory.url.clone()));
+    env.push(("PAYMENT_URL".to_owned(), payment.url.clone()));
+    let mut order = spawn("order", &env).await;
+    for (p, name) in [
+        (&mut inventory, "inventory-service"),
+        (&mut payment, "payment-service"),
+        (&mut notification, "notification-service"),
+        (&mut order, "order-service"),
+    ] {
+        healthy(p, name).await;
+    }
+
+    let operator = Issuer::new(
+        secret(),
+        "e2e-operator",
+        ["inventory:read", "inventory:write", "notification:read"],
+    );
+    let as_operator = |url: &str| {
+        Client::builder("service", url)
+            .service_auth(operator.clone())
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let (stock_api, notification_api) =
+        (as_operator(&inventory.url), as_operator(&notification.url));
+    let _: serde_json::Value = stock_api
+        .put_json(
+            "/api/v1/inventory/vase",
+            &json!({"name": "Jarrón", "artisanId": "art-1", "category": "ceramics", "unitPrice": {"amountMinor": 2500, "currency": "EUR"}}),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _: serde_json::Value = stock_api
+        .post_json(
+            "/api/v1/inventory/vase/adjust",
+            &json!({"quantity": 10, "reason": "restock"}),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let orders = Client::builder("order-service", &order.url)
+        .retry(a4co_http::retry::never())
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let good = place(&orders, "cust-proc", &[("vase", 4)], "pm-card-1").await;
+    let bad = place(&orders, "cust-proc", &[("vase", 1)], "pm-declined-1").await;
+    let refused = orders
+        .post("/api/v1/orders")
+        .json(&order_body("cust-proc", &[("vase", 11)], "pm-card-1"))
+        .send()
+        .await;
+    assert_eq!(
+        refused.err().and_then(|e| e.status()),
+        Some(409),
+        "more than in stock"
+    );
+
+    let status_of = |id: String| {
+        let orders = orders.clone();
+        async move {
+            eventually(
+                Duration::from_secs(20),
+                || async {
+                    orders
+                        .get_json::<Order>(&format!("/api/v1/orders/{id}"))
+                        .await
+                        .ok()
+                },
+                |o| o.as_ref().is_some_and(|o| o.status != OrderStatus::Pending),
+            )
+            .await
+            .map(|o| o.status)
+        }
+    };
+    assert_eq!(status_of(good).await, Some(OrderStatus::Confirmed));
+    assert_eq!(status_of(bad).await, Some(OrderStatus::Cancelled));
+    let vase: serde_json::Value = eventually(
+        Duration::from_secs(20),
+        || async {
+            stock_api
+                .get_json::<serde_json::Value>("/api/v1/inventory/vase")
+                .await
+                .unwrap_or_default()
+        },
+        |v| v["reserved"] == 0 && v["onHand"] == 6,
+    )
+    .await;
+    assert_eq!(
+        (vase["onHand"].as_u64(), vase["available"].as_u64()),
+        (Some(6), Some(6))
+    );
+    let told: Vec<serde_json::Value> = eventually(
+        Duration::from_secs(20),
+        || async {
+            notification_api
+                .get_json::<Vec<serde_json::Value>>("/api/v1/notifications?recipient=cust-proc")
+                .await
+                .unwrap_or_default()
+        },
+        |n| n.len() >= 6,
+    )
+    .await;
+    let mut templates: Vec<&str> = told.iter().filter_map(|n| n["template"].as_str()).collect();
+    templates.sort_unstable();
+    assert_eq!(
+        templates,
+        [
+            "order-cancelled",
+            "order-confirmed",
+            "order-received",
+            "order-received",
+            "payment-failed",
+            "payment-received"
+        ]
+    );
+    let metrics = Client::builder("order-service", &order.url)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let scrape = metrics
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&scrape.body).into_owned();
+    assert!(
+        text.contains("microservices_events_published_total"),
+        "{text}"
+    );
+    for mut p in [order, inventory, payment, notification] {
+        let _ = p.child.start_kill();
+        let _ = p.child.wait().await;
+    }
+}
