@@ -1,16 +1,15 @@
 //! A product's stock: units on hand, reservations held for orders, and the rules that keep
 //! stock from going negative or being reserved twice. Pure code: the handlers load a
 //! [`Product`], call one of these, and save it with compare-and-swap.
+//!
+//! What an order did with each product is kept apart, in its [`OrderHolds`]: a product's
+//! record stays the size of its open reservations, however many orders it served.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use a4co_events::Money;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-
-/// How many closed (released or committed) reservations a product remembers, so a late
-/// redelivery of their reserve command does not reserve again.
-const CLOSED_MEMORY: usize = 4096;
 
 /// Units held for one order until it is confirmed, released, or the hold lapses.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,8 +49,24 @@ pub struct Product {
     pub sold: u32,
     /// Since when sales are counted.
     pub tracking_since: DateTime<Utc>,
-    /// Orders whose reservation was released or committed, newest last.
-    pub closed: VecDeque<String>,
+}
+
+/// The products an order asked to hold, and those whose hold is over (released or
+/// committed): a late redelivery of a reserve command for those must not hold again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderHolds {
+    /// Products asked for.
+    pub products: Vec<String>,
+    /// Products whose hold is over.
+    pub closed: Vec<String>,
+}
+
+impl OrderHolds {
+    /// Whether the hold on `product` is over.
+    pub fn is_closed(&self, product: &str) -> bool {
+        self.closed.iter().any(|p| p == product)
+    }
 }
 
 /// What a reserve command did.
@@ -66,8 +81,6 @@ pub enum Reserved {
         /// Units available.
         available: u32,
     },
-    /// The order's reservation was released or committed already: a stale command.
-    Closed,
 }
 
 /// A removal larger than the units not reserved.
@@ -99,7 +112,6 @@ impl Product {
             last_restock: None,
             sold: 0,
             tracking_since: now,
-            closed: VecDeque::new(),
         }
     }
 
@@ -123,9 +135,6 @@ impl Product {
         if let Some(held) = self.reservations.get(order_id) {
             return Reserved::Again(held.clone());
         }
-        if self.closed.iter().any(|o| o == order_id) {
-            return Reserved::Closed;
-        }
         let available = self.available();
         if quantity == 0 || quantity > available {
             return Reserved::Insufficient { available };
@@ -142,9 +151,7 @@ impl Product {
 
     /// Gives the order's held units back; `None` when it holds none.
     pub fn release(&mut self, order_id: &str) -> Option<Reservation> {
-        let released = self.reservations.remove(order_id)?;
-        self.close(order_id);
-        Some(released)
+        self.reservations.remove(order_id)
     }
 
     /// The order is confirmed: its held units leave the stock for good.
@@ -152,7 +159,6 @@ impl Product {
         let committed = self.reservations.remove(order_id)?;
         self.on_hand = self.on_hand.saturating_sub(committed.quantity);
         self.sold = self.sold.saturating_add(committed.quantity);
-        self.close(order_id);
         Some(committed)
     }
 
@@ -188,13 +194,6 @@ impl Product {
         let days = (now - self.tracking_since).num_seconds().max(86_400) as f64 / 86_400.0;
         f64::from(self.sold) / days
     }
-
-    fn close(&mut self, order_id: &str) {
-        self.closed.push_back(order_id.to_owned());
-        while self.closed.len() > CLOSED_MEMORY {
-            self.closed.pop_front();
-        }
-    }
 }
 
 #[cfg(test)]
@@ -229,11 +228,7 @@ mod tests {
             Reserved::Insufficient { available: 1 }
         );
         assert!(p.release("o1").is_some());
-        assert_eq!(
-            p.reserve("o1", 2, later),
-            Reserved::Closed,
-            "a stale redelivery"
-        );
+        assert_eq!(p.release("o1"), None);
         assert_eq!(p.available(), 3);
     }
 

@@ -12,10 +12,10 @@ use a4co_events::catalog::order::OrderConfirmed;
 use a4co_events::{AnyMessage, Envelope, EventId};
 use chrono::{DateTime, Utc};
 use service_kit::bus::reply_to;
-use service_kit::{Workers, is_valid_id};
+use service_kit::{RecordsError, Workers, is_valid_id};
 use tracing::Instrument as _;
 
-use crate::domain::{Product, Reservation, Reserved};
+use crate::domain::{OrderHolds, Product, Reservation, Reserved};
 use crate::{Inventory, NAME, product_key};
 
 fn order_key(order_id: &str) -> String {
@@ -87,17 +87,26 @@ impl<B: Publisher + Subscriber> Inventory<B> {
                 "product {product_id:?} or order {order_id:?} is not a valid id"
             )));
         }
-        // The order's index first: a confirmation must find every product it holds.
-        self.records
-            .modify(&order_key(order_id), |products: Option<&Vec<String>>| {
-                let mut products = products.cloned().unwrap_or_default();
-                if products.contains(product_id) {
-                    return (None, ());
+        // The order's holds first: a confirmation must find every product it holds, and a
+        // hold already over (released, committed) must not be made again.
+        let open = self
+            .records
+            .modify(&order_key(order_id), |current: Option<&OrderHolds>| {
+                let mut holds = current.cloned().unwrap_or_default();
+                if holds.is_closed(product_id) {
+                    return (None, false);
                 }
-                products.push(product_id.clone());
-                (Some(products), ())
+                if holds.products.contains(product_id) {
+                    return (None, true);
+                }
+                holds.products.push(product_id.clone());
+                (Some(holds), true)
             })
             .await?;
+        if !open {
+            tracing::info!(order = %order_id, "a reserve command for a hold already over; ignored");
+            return Ok(());
+        }
         let (before, outcome, product) = self
             .records
             .modify(&product_key(product_id), |current: Option<&Product>| {
@@ -131,9 +140,10 @@ impl<B: Publisher + Subscriber> Inventory<B> {
                 }],
             }
             .into(),
-            _ => {
-                tracing::info!(order = %order_id, "a reserve command for a reservation already closed; ignored");
-                return Ok(());
+            (Reserved::New(_) | Reserved::Again(_), None) => {
+                return Err(HandlerError::retryable(
+                    "the product vanished while reserving",
+                ));
             }
         };
         self.bus
@@ -154,6 +164,13 @@ impl<B: Publisher + Subscriber> Inventory<B> {
         command: &ReleaseStock,
     ) -> Result<(), HandlerError> {
         let product_id = &message.aggregate_id;
+        if !is_valid_id(product_id) || !is_valid_id(&command.order_id) {
+            return Err(HandlerError::permanent(format!(
+                "product {product_id:?} or order {:?} is not a valid id",
+                command.order_id
+            )));
+        }
+        self.close(&command.order_id, product_id).await?;
         let released = self
             .records
             .modify(&product_key(product_id), |current: Option<&Product>| {
@@ -197,14 +214,11 @@ impl<B: Publisher + Subscriber> Inventory<B> {
                 "order {order_id:?} is not a valid id"
             )));
         }
-        let Some(products) = self
-            .records
-            .get::<Vec<String>>(&order_key(order_id))
-            .await?
-        else {
+        let Some(holds) = self.records.get::<OrderHolds>(&order_key(order_id)).await? else {
             return Ok(());
         };
-        for product_id in products.value {
+        for product_id in holds.value.products {
+            self.close(order_id, &product_id).await?;
             let committed = self
                 .records
                 .modify(&product_key(&product_id), |current: Option<&Product>| {
@@ -235,8 +249,12 @@ impl<B: Publisher + Subscriber> Inventory<B> {
     pub async fn release_lapsed(&self, now: DateTime<Utc>) -> Result<usize, HandlerError> {
         let mut count = 0;
         for product in self.products().await? {
-            if product.expired(now).is_empty() {
+            let lapsed = product.expired(now);
+            if lapsed.is_empty() {
                 continue;
+            }
+            for order in &lapsed {
+                self.close(order, &product.product_id).await?;
             }
             let released = self
                 .records
@@ -247,9 +265,9 @@ impl<B: Publisher + Subscriber> Inventory<B> {
                             return (None, Vec::new());
                         };
                         let mut next = current.clone();
-                        let released: Vec<_> = next
-                            .expired(now)
-                            .into_iter()
+                        let released: Vec<_> = lapsed
+                            .iter()
+                            .cloned()
                             .filter_map(|order| next.release(&order).map(|r| (order, r)))
                             .collect();
                         let available = next.available();
@@ -281,6 +299,26 @@ impl<B: Publisher + Subscriber> Inventory<B> {
             }
         }
         Ok(count)
+    }
+}
+
+impl<B> Inventory<B> {
+    /// Marks the order's hold on the product over, before the product's record changes: a
+    /// crash in between leaves a hold that a redelivery releases, never one made twice.
+    async fn close(&self, order_id: &str, product_id: &str) -> Result<(), RecordsError> {
+        self.records
+            .modify(&order_key(order_id), |current: Option<&OrderHolds>| {
+                let mut holds = current.cloned().unwrap_or_default();
+                if holds.is_closed(product_id) {
+                    return (None, ());
+                }
+                if !holds.products.iter().any(|p| p == product_id) {
+                    holds.products.push(product_id.to_owned());
+                }
+                holds.closed.push(product_id.to_owned());
+                (Some(holds), ())
+            })
+            .await
     }
 }
 

@@ -57,7 +57,7 @@ use serde::{Deserialize, Serialize};
 use service_kit::{Env, Records, RecordsError};
 
 pub use config::Config;
-pub use domain::{Product, Reservation};
+pub use domain::{OrderHolds, Product, Reservation};
 
 /// The service's name on the bus and in tokens.
 pub const NAME: &str = "inventory-service";

@@ -393,7 +393,11 @@ pub async fn run(market: &Marketplace, plan: &Plan, mode: String) -> Result<Summ
         })
         .await;
 
-    let placed = std::mem::take(&mut *placed.lock().unwrap_or_else(PoisonError::into_inner));
+    // A copy: the progress lines keep reading the shared list.
+    let placed = placed
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     let deadline = Instant::now() + plan.patience;
     loop {
         let all_done = {
