@@ -38,7 +38,7 @@ use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use a4co_events::bus::dlq::{DeadLetter, DeadLetters, Filter};
@@ -382,5 +382,96 @@ impl<M> fmt::Debug for Expectation<M> {
             .field("source", &self.source)
             .field("wait", &self.wait)
             .finish_non_exhaustive()
+    }
+}
+
+/// What a subscription takes on any bus, NATS included: each event id once, in arrival
+/// order. For tests of services running on a real broker, where [`RecordingBus`] cannot sit
+/// in between.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::time::Duration;
+/// use a4co_events::bus::{MemoryBus, Publisher, Subscription};
+/// use a4co_events::catalog::order::OrderCreated;
+/// use a4co_events::{Envelope, Message};
+/// use a4co_testkit::bus::Collector;
+///
+/// let bus = MemoryBus::provisioned().await.unwrap();
+/// let orders = Collector::start(&bus, Subscription::new("test", "orders").to::<OrderCreated>()).await;
+/// let created = Envelope::new("order-service", "ord-1", OrderCreated::example());
+/// bus.publish(&created).await.unwrap();
+/// bus.publish(&created).await.unwrap(); // stored once
+/// assert_eq!(orders.wait_for(1, Duration::from_secs(5)).await.len(), 1);
+/// orders.stop().await;
+/// # }
+/// ```
+pub struct Collector {
+    seen: Arc<(Mutex<Vec<Envelope<AnyMessage>>>, Notify)>,
+    handle: SubscriptionHandle,
+}
+
+impl fmt::Debug for Collector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Collector")
+            .field("collected", &self.messages().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector {
+    /// Subscribes to `bus` and starts collecting.
+    ///
+    /// # Panics
+    /// Subscribing failed (a test cannot go on).
+    pub async fn start<B: Subscriber>(bus: &B, subscription: Subscription) -> Self {
+        let seen: Arc<(Mutex<Vec<Envelope<AnyMessage>>>, Notify)> = Arc::default();
+        let record = Arc::clone(&seen);
+        let label = subscription.label();
+        let handle = bus
+            .subscribe(subscription, move |message: Envelope<AnyMessage>, _| {
+                let record = Arc::clone(&record);
+                async move {
+                    {
+                        let mut list = record.0.lock().unwrap_or_else(PoisonError::into_inner);
+                        if !list.iter().any(|e| e.event_id == message.event_id) {
+                            list.push(message);
+                        }
+                    }
+                    record.1.notify_waiters();
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap_or_else(|e| panic!("collecting {label}: {e}"));
+        Collector { seen, handle }
+    }
+
+    /// Everything collected so far.
+    pub fn messages(&self) -> Vec<Envelope<AnyMessage>> {
+        self.seen
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits until at least `n` messages are collected, or `within` passed; returns what
+    /// was collected either way (assert on it).
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Envelope<AnyMessage>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.seen.1.notified();
+            let now = self.messages();
+            if now.len() >= n || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.messages();
+            }
+        }
+    }
+
+    /// Stops collecting.
+    pub async fn stop(self) {
+        self.handle.shutdown().await;
     }
 }

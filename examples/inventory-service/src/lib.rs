@@ -340,24 +340,11 @@ impl<B: Publisher + Subscriber> Inventory<B> {
 /// # Errors
 /// A bad setting, an unreachable NATS, an address in use: the message says what to fix.
 pub async fn run(env: Env) -> Result<(), service_kit::ConfigError> {
-    service_kit::ops::init("info", service_kit::ops::LogFormat::Json);
     let config = Config::from_env(&env)?;
-    let bus = service_kit::Bus::connect(config.nats_url.as_deref(), NAME).await?;
-    let records = Records::open(&bus, "inventory")
-        .await
-        .map_err(|e| service_kit::ConfigError::new(e.to_string()))?;
+    let (bus, records) =
+        service_kit::ops::connect(NAME, config.nats_url.as_deref(), "inventory").await?;
     let inventory = Inventory::new(bus.clone(), records, config.settings);
-    let workers = inventory
-        .start()
-        .await
-        .map_err(|e| service_kit::ConfigError::new(format!("subscribing: {e}")))?;
-    let verifier = a4co_http::auth::Verifier::new(&config.secret);
-    service_kit::ops::serve_until_signal(
-        NAME,
-        config.http_addr,
-        bus,
-        inventory.router(&verifier),
-        workers,
-    )
-    .await
+    let workers = inventory.start().await?;
+    let router = inventory.router(&a4co_http::auth::Verifier::new(&config.secret));
+    service_kit::ops::serve_until_signal(NAME, config.http_addr, bus, router, workers).await
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use a4co_events::bus::Publisher;
+use a4co_events::bus::Subscription;
 use a4co_events::catalog::inventory::{
     InventoryAdjusted, LowStockWarning, ReleaseReason, ReleaseStock, ReserveStock, StockReleased,
     StockReservationFailed, StockReserved,
@@ -12,7 +13,7 @@ use a4co_events::catalog::order::OrderConfirmed;
 use a4co_events::{AnyMessage, Envelope, Message, Money};
 use a4co_http::Client;
 use a4co_http::auth::{Issuer, Secret, Verifier};
-use a4co_testkit::bus::RecordingBus;
+use a4co_testkit::bus::{Collector, RecordingBus};
 use a4co_testkit::nats::NatsServer;
 use chrono::Utc;
 use inventory_service::http::{Availability, CheckResponse, StockView};
@@ -343,7 +344,20 @@ async fn two_instances_on_nats_never_oversell_and_a_restart_loses_nothing() {
     one.restock("bowl", 10, "test")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let (answers, listening) = Answers::listen(&bus).await;
+    let answers = Collector::start(
+        &bus,
+        Subscription::new("test", "answers")
+            .to::<StockReserved>()
+            .to::<StockReservationFailed>(),
+    )
+    .await;
+    let tally = |answers: &[Envelope<AnyMessage>]| {
+        let reserved = answers
+            .iter()
+            .filter(|e| e.event_type() == StockReserved::TYPE)
+            .count();
+        (reserved, answers.len() - reserved)
+    };
     let (w1, w2) = (
         one.start().await.unwrap_or_else(|e| panic!("{e}")),
         two.start().await.unwrap_or_else(|e| panic!("{e}")),
@@ -354,7 +368,8 @@ async fn two_instances_on_nats_never_oversell_and_a_restart_loses_nothing() {
         bus.publish(command).await.unwrap_or_else(|e| panic!("{e}"));
     }
     // Every command answered once, across the two instances.
-    assert_eq!(answers.wait(20).await, (10, 10), "(reserved, failed)");
+    let first = answers.wait_for(20, Duration::from_secs(20)).await;
+    assert_eq!(tally(&first), (10, 10), "(reserved, failed)");
     let product = one
         .product("bowl")
         .await
@@ -373,7 +388,8 @@ async fn two_instances_on_nats_never_oversell_and_a_restart_loses_nothing() {
         bus.publish(&again).await.unwrap_or_else(|e| panic!("{e}"));
     }
     // Every command is answered again, the same way.
-    answers.wait(40).await;
+    let all = answers.wait_for(40, Duration::from_secs(20)).await;
+    assert_eq!(tally(&all), (20, 20), "answered the same way again");
     let product = three
         .product("bowl")
         .await
@@ -386,56 +402,5 @@ async fn two_instances_on_nats_never_oversell_and_a_restart_loses_nothing() {
         "no hold made or lost"
     );
     w3.shutdown().await;
-    listening.shutdown().await;
-}
-
-/// Counts the answers the bus carries (each event id once): (reserved, failed).
-#[derive(Clone, Default)]
-struct Answers(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, bool>>>);
-
-impl Answers {
-    async fn listen(bus: &Bus) -> (Self, a4co_events::bus::SubscriptionHandle) {
-        use a4co_events::bus::{Subscriber, Subscription};
-        let answers = Answers::default();
-        let seen = answers.clone();
-        let handle = bus
-            .subscribe(
-                Subscription::new("test", "answers")
-                    .to::<StockReserved>()
-                    .to::<StockReservationFailed>(),
-                move |e: Envelope<AnyMessage>, _| {
-                    let seen = seen.clone();
-                    async move {
-                        let ok = matches!(e.data, AnyMessage::StockReserved(_));
-                        seen.0
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .insert(e.event_id.to_string(), ok);
-                        Ok(())
-                    }
-                },
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        (answers, handle)
-    }
-
-    /// Waits until `n` answers arrived (at most 20 s): (reserved, failed).
-    async fn wait(&self, n: usize) -> (usize, usize) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let (ok, failed) = {
-                let seen = self
-                    .0
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let ok = seen.values().filter(|ok| **ok).count();
-                (ok, seen.len() - ok)
-            };
-            if ok + failed >= n || tokio::time::Instant::now() > deadline {
-                return (ok, failed);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    answers.stop().await;
 }

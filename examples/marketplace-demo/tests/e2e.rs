@@ -2,11 +2,10 @@
 //! `order.created`, inventory crashing mid-flow, and the four services as separate
 //! processes talking HTTP and NATS.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use a4co_events::bus::{Publisher, Subscriber, Subscription, SubscriptionHandle};
+use a4co_events::bus::{Publisher, Subscription};
 use a4co_events::catalog::inventory::ReserveStock;
 use a4co_events::catalog::order::{
     CancellationReason, Fulfillment, OrderConfirmed, OrderCreated, OrderItem, OrderStatus,
@@ -14,6 +13,7 @@ use a4co_events::catalog::order::{
 use a4co_events::{AnyMessage, Envelope, EventId, Money};
 use a4co_http::Client;
 use a4co_http::auth::{Issuer, Secret};
+use a4co_testkit::bus::Collector;
 use a4co_testkit::nats::NatsServer;
 use inventory_service::ProductDetails;
 use marketplace_demo::{Marketplace, Settings};
@@ -225,44 +225,16 @@ async fn the_fulfillment_paths_over_nats() {
     market.stop().await;
 }
 
-/// Counts messages of the given subjects by event id.
-struct Tally {
-    seen: Arc<Mutex<HashMap<String, Envelope<AnyMessage>>>>,
-    handle: SubscriptionHandle,
-}
-
-impl Tally {
-    async fn start(bus: &Bus, subscription: Subscription) -> Self {
-        let seen: Arc<Mutex<HashMap<String, Envelope<AnyMessage>>>> = Arc::default();
-        let record = seen.clone();
-        let handle = bus
-            .subscribe(subscription, move |e: Envelope<AnyMessage>, _| {
-                let record = record.clone();
-                async move {
-                    record
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(e.event_id.to_string(), e);
-                    Ok(())
-                }
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        Tally { seen, handle }
-    }
-
-    fn of(&self, order: &str) -> Vec<Envelope<AnyMessage>> {
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .filter(|e| match &e.data {
-                AnyMessage::ReserveStock(r) => r.order_id == order,
-                _ => e.aggregate_id == order,
-            })
-            .cloned()
-            .collect()
-    }
+/// The messages about `order` (a reserve command names it in its payload).
+fn about(collected: &Collector, order: &str) -> Vec<Envelope<AnyMessage>> {
+    collected
+        .messages()
+        .into_iter()
+        .filter(|e| match &e.data {
+            AnyMessage::ReserveStock(r) => r.order_id == order,
+            _ => e.aggregate_id == order,
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -271,7 +243,7 @@ async fn a_duplicate_order_created_runs_one_saga() {
     let market = market(&server, Settings::new(secret())).await;
     stock(&market, "honey", 10).await;
     stock(&market, "soap", 10).await;
-    let tally = Tally::start(
+    let tally = Collector::start(
         &market.bus,
         Subscription::new("e2e", "tally")
             .to::<ReserveStock>()
@@ -317,7 +289,7 @@ async fn a_duplicate_order_created_runs_one_saga() {
         .unwrap_or_else(|e| panic!("{e}"));
     let confirmed = eventually(
         Duration::from_secs(20),
-        || async { tally.of("ord-dup") },
+        || async { about(&tally, "ord-dup") },
         |seen| {
             seen.iter()
                 .any(|e| matches!(e.data, AnyMessage::OrderConfirmed(_)))
@@ -325,7 +297,7 @@ async fn a_duplicate_order_created_runs_one_saga() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let seen = tally.of("ord-dup");
+    let seen = about(&tally, "ord-dup");
     let reserves = seen
         .iter()
         .filter(|e| matches!(e.data, AnyMessage::ReserveStock(_)))
@@ -358,7 +330,7 @@ async fn a_duplicate_order_created_runs_one_saga() {
             "{product}"
         );
     }
-    tally.handle.shutdown().await;
+    tally.stop().await;
     market.stop().await;
 }
 

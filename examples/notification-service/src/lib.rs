@@ -50,7 +50,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use service_kit::bus::reply_to;
-use service_kit::{ApiError, ConfigError, Env, Records, RecordsError, Workers, is_valid_id};
+use service_kit::{ApiError, Env, Records, RecordsError, Workers, is_valid_id};
 use tracing::Instrument as _;
 
 pub use config::Config;
@@ -300,25 +300,12 @@ async fn list<B: Publisher + Subscriber>(
 ///
 /// # Errors
 /// A bad setting, an unreachable NATS, an address in use: the message says what to fix.
-pub async fn run(env: Env) -> Result<(), ConfigError> {
-    service_kit::ops::init("info", service_kit::ops::LogFormat::Json);
+pub async fn run(env: Env) -> Result<(), service_kit::ConfigError> {
     let config = Config::from_env(&env)?;
-    let bus = service_kit::Bus::connect(config.nats_url.as_deref(), NAME).await?;
-    let records = Records::open(&bus, "notifications")
-        .await
-        .map_err(|e| ConfigError::new(e.to_string()))?;
+    let (bus, records) =
+        service_kit::ops::connect(NAME, config.nats_url.as_deref(), "notifications").await?;
     let notifications = Notifications::new(bus.clone(), records);
-    let workers = notifications
-        .start()
-        .await
-        .map_err(|e| ConfigError::new(format!("subscribing: {e}")))?;
-    let verifier = Verifier::new(&config.secret);
-    service_kit::ops::serve_until_signal(
-        NAME,
-        config.http_addr,
-        bus,
-        notifications.router(&verifier),
-        workers,
-    )
-    .await
+    let workers = notifications.start().await?;
+    let router = notifications.router(&Verifier::new(&config.secret));
+    service_kit::ops::serve_until_signal(NAME, config.http_addr, bus, router, workers).await
 }

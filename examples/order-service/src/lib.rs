@@ -221,12 +221,9 @@ impl<B> Orders<B> {
 /// # Errors
 /// A bad setting, an unreachable NATS, an address in use: the message says what to fix.
 pub async fn run(env: Env) -> Result<(), ConfigError> {
-    service_kit::ops::init("info", service_kit::ops::LogFormat::Json);
     let config = Config::from_env(&env)?;
-    let bus = service_kit::Bus::connect(config.nats_url.as_deref(), NAME).await?;
-    let records = Records::open(&bus, "orders")
-        .await
-        .map_err(|e| ConfigError::new(e.to_string()))?;
+    let (bus, records) =
+        service_kit::ops::connect(NAME, config.nats_url.as_deref(), "orders").await?;
     let issuer = Issuer::new(config.secret.clone(), NAME, Clients::PERMISSIONS);
     let clients = Clients::new(&config.inventory_url, &config.payment_url, Some(issuer))?;
     let orders = Orders::new(bus.clone(), records, clients);

@@ -1,7 +1,7 @@
 //! payment-service from the outside: pre-validation over REST, and charging for the saga
 //! in memory and over a real nats-server, at most once per order.
 
-use a4co_events::bus::{Publisher, Subscriber};
+use a4co_events::bus::{Publisher, Subscription};
 use a4co_events::catalog::payment::{
     PaymentFailed, PaymentInitiated, PaymentMethod, PaymentSucceeded, ProcessPayment,
     RefundPayment, RefundProcessed,
@@ -9,7 +9,7 @@ use a4co_events::catalog::payment::{
 use a4co_events::{AnyMessage, Envelope, EventId, Message, Money};
 use a4co_http::Client;
 use a4co_http::auth::{Issuer, Secret, Verifier};
-use a4co_testkit::bus::RecordingBus;
+use a4co_testkit::bus::{Collector, RecordingBus};
 use a4co_testkit::nats::NatsServer;
 use payment_service::{Gateway, Payments, Status};
 use serde_json::json;
@@ -230,7 +230,13 @@ async fn two_instances_on_nats_charge_each_order_once() {
         workers.push(payments.start().await.unwrap_or_else(|e| panic!("{e}")));
         instances.push(payments);
     }
-    let (outcomes, listening) = outcomes(&bus).await;
+    let outcomes = Collector::start(
+        &bus,
+        Subscription::new("test", "outcomes")
+            .to::<PaymentSucceeded>()
+            .to::<PaymentFailed>(),
+    )
+    .await;
     // Every order's command three times over, under different ids.
     for round in 0..3 {
         for i in 0..10 {
@@ -250,13 +256,9 @@ async fn two_instances_on_nats_charge_each_order_once() {
                 .unwrap_or_else(|e| panic!("{e}"));
         }
     }
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    while outcomes.lock().map(|o| o.len()).unwrap_or(0) < 30
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let seen = outcomes.lock().map(|o| o.clone()).unwrap_or_default();
+    let seen = outcomes
+        .wait_for(30, std::time::Duration::from_secs(20))
+        .await;
     assert_eq!(seen.len(), 30, "every command answered");
     let charges = instances[0]
         .gateway_charges()
@@ -264,8 +266,13 @@ async fn two_instances_on_nats_charge_each_order_once() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(charges.len(), 10, "one gateway charge per order");
     let mut per_order = std::collections::HashMap::<String, std::collections::HashSet<bool>>::new();
-    for (order, ok) in seen.values() {
-        per_order.entry(order.clone()).or_default().insert(*ok);
+    for outcome in &seen {
+        let (order, ok) = match &outcome.data {
+            AnyMessage::PaymentSucceeded(p) => (p.order_id.clone(), true),
+            AnyMessage::PaymentFailed(p) => (p.order_id.clone(), false),
+            other => panic!("{other:?}"),
+        };
+        per_order.entry(order).or_default().insert(ok);
     }
     assert!(
         per_order.values().all(|answers| answers.len() == 1),
@@ -279,37 +286,5 @@ async fn two_instances_on_nats_charge_each_order_once() {
     for w in workers {
         w.shutdown().await;
     }
-    listening.shutdown().await;
-}
-
-type Outcomes = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (String, bool)>>>;
-
-/// Payment outcomes by event id: (order, succeeded).
-async fn outcomes(bus: &Bus) -> (Outcomes, a4co_events::bus::SubscriptionHandle) {
-    use a4co_events::bus::Subscription;
-    let seen = Outcomes::default();
-    let record = seen.clone();
-    let handle = bus
-        .subscribe(
-            Subscription::new("test", "outcomes")
-                .to::<PaymentSucceeded>()
-                .to::<PaymentFailed>(),
-            move |e: Envelope<AnyMessage>, _| {
-                let record = record.clone();
-                async move {
-                    let outcome = match &e.data {
-                        AnyMessage::PaymentSucceeded(p) => (p.order_id.clone(), true),
-                        AnyMessage::PaymentFailed(p) => (p.order_id.clone(), false),
-                        _ => return Ok(()),
-                    };
-                    if let Ok(mut seen) = record.lock() {
-                        seen.insert(e.event_id.to_string(), outcome);
-                    }
-                    Ok(())
-                }
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    (seen, handle)
+    outcomes.stop().await;
 }

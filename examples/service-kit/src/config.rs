@@ -20,6 +20,18 @@ impl ConfigError {
     }
 }
 
+impl From<crate::RecordsError> for ConfigError {
+    fn from(error: crate::RecordsError) -> Self {
+        ConfigError(format!("opening the service's records: {error}"))
+    }
+}
+
+impl From<a4co_events::bus::SubscribeError> for ConfigError {
+    fn from(error: a4co_events::bus::SubscribeError) -> Self {
+        ConfigError(format!("subscribing: {error}"))
+    }
+}
+
 /// The variables a service reads: the process environment, or given pairs (tests).
 #[derive(Clone, Debug, Default)]
 pub struct Env {

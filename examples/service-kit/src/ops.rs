@@ -197,6 +197,22 @@ pub async fn serve(
         .await
 }
 
+/// A service's start: logs and metrics ([`init`], JSON), the bus (`nats_url`, or in
+/// memory), and the service's records in `bucket`.
+///
+/// # Errors
+/// NATS unreachable or too old, the bucket not opened: the message says which.
+pub async fn connect(
+    service: &str,
+    nats_url: Option<&str>,
+    bucket: &str,
+) -> Result<(Bus, crate::Records), crate::ConfigError> {
+    init("info", LogFormat::Json);
+    let bus = Bus::connect(nats_url, service).await?;
+    let records = crate::Records::open(&bus, bucket).await?;
+    Ok((bus, records))
+}
+
 /// Binds `addr`, serves `router` with `/health`, `/metrics` and request spans added, until
 /// Ctrl-C or SIGTERM; then stops `workers` gracefully.
 ///
