@@ -345,3 +345,45 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recei
         body,
     })
 }
+
+/// A shared secret for service tokens in tests (never use it outside them).
+pub fn test_secret() -> a4co_http::auth::Secret {
+    a4co_http::auth::Secret::new("a4co-testkit-secret-only-for-tests!!")
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A client for a service's routes called in process (an axum `Router`, any tower service):
+/// no retries, so a test sees every answer; with `permissions`, tokens of `caller` signed
+/// with [`test_secret`]; without, no token at all.
+///
+/// # Panics
+/// The client cannot be built (a bug in the test).
+pub fn in_process<S>(
+    target: &str,
+    service: S,
+    caller: &str,
+    permissions: &[&str],
+) -> a4co_http::Client
+where
+    S: tower_service::Service<
+            axum::http::Request<axum::body::Body>,
+            Response = axum::http::Response<axum::body::Body>,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Future: Send + 'static,
+{
+    let mut builder = a4co_http::Client::builder(target, format!("http://{target}"))
+        .service(service)
+        .retry(a4co_http::retry::never());
+    if !permissions.is_empty() {
+        builder = builder.service_auth(a4co_http::auth::Issuer::new(
+            test_secret(),
+            caller,
+            permissions.iter().copied(),
+        ));
+    }
+    builder.build().unwrap_or_else(|e| panic!("{e}"))
+}

@@ -12,8 +12,9 @@ use a4co_events::catalog::inventory::{
 use a4co_events::catalog::order::OrderConfirmed;
 use a4co_events::{AnyMessage, Envelope, Message, Money};
 use a4co_http::Client;
-use a4co_http::auth::{Issuer, Secret, Verifier};
+use a4co_http::auth::Verifier;
 use a4co_testkit::bus::{Collector, RecordingBus};
+use a4co_testkit::http::{in_process, test_secret};
 use a4co_testkit::nats::NatsServer;
 use chrono::Utc;
 use inventory_service::http::{Availability, CheckResponse, StockView};
@@ -21,25 +22,12 @@ use inventory_service::{Inventory, ProductDetails, Settings};
 use serde_json::json;
 use service_kit::{Bus, Records};
 
-fn secret() -> Secret {
-    Secret::new("test-secret-test-secret-test-secret!").unwrap_or_else(|e| panic!("{e}"))
-}
-
 fn client(
     inventory: &Inventory<impl Publisher + a4co_events::bus::Subscriber>,
     permissions: &[&str],
 ) -> Client {
-    let mut builder = Client::builder("inventory-service", "http://inventory.local")
-        .service(inventory.router(&Verifier::new(&secret())))
-        .retry(a4co_http::retry::never());
-    if !permissions.is_empty() {
-        builder = builder.service_auth(Issuer::new(
-            secret(),
-            "order-service",
-            permissions.iter().copied(),
-        ));
-    }
-    builder.build().unwrap_or_else(|e| panic!("{e}"))
+    let router = inventory.router(&Verifier::new(&test_secret()));
+    in_process("inventory-service", router, "order-service", permissions)
 }
 
 async fn seeded(bus: RecordingBus, units: u32) -> Inventory<RecordingBus> {

@@ -8,15 +8,11 @@ use a4co_events::catalog::notification::NotificationSent;
 use a4co_events::catalog::order::{OrderConfirmed, OrderCreated, OrderStatusChanged};
 use a4co_events::catalog::payment::PaymentFailed;
 use a4co_events::{Envelope, EventId, Message};
-use a4co_http::Client;
-use a4co_http::auth::{Issuer, Secret, Verifier};
+use a4co_http::auth::Verifier;
 use a4co_testkit::bus::RecordingBus;
+use a4co_testkit::http::{in_process, test_secret};
 use notification_service::{Filter, Notification, Notifications};
 use service_kit::Records;
-
-fn secret() -> Secret {
-    Secret::new("test-secret-test-secret-test-secret!").unwrap_or_else(|e| panic!("{e}"))
-}
 
 #[tokio::test]
 async fn every_event_is_told_once_to_its_customer() {
@@ -78,14 +74,8 @@ async fn every_event_is_told_once_to_its_customer() {
     );
 
     let client = |permissions: &[&str]| {
-        let mut builder = Client::builder("notification-service", "http://in-process")
-            .service(notifications.router(&Verifier::new(&secret())))
-            .retry(a4co_http::retry::never());
-        if !permissions.is_empty() {
-            builder =
-                builder.service_auth(Issuer::new(secret(), "ops", permissions.iter().copied()));
-        }
-        builder.build().unwrap_or_else(|e| panic!("{e}"))
+        let router = notifications.router(&Verifier::new(&test_secret()));
+        in_process("notification-service", router, "ops", permissions)
     };
     let reader = client(&["notification:read"]);
     let found: Vec<Notification> = reader

@@ -10,20 +10,16 @@ use a4co_events::catalog::order::{
 };
 use a4co_events::{Envelope, Message};
 use a4co_http::Client;
-use a4co_http::auth::{Issuer, Secret, Verifier};
+use a4co_http::auth::Verifier;
 use a4co_saga::MemoryStore;
 use a4co_saga::fulfillment::Settings;
 use a4co_testkit::bus::RecordingBus;
-use a4co_testkit::http::{FaultServer, Reply};
+use a4co_testkit::http::{FaultServer, Reply, in_process, test_secret};
 use inventory_service::{Inventory, ProductDetails};
 use order_service::{Clients, Order, Orders};
 use payment_service::{Gateway, Payments};
 use serde_json::json;
 use service_kit::{Records, Workers};
-
-fn secret() -> Secret {
-    Secret::new("test-secret-test-secret-test-secret!").unwrap_or_else(|e| panic!("{e}"))
-}
 
 /// Order, inventory and payment on one recording bus, the HTTP calls in process.
 struct Shop {
@@ -35,7 +31,7 @@ struct Shop {
 
 async fn shop() -> Shop {
     let bus = RecordingBus::new().await;
-    let verifier = Verifier::new(&secret());
+    let verifier = Verifier::new(&test_secret());
     let inventory = Inventory::new(
         bus.clone(),
         Records::memory(),
@@ -65,24 +61,15 @@ async fn shop() -> Shop {
             ..Gateway::default()
         },
     );
-    let issuer = Issuer::new(secret(), "order-service", Clients::PERMISSIONS);
-    let in_process = |target: &str, router: axum::Router| {
-        Client::builder(target, "http://in-process")
-            .service(router)
-            .service_auth(issuer.clone())
-            .build()
-            .unwrap_or_else(|e| panic!("{e}"))
+    let as_order_service = |target: &str, router: axum::Router| {
+        in_process(target, router, "order-service", &Clients::PERMISSIONS)
     };
     let clients = Clients {
-        inventory: in_process("inventory-service", inventory.router(&verifier)),
-        payment: in_process("payment-service", payments.router(&verifier)),
+        inventory: as_order_service("inventory-service", inventory.router(&verifier)),
+        payment: as_order_service("payment-service", payments.router(&verifier)),
     };
     let orders = Orders::new(bus.clone(), Records::memory(), clients);
-    let api = Client::builder("order-service", "http://in-process")
-        .service(orders.router())
-        .retry(a4co_http::retry::never())
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let api = in_process("order-service", orders.router(), "customer", &[]);
     Shop {
         bus,
         orders,
@@ -211,11 +198,7 @@ async fn a_dependency_down_is_a_503_and_nothing_is_placed() {
         .unwrap_or_else(|e| panic!("{e}"));
     let bus = RecordingBus::new().await;
     let orders = Orders::new(bus.clone(), Records::memory(), clients);
-    let api = Client::builder("order-service", "http://in-process")
-        .service(orders.router())
-        .retry(a4co_http::retry::never())
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let api = in_process("order-service", orders.router(), "customer", &[]);
     let (status, text) = error_of(&api, order_body("oil", 1, "pm-card-1")).await;
     assert_eq!(status, Some(503), "{text}");
     assert!(text.contains("inventory"), "{text}");

@@ -7,17 +7,13 @@ use a4co_events::catalog::payment::{
     RefundPayment, RefundProcessed,
 };
 use a4co_events::{AnyMessage, Envelope, EventId, Message, Money};
-use a4co_http::Client;
-use a4co_http::auth::{Issuer, Secret, Verifier};
+use a4co_http::auth::Verifier;
 use a4co_testkit::bus::{Collector, RecordingBus};
+use a4co_testkit::http::{in_process, test_secret};
 use a4co_testkit::nats::NatsServer;
 use payment_service::{Gateway, Payments, Status};
 use serde_json::json;
 use service_kit::{Bus, Records};
-
-fn secret() -> Secret {
-    Secret::new("test-secret-test-secret-test-secret!").unwrap_or_else(|e| panic!("{e}"))
-}
 
 fn gateway() -> Gateway {
     Gateway {
@@ -49,17 +45,8 @@ fn count<M: Message>(bus: &RecordingBus) -> usize {
 async fn validation_contract() {
     let payments = Payments::new(RecordingBus::new().await, Records::memory(), gateway());
     let client = |permissions: &[&str]| {
-        let mut builder = Client::builder("payment-service", "http://payment.local")
-            .service(payments.router(&Verifier::new(&secret())))
-            .retry(a4co_http::retry::never());
-        if !permissions.is_empty() {
-            builder = builder.service_auth(Issuer::new(
-                secret(),
-                "order-service",
-                permissions.iter().copied(),
-            ));
-        }
-        builder.build().unwrap_or_else(|e| panic!("{e}"))
+        let router = payments.router(&Verifier::new(&test_secret()));
+        in_process("payment-service", router, "order-service", permissions)
     };
     let caller = client(&["payment:validate"]);
     let body = |method_id: &str, cents: i64| json!({"customerId": "cust-1", "amount": {"amountMinor": cents, "currency": "EUR"}, "paymentMethod": "card", "paymentMethodId": method_id});
