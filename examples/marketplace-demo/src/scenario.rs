@@ -351,22 +351,41 @@ pub async fn run(market: &Marketplace, plan: &Plan, mode: String) -> Result<Summ
     };
     let placed: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
     let rejected: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
-    let progress = plan.progress.then(|| {
+    let total = orders.len();
+    let report = {
         let (finished, placed) = (finished.clone(), placed.clone());
-        let total = orders.len();
+        move |last: &mut (usize, usize, usize)| {
+            let placed = placed.lock().unwrap_or_else(PoisonError::into_inner);
+            let done = finished.lock().unwrap_or_else(PoisonError::into_inner);
+            let (mut confirmed, mut cancelled) = (0, 0);
+            for (id, _) in placed.iter() {
+                match done.get(id) {
+                    Some((_, None)) => confirmed += 1,
+                    Some((_, Some(_))) => cancelled += 1,
+                    None => {}
+                }
+            }
+            let now = (placed.len(), confirmed, cancelled);
+            if now != *last {
+                *last = now;
+                eprintln!(
+                    "  [{:>5.2}s] placed {}/{total} · confirmed {confirmed} · cancelled {cancelled}",
+                    started.elapsed().as_secs_f64(),
+                    now.0,
+                );
+            }
+        }
+    };
+    // The showcase takes well under a second: report it finely; a load run, each second.
+    let every = Duration::from_millis(if plan.orders.is_some() { 1000 } else { 50 });
+    let progress = plan.progress.then(|| {
+        let report = report.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
+            let mut last = (0, 0, 0);
+            let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                let placed = placed.lock().unwrap_or_else(PoisonError::into_inner).len();
-                let done = finished.lock().unwrap_or_else(PoisonError::into_inner);
-                let cancelled = done.values().filter(|(_, r)| r.is_some()).count();
-                eprintln!(
-                    "  [{:>4.1}s] placed {placed}/{total} · confirmed {} · cancelled {cancelled}",
-                    started.elapsed().as_secs_f64(),
-                    done.len() - cancelled,
-                );
+                report(&mut last);
             }
         })
     });
@@ -411,6 +430,7 @@ pub async fn run(market: &Marketplace, plan: &Plan, mode: String) -> Result<Summ
     }
     if let Some(progress) = progress {
         progress.abort();
+        report(&mut (0, 0, 0));
     }
     outcomes.shutdown().await;
 

@@ -591,8 +591,56 @@ async fn the_four_services_as_separate_processes() {
         text.contains("microservices_events_published_total"),
         "{text}"
     );
-    for mut p in [order, inventory, payment, notification] {
-        let _ = p.child.start_kill();
-        let _ = p.child.wait().await;
+    // SIGTERM: each drains its work and exits cleanly.
+    for (mut p, name) in [
+        (order, "order"),
+        (inventory, "inventory"),
+        (payment, "payment"),
+        (notification, "notification"),
+    ] {
+        let pid = p.child.id().unwrap_or_else(|| panic!("{name} has no pid"));
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("kill: {e}"));
+        assert!(sent.success());
+        let exited = tokio::time::timeout(Duration::from_secs(15), p.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{name} did not stop on SIGTERM"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(exited.success(), "{name} exited with {exited}");
+    }
+}
+
+#[tokio::test]
+async fn a_service_with_bad_settings_refuses_to_start_and_says_why() {
+    let cases = [
+        (vec![], "SERVICE_JWT_SECRET is not set"),
+        (
+            vec![
+                ("SERVICE_JWT_SECRET", "e2e-secret-e2e-secret-e2e-secret-e2e"),
+                ("PAYMENT_DECLINE_RATE", "often"),
+            ],
+            "PAYMENT_DECLINE_RATE=\"often\"",
+        ),
+        (
+            vec![
+                ("SERVICE_JWT_SECRET", "e2e-secret-e2e-secret-e2e-secret-e2e"),
+                ("NATS_URL", "nats://127.0.0.1:1"),
+            ],
+            "NATS_URL=\"nats://127.0.0.1:1\"",
+        ),
+    ];
+    for (env, says) in cases {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_marketplace-demo"))
+            .args(["serve", "payment"])
+            .env_clear()
+            .envs(env)
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{says}: it started");
+        assert!(stderr.contains(says), "expected {says:?} in {stderr}");
     }
 }
