@@ -152,26 +152,15 @@ impl<B: Publisher + Subscriber> Orders<B> {
     ) -> Result<(Order, bool), PlaceError> {
         let wanted = request.check()?;
         let order_id = format!("ord-{}", EventId::new());
-        if let Some(key) = idempotency_key {
-            if !is_valid_id(key) {
+        let key = idempotency_key.map(|k| format!("idem.{k}"));
+        if let Some(key) = &key {
+            if !idempotency_key.is_some_and(is_valid_id) {
                 return Err(PlaceError::Invalid(
                     "Idempotency-Key must be 1 to 64 letters, digits, - or _".into(),
                 ));
             }
-            let claimed = self
-                .records
-                .modify(
-                    &format!("idem.{key}"),
-                    |first: Option<&String>| match first {
-                        Some(first) => (None, first.clone()),
-                        None => (Some(order_id.clone()), order_id.clone()),
-                    },
-                )
-                .await?;
-            if claimed != order_id {
-                let order = self.order(&claimed).await?.ok_or(PlaceError::InProgress)?;
-                self.announce(&order).await;
-                return Ok((order, false));
+            if let Some(first) = self.records.get::<String>(key).await? {
+                return self.placed_before(&first.value).await;
             }
         }
 
@@ -218,6 +207,21 @@ impl<B: Publisher + Subscriber> Orders<B> {
 
         self.validate_payment(&request, total).await?;
 
+        // The key is claimed once the order is sure to be taken: a refused request leaves
+        // it free for a corrected retry.
+        if let Some(key) = &key {
+            let claimed = self
+                .records
+                .modify(key, |first: Option<&String>| match first {
+                    Some(first) => (None, first.clone()),
+                    None => (Some(order_id.clone()), order_id.clone()),
+                })
+                .await?;
+            if claimed != order_id {
+                return self.placed_before(&claimed).await;
+            }
+        }
+
         let now = Utc::now();
         let order = Order {
             order_id: order_id.clone(),
@@ -249,6 +253,13 @@ impl<B: Publisher + Subscriber> Orders<B> {
         self.announce(&order).await;
         let order = self.order(&order_id).await?.unwrap_or(order);
         Ok((order, true))
+    }
+
+    /// The order a repeated request placed first (announced again if it is not yet).
+    async fn placed_before(&self, order_id: &str) -> Result<(Order, bool), PlaceError> {
+        let order = self.order(order_id).await?.ok_or(PlaceError::InProgress)?;
+        self.announce(&order).await;
+        Ok((order, false))
     }
 
     async fn validate_payment(&self, request: &PlaceOrder, total: Money) -> Result<(), PlaceError> {

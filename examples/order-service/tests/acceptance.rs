@@ -185,6 +185,17 @@ async fn rest_contract() {
         .count();
     assert_eq!(events, 2, "one per order");
     assert_eq!(orders.all().await.map(|o| o.len()).ok(), Some(2));
+
+    // A refused request does not use up its key: the corrected retry is placed.
+    let with_key = |quantity| {
+        api.post("/api/v1/orders")
+            .idempotency_key("checkout-43")
+            .json(&order_body("bowl", quantity, "pm-card-1"))
+            .send()
+    };
+    assert_eq!(with_key(3).await.err().and_then(|e| e.status()), Some(409));
+    let corrected = with_key(1).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(corrected.status, 201);
 }
 
 #[tokio::test]
