@@ -22,11 +22,12 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::bus::Bus;
 
-/// The process's logging and metrics, set up once by [`init`].
+/// The process's logging, tracing and metrics, set up once by [`init`].
 #[derive(Debug)]
 pub struct Telemetry {
     registry: prometheus::Registry,
-    _provider: opentelemetry_sdk::metrics::SdkMeterProvider,
+    _meters: opentelemetry_sdk::metrics::SdkMeterProvider,
+    _tracer: opentelemetry_sdk::trace::SdkTracerProvider,
 }
 
 static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
@@ -54,7 +55,15 @@ pub fn init(default_filter: &str, format: LogFormat) -> &'static Telemetry {
             Ok("json") => false,
             _ => format == LogFormat::Text,
         };
-        let registry = tracing_subscriber::registry().with(filter);
+        // Spans get OpenTelemetry trace ids (no exporter here: add one to ship traces), so
+        // the bus and the HTTP client carry W3C trace context and logs can name the trace.
+        let tracer = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let otel = {
+            use opentelemetry::trace::TracerProvider as _;
+            tracing_opentelemetry::layer().with_tracer(tracer.tracer("a4co-service"))
+        };
+        opentelemetry::global::set_tracer_provider(tracer.clone());
+        let registry = tracing_subscriber::registry().with(filter).with(otel);
         // Another subscriber may be installed already (tests): then logs go there.
         let _ = if text {
             registry
@@ -87,7 +96,8 @@ pub fn init(default_filter: &str, format: LogFormat) -> &'static Telemetry {
         opentelemetry::global::set_meter_provider(provider.clone());
         Telemetry {
             registry,
-            _provider: provider,
+            _meters: provider,
+            _tracer: tracer,
         }
     })
 }
@@ -104,41 +114,78 @@ impl Telemetry {
     }
 }
 
-/// The span to handle `message` in: its type, aggregate, correlation id and trace id show
-/// on every log line written inside.
+/// The span to handle `message` in (inside the bus's consumer span, so in the publisher's
+/// trace): its type, aggregate, correlation id and trace id show on every log line written
+/// inside.
 pub fn message_span(message: &Envelope<AnyMessage>) -> tracing::Span {
-    let trace_id = message
-        .trace
-        .as_ref()
-        .map(|t| t.trace_id().to_owned())
-        .unwrap_or_default();
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "message",
         r#type = message.event_type(),
         aggregate = %message.aggregate_id,
         correlation_id = %message.metadata.correlation_id,
-        trace_id = %trace_id,
-    )
+        trace_id = tracing::field::Empty,
+    );
+    let trace_id =
+        trace_id_of(&span).or_else(|| message.trace.as_ref().map(|t| t.trace_id().to_owned()));
+    if let Some(trace_id) = trace_id {
+        span.record("trace_id", trace_id);
+    }
+    span
 }
 
-/// Middleware: each request runs in a span with its method, path and trace id (from the
-/// caller's `traceparent`, or a new one), and the answer carries the trace id back in
-/// `x-trace-id`.
+/// The OpenTelemetry trace id of `span`, when tracing is on and the span is enabled.
+fn trace_id_of(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
+/// The remote parent named by a W3C `traceparent` header.
+fn remote_parent(traceparent: &str) -> Option<opentelemetry::Context> {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+    let mut parts = traceparent.trim().split('-');
+    let (_version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let trace = TraceId::from_hex(trace)
+        .ok()
+        .filter(|t| *t != TraceId::INVALID)?;
+    let span = SpanId::from_hex(span)
+        .ok()
+        .filter(|s| *s != SpanId::INVALID)?;
+    let flags = TraceFlags::new(u8::from_str_radix(flags, 16).ok()?);
+    let remote = SpanContext::new(trace, span, flags, true, TraceState::default());
+    Some(opentelemetry::Context::new().with_remote_span_context(remote))
+}
+
+/// Middleware: each request runs in a span with its method, path and trace id (the
+/// caller's, from `traceparent`, or a new one), a child of the caller's span, so the events
+/// and calls it makes stay in that trace; the answer carries the trace id in `x-trace-id`.
 pub async fn request_span(request: Request, next: Next) -> Response {
     use tracing::Instrument as _;
-    let trace_id = request
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let parent = request
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split('-').nth(1))
-        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-        .map_or_else(new_trace_id, str::to_owned);
+        .and_then(remote_parent);
     let span = tracing::info_span!(
         "request",
+        otel.kind = "server",
         method = %request.method(),
         path = %request.uri().path(),
-        trace_id = %trace_id,
+        trace_id = tracing::field::Empty,
     );
+    if let Some(parent) = parent {
+        let _ = span.set_parent(parent);
+    }
+    let trace_id = trace_id_of(&span).unwrap_or_else(new_trace_id);
+    span.record("trace_id", trace_id.as_str());
     let mut response = next.run(request).instrument(span).await;
     if let Ok(value) = HeaderValue::from_str(&trace_id) {
         response.headers_mut().insert("x-trace-id", value);

@@ -1,0 +1,95 @@
+//! The kit's operations side from the outside: trace context through a request, `/health`
+//! and `/metrics`.
+
+use a4co_events::bus::{MemoryBus, Publisher as _};
+use a4co_events::catalog::order::OrderCreated;
+use a4co_events::{Envelope, Message as _};
+use a4co_testkit::http::in_process;
+use a4co_testkit::telemetry::Telemetry;
+use axum::routing::get;
+use service_kit::{Bus, ops};
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_stays_in_its_callers_trace_and_says_which() {
+    let (_telemetry, _guard) = Telemetry::install();
+    let router = axum::Router::new()
+        .route(
+            "/echo",
+            get(|| async {
+                // What a handler's log lines and outgoing messages would carry.
+                let span = tracing::info_span!("inside");
+                let _entered = span.enter();
+                use opentelemetry::trace::TraceContextExt as _;
+                use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+                span.context().span().span_context().trace_id().to_string()
+            }),
+        )
+        .layer(axum::middleware::from_fn(ops::request_span));
+    // Called directly: an a4co-http client would send its own span's traceparent.
+    let call = |traceparent: Option<String>| {
+        let mut router = router.clone();
+        async move {
+            let mut request = axum::http::Request::builder().uri("/echo");
+            if let Some(value) = traceparent {
+                request = request.header("traceparent", value);
+            }
+            let request = request
+                .body(axum::body::Body::empty())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let response = tower_service::Service::call(&mut router, request)
+                .await
+                .unwrap_or_else(|e| match e {});
+            let header = response
+                .headers()
+                .get("x-trace-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = axum::body::to_bytes(response.into_body(), 1024)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            (String::from_utf8_lossy(&body).into_owned(), header)
+        }
+    };
+
+    let caller = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let (inside, header) = call(Some(format!("00-{caller}-00f067aa0ba902b7-01"))).await;
+    assert_eq!(inside, caller, "the handler runs in the caller's trace");
+    assert_eq!(header.as_deref(), Some(caller));
+
+    let (inside, header) = call(None).await;
+    assert_eq!(inside.len(), 32);
+    assert_ne!(inside, caller);
+    assert_eq!(header, Some(inside), "a new trace, named in the answer");
+}
+
+#[tokio::test]
+async fn health_and_metrics() {
+    ops::init("warn", ops::LogFormat::Text);
+    let bus = Bus::from(
+        MemoryBus::provisioned()
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    bus.publish(&Envelope::new("test", "ord-1", OrderCreated::example()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let client = in_process("svc", ops::routes(bus), "test", &[]);
+    let health: serde_json::Value = client
+        .get_json("/health")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (health["status"].as_str(), health["bus"].as_str()),
+        (Some("ok"), Some("memory"))
+    );
+    let scrape = client
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&scrape.body);
+    assert!(
+        text.contains("microservices_events_published_total") && text.contains(OrderCreated::TYPE),
+        "{text}"
+    );
+}
