@@ -644,3 +644,53 @@ async fn a_service_with_bad_settings_refuses_to_start_and_says_why() {
         assert!(stderr.contains(says), "expected {says:?} in {stderr}");
     }
 }
+
+#[tokio::test]
+async fn the_showcase_over_nats_adds_up() {
+    let server = NatsServer::start();
+    let market = market(&server, Settings::new(secret())).await;
+    let plan = marketplace_demo::Plan {
+        progress: false,
+        ..marketplace_demo::Plan::default()
+    };
+    let summary = marketplace_demo::run(&market, &plan, "test".into())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cancelled: usize = summary.cancelled.values().sum();
+    let refused: usize = summary.rejected.values().sum();
+    assert_eq!(summary.attempted, 40);
+    assert_eq!(summary.placed + refused, 40);
+    assert_eq!(
+        (summary.unfinished, summary.confirmed + cancelled),
+        (0, summary.placed),
+        "{summary}"
+    );
+    assert!(summary.confirmed > 0 && cancelled > 0, "{summary}");
+    assert!(
+        summary.cancelled.contains_key("payment-failed"),
+        "{summary}"
+    );
+    // Nothing still held, nothing sold twice.
+    for (product, before, after, available) in &summary.stock {
+        assert!(
+            after <= before && available == after,
+            "{product}: {summary}"
+        );
+    }
+    let scarce = summary.stock.iter().find(|s| s.0 == "farol-forja");
+    assert_eq!(
+        scarce.map(|s| (s.1, s.2)),
+        Some((4, 0)),
+        "the four lanterns sold, no more"
+    );
+    assert_eq!(
+        summary.notifications.get("order-received"),
+        Some(&summary.placed)
+    );
+    assert_eq!(
+        summary.notifications.get("order-confirmed"),
+        Some(&summary.confirmed)
+    );
+    assert!(summary.latency.0 <= summary.latency.1);
+    market.stop().await;
+}
