@@ -160,68 +160,68 @@ fn finished(clock: &Clock, slots: &Semaphore, order: &str) {
 
 // ---------------------------------------------------------------- SDK
 
+/// The SDK's consumer for one command type: unordered, no inbox, 64 in flight.
+fn commands_of<M: a4co_events::Message>(service: &str) -> Subscription {
+    Subscription::new(service, "cmd")
+        .to::<M>()
+        .max_in_flight(64)
+        .inbox_ttl(None)
+        .order(a4co_events::bus::Order::Unordered)
+}
+
+/// Answers every command of the subscription with `reply(command, order id)`.
+async fn answer(
+    bus: &NatsBus,
+    subscription: Subscription,
+    reply: fn(&Envelope<AnyMessage>, &str) -> Envelope<AnyMessage>,
+) -> a4co_events::bus::SubscriptionHandle {
+    let p = bus.clone();
+    bus.subscribe(subscription, move |m: Envelope<AnyMessage>, _| {
+        let p = p.clone();
+        async move {
+            let order_id = match &m.data {
+                AnyMessage::ReserveStock(c) => c.order_id.clone(),
+                AnyMessage::ProcessPayment(c) => c.order_id.clone(),
+                _ => return Ok(()),
+            };
+            p.publish(&reply(&m, &order_id))
+                .await
+                .map_err(HandlerError::retryable)?;
+            Ok(())
+        }
+    })
+    .await
+    .unwrap()
+}
+
 async fn sdk_participants(
     bus: &NatsBus,
     clock: Arc<Clock>,
     slots: Arc<Semaphore>,
 ) -> Vec<a4co_events::bus::SubscriptionHandle> {
-    let mut handles = Vec::new();
-    let p = bus.clone();
-    let inventory = Subscription::new("bench-inventory", "cmd")
-        .to::<ReserveStock>()
-        .max_in_flight(64)
-        .inbox_ttl(None)
-        .order(a4co_events::bus::Order::Unordered);
-    handles.push(
-        bus.subscribe(inventory, move |m: Envelope<AnyMessage>, _| {
-            let p = p.clone();
-            async move {
-                let AnyMessage::ReserveStock(c) = &m.data else {
-                    return Ok(());
-                };
-                let reply = reserved_reply(&m, &c.order_id);
-                p.publish(&reply).await.map_err(HandlerError::retryable)?;
-                Ok(())
-            }
-        })
-        .await
-        .unwrap(),
-    );
-    let p = bus.clone();
-    let payment = Subscription::new("bench-payment", "cmd")
-        .to::<ProcessPayment>()
-        .max_in_flight(64)
-        .inbox_ttl(None)
-        .order(a4co_events::bus::Order::Unordered);
-    handles.push(
-        bus.subscribe(payment, move |m: Envelope<AnyMessage>, _| {
-            let p = p.clone();
-            async move {
-                let AnyMessage::ProcessPayment(c) = &m.data else {
-                    return Ok(());
-                };
-                let reply = paid_reply(&m, &c.order_id);
-                p.publish(&reply).await.map_err(HandlerError::retryable)?;
-                Ok(())
-            }
-        })
-        .await
-        .unwrap(),
-    );
-    let orders = Subscription::new("bench-order", "cmd")
-        .to::<ConfirmOrder>()
-        .max_in_flight(64)
-        .inbox_ttl(None)
-        .order(a4co_events::bus::Order::Unordered);
-    handles.push(
-        bus.subscribe(orders, move |m: Envelope<AnyMessage>, _| {
+    let orders = commands_of::<ConfirmOrder>("bench-order");
+    let confirmed = bus
+        .subscribe(orders, move |m: Envelope<AnyMessage>, _| {
             finished(&clock, &slots, &m.aggregate_id);
             std::future::ready(Ok::<(), HandlerError>(()))
         })
         .await
-        .unwrap(),
-    );
-    handles
+        .unwrap();
+    vec![
+        answer(
+            bus,
+            commands_of::<ReserveStock>("bench-inventory"),
+            reserved_reply,
+        )
+        .await,
+        answer(
+            bus,
+            commands_of::<ProcessPayment>("bench-payment"),
+            paid_reply,
+        )
+        .await,
+        confirmed,
+    ]
 }
 
 // ---------------------------------------------------------------- raw
