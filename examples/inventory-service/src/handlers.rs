@@ -122,18 +122,6 @@ impl<B: Publisher + Subscriber> Inventory<B> {
                 }
             })
             .await?;
-        if matches!(outcome, Reserved::New(_)) && self.hold_is_over(order_id, product_id).await? {
-            // A release (another instance) closed the hold between our check and our write:
-            // give the units back rather than leave them held until the hold lapses.
-            self.records
-                .modify(&product_key(product_id), |current: Option<&Product>| {
-                    let mut next = current.cloned();
-                    let released = next.as_mut().and_then(|p| p.release(order_id));
-                    (released.and(next), ())
-                })
-                .await?;
-            return Ok(());
-        }
         let answer: AnyMessage = match (&outcome, &product) {
             (Reserved::New(held) | Reserved::Again(held), Some(product)) => {
                 reserved(order_id, product, held).into()
@@ -226,11 +214,24 @@ impl<B: Publisher + Subscriber> Inventory<B> {
                 "order {order_id:?} is not a valid id"
             )));
         }
-        let Some(holds) = self.records.get::<OrderHolds>(&order_key(order_id)).await? else {
-            return Ok(());
-        };
-        for product_id in holds.value.products {
-            self.close(order_id, &product_id).await?;
+        // Every hold of the order is over, in one write, before the products change.
+        let products = self
+            .records
+            .modify(&order_key(order_id), |current: Option<&OrderHolds>| {
+                let Some(current) = current else {
+                    return (None, Vec::new());
+                };
+                let mut holds = current.clone();
+                for product in &current.products {
+                    if !holds.is_closed(product) {
+                        holds.closed.push(product.clone());
+                    }
+                }
+                let changed = holds.closed.len() != current.closed.len();
+                (changed.then_some(holds), current.products.clone())
+            })
+            .await?;
+        for product_id in products {
             let committed = self
                 .records
                 .modify(&product_key(&product_id), |current: Option<&Product>| {
@@ -315,15 +316,6 @@ impl<B: Publisher + Subscriber> Inventory<B> {
 }
 
 impl<B> Inventory<B> {
-    /// Whether the order's hold on the product is over (released or committed).
-    async fn hold_is_over(&self, order_id: &str, product_id: &str) -> Result<bool, RecordsError> {
-        Ok(self
-            .records
-            .get::<OrderHolds>(&order_key(order_id))
-            .await?
-            .is_some_and(|holds| holds.value.is_closed(product_id)))
-    }
-
     /// Marks the order's hold on the product over, before the product's record changes: a
     /// crash in between leaves a hold that a redelivery releases, never one made twice.
     async fn close(&self, order_id: &str, product_id: &str) -> Result<(), RecordsError> {

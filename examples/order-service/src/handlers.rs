@@ -75,48 +75,19 @@ impl<B: Publisher + Subscriber> Orders<B> {
     async fn on_command(&self, message: &Envelope<AnyMessage>) -> Result<(), HandlerError> {
         let order_id = &message.aggregate_id;
         let now = Utc::now();
-        let (status, answer): (OrderStatus, AnyMessage) = match &message.data {
-            AnyMessage::ConfirmOrder(c) => (
-                OrderStatus::Confirmed,
-                OrderConfirmed {
-                    confirmed_at: now,
-                    estimated_delivery_date: now + chrono::Duration::days(3),
-                    payment_reference: c.payment_reference.clone(),
-                    payment_id: Some(c.payment_id.clone()),
-                    tracking_number: None,
-                    artisan_notified: false,
-                }
-                .into(),
-            ),
-            AnyMessage::CancelOrder(c) => {
-                let total = self.order(order_id).await?.map(|o| o.total);
-                let mut actions = vec!["release-stock".to_owned()];
-                if c.refund_required {
-                    actions.push("refund-payment".to_owned());
-                }
-                (
-                    OrderStatus::Cancelled,
-                    OrderCancelled {
-                        reason: c.reason,
-                        cancelled_at: now,
-                        refund_required: c.refund_required,
-                        refund_amount: total.filter(|_| c.refund_required),
-                        cancelled_by: fulfillment::NAME.to_owned(),
-                        compensation_actions: actions,
-                    }
-                    .into(),
-                )
-            }
+        let status = match &message.data {
+            AnyMessage::ConfirmOrder(_) => OrderStatus::Confirmed,
+            AnyMessage::CancelOrder(_) => OrderStatus::Cancelled,
             _ => return Ok(()),
         };
-        let moved = self
+        let (moved, total) = self
             .records
             .modify(&order_key(order_id), |current: Option<&Order>| {
                 let Some(current) = current else {
-                    return (None, false);
+                    return (None, (false, None));
                 };
                 if current.status != OrderStatus::Pending {
-                    return (None, false);
+                    return (None, (false, Some(current.total)));
                 }
                 let mut next = current.clone();
                 next.status = status;
@@ -131,12 +102,39 @@ impl<B: Publisher + Subscriber> Orders<B> {
                     }
                     _ => {}
                 }
-                (Some(next), true)
+                (Some(next), (true, Some(current.total)))
             })
             .await?;
         if moved {
             tracing::info!(order = %order_id, status = ?status, "order moved");
         }
+        let answer: AnyMessage = match &message.data {
+            AnyMessage::ConfirmOrder(c) => OrderConfirmed {
+                confirmed_at: now,
+                estimated_delivery_date: now + chrono::Duration::days(3),
+                payment_reference: c.payment_reference.clone(),
+                payment_id: Some(c.payment_id.clone()),
+                tracking_number: None,
+                artisan_notified: false,
+            }
+            .into(),
+            AnyMessage::CancelOrder(c) => {
+                let mut actions = vec!["release-stock".to_owned()];
+                if c.refund_required {
+                    actions.push("refund-payment".to_owned());
+                }
+                OrderCancelled {
+                    reason: c.reason,
+                    cancelled_at: now,
+                    refund_required: c.refund_required,
+                    refund_amount: total.filter(|_| c.refund_required),
+                    cancelled_by: fulfillment::NAME.to_owned(),
+                    compensation_actions: actions,
+                }
+                .into()
+            }
+            _ => return Ok(()),
+        };
         // Published again on a redelivery (same id: stored once), so the saga always hears.
         self.bus
             .publish(&reply_to(message, NAME, order_id, answer, "answer"))
@@ -159,7 +157,7 @@ impl<B: Publisher + Subscriber> Orders<B> {
             .iter()
             .filter(|o| !o.announced && o.created_at < settled)
         {
-            self.announce(order).await;
+            let _announced = self.announce(order).await;
         }
     }
 }

@@ -250,15 +250,15 @@ impl<B: Publisher + Subscriber> Orders<B> {
                 },
             )
             .await?;
-        self.announce(&order).await;
-        let order = self.order(&order_id).await?.unwrap_or(order);
+        let mut order = order;
+        order.announced = self.announce(&order).await;
         Ok((order, true))
     }
 
     /// The order a repeated request placed first (announced again if it is not yet).
     async fn placed_before(&self, order_id: &str) -> Result<(Order, bool), PlaceError> {
-        let order = self.order(order_id).await?.ok_or(PlaceError::InProgress)?;
-        self.announce(&order).await;
+        let mut order = self.order(order_id).await?.ok_or(PlaceError::InProgress)?;
+        order.announced = self.announce(&order).await;
         Ok((order, false))
     }
 
@@ -298,12 +298,12 @@ impl<B: Publisher + Subscriber> Orders<B> {
         }
     }
 
-    /// Publishes `order.created` for an order not yet announced, and records that it is.
-    /// Its id is derived from the order's, so announcing twice stores one event. A failure
-    /// is logged; the outbox tries again.
-    pub(crate) async fn announce(&self, order: &Order) {
+    /// Publishes `order.created` for an order not yet announced, and records that it is;
+    /// returns whether it is. Its id is derived from the order's, so announcing twice stores
+    /// one event. A failure is logged; the outbox tries again.
+    pub(crate) async fn announce(&self, order: &Order) -> bool {
         if order.announced {
-            return;
+            return true;
         }
         let created = OrderCreated {
             customer_id: order.customer_id.clone(),
@@ -319,7 +319,7 @@ impl<B: Publisher + Subscriber> Orders<B> {
             .with_occurred_at(order.created_at);
         if let Err(e) = self.bus.publish(&envelope).await {
             tracing::warn!(order = %order.order_id, error = %e, "order.created not published; the outbox will retry");
-            return;
+            return false;
         }
         let marked = self
             .records
@@ -338,5 +338,6 @@ impl<B: Publisher + Subscriber> Orders<B> {
         if let Err(e) = marked {
             tracing::warn!(order = %order.order_id, error = %e, "order.created published, not yet marked");
         }
+        true
     }
 }

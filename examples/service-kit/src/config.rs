@@ -60,13 +60,6 @@ impl Env {
         }
     }
 
-    /// Sets `name` (for a service started by another: the demo, a test).
-    #[must_use]
-    pub fn with(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.vars.insert(name.into(), value.into());
-        self
-    }
-
     /// The value of `name`, when set and not blank.
     pub fn optional(&self, name: &str) -> Option<String> {
         self.vars

@@ -7,7 +7,6 @@
 //!   provider whose reader is a Prometheus registry, served as text at `/metrics`.
 //! - **Health**: `/health` answers 200 while the bus is connected, 503 (with why) when not.
 
-use std::future::Future;
 use std::sync::OnceLock;
 
 use a4co_events::{AnyMessage, Envelope};
@@ -229,21 +228,6 @@ async fn metrics() -> Response {
         .into_response()
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then lets requests in flight
-/// finish.
-///
-/// # Errors
-/// Accepting connections failed.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
 /// A service's start: logs and metrics ([`init`], JSON), the bus (`nats_url`, or in
 /// memory), and the service's records in `bucket`.
 ///
@@ -282,7 +266,10 @@ pub async fn serve_until_signal(
         .merge(routes(bus))
         .layer(axum::middleware::from_fn(request_span));
     tracing::info!(%addr, bus = kind, "{service} listening");
-    let served = serve(listener, router, shutdown_signal()).await;
+    // Requests in flight finish before the workers stop.
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
     workers.shutdown().await;
     served.map_err(|e| crate::ConfigError::new(format!("{service} stopped serving: {e}")))
 }
