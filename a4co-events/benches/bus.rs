@@ -47,17 +47,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// CPU time (ns) a process has used so far, summed over its threads (Linux schedstat).
-fn cpu_ns(pid: &str) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// One measured run: messages per second and CPU microseconds per message, in this
 /// process (the client) and in nats-server.
 #[derive(Clone, Copy)]
@@ -68,15 +57,16 @@ struct Run {
 }
 
 /// Measures `work`, which handles `n` messages.
-async fn measure<F: Future<Output = ()>>(server_pid: &str, n: usize, work: F) -> Run {
-    let (c0, s0, t0) = (cpu_ns("self"), cpu_ns(server_pid), Instant::now());
+async fn measure<F: Future<Output = ()>>(server_pid: u32, n: usize, work: F) -> Run {
+    use a4co_testkit::cpu;
+    let (c0, s0, t0) = (cpu::own(), cpu::of(server_pid), Instant::now());
     work.await;
     let elapsed = t0.elapsed().as_secs_f64();
-    let per_msg = |ns: u64| ns as f64 / 1e3 / n as f64;
+    let per_msg = |spent: Duration| spent.as_secs_f64() * 1e6 / n as f64;
     Run {
         rate: n as f64 / elapsed,
-        client_us: per_msg(cpu_ns("self") - c0),
-        server_us: per_msg(cpu_ns(server_pid) - s0),
+        client_us: per_msg(cpu::own() - c0),
+        server_us: per_msg(cpu::of(server_pid) - s0),
     }
 }
 
@@ -150,7 +140,7 @@ async fn main() {
     let n = env_num("A4CO_BENCH_N", 50_000);
     let rounds = env_num("A4CO_BENCH_ROUNDS", 3).max(1);
     let server = a4co_testkit::nats::NatsServer::start();
-    let pid = server.pid().unwrap().to_string();
+    let pid = server.pid().unwrap();
     let bus = NatsBus::connect(Config::new(server.url())).await.unwrap();
     bus.provision(1).await.unwrap();
     let client = async_nats::connect(server.url()).await.unwrap();
@@ -179,7 +169,7 @@ async fn main() {
     let (mut raw, mut raw_hdr, mut raw_enc, mut sdk) = (vec![], vec![], vec![], vec![]);
     for round in 0..rounds {
         raw.push(
-            measure(&pid, n, async {
+            measure(pid, n, async {
                 pipelined!(n, |i| {
                     let msg = jetstream::message::PublishMessage::build()
                         .payload(body.clone())
@@ -190,7 +180,7 @@ async fn main() {
             .await,
         );
         raw_hdr.push(
-            measure(&pid, n, async {
+            measure(pid, n, async {
                 pipelined!(n, |i| {
                     let mut msg = jetstream::message::PublishMessage::build().payload(body.clone());
                     for (k, v) in sdk_headers.iter().filter(|(k, _)| *k != "Nats-Msg-Id") {
@@ -204,7 +194,7 @@ async fn main() {
         );
         let events: Vec<_> = (0..n).map(|i| event(round * n + i)).collect();
         raw_enc.push(
-            measure(&pid, n, async {
+            measure(pid, n, async {
                 pipelined!(n, |i| {
                     let msg = jetstream::message::PublishMessage::build()
                         .payload(events[i].to_json().into())
@@ -215,7 +205,7 @@ async fn main() {
             .await,
         );
         sdk.push(
-            measure(&pid, n, async {
+            measure(pid, n, async {
                 pipelined!(n, |i| bus.publish_pipelined(&events[i]).await.unwrap());
             })
             .await,
@@ -268,17 +258,10 @@ async fn main() {
     // each round on fresh durables reading the first n messages.
     let (mut raw, mut raw_parse, mut off, mut on) = (vec![], vec![], vec![], vec![]);
     for round in 0..rounds {
-        raw.push(
-            measure(
-                &pid,
-                n,
-                raw_consume(&js, &format!("raw-{round}"), n, |_| ()),
-            )
-            .await,
-        );
+        raw.push(measure(pid, n, raw_consume(&js, &format!("raw-{round}"), n, |_| ())).await);
         raw_parse.push(
             measure(
-                &pid,
+                pid,
                 n,
                 raw_consume(&js, &format!("parse-{round}"), n, |b| {
                     std::hint::black_box(serde_json::from_slice::<serde_json::Value>(b).unwrap());
@@ -291,7 +274,7 @@ async fn main() {
             (&mut on, "on", Some(Duration::from_secs(3600))),
         ] {
             runs.push(
-                measure(&pid, n, async {
+                measure(pid, n, async {
                     let handler = |_: Envelope<AnyMessage>, _: DeliveryInfo| {
                         std::future::ready(Ok::<(), HandlerError>(()))
                     };

@@ -9,8 +9,10 @@
 //! publishing order.created to the confirm command reaching the order service.
 //!
 //! Run with `cargo bench -p a4co-saga --bench saga` (`A4CO_BENCH_N` orders per run,
-//! default 2000; `A4CO_BENCH_IN_FLIGHT`, default 64; `A4CO_BENCH_NATS=0` for the in-memory
-//! part only). It prints numbers; nothing is asserted.
+//! default 2000; `A4CO_BENCH_IN_FLIGHT`, default 64; `A4CO_BENCH_ROUNDS`, default 3;
+//! `A4CO_BENCH_NATS=0` for the in-memory part only). Rounds alternate which flow goes
+//! first; peaks are medians. Each run also reports the CPU per order of this process and
+//! of nats-server. It prints numbers; nothing is asserted.
 
 #![allow(clippy::unwrap_used, clippy::cast_precision_loss, missing_docs)]
 
@@ -97,7 +99,13 @@ struct Run {
     rate: f64,
     p50: Duration,
     p99: Duration,
+    /// CPU per order, in this process and in nats-server.
+    client: Duration,
+    server: Duration,
 }
+
+/// nats-server's process id, whose CPU time each run reads (0 before it starts).
+static SERVER_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// Publishes `n` orders (ids from `first`) with `publish`, keeping at most `in_flight`
 /// unfinished (or pacing them at `rate` orders/s when given), and waits until all are
@@ -121,6 +129,8 @@ where
         p.forget();
     }
     slots.add_permits(in_flight);
+    let server_pid = SERVER_PID.load(std::sync::atomic::Ordering::Relaxed);
+    let (client0, server0) = (a4co_testkit::cpu::own(), a4co_testkit::cpu::of(server_pid));
     let start = Instant::now();
     for i in 0..n {
         if let Some(rate) = rate {
@@ -142,6 +152,9 @@ where
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let elapsed = start.elapsed();
+    let per_order = |spent: Duration| spent / u32::try_from(n).unwrap();
+    let client = per_order(a4co_testkit::cpu::own() - client0);
+    let server = per_order(a4co_testkit::cpu::of(server_pid) - server0);
     let mut lat = clock.latencies.lock().unwrap().clone();
     lat.sort();
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
@@ -149,6 +162,22 @@ where
         rate: n as f64 / elapsed.as_secs_f64(),
         p50: pct(0.5),
         p99: pct(0.99),
+        client,
+        server,
+    }
+}
+
+/// The run of median rate (its latencies with it).
+fn median(runs: &[Run]) -> Run {
+    let mut sorted: Vec<&Run> = runs.iter().collect();
+    sorted.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    let m = sorted[sorted.len() / 2];
+    Run {
+        rate: m.rate,
+        p50: m.p50,
+        p99: m.p99,
+        client: m.client,
+        server: m.server,
     }
 }
 
@@ -447,10 +476,12 @@ async fn raw_flow(js: jetstream::Context, clock: Arc<Clock>, slots: Arc<Semaphor
 
 fn row(name: &str, r: &Run) {
     println!(
-        "{name:<44} {:>8.0} orders/s   p50 {:>7.1} ms   p99 {:>7.1} ms",
+        "{name:<44} {:>8.0} orders/s   p50 {:>7.1} ms   p99 {:>7.1} ms   CPU/order: client {:>4.0} us, server {:>4.0} us",
         r.rate,
         r.p50.as_secs_f64() * 1e3,
-        r.p99.as_secs_f64() * 1e3
+        r.p99.as_secs_f64() * 1e3,
+        r.client.as_secs_f64() * 1e6,
+        r.server.as_secs_f64() * 1e6,
     );
 }
 
@@ -500,14 +531,16 @@ async fn main() {
     };
     let n = env("A4CO_BENCH_N", 2000);
     let in_flight = env("A4CO_BENCH_IN_FLIGHT", 64);
+    let rounds = env("A4CO_BENCH_ROUNDS", 3).max(1);
     in_memory(n).await;
     if std::env::var("A4CO_BENCH_NATS").is_ok_and(|v| v == "0") {
         return;
     }
 
     let server = a4co_testkit::nats::NatsServer::start();
+    SERVER_PID.store(server.pid().unwrap(), std::sync::atomic::Ordering::Relaxed);
     println!(
-        "nats-server on {} | {n} orders per run, {in_flight} in flight",
+        "nats-server on {} | {n} orders per run, {in_flight} in flight, {rounds} rounds",
         server.url()
     );
 
@@ -541,18 +574,57 @@ async fn main() {
         }
     };
 
-    let raw_peak = drive(n, 0, in_flight, None, &raw_clock, &raw_slots, publish_raw).await;
-    row("raw async-nats, peak", &raw_peak);
-    let sdk_peak = drive(n, 0, in_flight, None, &sdk_clock, &sdk_slots, publish_sdk).await;
-    row("a4co-saga, peak", &sdk_peak);
+    // Rounds alternate which flow goes first, so drift of the machine hits both alike;
+    // the peak figures are medians over the rounds.
+    let mut next = 0;
+    let (mut raw_runs, mut sdk_runs) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for flow in [round % 2, 1 - round % 2] {
+            let first = next;
+            next += n;
+            if flow == 0 {
+                let run = drive(
+                    n,
+                    first,
+                    in_flight,
+                    None,
+                    &raw_clock,
+                    &raw_slots,
+                    publish_raw,
+                );
+                raw_runs.push(run.await);
+            } else {
+                let run = drive(
+                    n,
+                    first,
+                    in_flight,
+                    None,
+                    &sdk_clock,
+                    &sdk_slots,
+                    publish_sdk,
+                );
+                sdk_runs.push(run.await);
+            }
+        }
+    }
+    let raw_peak = median(&raw_runs);
+    let sdk_peak = median(&sdk_runs);
+    row("raw async-nats, peak (median)", &raw_peak);
+    row("a4co-saga, peak (median)", &sdk_peak);
+    let per_round: Vec<String> = raw_runs
+        .iter()
+        .zip(&sdk_runs)
+        .map(|(r, s)| format!("{:.2}", s.rate / r.rate))
+        .collect();
     println!(
-        "a4co-saga / raw: {:.2} orders/s",
-        sdk_peak.rate / raw_peak.rate
+        "a4co-saga / raw: {:.2} orders/s (rounds {})",
+        sdk_peak.rate / raw_peak.rate,
+        per_round.join(" ")
     );
     let half = sdk_peak.rate / 2.0;
     let sdk_half = drive(
         n / 2,
-        n,
+        next,
         4096,
         Some(half),
         &sdk_clock,
@@ -567,7 +639,7 @@ async fn main() {
     let raw_rate = raw_peak.rate / 2.0;
     let raw_half = drive(
         n / 2,
-        n,
+        next + n,
         4096,
         Some(raw_rate),
         &raw_clock,

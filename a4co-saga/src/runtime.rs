@@ -2,8 +2,9 @@
 //! what they send. Several replicas may run at once on one store: saves are compare-and-swap,
 //! and a conflict reloads the instance and applies the message again.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use a4co_events::bus::{HandlerError, Publisher, Subscriber, Subscription, SubscriptionHandle};
@@ -21,6 +22,48 @@ use crate::store::{Index, Store};
 /// How many times a save is retried against concurrent replicas before giving up (the
 /// message is then retried by the bus).
 const MAX_CONFLICTS: u32 = 16;
+
+/// How many instances a runtime remembers as it last saved them.
+const CACHE_CAPACITY: usize = 4096;
+
+/// The instances this runtime saved last, with their revisions, so the next message of a
+/// saga handled here skips loading it. An entry is only a guess: the save's
+/// compare-and-swap proves it current (another replica's save makes it fail, and the
+/// instance is loaded); any outcome but a change is decided on the stored instance.
+struct Cache<D, S> {
+    entries: Mutex<HashMap<String, Cached<D, S>>>,
+}
+
+/// An instance and the revision it was saved under.
+type Cached<D, S> = (Instance<D, S>, u64);
+
+impl<D: Data, S: State> Cache<D, S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached<D, S>>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the entry out: a message of the same saga handled meanwhile loads it.
+    fn take(&self, key: &str) -> Option<Cached<D, S>> {
+        self.lock().remove(key)
+    }
+
+    /// Remembers an instance just saved; a finished one waits for nothing and is dropped.
+    fn put(&self, key: &str, instance: Instance<D, S>, revision: u64) {
+        let mut entries = self.lock();
+        if instance.is_finished() {
+            entries.remove(key);
+            return;
+        }
+        if entries.len() >= CACHE_CAPACITY && !entries.contains_key(key) {
+            // Any entry: a miss only costs a load.
+            let evicted = entries.keys().next().cloned();
+            if let Some(evicted) = evicted {
+                entries.remove(&evicted);
+            }
+        }
+        entries.insert(key.to_owned(), (instance, revision));
+    }
+}
 
 /// Runs one saga definition on a bus and a store. A cheap `Clone` handle.
 pub struct Runtime<D, S, B, St> {
@@ -50,7 +93,31 @@ struct Inner<D, S, B, St> {
     tick: Duration,
     max_in_flight: usize,
     lost_publishes: Arc<AtomicU32>,
+    cache: Arc<Cache<D, S>>,
+    unflushed: Arc<Mutex<HashMap<String, Unflushed>>>,
 }
+
+/// Messages published from a saved outbox whose record still lists them: the instance's
+/// next save drops them, or [`Runtime::flush_published`] does.
+struct Unflushed {
+    revision: u64,
+    since: std::time::Instant,
+    sent: Vec<EventId>,
+}
+
+/// When a published outbox is emptied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Emptying {
+    /// At once, with a second save.
+    Now,
+    /// With the instance's next save, or by the flush of a started runtime within
+    /// [`FLUSH_AFTER`] (well inside the broker's dedup window, which drops a re-send).
+    Deferred,
+}
+
+/// How long a started runtime leaves published messages in a record before emptying it
+/// with a save of its own.
+const FLUSH_AFTER: Duration = Duration::from_secs(1);
 
 impl<D, S, B, St> Runtime<D, S, B, St>
 where
@@ -71,6 +138,10 @@ where
                 tick: Duration::from_secs(1),
                 max_in_flight: 64,
                 lost_publishes: Arc::default(),
+                cache: Arc::new(Cache {
+                    entries: Mutex::default(),
+                }),
+                unflushed: Arc::default(),
             }),
         }
     }
@@ -157,10 +228,22 @@ where
             new_entry,
             pending: !instance.book.outbox.is_empty(),
         };
-        self.inner
+        let revision = self
+            .inner
             .store
             .save(key, Bytes::from(record), expected, index)
-            .await
+            .await?;
+        // The record just saved lists what it still has to publish; whoever saved it
+        // publishes that (again, if need be: the broker drops a re-send).
+        self.unflushed().remove(key);
+        Ok(revision)
+    }
+
+    fn unflushed(&self) -> std::sync::MutexGuard<'_, HashMap<String, Unflushed>> {
+        self.inner
+            .unflushed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Applies one message: loads its instance, runs the reaction, saves the instance with
@@ -170,21 +253,41 @@ where
     /// The store's or the bus's (the message should be retried), a reaction breaking the
     /// definition (it should be dead-lettered), or endless conflicts.
     pub async fn handle(&self, message: &Envelope<AnyMessage>) -> Result<Applied, RuntimeError> {
+        self.handle_with(message, Emptying::Now).await
+    }
+
+    async fn handle_with(
+        &self,
+        message: &Envelope<AnyMessage>,
+        emptying: Emptying,
+    ) -> Result<Applied, RuntimeError> {
         let Some(key) = self.inner.definition.instance_id(message) else {
             return Ok(Applied::Unexpected);
         };
-        for _ in 0..MAX_CONFLICTS {
-            let loaded = self.load(&key).await?;
+        // First a guess, without a read: the instance as this runtime last saved it, or
+        // none yet (right for a message that starts a saga). A wrong guess costs a load.
+        let mut guess = Some(self.inner.cache.take(&key));
+        let mut conflicts = 0;
+        loop {
+            let (loaded, guessed) = match guess.take() {
+                Some(guessed) => (guessed, true),
+                None => (self.load(&key).await?, false),
+            };
             let revision = loaded.as_ref().map(|(_, r)| *r);
             let now = self.inner.clock.now();
-            let (applied, instance) = apply(
+            let reacted = apply(
                 &self.inner.definition,
                 &key,
                 loaded.map(|(i, _)| i),
                 message,
                 now,
             )
-            .await?;
+            .await;
+            // Only a change is checked by the save; anything else needs the stored instance.
+            if guessed && !matches!(reacted, Ok((Applied::Changed, _))) {
+                continue;
+            }
+            let (applied, instance) = reacted?;
             match applied {
                 Applied::Changed => {}
                 Applied::Duplicate | Applied::Finished | Applied::Unexpected => {
@@ -195,7 +298,8 @@ where
                     if let (Some(instance), Some(revision)) = (instance, revision)
                         && !instance.book.outbox.is_empty()
                     {
-                        self.publish_outbox(&key, instance, revision).await?;
+                        self.publish_outbox(&key, instance, revision, emptying)
+                            .await?;
                     }
                     return Ok(applied);
                 }
@@ -206,27 +310,36 @@ where
             };
             match self.save(&key, &mut instance, revision).await {
                 Ok(revision) => {
-                    self.publish_outbox(&key, instance, revision).await?;
+                    self.publish_outbox(&key, instance, revision, emptying)
+                        .await?;
                     return Ok(Applied::Changed);
                 }
+                // Saved elsewhere since this runtime's last save: load it.
+                Err(StoreError::Conflict(_)) if guessed => {}
                 Err(StoreError::Conflict(_)) => {
+                    conflicts += 1;
+                    if conflicts >= MAX_CONFLICTS {
+                        return Err(RuntimeError::Contention(key, MAX_CONFLICTS));
+                    }
                     tokio::time::sleep(Duration::from_micros(fastrand::u64(100..2_000))).await;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(RuntimeError::Contention(key, MAX_CONFLICTS))
     }
 
     /// Publishes an instance's outbox, then removes what was published from the stored
-    /// record (compare-and-swap; a conflict reloads and removes by id).
+    /// record (compare-and-swap; a conflict reloads and removes by id), at once or
+    /// deferred. The instance, as saved, is then remembered for the saga's next message.
     async fn publish_outbox(
         &self,
         key: &str,
         mut instance: Instance<D, S>,
         mut revision: u64,
+        emptying: Emptying,
     ) -> Result<(), RuntimeError> {
         if instance.book.outbox.is_empty() {
+            self.inner.cache.put(key, instance, revision);
             return Ok(());
         }
         let lost = self
@@ -248,10 +361,26 @@ where
             ack?;
         }
         let sent: Vec<EventId> = instance.book.outbox.iter().map(|o| o.event_id).collect();
+        if emptying == Emptying::Deferred {
+            instance.book.outbox.clear();
+            self.inner.cache.put(key, instance, revision);
+            self.unflushed().insert(
+                key.to_owned(),
+                Unflushed {
+                    revision,
+                    since: std::time::Instant::now(),
+                    sent,
+                },
+            );
+            return Ok(());
+        }
         for _ in 0..MAX_CONFLICTS {
             instance.book.outbox.retain(|o| !sent.contains(&o.event_id));
             match self.save(key, &mut instance, Some(revision)).await {
-                Ok(_) => return Ok(()),
+                Ok(revision) => {
+                    self.inner.cache.put(key, instance, revision);
+                    return Ok(());
+                }
                 Err(StoreError::Conflict(_)) => match self.load(key).await? {
                     Some((fresh, r)) => {
                         instance = fresh;
@@ -288,7 +417,8 @@ where
                 if !changed {
                     // Fired already (by another replica, or before a crash that stopped the
                     // publish): finish publishing what it saved.
-                    self.publish_outbox(&key, instance, revision).await?;
+                    self.publish_outbox(&key, instance, revision, Emptying::Now)
+                        .await?;
                     break;
                 }
                 match self.save(&key, &mut instance, Some(revision)).await {
@@ -296,7 +426,8 @@ where
                         fired += 1;
                         // The save indexed the timers it left.
                         next = None;
-                        self.publish_outbox(&key, instance, revision).await?;
+                        self.publish_outbox(&key, instance, revision, Emptying::Now)
+                            .await?;
                         break;
                     }
                     Err(StoreError::Conflict(_)) if attempts < MAX_CONFLICTS => {}
@@ -309,6 +440,51 @@ where
             self.inner.store.fired(&due, next).await?;
         }
         Ok(fired)
+    }
+
+    /// Empties the records whose published messages were left for their next save, once
+    /// they have waited `older_than`: from the remembered instance if it is still the
+    /// stored one, else from the store; a record saved since is left alone (whoever
+    /// saved it publishes what it lists).
+    async fn flush_published(&self, older_than: Duration) -> Result<(), RuntimeError> {
+        let ready: Vec<(String, Unflushed)> = {
+            let mut unflushed = self.unflushed();
+            let keys: Vec<String> = unflushed
+                .iter()
+                .filter(|(_, u)| u.since.elapsed() >= older_than)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| unflushed.remove(&k).map(|u| (k, u)))
+                .collect()
+        };
+        for (key, waiting) in ready {
+            let current = match self.inner.cache.take(&key) {
+                Some((instance, revision)) if revision == waiting.revision => {
+                    Some((instance, revision))
+                }
+                _ => self.load(&key).await?,
+            };
+            let Some((mut instance, revision)) = current else {
+                continue;
+            };
+            if revision != waiting.revision {
+                continue;
+            }
+            instance
+                .book
+                .outbox
+                .retain(|o| !waiting.sent.contains(&o.event_id));
+            match self.save(&key, &mut instance, Some(revision)).await {
+                Ok(revision) => self.inner.cache.put(&key, instance, revision),
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => {
+                    self.unflushed().insert(key, waiting);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Publishes the messages instances saved but did not publish (a crash between the two).
@@ -325,7 +501,8 @@ where
                 && !instance.book.outbox.is_empty()
             {
                 tracing::info!(saga_id = %key, messages = instance.book.outbox.len(), "re-sending saved messages");
-                self.publish_outbox(&key, instance, revision).await?;
+                self.publish_outbox(&key, instance, revision, Emptying::Now)
+                    .await?;
                 resent += 1;
             }
         }
@@ -358,7 +535,7 @@ where
             .subscribe(subscription, move |message: Envelope<AnyMessage>, _| {
                 let runtime = runtime.clone();
                 async move {
-                    match runtime.handle(&message).await {
+                    match runtime.handle_with(&message, Emptying::Deferred).await {
                         Ok(Applied::NotStarted) => Err(HandlerError::retryable(format!(
                             "{} arrived before its saga started",
                             message.event_type()
@@ -381,8 +558,16 @@ where
                         if let Err(e) = runtime.fire_due_timers().await {
                             tracing::warn!(error = %e, "firing due timers failed; trying again next tick");
                         }
+                        if let Err(e) = runtime.flush_published(FLUSH_AFTER).await {
+                            tracing::warn!(error = %e, "emptying published outboxes failed; trying again next tick");
+                        }
                     }
-                    _ = stopped.changed() => return,
+                    _ = stopped.changed() => {
+                        if let Err(e) = runtime.flush_published(Duration::ZERO).await {
+                            tracing::warn!(error = %e, "emptying published outboxes at shutdown failed; a restart re-sends them (the broker drops what it has seen)");
+                        }
+                        return;
+                    }
                 }
             }
         });
@@ -405,9 +590,10 @@ pub struct Running {
 impl Running {
     /// Stops taking messages and timers, letting the reactions under way finish.
     pub async fn shutdown(self) {
+        // Messages first (their outboxes are then emptied by the timer task's last round).
+        self.handle.shutdown().await;
         let _ = self.stop.send(true);
         let _ = self.ticker.await;
-        self.handle.shutdown().await;
     }
 
     /// Stops at once, as a crash would (for tests).

@@ -22,6 +22,7 @@
 use a4co_events::{Envelope, Message};
 
 pub mod bus;
+pub mod cpu;
 pub mod http;
 pub mod nats;
 pub mod saga;

@@ -437,3 +437,88 @@ async fn finished_instances_age_out_after_the_retention() {
         .unwrap_err();
     assert!(err.to_string().contains("too short"), "{err}");
 }
+
+/// Two replicas take turns on one saga: each acts on what it saved last, a guess the
+/// store's compare-and-swap checks. A stale guess is reloaded, never acted on: a save
+/// against it conflicts, and a message it does not expect is looked up again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_taking_turns_never_act_on_a_stale_copy() {
+    use crate::support::{BOWL, OIL, ORDER, SAGA, order_created, paid, reserved};
+    use a4co_saga::Applied;
+
+    let server = NatsServer::start();
+    let bus = connect(&server).await;
+    let clock = VirtualClock::at(scenario_start());
+    let (a, b) = (runtime(&bus, &clock).await, runtime(&bus, &clock).await);
+
+    let (oil, payment) = (reserved(ORDER, OIL), paid(ORDER));
+    assert_eq!(
+        a.handle(&order_created(ORDER)).await.unwrap(),
+        Applied::Changed
+    );
+    assert_eq!(b.handle(&oil).await.unwrap(), Applied::Changed);
+    // `a` last saved the saga before the oil was reserved: its save conflicts, it reloads.
+    assert_eq!(
+        a.handle(&reserved(ORDER, BOWL)).await.unwrap(),
+        Applied::Changed
+    );
+    let paying = a.instance(SAGA).await.unwrap().unwrap();
+    assert_eq!(paying.state, Phase::Paying);
+    assert!(
+        paying
+            .data
+            .lines
+            .iter()
+            .all(|l| matches!(l.status, fulfillment::LineStatus::Reserved { .. })),
+        "both lines reserved: {paying:?}"
+    );
+    // `b` last saw the saga reserving, where a payment is unexpected: it looks again.
+    assert_eq!(b.handle(&payment).await.unwrap(), Applied::Changed);
+    assert_eq!(
+        b.instance(SAGA).await.unwrap().unwrap().state,
+        Phase::Confirming
+    );
+    // Redeliveries on either replica change nothing.
+    assert_eq!(a.handle(&payment).await.unwrap(), Applied::Duplicate);
+    assert_eq!(b.handle(&oil).await.unwrap(), Applied::Duplicate);
+}
+
+/// A started runtime publishes at once but leaves the published messages in the record
+/// for the instance's next save; what no save took is emptied by its timer task, at the
+/// latest when it shuts down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_runtime_empties_published_outboxes_by_shutdown() {
+    use a4co_events::bus::Subscription;
+    use a4co_events::catalog::inventory::ReserveStock;
+    use a4co_testkit::bus::Collector;
+
+    let server = NatsServer::start();
+    let bus = connect(&server).await;
+    let clock = VirtualClock::at(scenario_start());
+    // No tick during the test: only the shutdown empties the outbox.
+    let saga = runtime(&bus, &clock).await.tick(Duration::from_secs(3600));
+    let commands = Collector::start(
+        &bus,
+        Subscription::new("test-inventory", "reserve").to::<ReserveStock>(),
+    )
+    .await;
+    let running = saga.start().await.unwrap();
+    bus.publish(&order("ord-d", &["p1", "p2"])).await.unwrap();
+    assert_eq!(
+        commands.wait_for(2, Duration::from_secs(10)).await.len(),
+        2,
+        "both reservations were published"
+    );
+    let id = format!("{}/ord-d", fulfillment::NAME);
+    let saved = saga.instance(&id).await.unwrap().unwrap();
+    assert_eq!(
+        saved.book.outbox.len(),
+        2,
+        "published, still listed until a save of the instance takes them out"
+    );
+    running.shutdown().await;
+    let flushed = saga.instance(&id).await.unwrap().unwrap();
+    assert!(flushed.book.outbox.is_empty(), "{flushed:?}");
+    assert_eq!(flushed.state, Phase::Reserving);
+    commands.stop().await;
+}
