@@ -247,7 +247,9 @@ where
     }
 
     /// Applies one message: loads its instance, runs the reaction, saves the instance with
-    /// the messages it sends, then publishes them. Safe to call again with the same message.
+    /// the messages it sends, then publishes them and takes them out of the record (a
+    /// started runtime leaves that to the instance's next save). Safe to call again with
+    /// the same message.
     ///
     /// # Errors
     /// The store's or the bus's (the message should be retried), a reaction breaking the
@@ -447,42 +449,47 @@ where
     /// stored one, else from the store; a record saved since is left alone (whoever
     /// saved it publishes what it lists).
     async fn flush_published(&self, older_than: Duration) -> Result<(), RuntimeError> {
-        let ready: Vec<(String, Unflushed)> = {
-            let mut unflushed = self.unflushed();
-            let keys: Vec<String> = unflushed
-                .iter()
-                .filter(|(_, u)| u.since.elapsed() >= older_than)
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.into_iter()
-                .filter_map(|k| unflushed.remove(&k).map(|u| (k, u)))
-                .collect()
+        let ready: Vec<(String, Unflushed)> = self
+            .unflushed()
+            .extract_if(|_, u| u.since.elapsed() >= older_than)
+            .collect();
+        let mut ready = ready.into_iter();
+        while let Some((key, waiting)) = ready.next() {
+            if let Err(e) = self.flush_one(&key, &waiting).await {
+                // The store is unavailable: all of them wait for the next round.
+                let mut unflushed = self.unflushed();
+                for (key, waiting) in std::iter::once((key, waiting)).chain(ready) {
+                    unflushed.entry(key).or_insert(waiting);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Empties one record of what `waiting` names, if it is still the revision that
+    /// listed them.
+    async fn flush_one(&self, key: &str, waiting: &Unflushed) -> Result<(), RuntimeError> {
+        let current = match self.inner.cache.take(key) {
+            Some((instance, revision)) if revision == waiting.revision => {
+                Some((instance, revision))
+            }
+            _ => self.load(key).await?,
         };
-        for (key, waiting) in ready {
-            let current = match self.inner.cache.take(&key) {
-                Some((instance, revision)) if revision == waiting.revision => {
-                    Some((instance, revision))
-                }
-                _ => self.load(&key).await?,
-            };
-            let Some((mut instance, revision)) = current else {
-                continue;
-            };
-            if revision != waiting.revision {
-                continue;
-            }
-            instance
-                .book
-                .outbox
-                .retain(|o| !waiting.sent.contains(&o.event_id));
-            match self.save(&key, &mut instance, Some(revision)).await {
-                Ok(revision) => self.inner.cache.put(&key, instance, revision),
-                Err(StoreError::Conflict(_)) => {}
-                Err(e) => {
-                    self.unflushed().insert(key, waiting);
-                    return Err(e.into());
-                }
-            }
+        let Some((mut instance, revision)) = current else {
+            return Ok(());
+        };
+        if revision != waiting.revision {
+            return Ok(());
+        }
+        instance
+            .book
+            .outbox
+            .retain(|o| !waiting.sent.contains(&o.event_id));
+        match self.save(key, &mut instance, Some(revision)).await {
+            Ok(revision) => self.inner.cache.put(key, instance, revision),
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e.into()),
         }
         Ok(())
     }
@@ -588,7 +595,8 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops taking messages and timers, letting the reactions under way finish.
+    /// Stops taking messages and timers, letting the reactions under way finish, then
+    /// takes what they published out of the records.
     pub async fn shutdown(self) {
         // Messages first (their outboxes are then emptied by the timer task's last round).
         self.handle.shutdown().await;

@@ -487,7 +487,7 @@ async fn replicas_taking_turns_never_act_on_a_stale_copy() {
 /// for the instance's next save; what no save took is emptied by its timer task, at the
 /// latest when it shuts down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_started_runtime_empties_published_outboxes_by_shutdown() {
+async fn a_started_runtime_empties_published_outboxes_later() {
     use a4co_events::bus::Subscription;
     use a4co_events::catalog::inventory::ReserveStock;
     use a4co_testkit::bus::Collector;
@@ -520,5 +520,25 @@ async fn a_started_runtime_empties_published_outboxes_by_shutdown() {
     let flushed = saga.instance(&id).await.unwrap().unwrap();
     assert!(flushed.book.outbox.is_empty(), "{flushed:?}");
     assert_eq!(flushed.state, Phase::Reserving);
+
+    // Running, with ticks: emptied about a second after publishing, without a next save.
+    let saga = saga.tick(Duration::from_millis(50));
+    let running = saga.start().await.unwrap();
+    bus.publish(&order("ord-e", &["p1"])).await.unwrap();
+    let id = format!("{}/ord-e", fulfillment::NAME);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let saved = saga.instance(&id).await.unwrap();
+        if saved.as_ref().is_some_and(|i| i.book.outbox.is_empty()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never emptied: {saved:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(commands.wait_for(3, Duration::from_secs(10)).await.len(), 3);
+    running.shutdown().await;
     commands.stop().await;
 }
