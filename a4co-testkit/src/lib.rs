@@ -1,4 +1,4 @@
-//! Test fixtures for services built on a4co (work in progress).
+//! Test fixtures for services built on a4co.
 //!
 //! It holds a real nats-server fixture ([`nats::NatsServer`]: free loopback port, temporary
 //! store, restart on the same store; [`nats::NatsCluster`]: three routed nodes) and a
@@ -7,9 +7,10 @@
 //! ([`http::FaultServer`]: status sequences, latency, hangs, resets, `Retry-After`; it
 //! records what it received), and in-memory OpenTelemetry to assert on spans and metrics
 //! ([`telemetry::Telemetry`]), and given/when/then saga scenarios with simulated
-//! participants ([`saga::Scenario`], [`saga::Participants`]). Add it as a dev-dependency.
+//! participants ([`saga::Scenario`], [`saga::Participants`]), and the CPU time of processes
+//! for benchmarks ([`cpu`]). Add it as a dev-dependency.
 //!
-//! Today it offers catalog examples wrapped in envelopes, for tests that need a valid message:
+//! It also wraps catalog examples in envelopes, for tests that need a valid message:
 //!
 //! ```
 //! use a4co_events::catalog::order::OrderCreated;
