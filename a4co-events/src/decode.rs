@@ -11,12 +11,17 @@ use std::fmt;
 use std::sync::OnceLock;
 
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::catalog::{self, AnyDataError, AnyMessage};
 use crate::envelope::{Envelope, WireEnvelope};
 use crate::headers::{EnvelopeHeaders, Headers, TraceContext};
 use crate::message::{DataError, Message};
 use crate::schema;
+use crate::schema_check::Check;
+
+/// An envelope whose `data` is still JSON text.
+type Wire = WireEnvelope<Box<RawValue>>;
 
 /// The default size limit: NATS's default maximum payload, 1 MiB.
 pub const DEFAULT_MAX_BYTES: usize = 1024 * 1024;
@@ -260,14 +265,15 @@ impl Decoder {
         bytes: &[u8],
         headers: &Headers,
     ) -> Result<Envelope<AnyMessage>, DecodeError> {
-        let (mut wire, trace) = self.checked(bytes, headers)?;
+        let (wire, trace) = self.checked(bytes, headers)?;
         let (event_type, version) = (wire.event_type.as_str(), wire.event_version);
-        let data =
-            AnyMessage::from_data(event_type, version, wire.data.take()).map_err(|e| match e {
+        let data = AnyMessage::from_data_json(event_type, version, wire.data.get()).map_err(
+            |e| match e {
                 AnyDataError::UnknownType => unknown_type(event_type, version),
                 AnyDataError::UnknownVersion => unknown_version(event_type, version),
                 AnyDataError::Invalid(e) => invalid_data(event_type, version, &e),
-            })?;
+            },
+        )?;
         Ok(into_envelope(wire, data, trace))
     }
 
@@ -281,7 +287,7 @@ impl Decoder {
         bytes: &[u8],
         headers: &Headers,
     ) -> Result<Envelope<M>, DecodeError> {
-        let (mut wire, trace) = self.checked(bytes, headers)?;
+        let (wire, trace) = self.checked(bytes, headers)?;
         let (event_type, version) = (wire.event_type.as_str(), wire.event_version);
         if event_type != M::TYPE {
             return Err(DecodeError::new(
@@ -294,7 +300,7 @@ impl Decoder {
             )
             .about(event_type, version));
         }
-        let data = M::decode_data(version, wire.data.take()).map_err(|e| match e {
+        let data = M::decode_data_json(version, wire.data.get()).map_err(|e| match e {
             DataError::UnknownVersion => unknown_version(event_type, version),
             DataError::Invalid(e) => invalid_data(event_type, version, &e),
         })?;
@@ -306,7 +312,7 @@ impl Decoder {
         &self,
         bytes: &[u8],
         headers: &Headers,
-    ) -> Result<(WireEnvelope, Option<TraceContext>), DecodeError> {
+    ) -> Result<(Wire, Option<TraceContext>), DecodeError> {
         if bytes.len() > self.max_bytes {
             return Err(DecodeError::new(
                 DecodeErrorKind::TooLarge,
@@ -317,11 +323,11 @@ impl Decoder {
                 ),
             ));
         }
-        let wire = match serde_json::from_slice::<WireEnvelope>(bytes) {
+        let wire = match serde_json::from_slice::<Wire>(bytes) {
             // The fast path: straight into the typed envelope (serde_json checks the UTF-8 of
             // what it reads), then the few rules serde does not check. The checks below only
             // run to explain a failure precisely.
-            Ok(wire) if satisfies_envelope_rules(&wire) => wire,
+            Ok(wire) if satisfies_envelope_rules(&wire, is_object(&wire.data)) => wire,
             _ => {
                 if let Err(e) = std::str::from_utf8(bytes) {
                     return Err(DecodeError::new(
@@ -340,7 +346,23 @@ impl Decoder {
                     };
                     DecodeError::new(DecodeErrorKind::MalformedJson, format!("{what}: {e}"))
                 })?;
-                envelope_of(value)?
+                let wire = envelope_of(value)?;
+                let data = serde_json::value::to_raw_value(&wire.data).map_err(|e| {
+                    DecodeError::new(
+                        DecodeErrorKind::InvalidEnvelope,
+                        format!("invalid envelope: {e}"),
+                    )
+                })?;
+                WireEnvelope {
+                    event_id: wire.event_id,
+                    event_type: wire.event_type,
+                    event_version: wire.event_version,
+                    aggregate_id: wire.aggregate_id,
+                    occurred_at: wire.occurred_at,
+                    source: wire.source,
+                    data,
+                    metadata: wire.metadata,
+                }
             }
         };
         let (event_type, version) = (wire.event_type.as_str(), wire.event_version);
@@ -354,30 +376,39 @@ impl Decoder {
             parsed.trace
         };
 
-        let validators = validators();
-        let Some(validator) = validators.get(&(event_type, version)) else {
+        let Some(schema) = schemas().get(&(event_type, version)) else {
             return Err(if catalog::versions(event_type).next().is_none() {
                 unknown_type(event_type, version)
             } else {
                 unknown_version(event_type, version)
             });
         };
-        if !validator.is_valid(&wire.data) {
-            let violations = violations(validator.iter_errors(&wire.data), "/data");
-            let first = violations
-                .first()
-                .map(ToString::to_string)
-                .unwrap_or_default();
-            let more = match violations.len() {
-                0 | 1 => String::new(),
-                n => format!(" (and {} more)", n - 1),
-            };
-            return Err(DecodeError::new(
-                DecodeErrorKind::SchemaViolation,
-                format!("schema violation in {event_type} v{version} {first}{more}"),
-            )
-            .about(event_type, version)
-            .with_violations(violations));
+        // The check over the text passes valid payloads without building a tree; only
+        // what it does not pass is looked at by the full validator, which also explains.
+        if !schema.check.passes(wire.data.get()) {
+            let tree: Value = serde_json::from_str(wire.data.get()).map_err(|e| {
+                DecodeError::new(
+                    DecodeErrorKind::MalformedJson,
+                    format!("malformed JSON: {e}"),
+                )
+            })?;
+            if !schema.full.is_valid(&tree) {
+                let violations = violations(schema.full.iter_errors(&tree), "/data");
+                let first = violations
+                    .first()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                let more = match violations.len() {
+                    0 | 1 => String::new(),
+                    n => format!(" (and {} more)", n - 1),
+                };
+                return Err(DecodeError::new(
+                    DecodeErrorKind::SchemaViolation,
+                    format!("schema violation in {event_type} v{version} {first}{more}"),
+                )
+                .about(event_type, version)
+                .with_violations(violations));
+            }
         }
         Ok((wire, trace))
     }
@@ -385,7 +416,7 @@ impl Decoder {
 
 /// The envelope schema's rules that deserializing a [`WireEnvelope`] does not enforce
 /// (serde already checks the fields' presence and types, the UUID and the RFC 3339 time).
-fn satisfies_envelope_rules(wire: &WireEnvelope) -> bool {
+fn satisfies_envelope_rules<D>(wire: &WireEnvelope<D>, data_is_object: bool) -> bool {
     let valid_token = |t: &str| {
         t.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
             && t.bytes()
@@ -395,7 +426,7 @@ fn satisfies_envelope_rules(wire: &WireEnvelope) -> bool {
         wire.event_type.split('.').count() >= 2 && wire.event_type.split('.').all(valid_token);
     let m = &wire.metadata;
     type_ok
-        && wire.data.is_object()
+        && data_is_object
         && wire.event_version >= 1
         && ![
             &wire.aggregate_id,
@@ -442,8 +473,13 @@ fn envelope_of(value: Value) -> Result<WireEnvelope, DecodeError> {
     })
 }
 
+/// Whether JSON text is an object.
+fn is_object(data: &RawValue) -> bool {
+    data.get().trim_start().starts_with('{')
+}
+
 /// Checks that what the headers repeat matches the body.
-fn agree(headers: &EnvelopeHeaders, wire: &WireEnvelope) -> Result<(), DecodeError> {
+fn agree(headers: &EnvelopeHeaders, wire: &Wire) -> Result<(), DecodeError> {
     let mismatch = |name: &str, header: &str, body: &str| {
         Err(DecodeError::new(
             DecodeErrorKind::HeaderMismatch,
@@ -491,7 +527,7 @@ fn agree(headers: &EnvelopeHeaders, wire: &WireEnvelope) -> Result<(), DecodeErr
     Ok(())
 }
 
-fn into_envelope<T>(wire: WireEnvelope, data: T, trace: Option<TraceContext>) -> Envelope<T> {
+fn into_envelope<T>(wire: Wire, data: T, trace: Option<TraceContext>) -> Envelope<T> {
     Envelope {
         event_id: wire.event_id,
         aggregate_id: wire.aggregate_id,
@@ -567,17 +603,25 @@ fn violations<'a>(
         .collect()
 }
 
-type Validators = HashMap<(&'static str, u32), jsonschema::Validator>;
+/// A payload schema, twice: the check over JSON text, and the full validator.
+struct Schema {
+    check: Check,
+    full: jsonschema::Validator,
+}
 
-/// One compiled validator per (type, version) of the catalog, built on first use.
-fn validators() -> &'static Validators {
-    static VALIDATORS: OnceLock<Validators> = OnceLock::new();
-    VALIDATORS.get_or_init(|| {
+type Schemas = HashMap<(&'static str, u32), Schema>;
+
+/// The schemas of every (type, version) of the catalog, compiled on first use.
+fn schemas() -> &'static Schemas {
+    static SCHEMAS: OnceLock<Schemas> = OnceLock::new();
+    SCHEMAS.get_or_init(|| {
         catalog::MESSAGES
             .iter()
             .filter_map(|info| {
-                let compiled = compile(&schema::message_schema(info));
-                compiled.map(|v| ((info.type_name, info.version), v))
+                let schema = schema::message_schema(info);
+                let full = compile(&schema)?;
+                let check = Check::compile(&schema);
+                Some(((info.type_name, info.version), Schema { check, full }))
             })
             .collect()
     })
@@ -592,7 +636,8 @@ fn envelope_validator() -> Option<&'static jsonschema::Validator> {
         .as_ref()
 }
 
-fn compile(schema: &Value) -> Option<jsonschema::Validator> {
+/// A validator with the decoder's options (formats checked).
+pub(crate) fn compile(schema: &Value) -> Option<jsonschema::Validator> {
     jsonschema::options()
         .should_validate_formats(true)
         .build(schema)
@@ -664,7 +709,7 @@ mod tests {
                 meta.insert("sagaId".into(), value);
             }
             if let Ok(wire) = serde_json::from_value::<WireEnvelope>(envelope.clone())
-                && satisfies_envelope_rules(&wire)
+                && satisfies_envelope_rules(&wire, wire.data.is_object())
             {
                 prop_assert!(envelope_validator().is_some_and(|v| v.is_valid(&envelope)), "{envelope}");
             }
@@ -674,6 +719,6 @@ mod tests {
     #[test]
     fn the_fast_path_accepts_a_valid_envelope() {
         let wire: WireEnvelope = serde_json::from_value(valid()).unwrap();
-        assert!(satisfies_envelope_rules(&wire));
+        assert!(satisfies_envelope_rules(&wire, wire.data.is_object()));
     }
 }

@@ -368,10 +368,13 @@ impl<T: Payload> Serialize for Envelope<T> {
 
 /// The envelope as it is on the wire, before its `data` is typed: what
 /// [`crate::decode()`] checks first, and the source of the catalog's `envelope.schema.json`.
+// `D` is how `data` is held: a JSON tree by default; the decoder keeps its text
+// (`Box<RawValue>`) and types it from there. (Not in the doc comment: it becomes the
+// schema's description.)
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(title = "a4co envelope")]
-pub struct WireEnvelope {
+pub struct WireEnvelope<D = serde_json::Value> {
     /// The message's id (UUID; UUIDv7 for fresh messages), also its `Nats-Msg-Id`.
     pub event_id: EventId,
     /// The message type, also its subject: `<context>.<event>` or `<context>.cmd.<command>`.
@@ -392,7 +395,7 @@ pub struct WireEnvelope {
     /// The payload, as the schema of (`eventType`, `eventVersion`) describes it: always a
     /// JSON object (the envelope schema requires one).
     #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
-    pub data: serde_json::Value,
+    pub data: D,
     /// Correlation, causation, user and saga.
     pub metadata: Metadata,
 }

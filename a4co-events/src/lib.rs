@@ -11,6 +11,7 @@ pub mod headers;
 mod message;
 mod money;
 pub mod schema;
+mod schema_check;
 mod time;
 
 pub use catalog::AnyMessage;

@@ -190,6 +190,20 @@ pub trait Message:
         }
     }
 
+    /// As [`Message::decode_data`], from the JSON text of `data` (no tree is built for the
+    /// current version; older versions go through [`Message::decode_data`]).
+    ///
+    /// # Errors
+    /// As [`Message::decode_data`].
+    fn decode_data_json(version: u32, data: &str) -> Result<Self, DataError> {
+        if version == Self::VERSION {
+            serde_json::from_str(data).map_err(DataError::Invalid)
+        } else {
+            let tree = serde_json::from_str(data).map_err(DataError::Invalid)?;
+            Self::decode_data(version, tree)
+        }
+    }
+
     /// Decodes a version older than [`Message::VERSION`]. The default knows none; types with
     /// a predecessor delegate to it and upcast.
     ///

@@ -130,6 +130,15 @@ pub enum AnyDataError {
     Invalid(serde_json::Error),
 }
 
+impl From<DataError> for AnyDataError {
+    fn from(e: DataError) -> Self {
+        match e {
+            DataError::UnknownVersion => AnyDataError::UnknownVersion,
+            DataError::Invalid(e) => AnyDataError::Invalid(e),
+        }
+    }
+}
+
 macro_rules! catalog {
     (
         latest: [$($ty:ident => $path:path),* $(,)?],
@@ -162,10 +171,26 @@ macro_rules! catalog {
                     if type_name == <$path as Message>::TYPE {
                         return <$path as Message>::decode_data(version, data)
                             .map(AnyMessage::$ty)
-                            .map_err(|e| match e {
-                                DataError::UnknownVersion => AnyDataError::UnknownVersion,
-                                DataError::Invalid(e) => AnyDataError::Invalid(e),
-                            });
+                            .map_err(AnyDataError::from);
+                    }
+                )*
+                Err(AnyDataError::UnknownType)
+            }
+
+            /// As [`AnyMessage::from_data`], from the JSON text of `data`.
+            ///
+            /// # Errors
+            /// As [`AnyMessage::from_data`].
+            pub fn from_data_json(
+                type_name: &str,
+                version: u32,
+                data: &str,
+            ) -> Result<AnyMessage, AnyDataError> {
+                $(
+                    if type_name == <$path as Message>::TYPE {
+                        return <$path as Message>::decode_data_json(version, data)
+                            .map(AnyMessage::$ty)
+                            .map_err(AnyDataError::from);
                     }
                 )*
                 Err(AnyDataError::UnknownType)
