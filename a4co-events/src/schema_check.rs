@@ -15,21 +15,9 @@ use serde::Deserialize as _;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-/// Keywords that assert or apply subschemas (drafts 4 to 2020-12). Any other keyword is an
-/// annotation, for this check as for `jsonschema`.
-const ASSERTIONS: &[&str] = &[
-    "type",
-    "enum",
-    "const",
-    "multipleOf",
-    "maximum",
-    "exclusiveMaximum",
-    "minimum",
-    "exclusiveMinimum",
-    "maxLength",
-    "minLength",
-    "pattern",
-    "format",
+/// Keywords that assert or apply subschemas (drafts 4 to 2020-12), beyond
+/// [`SCALAR_RULES`]. Any other keyword is an annotation, for this check as for `jsonschema`.
+const STRUCTURE_RULES: &[&str] = &[
     "maxItems",
     "minItems",
     "uniqueItems",
@@ -65,6 +53,10 @@ const ASSERTIONS: &[&str] = &[
     "contentMediaType",
     "contentSchema",
 ];
+
+fn is_rule(keyword: &str) -> bool {
+    SCALAR_RULES.contains(&keyword) || STRUCTURE_RULES.contains(&keyword)
+}
 
 /// The rules a scalar's own validator checks.
 const SCALAR_RULES: &[&str] = &[
@@ -168,7 +160,7 @@ impl Compiler<'_> {
         let rules: Vec<&str> = object
             .keys()
             .map(String::as_str)
-            .filter(|k| ASSERTIONS.contains(k) || (k.starts_with('$') && !is_identifier(k)))
+            .filter(|k| is_rule(k) || (k.starts_with('$') && !is_identifier(k)))
             .collect();
         if rules.is_empty() {
             return Node::Any;
@@ -321,8 +313,7 @@ fn is_identifier(keyword: &str) -> bool {
 fn is_null(schema: &Value) -> bool {
     schema.as_object().is_some_and(|o| {
         o.get("type").and_then(Value::as_str) == Some("null")
-            && o.keys()
-                .all(|k| k == "type" || !ASSERTIONS.contains(&k.as_str()))
+            && o.keys().all(|k| k == "type" || !is_rule(k))
             && !o.keys().any(|k| k.starts_with('$') && !is_identifier(k))
     })
 }
