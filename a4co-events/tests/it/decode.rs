@@ -272,3 +272,19 @@ fn every_error_is_permanent_and_has_a_dead_letter_reason() {
         err.reason()
     );
 }
+
+#[test]
+fn a_payload_with_a_duplicate_key_is_a_schema_violation() {
+    let (body, headers) = order_created();
+    let text = String::from_utf8(bytes(&body)).unwrap();
+    let customer = body["data"]["customerId"].as_str().unwrap();
+    let doubled = text.replacen(
+        "\"customerId\"",
+        &format!("\"customerId\":{customer:?},\"customerId\""),
+        1,
+    );
+    assert_ne!(doubled, text);
+    let err = fails(doubled.as_bytes(), &headers);
+    assert_eq!(err.kind(), DecodeErrorKind::SchemaViolation);
+    assert!(err.to_string().contains("duplicate field"), "{err}");
+}
