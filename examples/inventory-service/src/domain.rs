@@ -91,20 +91,14 @@ pub struct Insufficient {
 }
 
 impl Product {
-    /// A product with no stock.
-    pub fn new(
-        product_id: impl Into<String>,
-        name: impl Into<String>,
-        artisan_id: impl Into<String>,
-        category: impl Into<String>,
-        unit_price: Money,
-        now: DateTime<Utc>,
-    ) -> Self {
+    /// A product with no stock and no description yet (name, artisan and category empty:
+    /// the service fills them in from the details it is given).
+    pub fn new(product_id: impl Into<String>, unit_price: Money, now: DateTime<Utc>) -> Self {
         Product {
             product_id: product_id.into(),
-            name: name.into(),
-            artisan_id: artisan_id.into(),
-            category: category.into(),
+            name: String::new(),
+            artisan_id: String::new(),
+            category: String::new(),
             unit_price,
             on_hand: 0,
             reservations: BTreeMap::new(),
@@ -204,14 +198,7 @@ mod tests {
     use super::{Product, Reserved};
 
     fn bowl(on_hand: u32) -> Product {
-        let mut p = Product::new(
-            "bowl",
-            "Cuenco",
-            "art-1",
-            "ceramics",
-            Money::eur(3400),
-            Utc::now(),
-        );
+        let mut p = Product::new("bowl", Money::eur(3400), Utc::now());
         p.on_hand = on_hand;
         p
     }

@@ -206,7 +206,7 @@ impl<B: Publisher + Subscriber> Inventory<B> {
                 &product_key(&details.product_id),
                 |current: Option<&Product>| {
                     let mut product = current.cloned().unwrap_or_else(|| {
-                        Product::new(&details.product_id, "", "", "", details.unit_price, now)
+                        Product::new(&details.product_id, details.unit_price, now)
                     });
                     product.name.clone_from(&details.name);
                     product.artisan_id.clone_from(&details.artisan_id);

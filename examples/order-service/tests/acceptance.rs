@@ -26,6 +26,7 @@ struct Shop {
     bus: RecordingBus,
     orders: Orders<RecordingBus>,
     inventory: Inventory<RecordingBus>,
+    payments: Payments<RecordingBus>,
     api: Client,
 }
 
@@ -74,6 +75,7 @@ async fn shop() -> Shop {
         bus,
         orders,
         inventory,
+        payments,
         api,
     }
 }
@@ -223,17 +225,10 @@ async fn orders_follow_the_saga() {
         bus,
         orders,
         inventory,
+        payments,
         api,
     } = shop().await;
     let inventory_workers = inventory.start().await.unwrap_or_else(|e| panic!("{e}"));
-    let payments = Payments::new(
-        bus.clone(),
-        Records::memory(),
-        Gateway {
-            latency: Duration::ZERO,
-            ..Gateway::default()
-        },
-    );
     let payment_workers = payments.start().await.unwrap_or_else(|e| panic!("{e}"));
     let workers = orders
         .start_with(MemoryStore::new(), Settings::default())
