@@ -2,7 +2,8 @@
 //! nats-server started by the testkit, with the same ~512-byte messages.
 //!
 //! Run with `cargo bench -p a4co-events --bench bus` (set `A4CO_BENCH_N` for more or fewer
-//! messages). It prints numbers and ratios; nothing is asserted.
+//! messages, `A4CO_BENCH_ROUNDS` for more rounds, `A4CO_BENCH_ONLY=publish|latency|consume`
+//! for one part, e.g. under a profiler). It prints numbers and ratios; nothing is asserted.
 
 #![allow(clippy::unwrap_used, clippy::cast_precision_loss)]
 
@@ -138,6 +139,8 @@ async fn main() {
             .unwrap_or(default)
     };
     let n = env_num("A4CO_BENCH_N", 50_000);
+    let only = std::env::var("A4CO_BENCH_ONLY").ok();
+    let part = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let rounds = env_num("A4CO_BENCH_ROUNDS", 3).max(1);
     let server = a4co_testkit::nats::NatsServer::start();
     let pid = server.pid().unwrap();
@@ -165,9 +168,17 @@ async fn main() {
     );
 
     // 1. Pipelined publish, all with a message id (dedup on). Each round runs every
-    // variant once, so drift of the machine hits them alike.
+    // variant once, so drift of the machine hits them alike. Consuming reads what the first
+    // round published, so that round runs (unreported) even when only consuming is measured.
     let (mut raw, mut raw_hdr, mut raw_enc, mut sdk) = (vec![], vec![], vec![], vec![]);
-    for round in 0..rounds {
+    let publish_rounds = if part("publish") {
+        rounds
+    } else if part("consume") {
+        1
+    } else {
+        0
+    };
+    for round in 0..publish_rounds {
         raw.push(
             measure(pid, n, async {
                 pipelined!(n, |i| {
@@ -211,14 +222,30 @@ async fn main() {
             .await,
         );
     }
-    println!("\npipelined publish");
-    row("raw, message id", &raw, None);
-    row("raw, + the SDK's headers", &raw_hdr, Some(&raw));
-    row("raw, + encoding each envelope", &raw_enc, Some(&raw));
-    row("SDK publish_pipelined", &sdk, Some(&raw));
-    row("  SDK vs raw with the same headers", &sdk, Some(&raw_hdr));
+    if part("publish") {
+        println!("\npipelined publish");
+        row("raw, message id", &raw, None);
+        row("raw, + the SDK's headers", &raw_hdr, Some(&raw));
+        row("raw, + encoding each envelope", &raw_enc, Some(&raw));
+        row("SDK publish_pipelined", &sdk, Some(&raw));
+        row("  SDK vs raw with the same headers", &sdk, Some(&raw_hdr));
+    }
+    if part("latency") {
+        latency(&js, &bus, &body, n, rounds).await;
+    }
+    if part("consume") {
+        consume(&js, &bus, pid, n, rounds).await;
+    }
+}
 
-    // 2. Publish and wait for each ack.
+/// Publish and wait for each ack (part 2).
+async fn latency(
+    js: &jetstream::Context,
+    bus: &NatsBus,
+    body: &bytes::Bytes,
+    n: usize,
+    rounds: usize,
+) {
     let samples = 2_000.min(n);
     let mut raw_lat = Vec::with_capacity(samples);
     for i in 0..samples {
@@ -253,26 +280,33 @@ async fn main() {
             s.as_secs_f64() / r.as_secs_f64()
         );
     }
+}
 
-    // 3. Consume with ack: a raw pull consumer vs an SDK subscription (no-op handler),
-    // each round on fresh durables reading the first n messages.
+/// Consume with ack (part 3): a raw pull consumer vs an SDK subscription (no-op handler),
+/// each round on fresh durables reading the first n messages.
+async fn consume(js: &jetstream::Context, bus: &NatsBus, pid: u32, n: usize, rounds: usize) {
     let (mut raw, mut raw_parse, mut off, mut on) = (vec![], vec![], vec![], vec![]);
     for round in 0..rounds {
-        raw.push(measure(pid, n, raw_consume(&js, &format!("raw-{round}"), n, |_| ())).await);
+        raw.push(measure(pid, n, raw_consume(js, &format!("raw-{round}"), n, |_| ())).await);
         raw_parse.push(
             measure(
                 pid,
                 n,
-                raw_consume(&js, &format!("parse-{round}"), n, |b| {
+                raw_consume(js, &format!("parse-{round}"), n, |b| {
                     std::hint::black_box(serde_json::from_slice::<serde_json::Value>(b).unwrap());
                 }),
             )
             .await,
         );
-        for (runs, label, inbox) in [
+        let mut variants = [
             (&mut off, "off", None),
             (&mut on, "on", Some(Duration::from_secs(3600))),
-        ] {
+        ];
+        // Which goes first alternates, so neither always runs on a warmer or a busier server.
+        if round % 2 == 1 {
+            variants.reverse();
+        }
+        for (runs, label, inbox) in variants {
             runs.push(
                 measure(pid, n, async {
                     let handler = |_: Envelope<AnyMessage>, _: DeliveryInfo| {

@@ -18,7 +18,8 @@ use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
 use super::dlq::{DeadLetter, FaultKind, REPLAY_HEADER};
-use super::transport::{Attempt, Consumer, Delivery, Inbox, Transport};
+use super::marks::{Book, Mark, Timing};
+use super::transport::{AckState, Attempt, Consumer, Delivery, Inbox, Transport};
 use super::{EventBus, Handler, HandlerError, SubscribeError, Subscription, telemetry};
 use crate::headers::{TraceContext, names};
 
@@ -93,6 +94,21 @@ struct Shared<T: Transport, H> {
     label: String,
     /// The service, as the metrics' label (shared, not copied per message).
     service: Arc<str>,
+    /// Per consumer, its finished work not yet in the inbox (see [`super::marks`]); `None`
+    /// where every finished message is written at once.
+    books: Vec<Option<std::sync::Mutex<Book>>>,
+    timing: Timing,
+}
+
+impl<T: Transport, H: Handler> Shared<T, H> {
+    fn book(&self, consumer: usize) -> Option<std::sync::MutexGuard<'_, Book>> {
+        let book = self.books.get(consumer)?.as_ref()?;
+        // A panic while holding it cannot leave a book half-changed in a way that matters.
+        Some(
+            book.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
 }
 
 type DeliveryOf<T> = <<T as Transport>::Consumer as Consumer>::Delivery;
@@ -113,8 +129,17 @@ pub(super) async fn start<T: Transport, H: Handler>(
         None => None,
     };
     let mut consumers = Vec::with_capacity(specs.len());
+    let mut books = Vec::with_capacity(specs.len());
+    let lazy = inbox.is_some() && subscription.inbox_check == super::InboxCheck::Redeliveries;
     for spec in &specs {
-        consumers.push(bus.transport.consumer(spec).await?);
+        let consumer = bus.transport.consumer(spec).await?;
+        let state = if lazy {
+            consumer.ack_state().await
+        } else {
+            None
+        };
+        books.push(state.map(|s| std::sync::Mutex::new(Book::new(Some(s.epoch)))));
+        consumers.push(consumer);
     }
     let counters = Arc::new(Counters::default());
     let shared = Arc::new(Shared {
@@ -125,12 +150,17 @@ pub(super) async fn start<T: Transport, H: Handler>(
         inbox,
         handler,
         counters: Arc::clone(&counters),
+        timing: Timing::for_ack_wait(subscription.ack_wait),
         subscription,
+        books,
     });
     let (stop, stop_rx) = watch::channel(false);
     let tasks = consumers
         .into_iter()
-        .map(|consumer| tokio::spawn(run(Arc::clone(&shared), consumer, stop_rx.clone())))
+        .enumerate()
+        .map(|(index, consumer)| {
+            tokio::spawn(run(Arc::clone(&shared), consumer, index, stop_rx.clone()))
+        })
         .collect();
     Ok(SubscriptionHandle {
         stop,
@@ -139,14 +169,23 @@ pub(super) async fn start<T: Transport, H: Handler>(
     })
 }
 
+type AckStateFuture = std::pin::Pin<Box<dyn Future<Output = Option<AckState>> + Send>>;
+
 /// One consumer's loop, in one task: take deliveries while fewer than `max_in_flight` are
 /// running or queued, run each as a future of this task (no hand-off between tasks), and
 /// keep the messages of one aggregate in order by queueing them behind the running one.
+/// With a book (see [`super::marks`]), it also asks the broker for the ack floor every tick
+/// and writes to the inbox what the book says is due.
 async fn run<T: Transport, H: Handler>(
     shared: Arc<Shared<T, H>>,
     mut consumer: T::Consumer,
+    index: usize,
     mut stop: watch::Receiver<bool>,
 ) {
+    let booked = shared.book(index).is_some();
+    let mut ticker = tokio::time::interval(shared.timing.tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut looking: Option<AckStateFuture> = None;
     let limit = shared.subscription.max_in_flight;
     let mut running = FuturesUnordered::new();
     // Per lane: whether a delivery is running, and those waiting behind it.
@@ -167,7 +206,7 @@ async fn run<T: Transport, H: Handler>(
                 match waiting[lane].pop_front() {
                     Some(next) => {
                         queued -= 1;
-                        running.push(process(Arc::clone(&shared), next, lane));
+                        running.push(process(Arc::clone(&shared), next, lane, index));
                     }
                     None => busy[lane] = false,
                 }
@@ -176,6 +215,18 @@ async fn run<T: Transport, H: Handler>(
                 Ok(()) => stopping = true,
                 Err(_) => detached = true,
             },
+            _ = ticker.tick(), if booked && looking.is_none() => {
+                if shared.book(index).is_some_and(|b| !b.is_empty()) {
+                    looking = Some(Box::pin(consumer.ack_state()));
+                }
+            }
+            state = async { looking.as_mut().expect("guarded by is_some").await }, if looking.is_some() => {
+                looking = None;
+                if let Some(state) = state {
+                    let due = shared.book(index).map(|mut b| b.update(state, std::time::Instant::now(), shared.timing));
+                    write_later(&shared, due.unwrap_or_default());
+                }
+            }
             () = tokio::time::sleep_until(fetch_paused_until.unwrap_or_else(tokio::time::Instant::now)), if paused => {
                 fetch_paused_until = None;
             }
@@ -196,14 +247,55 @@ async fn run<T: Transport, H: Handler>(
                         queued += 1;
                     } else {
                         busy[lane] = true;
-                        running.push(process(Arc::clone(&shared), delivery, lane));
+                        running.push(process(Arc::clone(&shared), delivery, lane, index));
                     }
                 }
             },
             else => {}
         }
         if stopping && running.is_empty() && queued == 0 {
+            if booked {
+                close_book(&shared, consumer.ack_state(), index).await;
+            }
             return;
+        }
+    }
+}
+
+/// Writes finished work to the inbox in the background (what a book says is due).
+fn write_later<T: Transport, H: Handler>(shared: &Shared<T, H>, marks: Vec<Mark>) {
+    if let (Some(inbox), false) = (shared.inbox.clone(), marks.is_empty()) {
+        tokio::spawn(write_marks(inbox, shared.durable.clone(), marks));
+    }
+}
+
+async fn write_marks<I: Inbox>(inbox: I, durable: String, marks: Vec<Mark>) {
+    for mark in marks {
+        if let Err(e) = inbox.mark_done_pipelined(&mark.key(&durable)).await {
+            tracing::warn!(error = %e, "could not record finished work; a redelivery would run it again");
+        }
+    }
+}
+
+/// At shutdown: one last look at the ack floor, then what is not settled is written and
+/// flushed before the subscription stops (another instance would get its redelivery).
+async fn close_book<T: Transport, H: Handler>(
+    shared: &Shared<T, H>,
+    ack_state: impl Future<Output = Option<AckState>>,
+    index: usize,
+) {
+    let state = ack_state.await;
+    let marks = shared.book(index).map_or_else(Vec::new, |mut book| {
+        let mut marks = state.map_or_else(Vec::new, |s| {
+            book.update(s, std::time::Instant::now(), shared.timing)
+        });
+        marks.extend(book.take_open());
+        marks
+    });
+    if let (Some(inbox), false) = (&shared.inbox, marks.is_empty()) {
+        write_marks(inbox.clone(), shared.durable.clone(), marks).await;
+        if let Err(e) = inbox.flush().await {
+            tracing::warn!(error = %e, "could not flush the inbox's last records");
         }
     }
 }
@@ -228,6 +320,7 @@ async fn process<T: Transport, H: Handler>(
     shared: Arc<Shared<T, H>>,
     delivery: DeliveryOf<T>,
     lane: usize,
+    consumer: usize,
 ) -> usize {
     let info = delivery.info();
     let message = delivery.message();
@@ -241,7 +334,7 @@ async fn process<T: Transport, H: Handler>(
         telemetry::set_remote_parent(&span, &trace);
     }
     let started = std::time::Instant::now();
-    let (status, event_type) = settle(&shared, &delivery).instrument(span).await;
+    let (status, event_type) = settle(&shared, &delivery, consumer).instrument(span).await;
     shared.bus.metrics.processed(
         &shared.service,
         event_type,
@@ -258,6 +351,7 @@ async fn process<T: Transport, H: Handler>(
 async fn settle<T: Transport, H: Handler>(
     shared: &Shared<T, H>,
     delivery: &DeliveryOf<T>,
+    consumer: usize,
 ) -> (&'static str, Option<&'static str>) {
     let info = delivery.info();
     let message = delivery.message();
@@ -288,16 +382,25 @@ async fn settle<T: Transport, H: Handler>(
     };
     let event_type = envelope.event_type();
     let event_id = envelope.event_id;
-    let done_key = || match message.headers.get(REPLAY_HEADER) {
-        Some(replay) => format!("{}.{event_id}.replay{replay}", shared.durable),
-        None => format!("{}.{event_id}", shared.durable),
+    let mark = || Mark {
+        event_id,
+        replay: message.headers.get(REPLAY_HEADER).map(Box::from),
     };
+    let done_key = || mark().key(&shared.durable);
     let check = match shared.subscription.inbox_check {
         super::InboxCheck::Always => true,
         super::InboxCheck::Redeliveries => info.attempt > 1,
     };
     if let Some(inbox) = shared.inbox.as_ref().filter(|_| check) {
-        match inbox.is_done(&done_key()).await {
+        let in_book = shared
+            .book(consumer)
+            .is_some_and(|b| b.knows(info.stream_sequence, &mark()));
+        let done = if in_book {
+            Ok(true)
+        } else {
+            inbox.is_done(&done_key()).await
+        };
+        match done {
             Ok(true) => {
                 tracing::debug!("already handled; acknowledging the redelivery");
                 shared.counters.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -327,10 +430,18 @@ async fn settle<T: Transport, H: Handler>(
     let status = match outcome {
         Ok(()) => {
             if let Some(inbox) = &shared.inbox {
-                let key = done_key();
-                let recorded = match shared.subscription.inbox_check {
-                    super::InboxCheck::Always => inbox.mark_done(&key).await,
-                    super::InboxCheck::Redeliveries => inbox.mark_done_pipelined(&key).await,
+                let booked = shared.book(consumer).map(|mut book| {
+                    book.finished(info.stream_sequence, mark(), std::time::Instant::now())
+                });
+                let recorded = match (booked, shared.subscription.inbox_check) {
+                    (Some(overflow), _) => {
+                        write_later(shared, overflow);
+                        Ok(())
+                    }
+                    (None, super::InboxCheck::Always) => inbox.mark_done(&done_key()).await,
+                    (None, super::InboxCheck::Redeliveries) => {
+                        inbox.mark_done_pipelined(&done_key()).await
+                    }
                 };
                 if let Err(e) = recorded {
                     tracing::warn!(error = %e, "could not record finished work; a redelivery would run it again");

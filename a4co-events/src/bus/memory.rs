@@ -20,8 +20,8 @@ use super::error::{
     PublishErrorKind, SubscribeError, SubscribeErrorKind,
 };
 use super::transport::{
-    Attempt, Consumer, Delivery, DeliveryInfo, Inbox, PendingAck, Provisioned, PublishAck,
-    RawMessage, Transport,
+    AckState, Attempt, Consumer, Delivery, DeliveryInfo, Inbox, PendingAck, Provisioned,
+    PublishAck, RawMessage, Transport,
 };
 
 /// Whether a NATS subject matches a filter with `*` (one token) and `>` (the rest).
@@ -353,6 +353,18 @@ impl Consumer for MemoryConsumer {
                 Ok(Err(None)) => changed.await,
             }
         }
+    }
+
+    fn ack_state(&self) -> impl Future<Output = Option<AckState>> + Send + 'static {
+        let state = self.transport.lock().consumers.get(&self.key).map(|c| {
+            let floor = match c.pending.keys().next() {
+                Some(first) => first.saturating_sub(1),
+                None => c.next_sequence.saturating_sub(1),
+            };
+            // An in-memory broker loses no connection.
+            AckState { floor, epoch: 0 }
+        });
+        std::future::ready(state)
     }
 }
 

@@ -64,6 +64,7 @@ mod config;
 mod consume;
 pub mod dlq;
 mod error;
+mod marks;
 pub mod memory;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
@@ -79,7 +80,7 @@ pub use error::{
     SubscribeError, SubscribeErrorKind,
 };
 pub use memory::MemoryTransport;
-pub use transport::{Consumer, Delivery, Inbox};
+pub use transport::{AckState, Consumer, Delivery, Inbox};
 pub use transport::{DeliveryInfo, PendingAck, Provisioned, PublishAck, RawMessage, Transport};
 
 /// Publishes envelopes. Implemented by [`EventBus`]; depend on this trait, not a transport.
@@ -256,11 +257,16 @@ pub enum InboxCheck {
     /// Only for redeliveries (the broker's delivery count above 1): the common first
     /// delivery costs no inbox read. The broker already drops re-published duplicates
     /// within its 2-minute dedup window.
+    ///
+    /// Finished work is then written to the inbox only when it may come back: it is kept
+    /// in memory until the broker's ack floor passes it, and written if that takes half
+    /// the ack wait, after a lost connection, or at shutdown (docs/bus.md, "Idempotence").
+    /// A transport that cannot report its ack floor writes every message at once.
     #[default]
     Redeliveries,
     /// For every delivery: also catches the same event published again outside the dedup
     /// window (a producer without headers, an outbox re-sending after a long outage), at the
-    /// cost of one inbox read per message.
+    /// cost of one inbox read and one write per message.
     Always,
 }
 

@@ -18,6 +18,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -36,8 +37,8 @@ use super::error::{
     SubscribeErrorKind,
 };
 use super::transport::{
-    Attempt, Consumer, Delivery, DeliveryInfo, Inbox, PendingAck, Provisioned, PublishAck,
-    RawMessage, Transport,
+    AckState, Attempt, Consumer, Delivery, DeliveryInfo, Inbox, PendingAck, Provisioned,
+    PublishAck, RawMessage, Transport,
 };
 use super::{Error, EventBus};
 use crate::headers::{Headers, known_name};
@@ -126,6 +127,8 @@ impl std::fmt::Display for ConnectErrorKind {
 pub struct NatsTransport {
     client: async_nats::Client,
     js: jetstream::Context,
+    /// How many times the connection was lost (the [`AckState`] epoch).
+    disconnects: Arc<AtomicU64>,
 }
 
 impl NatsBus {
@@ -167,16 +170,23 @@ impl NatsTransport {
                 "no NATS URL given",
             ));
         }
+        let disconnects = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&disconnects);
         let mut options = async_nats::ConnectOptions::new()
             .connection_timeout(config.connect_timeout)
             .max_reconnects(None)
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("NATS connected"),
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("NATS disconnected; reconnecting");
+            .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Disconnected) {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+                async move {
+                    match event {
+                        async_nats::Event::Connected => tracing::info!("NATS connected"),
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("NATS disconnected; reconnecting");
+                        }
+                        other => tracing::info!(event = %other, "NATS event"),
                     }
-                    other => tracing::info!(event = %other, "NATS event"),
                 }
             });
         if let Some(name) = &config.name {
@@ -212,7 +222,11 @@ impl NatsTransport {
             )
             .with_source(e));
         }
-        Ok(NatsTransport { client, js })
+        Ok(NatsTransport {
+            client,
+            js,
+            disconnects,
+        })
     }
 
     /// The underlying client, for what the bus does not cover.
@@ -431,6 +445,7 @@ impl Transport for NatsTransport {
             })?,
         };
         let messages = consumer
+            .clone()
             .stream()
             .max_messages_per_batch(256)
             .heartbeat(Duration::from_secs(5))
@@ -446,6 +461,8 @@ impl Transport for NatsTransport {
             })?;
         Ok(NatsConsumer {
             messages,
+            handle: consumer,
+            disconnects: Arc::clone(&self.disconnects),
             durable: spec.durable.clone(),
             names: (
                 Arc::from(spec.stream.as_str()),
@@ -477,7 +494,7 @@ impl Transport for NatsTransport {
         };
         Ok(NatsInbox {
             store,
-            js: self.js.clone(),
+            client: self.client.clone(),
             bucket: name.to_owned(),
         })
     }
@@ -532,6 +549,9 @@ impl Transport for NatsTransport {
 /// A durable pull consumer on JetStream.
 pub struct NatsConsumer {
     messages: pull::Stream,
+    /// For asking the server about the consumer.
+    handle: jetstream::consumer::PullConsumer,
+    disconnects: Arc<AtomicU64>,
     durable: String,
     /// Stream and consumer names, shared by every delivery's info.
     names: (Arc<str>, Arc<str>),
@@ -558,6 +578,26 @@ impl Consumer for NatsConsumer {
             .with_source(e)),
             Ok(message) => NatsDelivery::new(message, &self.names),
         })
+    }
+
+    fn ack_state(&self) -> impl Future<Output = Option<AckState>> + Send + 'static {
+        let handle = self.handle.clone();
+        let disconnects = Arc::clone(&self.disconnects);
+        async move {
+            // Read before asking: a loss during the request then shows as a new epoch at
+            // the next look at the latest.
+            let epoch = disconnects.load(Ordering::SeqCst);
+            match handle.get_info().await {
+                Ok(info) => Some(AckState {
+                    floor: info.ack_floor.stream_sequence,
+                    epoch,
+                }),
+                Err(e) => {
+                    tracing::debug!(error = %e, "consumer info unavailable");
+                    None
+                }
+            }
+        }
     }
 }
 
@@ -641,7 +681,7 @@ impl Delivery for NatsDelivery {
 #[derive(Clone)]
 pub struct NatsInbox {
     store: kv::Store,
-    js: jetstream::Context,
+    client: async_nats::Client,
     bucket: String,
 }
 
@@ -681,16 +721,20 @@ impl Inbox for NatsInbox {
             .map_err(|e| Self::error("writing", &key, e))
     }
     async fn mark_done_pipelined(&self, key: &str) -> Result<(), InboxError> {
-        // A KV put is a publish to `$KV.<bucket>.<key>`; send it without waiting for the
-        // acknowledgement (async-nats settles it in the background), so recording finished
-        // work costs no round trip on the hot path.
+        // A KV put is a publish to `$KV.<bucket>.<key>`; a plain publish (no reply subject)
+        // is stored the same, and neither side spends anything on an acknowledgement nobody
+        // waits for.
         let subject = format!("$KV.{}.done.{key}", self.bucket);
-        let publish = PublishMessage::build().payload(Bytes::from_static(b"1"));
-        self.js
-            .send_publish(subject, publish)
+        self.client
+            .publish(subject, Bytes::from_static(b"1"))
             .await
-            .map(drop)
             .map_err(|e| Self::error("writing", key, e))
+    }
+    async fn flush(&self) -> Result<(), InboxError> {
+        self.client
+            .flush()
+            .await
+            .map_err(|e| Self::error("flushing", &self.bucket, e))
     }
     async fn record_attempt(&self, key: &str, attempt: Attempt) -> Result<(), InboxError> {
         let mut history = self.attempts(key).await?;

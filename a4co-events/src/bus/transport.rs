@@ -160,6 +160,30 @@ pub trait Consumer: Send + 'static {
     /// The next delivery, waiting for one. `None` when the consumer is closed for good.
     fn next(&mut self)
     -> impl Future<Output = Option<Result<Self::Delivery, ConsumeError>>> + Send;
+
+    /// Where the broker's record of this consumer's acknowledgements stands, asked now
+    /// (the returned future does not borrow the consumer, so it can run beside
+    /// [`Consumer::next`]). `None` when the transport cannot tell or the broker does not
+    /// answer.
+    ///
+    /// With it, the inbox keeps finished work in memory and writes to its bucket only what
+    /// the broker may deliver again (see [`super::InboxCheck::Redeliveries`]); without it
+    /// (the default), every finished message is written at once.
+    fn ack_state(&self) -> impl Future<Output = Option<AckState>> + Send + 'static {
+        std::future::ready(None)
+    }
+}
+
+/// A consumer's acknowledgements as the broker records them: see [`Consumer::ack_state`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckState {
+    /// Every delivery of this consumer at or below this stream sequence is settled: the
+    /// broker will not deliver it again (JetStream's ack floor).
+    pub floor: u64,
+    /// How many times the connection to the broker was lost so far. A change means the
+    /// broker may have lost acknowledgements it had reported (a broker restart), or never
+    /// got some that were sent.
+    pub epoch: u64,
 }
 
 /// One failed attempt at handling a message, kept for the dead-letter record.
@@ -188,6 +212,11 @@ pub trait Inbox: Clone + Send + Sync + 'static {
         key: &str,
     ) -> impl Future<Output = Result<(), InboxError>> + Send {
         self.mark_done(key)
+    }
+    /// Returns once the records sent with [`Inbox::mark_done_pipelined`] so far are on the
+    /// wire. The default has nothing to wait for.
+    fn flush(&self) -> impl Future<Output = Result<(), InboxError>> + Send {
+        std::future::ready(Ok(()))
     }
     /// Adds a failed attempt to the history under `key`.
     fn record_attempt(

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use a4co_events::bus::dlq::{DeadLetters, FaultKind, Filter};
 use a4co_events::bus::{
-    DLQ_STREAM, DeliveryInfo, EventBus, HandlerError, InboxCheck, PublishErrorKind, Publisher,
-    RawMessage, RetryPolicy, Subscriber, Subscription, Transport,
+    DLQ_STREAM, DeliveryInfo, EventBus, HandlerError, Inbox, InboxCheck, PublishErrorKind,
+    Publisher, RawMessage, RetryPolicy, Subscriber, Subscription, Transport,
 };
 use a4co_events::catalog::inventory::InventoryAdjusted;
 use a4co_events::catalog::order::{OrderConfirmed, OrderCreated};
@@ -681,6 +681,119 @@ async fn a_redelivery_after_a_lost_ack_is_not_redone<T: Transport>(f: Fixture<T>
     handle.shutdown().await;
 }
 
+/// Whether the inbox of `sub` holds finished work for `event_id`.
+async fn in_inbox<T: Transport>(f: &Fixture<T>, sub: &Subscription, event_id: &str) -> bool {
+    let durable = sub.durable();
+    let inbox = f
+        .bus
+        .transport()
+        .inbox(&format!("a4co-inbox-{durable}"), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    inbox
+        .is_done(&format!("{durable}.{event_id}"))
+        .await
+        .unwrap()
+}
+
+async fn acknowledged_work_is_never_written_to_the_inbox<T: Transport>(f: Fixture<T>) {
+    // By default the inbox is read for redeliveries only, and the broker redelivers
+    // finished work only if its ack was lost: work the broker has settled is not written.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let sub = Subscription::new("t", "settled")
+        .to::<OrderCreated>()
+        .ack_wait(Duration::from_millis(400));
+    let handle = f.bus.subscribe(sub.clone(), reporting(tx)).await.unwrap();
+    let orders: Vec<_> = (0..3).map(|i| order(&format!("ord-{i}"))).collect();
+    for o in &orders {
+        f.bus.publish(o).await.unwrap();
+    }
+    for _ in &orders {
+        recv(&mut rx, 5, "handled").await;
+    }
+    // Past the time after which unsettled work would be written (half the ack wait), and
+    // past the ack wait itself: nothing came back, nothing was written.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    for o in &orders {
+        let id = o.event_id.to_string();
+        assert!(!in_inbox(&f, &sub, &id).await, "{id} was written");
+    }
+    let stats = handle.shutdown().await;
+    assert_eq!((stats.handled, stats.duplicates), (3, 0));
+}
+
+async fn unacknowledged_work_reaches_the_inbox_before_another_instance_gets_it<T: Transport>(
+    f: Fixture<T>,
+) {
+    // Instance A's acks are lost. Its finished work is written to the inbox before the
+    // broker redelivers it (half the ack wait in), so B, taking over after A crashed,
+    // skips it.
+    let lossy = EventBus::new(crate::support::LosingAcks(f.bus.transport().clone()));
+    let sub = Subscription::new("t", "takeover")
+        .to::<OrderCreated>()
+        .ack_wait(Duration::from_secs(2));
+    let calls_a = Arc::new(AtomicU64::new(0));
+    let c = Arc::clone(&calls_a);
+    let a = lossy
+        .subscribe(
+            sub.clone(),
+            move |_: Envelope<AnyMessage>, _: DeliveryInfo| {
+                c.fetch_add(1, Ordering::SeqCst);
+                std::future::ready(Ok::<(), HandlerError>(()))
+            },
+        )
+        .await
+        .unwrap();
+    let env = order("ord-1");
+    f.bus.publish(&env).await.unwrap();
+    let id = env.event_id.to_string();
+    eventually(5, "handled by A", || async { a.stats().handled == 1 }).await;
+    eventually(2, "A's unsettled work written", || in_inbox(&f, &sub, &id)).await;
+    a.abort();
+    let calls_b = Arc::new(AtomicU64::new(0));
+    let c = Arc::clone(&calls_b);
+    let b = f
+        .bus
+        .subscribe(
+            sub.clone(),
+            move |_: Envelope<AnyMessage>, _: DeliveryInfo| {
+                c.fetch_add(1, Ordering::SeqCst);
+                std::future::ready(Ok::<(), HandlerError>(()))
+            },
+        )
+        .await
+        .unwrap();
+    eventually(10, "B skips the redelivery", || async {
+        b.stats().duplicates == 1
+    })
+    .await;
+    assert_eq!(calls_a.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        calls_b.load(Ordering::SeqCst),
+        0,
+        "B ran finished work again"
+    );
+    b.shutdown().await;
+}
+
+async fn shutdown_writes_unsettled_work_to_the_inbox<T: Transport>(f: Fixture<T>) {
+    // A stops cleanly before its unsettled work is due (ack wait 10 s: due after 5 s);
+    // shutdown writes it, so B skips the redelivery.
+    let lossy = EventBus::new(crate::support::LosingAcks(f.bus.transport().clone()));
+    let sub = Subscription::new("t", "handover")
+        .to::<OrderCreated>()
+        .ack_wait(Duration::from_secs(10));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let a = lossy.subscribe(sub.clone(), reporting(tx)).await.unwrap();
+    let env = order("ord-1");
+    f.bus.publish(&env).await.unwrap();
+    recv(&mut rx, 5, "handled by A").await;
+    let id = env.event_id.to_string();
+    assert!(!in_inbox(&f, &sub, &id).await, "written before it was due");
+    a.shutdown().await;
+    assert!(in_inbox(&f, &sub, &id).await, "shutdown did not write it");
+}
+
 async fn the_dead_letter_tools_list_show_replay_and_purge<T: Transport>(f: Fixture<T>) {
     let fail_first = Arc::new(AtomicU64::new(0));
     let ff = Arc::clone(&fail_first);
@@ -931,6 +1044,9 @@ conformance!(
     poison_input_is_dead_lettered_and_the_consumer_goes_on,
     finished_work_is_not_redone,
     a_redelivery_after_a_lost_ack_is_not_redone,
+    acknowledged_work_is_never_written_to_the_inbox,
+    unacknowledged_work_reaches_the_inbox_before_another_instance_gets_it,
+    shutdown_writes_unsettled_work_to_the_inbox,
     the_dead_letter_tools_list_show_replay_and_purge,
     trace_context_arrives,
     shutdown_drains_handlers_in_flight,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use a4co_events::bus::nats::{Config, ConnectErrorKind, NatsBus};
 use a4co_events::bus::{
-    DeliveryInfo, HandlerError, Publisher, StreamSpec, Subscriber, Subscription, Transport,
+    DeliveryInfo, HandlerError, Inbox, Publisher, StreamSpec, Subscriber, Subscription, Transport,
 };
 use a4co_events::catalog::order::OrderCreated;
 use a4co_events::{AnyMessage, Context, Envelope, Message};
@@ -58,6 +58,46 @@ async fn a_server_crash_mid_stream_loses_nothing() {
     eprintln!("all {N} handled after {:?}", started.elapsed());
     assert_eq!(seen.len(), N, "none lost");
     handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_writes_recently_settled_work_to_the_inbox() {
+    // Work the server had settled is kept in memory a little while, not written; a crash
+    // of the server may lose its record of the acks, so after a lost connection the
+    // subscription writes what it kept.
+    let mut f = nats_bus().await;
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let handler = move |m: Envelope<AnyMessage>, _: DeliveryInfo| {
+        let _ = tx.send(m.event_id.to_string());
+        std::future::ready(Ok::<(), HandlerError>(()))
+    };
+    let sub = Subscription::new("t", "reconnect")
+        .to::<OrderCreated>()
+        .ack_wait(Duration::from_secs(2));
+    let handle = f.bus.subscribe(sub.clone(), handler).await.unwrap();
+    let env = Envelope::new("order-service", "ord-1", OrderCreated::example());
+    f.bus.publish(&env).await.unwrap();
+    let id = recv(&mut rx, 5, "handled").await;
+    let durable = sub.durable();
+    let inbox = f
+        .bus
+        .transport()
+        .inbox(&format!("a4co-inbox-{durable}"), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let key = format!("{durable}.{id}");
+    // Settled at the next look (a quarter of a second at most), not written.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !inbox.is_done(&key).await.unwrap(),
+        "settled work was written"
+    );
+    f.server.as_mut().unwrap().restart();
+    crate::support::eventually(10, "written after the reconnect", || async {
+        inbox.is_done(&key).await.unwrap_or(false)
+    })
+    .await;
+    assert_eq!(handle.shutdown().await.handled, 1);
 }
 
 #[tokio::test]

@@ -123,6 +123,12 @@ impl<C: a4co_events::bus::Consumer> a4co_events::bus::Consumer for LosingConsume
     async fn next(&mut self) -> Option<Result<Self::Delivery, a4co_events::bus::ConsumeError>> {
         Some(self.0.next().await?.map(LosingDelivery))
     }
+    fn ack_state(
+        &self,
+    ) -> impl std::future::Future<Output = Option<a4co_events::bus::AckState>> + Send + 'static
+    {
+        self.0.ack_state()
+    }
 }
 
 impl<T: a4co_events::bus::Transport> a4co_events::bus::Transport for LosingAcks<T> {
