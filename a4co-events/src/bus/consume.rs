@@ -264,8 +264,11 @@ async fn run<T: Transport, H: Handler>(
 
 /// Writes finished work to the inbox in the background (what a book says is due).
 fn write_later<T: Transport, H: Handler>(shared: &Shared<T, H>, marks: Vec<Mark>) {
-    if let (Some(inbox), false) = (shared.inbox.clone(), marks.is_empty()) {
-        tokio::spawn(write_marks(inbox, shared.durable.clone(), marks));
+    if marks.is_empty() {
+        return;
+    }
+    if let Some(inbox) = &shared.inbox {
+        tokio::spawn(write_marks(inbox.clone(), shared.durable.clone(), marks));
     }
 }
 
