@@ -702,7 +702,7 @@ async fn acknowledged_work_is_never_written_to_the_inbox<T: Transport>(f: Fixtur
     let (tx, mut rx) = mpsc::unbounded_channel();
     let sub = Subscription::new("t", "settled")
         .to::<OrderCreated>()
-        .ack_wait(Duration::from_millis(400));
+        .ack_wait(Duration::from_secs(1));
     let handle = f.bus.subscribe(sub.clone(), reporting(tx)).await.unwrap();
     let orders: Vec<_> = (0..3).map(|i| order(&format!("ord-{i}"))).collect();
     for o in &orders {
@@ -713,7 +713,7 @@ async fn acknowledged_work_is_never_written_to_the_inbox<T: Transport>(f: Fixtur
     }
     // Past the time after which unsettled work would be written (half the ack wait), and
     // past the ack wait itself: nothing came back, nothing was written.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     for o in &orders {
         let id = o.event_id.to_string();
         assert!(!in_inbox(&f, &sub, &id).await, "{id} was written");
