@@ -461,6 +461,63 @@ async fn batch_save(
     }
 }
 
+/// A saga's reaction to a reply: (subject prefix, order id, state) -> commands to send.
+type Reaction = fn(&str, &str, &mut serde_json::Value) -> Commands;
+
+/// Applies `react` to the saga of each reply on `reply` (the order id in its data).
+async fn on_reply(
+    js: &jetstream::Context,
+    store: RawStore,
+    name: &str,
+    reply: &str,
+    sagas: &Sagas,
+    react: Reaction,
+) {
+    let (p, sagas) = (store.prefix(), sagas.clone());
+    let (name, subject) = (format!("{p}-{name}"), format!("{p}.{reply}"));
+    raw_consume(js, store.stream(), &name, &subject, move |m| {
+        let sagas = sagas.clone();
+        async move {
+            let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            let order = body["data"]["orderId"].as_str().unwrap().to_owned();
+            sagas.update(&order, |state| react(p, &order, state)).await;
+            m.ack().await.unwrap();
+        }
+    })
+    .await;
+}
+
+/// One stock reservation more; with both, the payment.
+fn reserved(p: &str, order: &str, state: &mut serde_json::Value) -> Commands {
+    let n = state["reserved"].as_u64().unwrap_or(0) + 1;
+    state["reserved"] = n.into();
+    if n < 2 {
+        return Vec::new();
+    }
+    state["state"] = "paying".into();
+    let cmd = ProcessPayment {
+        order_id: order.to_owned(),
+        ..ProcessPayment::example()
+    };
+    vec![(
+        format!("{p}.payment.cmd.process"),
+        command(order, "pay", order, cmd),
+    )]
+}
+
+/// Paid: confirm the order.
+fn paid(p: &str, order: &str, state: &mut serde_json::Value) -> Commands {
+    state["state"] = "confirming".into();
+    let cmd = ConfirmOrder {
+        payment_id: format!("txn-{order}"),
+        payment_reference: "ref".to_owned(),
+    };
+    vec![(
+        format!("{p}.order.cmd.confirm"),
+        command(order, "confirm", order, cmd),
+    )]
+}
+
 /// The same flow by hand: the saga's state in `store`, its commands sent after (KV) or with
 /// (batch) each save.
 #[allow(clippy::too_many_lines)]
@@ -528,57 +585,16 @@ async fn raw_flow(
         }
     })
     .await;
-    let (name, s) = names("saga-reserved", "inventory.stock_reserved");
-    let st = sagas.clone();
-    raw_consume(&js, stream_name, &name, &s, move |m| {
-        let st = st.clone();
-        async move {
-            let reserved: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
-            let order = reserved["data"]["orderId"].as_str().unwrap().to_owned();
-            st.update(&order, |state| {
-                let n = state["reserved"].as_u64().unwrap_or(0) + 1;
-                state["reserved"] = n.into();
-                if n < 2 {
-                    return Vec::new();
-                }
-                state["state"] = "paying".into();
-                let cmd = ProcessPayment {
-                    order_id: order.clone(),
-                    ..ProcessPayment::example()
-                };
-                vec![(
-                    subject("payment.cmd.process"),
-                    command(&order, "pay", &order, cmd),
-                )]
-            })
-            .await;
-            m.ack().await.unwrap();
-        }
-    })
+    on_reply(
+        &js,
+        store,
+        "saga-reserved",
+        "inventory.stock_reserved",
+        &sagas,
+        reserved,
+    )
     .await;
-    let (name, s) = names("saga-paid", "payment.succeeded");
-    let st = sagas.clone();
-    raw_consume(&js, stream_name, &name, &s, move |m| {
-        let st = st.clone();
-        async move {
-            let paid: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
-            let order = paid["data"]["orderId"].as_str().unwrap().to_owned();
-            st.update(&order, |state| {
-                state["state"] = "confirming".into();
-                let cmd = ConfirmOrder {
-                    payment_id: format!("txn-{order}"),
-                    payment_reference: "ref".to_owned(),
-                };
-                vec![(
-                    subject("order.cmd.confirm"),
-                    command(&order, "confirm", &order, cmd),
-                )]
-            })
-            .await;
-            m.ack().await.unwrap();
-        }
-    })
-    .await;
+    on_reply(&js, store, "saga-paid", "payment.succeeded", &sagas, paid).await;
     // The participants.
     let (name, s) = names("inventory", "inventory.cmd.reserve_stock");
     let js2 = js.clone();
@@ -703,32 +719,23 @@ async fn main() {
 
     let client = async_nats::connect(server.url()).await.unwrap();
     let js = jetstream::new(client);
-    let raw_clock = Arc::new(Clock::default());
-    let raw_slots = Arc::new(Semaphore::new(0));
-    raw_flow(
-        js.clone(),
-        RawStore::Kv,
-        Arc::clone(&raw_clock),
-        Arc::clone(&raw_slots),
-    )
-    .await;
-    let publish_raw = |o: Envelope<OrderCreated>| {
-        let js = js.clone();
-        async move { raw_publish(&js, "raw.order.created", &o.into_any()).await }
+    // The hand-written flows: each with its clock and window, and how to start an order.
+    let start_raw = async |store: RawStore| {
+        let (clock, slots) = (Arc::new(Clock::default()), Arc::new(Semaphore::new(0)));
+        raw_flow(js.clone(), store, Arc::clone(&clock), Arc::clone(&slots)).await;
+        (clock, slots)
     };
-    let batch_clock = Arc::new(Clock::default());
-    let batch_slots = Arc::new(Semaphore::new(0));
-    raw_flow(
-        js.clone(),
-        RawStore::Batch,
-        Arc::clone(&batch_clock),
-        Arc::clone(&batch_slots),
-    )
-    .await;
-    let publish_batch = |o: Envelope<OrderCreated>| {
-        let js = js.clone();
-        async move { raw_publish(&js, "bat.order.created", &o.into_any()).await }
+    let publish_to = |store: RawStore| {
+        let (js, subject) = (&js, format!("{}.order.created", store.prefix()));
+        move |o: Envelope<OrderCreated>| {
+            let (js, subject) = (js.clone(), subject.clone());
+            async move { raw_publish(&js, &subject, &o.into_any()).await }
+        }
     };
+    let (raw_clock, raw_slots) = start_raw(RawStore::Kv).await;
+    let (batch_clock, batch_slots) = start_raw(RawStore::Batch).await;
+    let publish_raw = publish_to(RawStore::Kv);
+    let publish_batch = publish_to(RawStore::Batch);
 
     let bus = NatsBus::connect(Config::new(server.url())).await.unwrap();
     bus.provision(1).await.unwrap();
@@ -767,7 +774,7 @@ async fn main() {
                         None,
                         &raw_clock,
                         &raw_slots,
-                        publish_raw,
+                        &publish_raw,
                     )
                     .await,
                 );
@@ -824,7 +831,7 @@ async fn main() {
         Some(raw_rate),
         &raw_clock,
         &raw_slots,
-        publish_raw,
+        &publish_raw,
     )
     .await;
     row(
@@ -846,7 +853,7 @@ async fn main() {
                 None,
                 &batch_clock,
                 &batch_slots,
-                publish_batch,
+                &publish_batch,
             )
             .await,
         );

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use a4co_events::bus::dlq::{DeadLetters, FaultKind, Filter};
 use a4co_events::bus::{
-    DLQ_STREAM, DeliveryInfo, EventBus, HandlerError, Inbox, InboxCheck, PublishErrorKind,
-    Publisher, RawMessage, RetryPolicy, Subscriber, Subscription, Transport,
+    DLQ_STREAM, DeliveryInfo, EventBus, HandlerError, InboxCheck, PublishErrorKind, Publisher,
+    RawMessage, RetryPolicy, Subscriber, Subscription, Transport,
 };
 use a4co_events::catalog::inventory::InventoryAdjusted;
 use a4co_events::catalog::order::{OrderConfirmed, OrderCreated};
@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::support::{Fixture, eventually, recv};
+use crate::support::{Fixture, eventually, in_inbox, recv};
 
 type Seen = mpsc::UnboundedSender<(Envelope<AnyMessage>, DeliveryInfo)>;
 
@@ -32,6 +32,20 @@ fn reporting(
 + 'static {
     move |message, info| {
         let _ = tx.send((message, info));
+        std::future::ready(Ok(()))
+    }
+}
+
+/// A handler that counts its calls in `calls` and succeeds.
+fn counting(
+    calls: &Arc<AtomicU64>,
+) -> impl Fn(Envelope<AnyMessage>, DeliveryInfo) -> std::future::Ready<Result<(), HandlerError>>
++ Send
++ Sync
++ 'static {
+    let calls = Arc::clone(calls);
+    move |_, _| {
+        calls.fetch_add(1, Ordering::SeqCst);
         std::future::ready(Ok(()))
     }
 }
@@ -662,11 +676,7 @@ async fn a_redelivery_after_a_lost_ack_is_not_redone<T: Transport>(f: Fixture<T>
     // The handler finishes, the ack never reaches the broker, the broker redelivers.
     let lossy = EventBus::new(crate::support::LosingAcks(f.bus.transport().clone()));
     let calls = Arc::new(AtomicU64::new(0));
-    let c = Arc::clone(&calls);
-    let handler = move |_: Envelope<AnyMessage>, _: DeliveryInfo| {
-        c.fetch_add(1, Ordering::SeqCst);
-        std::future::ready(Ok::<(), HandlerError>(()))
-    };
+    let handler = counting(&calls);
     let sub = Subscription::new("t", "lost-ack")
         .to::<OrderCreated>()
         .ack_wait(Duration::from_secs(1));
@@ -679,21 +689,6 @@ async fn a_redelivery_after_a_lost_ack_is_not_redone<T: Transport>(f: Fixture<T>
     assert_eq!(calls.load(Ordering::SeqCst), 1, "the handler ran again");
     assert_eq!(handle.stats().handled, 1);
     handle.shutdown().await;
-}
-
-/// Whether the inbox of `sub` holds finished work for `event_id`.
-async fn in_inbox<T: Transport>(f: &Fixture<T>, sub: &Subscription, event_id: &str) -> bool {
-    let durable = sub.durable();
-    let inbox = f
-        .bus
-        .transport()
-        .inbox(&format!("a4co-inbox-{durable}"), Duration::from_secs(3600))
-        .await
-        .unwrap();
-    inbox
-        .is_done(&format!("{durable}.{event_id}"))
-        .await
-        .unwrap()
 }
 
 async fn acknowledged_work_is_never_written_to_the_inbox<T: Transport>(f: Fixture<T>) {
@@ -716,7 +711,7 @@ async fn acknowledged_work_is_never_written_to_the_inbox<T: Transport>(f: Fixtur
     tokio::time::sleep(Duration::from_millis(1300)).await;
     for o in &orders {
         let id = o.event_id.to_string();
-        assert!(!in_inbox(&f, &sub, &id).await, "{id} was written");
+        assert!(!in_inbox(&f, &sub, &id).await.unwrap(), "{id} was written");
     }
     let stats = handle.shutdown().await;
     assert_eq!((stats.handled, stats.duplicates), (3, 0));
@@ -733,34 +728,23 @@ async fn unacknowledged_work_reaches_the_inbox_before_another_instance_gets_it<T
         .to::<OrderCreated>()
         .ack_wait(Duration::from_secs(2));
     let calls_a = Arc::new(AtomicU64::new(0));
-    let c = Arc::clone(&calls_a);
     let a = lossy
-        .subscribe(
-            sub.clone(),
-            move |_: Envelope<AnyMessage>, _: DeliveryInfo| {
-                c.fetch_add(1, Ordering::SeqCst);
-                std::future::ready(Ok::<(), HandlerError>(()))
-            },
-        )
+        .subscribe(sub.clone(), counting(&calls_a))
         .await
         .unwrap();
     let env = order("ord-1");
     f.bus.publish(&env).await.unwrap();
     let id = env.event_id.to_string();
     eventually(5, "handled by A", || async { a.stats().handled == 1 }).await;
-    eventually(2, "A's unsettled work written", || in_inbox(&f, &sub, &id)).await;
+    eventually(2, "A's unsettled work written", || async {
+        in_inbox(&f, &sub, &id).await.unwrap()
+    })
+    .await;
     a.abort();
     let calls_b = Arc::new(AtomicU64::new(0));
-    let c = Arc::clone(&calls_b);
     let b = f
         .bus
-        .subscribe(
-            sub.clone(),
-            move |_: Envelope<AnyMessage>, _: DeliveryInfo| {
-                c.fetch_add(1, Ordering::SeqCst);
-                std::future::ready(Ok::<(), HandlerError>(()))
-            },
-        )
+        .subscribe(sub.clone(), counting(&calls_b))
         .await
         .unwrap();
     eventually(10, "B skips the redelivery", || async {
@@ -789,9 +773,15 @@ async fn shutdown_writes_unsettled_work_to_the_inbox<T: Transport>(f: Fixture<T>
     f.bus.publish(&env).await.unwrap();
     recv(&mut rx, 5, "handled by A").await;
     let id = env.event_id.to_string();
-    assert!(!in_inbox(&f, &sub, &id).await, "written before it was due");
+    assert!(
+        !in_inbox(&f, &sub, &id).await.unwrap(),
+        "written before it was due"
+    );
     a.shutdown().await;
-    assert!(in_inbox(&f, &sub, &id).await, "shutdown did not write it");
+    assert!(
+        in_inbox(&f, &sub, &id).await.unwrap(),
+        "shutdown did not write it"
+    );
 }
 
 async fn the_dead_letter_tools_list_show_replay_and_purge<T: Transport>(f: Fixture<T>) {

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use a4co_events::bus::nats::{Config, ConnectErrorKind, NatsBus};
 use a4co_events::bus::{
-    DeliveryInfo, HandlerError, Inbox, Publisher, StreamSpec, Subscriber, Subscription, Transport,
+    DeliveryInfo, HandlerError, Publisher, StreamSpec, Subscriber, Subscription, Transport,
 };
 use a4co_events::catalog::order::OrderCreated;
 use a4co_events::{AnyMessage, Context, Envelope, Message};
 use a4co_testkit::nats::{NatsCluster, NatsServer};
 use tokio::sync::mpsc;
 
-use crate::support::{nats_bus, nats_connect, recv};
+use crate::support::{in_inbox, nats_bus, nats_connect, recv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_crash_mid_stream_loses_nothing() {
@@ -78,23 +78,15 @@ async fn a_lost_connection_writes_recently_settled_work_to_the_inbox() {
     let env = Envelope::new("order-service", "ord-1", OrderCreated::example());
     f.bus.publish(&env).await.unwrap();
     let id = recv(&mut rx, 5, "handled").await;
-    let durable = sub.durable();
-    let inbox = f
-        .bus
-        .transport()
-        .inbox(&format!("a4co-inbox-{durable}"), Duration::from_secs(3600))
-        .await
-        .unwrap();
-    let key = format!("{durable}.{id}");
     // Settled at the next look (a quarter of a second at most), not written.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        !inbox.is_done(&key).await.unwrap(),
+        !in_inbox(&f, &sub, &id).await.unwrap(),
         "settled work was written"
     );
     f.server.as_mut().unwrap().restart();
     crate::support::eventually(10, "written after the reconnect", || async {
-        inbox.is_done(&key).await.unwrap_or(false)
+        in_inbox(&f, &sub, &id).await.unwrap_or(false)
     })
     .await;
     assert_eq!(handle.shutdown().await.handled, 1);

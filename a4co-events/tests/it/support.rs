@@ -86,6 +86,30 @@ where
     }
 }
 
+/// Whether the inbox of `sub` holds finished work for `event_id` (an error while the broker
+/// is unreachable).
+pub(crate) async fn in_inbox<T: a4co_events::bus::Transport>(
+    f: &Fixture<T>,
+    sub: &a4co_events::bus::Subscription,
+    event_id: &str,
+) -> Result<bool, String> {
+    use a4co_events::bus::Inbox as _;
+    let durable = sub.durable();
+    let inbox = f
+        .bus
+        .transport()
+        .inbox(
+            &format!("a4co-inbox-{durable}"),
+            std::time::Duration::from_secs(3600),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    inbox
+        .is_done(&format!("{durable}.{event_id}"))
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// A transport whose acknowledgements are lost on the way: the handler's work is done, the
 /// broker never hears of it and redelivers after the ack wait.
 #[derive(Clone, Debug)]
