@@ -12,7 +12,7 @@ mod message;
 mod money;
 pub mod schema;
 mod schema_check;
-mod time;
+pub mod time;
 
 pub use catalog::AnyMessage;
 pub use decode::{DecodeError, DecodeErrorKind, Decoder, Violation, decode, decode_as};

@@ -4,7 +4,26 @@
 //! time, and reads through a general parser; in a typical event the two cost more than the
 //! rest of the envelope together. Catalog payloads use these with
 //! `#[serde(serialize_with = ..., deserialize_with = ...)]`; anything but the canonical
-//! form (`2026-01-15T10:00:00.123Z`) is read by chrono's parser, with its errors.
+//! form (`2026-01-15T10:00:00.123Z`) is read by chrono's parser, with its errors. Public
+//! for services' own records (the saga store uses them):
+//!
+//! ```
+//! use chrono::{DateTime, Utc};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Hold {
+//!     #[serde(serialize_with = "a4co_events::time::utc")]
+//!     #[serde(deserialize_with = "a4co_events::time::de_utc")]
+//!     until: DateTime<Utc>,
+//! }
+//!
+//! let until = "2026-01-15T10:00:00.123Z".parse().unwrap();
+//! let json = serde_json::to_string(&Hold { until }).unwrap();
+//! assert_eq!(json, r#"{"until":"2026-01-15T10:00:00.123Z"}"#);
+//! assert_eq!(json, serde_json::to_string(&serde_json::json!({ "until": until })).unwrap());
+//! let back: Hold = serde_json::from_str(&json).unwrap();
+//! assert_eq!(back.until, until);
+//! ```
 
 use std::fmt;
 
@@ -16,7 +35,7 @@ use serde::de::{self, Deserializer, Visitor};
 ///
 /// # Errors
 /// The serializer's.
-pub(crate) fn utc<S: Serializer>(t: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+pub fn utc<S: Serializer>(t: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
 }
 
@@ -25,10 +44,7 @@ pub(crate) fn utc<S: Serializer>(t: &DateTime<Utc>, serializer: S) -> Result<S::
 /// # Errors
 /// The serializer's.
 #[allow(clippy::ref_option)]
-pub(crate) fn opt_utc<S: Serializer>(
-    t: &Option<DateTime<Utc>>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
+pub fn opt_utc<S: Serializer>(t: &Option<DateTime<Utc>>, serializer: S) -> Result<S::Ok, S::Error> {
     match t {
         Some(t) => utc(t, serializer),
         None => serializer.serialize_none(),
@@ -39,9 +55,7 @@ pub(crate) fn opt_utc<S: Serializer>(
 ///
 /// # Errors
 /// Not a string, or not RFC 3339 (chrono's message).
-pub(crate) fn de_utc<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<DateTime<Utc>, D::Error> {
+pub fn de_utc<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
     deserializer.deserialize_str(UtcVisitor)
 }
 
@@ -49,7 +63,7 @@ pub(crate) fn de_utc<'de, D: Deserializer<'de>>(
 ///
 /// # Errors
 /// As [`de_utc`].
-pub(crate) fn de_opt_utc<'de, D: Deserializer<'de>>(
+pub fn de_opt_utc<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<DateTime<Utc>>, D::Error> {
     struct OptVisitor;

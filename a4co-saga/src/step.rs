@@ -85,6 +85,10 @@ pub struct Transition {
     /// The state after.
     pub to: String,
     /// When (the runtime's clock).
+    #[serde(
+        serialize_with = "a4co_events::time::utc",
+        deserialize_with = "a4co_events::time::de_utc"
+    )]
     pub at: DateTime<Utc>,
 }
 
@@ -105,6 +109,7 @@ pub struct Book {
     /// Compensations of completed steps, in order of completion (run in reverse).
     pub compensations: Vec<Outgoing>,
     /// Timers by name: when each runs out.
+    #[serde(serialize_with = "timers")]
     pub timers: BTreeMap<String, DateTime<Utc>>,
     /// Steps already used (a step name sends once).
     pub steps: Vec<String>,
@@ -112,10 +117,35 @@ pub struct Book {
     pub processed: Vec<EventId>,
     /// The earliest time a store index entry is known to exist for (see
     /// [`crate::Index::new_entry`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "a4co_events::time::opt_utc",
+        deserialize_with = "a4co_events::time::de_opt_utc"
+    )]
     pub indexed: Option<DateTime<Utc>>,
     /// The latest moves.
     pub history: Vec<Transition>,
+}
+
+/// Writes the timers as chrono would, through the bus's faster time writer (a record is
+/// written at every save).
+fn timers<S: serde::Serializer>(
+    timers: &BTreeMap<String, DateTime<Utc>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap as _;
+    struct At<'a>(&'a DateTime<Utc>);
+    impl Serialize for At<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            a4co_events::time::utc(self.0, serializer)
+        }
+    }
+    let mut map = serializer.serialize_map(Some(timers.len()))?;
+    for (name, at) in timers {
+        map.serialize_entry(name, &At(at))?;
+    }
+    map.end()
 }
 
 /// A saga instance as stored: state, data and bookkeeping.
@@ -534,6 +564,41 @@ pub async fn fire_due<D: Data, S: State>(
                 state = from.name(),
                 "timer ran out in a state that does not react to it"
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_times_are_written_as_chrono_writes_them_and_read_back() {
+        for text in [
+            "2026-01-15T10:00:00Z",
+            "2026-01-15T10:00:00.123Z",
+            "2026-01-15T10:00:00.123456789Z",
+        ] {
+            let at: DateTime<Utc> = text.parse().unwrap();
+            let book = Book {
+                timers: [("stock".to_owned(), at)].into(),
+                indexed: Some(at),
+                history: vec![Transition {
+                    from: None,
+                    trigger: "order.created".to_owned(),
+                    to: "reserving".to_owned(),
+                    at,
+                }],
+                ..Book::default()
+            };
+            let json: serde_json::Value =
+                serde_json::from_slice(&serde_json::to_vec(&book).unwrap()).unwrap();
+            let chrono = serde_json::to_value(at).unwrap();
+            assert_eq!(json["timers"]["stock"], chrono, "{text}");
+            assert_eq!(json["indexed"], chrono, "{text}");
+            assert_eq!(json["history"][0]["at"], chrono, "{text}");
+            let back: Book = serde_json::from_value(json).unwrap();
+            assert_eq!(back, book, "{text}");
         }
     }
 }
