@@ -138,7 +138,7 @@ pub(super) async fn start<T: Transport, H: Handler>(
         } else {
             None
         };
-        books.push(state.map(|s| std::sync::Mutex::new(Book::new(Some(s.epoch)))));
+        books.push(state.map(|s| std::sync::Mutex::new(Book::new(s.epoch))));
         consumers.push(consumer);
     }
     let counters = Arc::new(Counters::default());

@@ -79,12 +79,12 @@ pub(super) struct Book {
     /// Settled, in batches by when the ack floor passed them.
     settled: VecDeque<(Instant, BTreeMap<u64, Mark>)>,
     /// The connection epoch of the last look.
-    epoch: Option<u64>,
+    epoch: u64,
 }
 
 impl Book {
     /// A book that has seen the broker at `epoch`.
-    pub(super) fn new(epoch: Option<u64>) -> Self {
+    pub(super) fn new(epoch: u64) -> Self {
         Book {
             epoch,
             ..Book::default()
@@ -121,11 +121,10 @@ impl Book {
 
     /// Takes in the broker's answer; returns what to write now.
     pub(super) fn update(&mut self, state: AckState, now: Instant, timing: Timing) -> Vec<Mark> {
-        if self.epoch.is_some_and(|e| e != state.epoch) {
-            self.epoch = Some(state.epoch);
+        if self.epoch != state.epoch {
+            self.epoch = state.epoch;
             return self.take_all();
         }
-        self.epoch = Some(state.epoch);
         let above = self.open.split_off(&state.floor.saturating_add(1));
         let below = std::mem::replace(&mut self.open, above);
         if !below.is_empty() {
@@ -199,7 +198,7 @@ mod tests {
     #[test]
     fn settled_work_is_kept_for_the_grace_then_forgotten_unwritten() {
         let t0 = Instant::now();
-        let mut book = Book::new(Some(0));
+        let mut book = Book::new(0);
         for n in 1..=3 {
             assert!(book.finished(n as u64, m(n), t0).is_empty());
         }
@@ -229,7 +228,7 @@ mod tests {
     #[test]
     fn work_above_the_floor_for_too_long_is_written() {
         let t0 = Instant::now();
-        let mut book = Book::new(Some(0));
+        let mut book = Book::new(0);
         book.finished(5, m(5), t0);
         book.finished(7, m(7), t0 + Duration::from_millis(500));
         assert!(
@@ -243,7 +242,7 @@ mod tests {
     #[test]
     fn a_lost_connection_writes_everything_kept() {
         let t0 = Instant::now();
-        let mut book = Book::new(Some(0));
+        let mut book = Book::new(0);
         book.finished(1, m(1), t0);
         book.finished(2, m(2), t0);
         book.update(state(1, 0), t0, T);
@@ -264,13 +263,10 @@ mod tests {
     #[test]
     fn shutdown_takes_what_is_not_settled() {
         let t0 = Instant::now();
-        let mut book = Book::new(None);
+        let mut book = Book::new(3);
         book.finished(1, m(1), t0);
         book.finished(2, m(2), t0);
-        assert!(
-            book.update(state(1, 3), t0, T).is_empty(),
-            "a first look sets the epoch"
-        );
+        assert!(book.update(state(1, 3), t0, T).is_empty());
         assert_eq!(ids(book.take_open()), [2]);
         assert!(book.is_empty());
     }
@@ -278,7 +274,7 @@ mod tests {
     #[test]
     fn a_full_book_writes_its_lowest_sequences() {
         let t0 = Instant::now();
-        let mut book = Book::new(Some(0));
+        let mut book = Book::new(0);
         for n in 0..MAX_OPEN as u64 {
             assert!(book.finished(n + 10, m(n.into()), t0).is_empty());
         }

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use a4co_events::bus::Publisher;
 use a4co_events::bus::Subscription;
+use a4co_events::bus::{Publisher, Subscriber};
 use a4co_events::catalog::inventory::{
     InventoryAdjusted, LowStockWarning, ReleaseReason, ReleaseStock, ReserveStock, StockReleased,
     StockReservationFailed, StockReserved,
@@ -18,7 +18,7 @@ use a4co_testkit::http::{in_process, test_secret};
 use a4co_testkit::nats::NatsServer;
 use chrono::Utc;
 use inventory_service::http::{Availability, CheckResponse, StockView};
-use inventory_service::{Inventory, ProductDetails, Settings};
+use inventory_service::{Inventory, Product, ProductDetails, Settings};
 use serde_json::json;
 use service_kit::{Bus, Records};
 
@@ -58,6 +58,16 @@ fn reserve(order: &str, units: u32) -> Envelope<ReserveStock> {
         expires_at: Utc::now() + chrono::Duration::minutes(30),
     };
     Envelope::new("order-service", "bowl", command)
+}
+
+/// The seeded product's record, as the service keeps it.
+async fn bowl<B: Publisher + Subscriber>(inventory: &Inventory<B>) -> Product {
+    inventory
+        .product("bowl")
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("no bowl"))
 }
 
 fn count<M: Message>(bus: &RecordingBus, pred: impl Fn(&Envelope<AnyMessage>) -> bool) -> usize {
@@ -215,11 +225,8 @@ async fn reservations_are_made_once_whatever_the_redeliveries() {
     bus.publish(&failed).await.ok();
     let refused = bus.published::<StockReservationFailed>().await;
     assert_eq!(refused.data.failed_items[0].available_quantity, 1);
-    let product = inventory.product("bowl").await.ok().flatten();
-    assert_eq!(
-        product.as_ref().map(|p| (p.reserved(), p.available())),
-        Some((2, 1))
-    );
+    let product = bowl(&inventory).await;
+    assert_eq!((product.reserved(), product.available()), (2, 1));
 
     let release = ReleaseStock {
         order_id: "o-1".into(),
@@ -254,8 +261,8 @@ async fn reservations_are_made_once_whatever_the_redeliveries() {
         2,
         "the first answer and its repeat only"
     );
-    let product = inventory.product("bowl").await.ok().flatten();
-    assert_eq!(product.map(|p| (p.on_hand, p.available())), Some((3, 3)));
+    let product = bowl(&inventory).await;
+    assert_eq!((product.on_hand, product.available()), (3, 3));
     bus.assert_nothing_dead_lettered().await;
     workers.shutdown().await;
 }
@@ -294,12 +301,7 @@ async fn a_confirmed_order_keeps_its_units_and_a_lapsed_hold_comes_back() {
         .await
         .ok();
     bus.consumed::<OrderConfirmed>().await;
-    let product = inventory
-        .product("bowl")
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| panic!("no bowl"));
+    let product = bowl(&inventory).await;
     assert_eq!(
         (product.on_hand, product.reserved(), product.sold),
         (6, 0, 4)
@@ -358,12 +360,7 @@ async fn two_instances_on_nats_never_oversell_and_a_restart_loses_nothing() {
     // Every command answered once, across the two instances.
     let first = answers.wait_for(20, Duration::from_secs(20)).await;
     assert_eq!(tally(&first), (10, 10), "(reserved, failed)");
-    let product = one
-        .product("bowl")
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| panic!("no bowl"));
+    let product = bowl(&one).await;
     assert_eq!((product.reserved(), product.available()), (10, 0));
 
     // A crash, then redeliveries of every command to a fresh instance: nothing changes.
@@ -378,12 +375,7 @@ async fn two_instances_on_nats_never_oversell_and_a_restart_loses_nothing() {
     // Every command is answered again, the same way.
     let all = answers.wait_for(40, Duration::from_secs(20)).await;
     assert_eq!(tally(&all), (20, 20), "answered the same way again");
-    let product = three
-        .product("bowl")
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| panic!("no bowl"));
+    let product = bowl(&three).await;
     assert_eq!(
         (product.on_hand, product.reserved()),
         (10, 10),

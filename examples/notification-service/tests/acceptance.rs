@@ -12,16 +12,22 @@ use a4co_http::auth::Verifier;
 use a4co_testkit::bus::RecordingBus;
 use a4co_testkit::http::{in_process, test_secret};
 use notification_service::{Filter, Notification, Notifications};
-use service_kit::Records;
+use service_kit::{Records, Workers};
 
-#[tokio::test]
-async fn every_event_is_told_once_to_its_customer() {
-    let bus = RecordingBus::new().await;
+/// The service on `bus` with in-memory records, its workers running.
+async fn started(bus: &RecordingBus) -> (Notifications<RecordingBus>, Workers) {
     let notifications = Notifications::new(bus.clone(), Records::memory());
     let workers = notifications
         .start()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    (notifications, workers)
+}
+
+#[tokio::test]
+async fn every_event_is_told_once_to_its_customer() {
+    let bus = RecordingBus::new().await;
+    let (notifications, workers) = started(&bus).await;
 
     let created = Envelope::new("order-service", "ord-9", OrderCreated::example());
     bus.publish(&created).await.ok();
@@ -108,11 +114,7 @@ async fn every_event_is_told_once_to_its_customer() {
 #[tokio::test]
 async fn an_event_whose_customer_never_shows_goes_to_the_order() {
     let bus = RecordingBus::new().await;
-    let notifications = Notifications::new(bus.clone(), Records::memory());
-    let workers = notifications
-        .start()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (_, workers) = started(&bus).await;
     let mut confirmed = Envelope::new("order-service", "ord-orphan", OrderConfirmed::example());
     confirmed.event_id = EventId::new();
     bus.publish(&confirmed).await.ok();
