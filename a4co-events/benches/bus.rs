@@ -101,16 +101,21 @@ fn row(name: &str, runs: &[Run], baseline: Option<&[Run]>) {
     );
 }
 
-/// Drains `n` messages of a raw durable pull consumer on `raw.pub`, running `work` on
-/// each body and acking each message.
-async fn raw_consume(js: &jetstream::Context, durable: &str, n: usize, work: impl Fn(&[u8])) {
+/// Drains `n` messages of a raw durable pull consumer on `subject` (`raw.pub`: a message id
+/// only; `raw.hdr`: the SDK's headers), running `work` on each body and acking each message.
+async fn raw_consume(
+    js: &jetstream::Context,
+    (subject, durable): (&str, &str),
+    n: usize,
+    work: impl Fn(&[u8]),
+) {
     let consumer = js
         .get_stream("RAW")
         .await
         .unwrap()
         .create_consumer(pull::Config {
             durable_name: Some(durable.into()),
-            filter_subject: "raw.pub".into(),
+            filter_subject: subject.into(),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             max_ack_pending: 20_000,
             ..Default::default()
@@ -285,19 +290,25 @@ async fn latency(
 /// Consume with ack (part 3): a raw pull consumer vs an SDK subscription (no-op handler),
 /// each round on fresh durables reading the first n messages.
 async fn consume(js: &jetstream::Context, bus: &NatsBus, pid: u32, n: usize, rounds: usize) {
-    let (mut raw, mut raw_parse, mut off, mut on) = (vec![], vec![], vec![], vec![]);
+    // The raw baselines: a message id only, or the SDK's headers; body ignored or parsed.
+    let raw_kinds = [
+        ("raw.pub", "raw", false),
+        ("raw.hdr", "hdr", false),
+        ("raw.pub", "parse", true),
+        ("raw.hdr", "both", true),
+    ];
+    let mut raw_runs: [Vec<Run>; 4] = Default::default();
+    let (mut off, mut on) = (vec![], vec![]);
     for round in 0..rounds {
-        raw.push(measure(pid, n, raw_consume(js, &format!("raw-{round}"), n, |_| ())).await);
-        raw_parse.push(
-            measure(
-                pid,
-                n,
-                raw_consume(js, &format!("parse-{round}"), n, |b| {
+        for (runs, (subject, name, parse)) in raw_runs.iter_mut().zip(raw_kinds) {
+            let durable = format!("{name}-{round}");
+            let work = |b: &[u8]| {
+                if parse {
                     std::hint::black_box(serde_json::from_slice::<serde_json::Value>(b).unwrap());
-                }),
-            )
-            .await,
-        );
+                }
+            };
+            runs.push(measure(pid, n, raw_consume(js, (subject, &durable), n, work)).await);
+        }
         let mut variants = [
             (&mut off, "off", None),
             (&mut on, "on", Some(Duration::from_secs(3600))),
@@ -327,8 +338,17 @@ async fn consume(js: &jetstream::Context, bus: &NatsBus, pid: u32, n: usize, rou
         }
     }
     println!("\nconsume + ack");
-    row("raw", &raw, None);
-    row("raw, parsing the JSON too", &raw_parse, Some(&raw));
-    row("SDK, inbox off", &off, Some(&raw));
-    row("SDK, inbox on (default)", &on, Some(&raw));
+    let [raw, raw_hdr, raw_parse, raw_both] = &raw_runs;
+    row("raw", raw, None);
+    row("raw, the SDK's headers", raw_hdr, Some(raw));
+    row("raw, parsing the JSON too", raw_parse, Some(raw));
+    row("raw, the SDK's headers + parsing", raw_both, Some(raw));
+    row("SDK, inbox off", &off, Some(raw));
+    row("SDK, inbox on (default)", &on, Some(raw));
+    row("  SDK (inbox on) vs raw, same headers", &on, Some(raw_hdr));
+    row(
+        "  SDK (inbox on) vs raw, headers + parse",
+        &on,
+        Some(raw_both),
+    );
 }
