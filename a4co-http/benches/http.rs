@@ -31,6 +31,8 @@ struct Run {
     rate: f64,
     p50: Duration,
     p99: Duration,
+    /// CPU time of this process (client, runtime and server) per request, microseconds.
+    cpu_us: f64,
 }
 
 /// `n` calls from `CONCURRENCY` tasks; `call(i)` makes call `i`.
@@ -40,6 +42,7 @@ where
     Fut: Future<Output = ()> + Send,
 {
     let call = Arc::new(call);
+    let cpu0 = cpu_ns();
     let start = Instant::now();
     let tasks: Vec<_> = (0..CONCURRENCY)
         .map(|t| {
@@ -62,12 +65,14 @@ where
         lat.extend(t.await.unwrap());
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
+    let cpu_us = (cpu_ns() - cpu0) as f64 / 1e3 / n as f64;
     lat.sort();
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
     Run {
         rate,
         p50: pct(0.5),
         p99: pct(0.99),
+        cpu_us,
     }
 }
 
@@ -86,6 +91,11 @@ async fn main() {
     };
     let n = env("A4CO_BENCH_N", 50_000);
     let rounds = env("A4CO_BENCH_ROUNDS", 3).max(1);
+    // One variant only (0 bare, 1 untimed, 2 client, 3 raw, 4 raw + JWT, 5 raw tuned), for
+    // profiling.
+    let only = std::env::var("A4CO_BENCH_ONLY")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
 
     let app = Router::new().route(
         "/api/v1/inventory/{id}",
@@ -145,7 +155,11 @@ async fn main() {
     // nor drift of the machine favours one of them.
     for round in 0..rounds {
         for k in 0..6 {
-            match (round + k) % 6 {
+            let variant = (round + k) % 6;
+            if only.is_some_and(|o| o != variant) {
+                continue;
+            }
+            match variant {
                 v @ 0..3 => {
                     let (c, runs) = match v {
                         0 => (&bare, &mut bare_runs),
@@ -193,10 +207,16 @@ async fn main() {
         }
     }
     let row = |name: &str, runs: &[Run]| {
+        if runs.is_empty() {
+            return (f64::NAN, f64::NAN, f64::NAN);
+        }
         let rate = median(runs.iter().map(|r| r.rate).collect());
         let p50 = median(runs.iter().map(|r| r.p50.as_secs_f64() * 1e6).collect());
         let p99 = median(runs.iter().map(|r| r.p99.as_secs_f64() * 1e6).collect());
-        println!("{name:<28} {rate:>9.0} req/s   p50 {p50:>7.0} us   p99 {p99:>7.0} us");
+        let cpu = median(runs.iter().map(|r| r.cpu_us).collect());
+        println!(
+            "{name:<32} {rate:>9.0} req/s   p50 {p50:>7.0} us   p99 {p99:>7.0} us   CPU {cpu:>5.1} us/req"
+        );
         (rate, p50, p99)
     };
     let (rr, r50, r99) = row("raw reqwest", &raw_runs);
@@ -218,6 +238,9 @@ async fn main() {
         s99 / j99
     );
 
+    if only.is_some() {
+        return;
+    }
     // The client's own cost: sequential calls, CPU time of this whole process per call
     // (client, runtime and the server alike), client minus raw.
     let seq = n / 5;

@@ -715,7 +715,7 @@ impl Call {
         let started = Instant::now();
         let result = self.run().instrument(span.clone()).await;
         let status = telemetry::status_label(result.as_ref().map(|r| r.status));
-        span.record("http.response.status_code", status.as_str());
+        span.record("http.response.status_code", status.as_ref());
         if result.is_err() {
             span.record("otel.status_code", "ERROR");
         }

@@ -10,6 +10,7 @@
 //!   `circuit_open`, `rejected`, `error`. Plus `microservices_circuit_breaker_state{target}`
 //!   (0 closed, 1 open, 2 half-open). Install the meter provider before building clients.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,7 +61,7 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn record(&self, endpoint: String, status: String, took: Duration) {
+    pub(crate) fn record(&self, endpoint: String, status: Cow<'static, str>, took: Duration) {
         let labels = [
             KeyValue::new("source", Arc::clone(&self.source)),
             KeyValue::new("target", Arc::clone(&self.target)),
@@ -72,20 +73,42 @@ impl Metrics {
     }
 }
 
-/// The metric's `status` for a call's outcome.
-pub(crate) fn status_label(result: Result<u16, &Error>) -> String {
-    match result {
-        Ok(status) => status.to_string(),
+/// The metric's `status` for a call's outcome (the usual statuses without an allocation).
+pub(crate) fn status_label(result: Result<u16, &Error>) -> Cow<'static, str> {
+    const USUAL: [(u16, &str); 16] = [
+        (200, "200"),
+        (201, "201"),
+        (202, "202"),
+        (204, "204"),
+        (304, "304"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (409, "409"),
+        (422, "422"),
+        (429, "429"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+    ];
+    let status = match result {
+        Ok(status) => status,
         Err(e) => match e.status() {
-            Some(status) => status.to_string(),
-            None if e.is_circuit_open() => "circuit_open".to_owned(),
-            None if e.is_deadline() => "deadline".to_owned(),
-            None if e.is_timeout() => "timeout".to_owned(),
-            None if e.is_connect() => "connect_error".to_owned(),
-            None if e.is_rejected() => "rejected".to_owned(),
-            None => "error".to_owned(),
+            Some(status) => status,
+            None if e.is_circuit_open() => return "circuit_open".into(),
+            None if e.is_deadline() => return "deadline".into(),
+            None if e.is_timeout() => return "timeout".into(),
+            None if e.is_connect() => return "connect_error".into(),
+            None if e.is_rejected() => return "rejected".into(),
+            None => return "error".into(),
         },
-    }
+    };
+    USUAL
+        .iter()
+        .find(|(code, _)| *code == status)
+        .map_or_else(|| status.to_string().into(), |(_, text)| (*text).into())
 }
 
 /// A path as a low-cardinality endpoint label: segments holding a digit become `{id}`
@@ -140,5 +163,19 @@ mod tests {
             super::endpoint_of("/api/v1/orders/customer/c9f1/history"),
             "/api/v1/orders/customer/{id}/history"
         );
+        // A version segment stays; a lone `v`, `v2x` or a fragment's digits do not count.
+        assert_eq!(super::endpoint_of("/v/v2x/v10#frag9"), "/v/{id}/v10");
+        assert_eq!(super::endpoint_of("relative/42/"), "relative/{id}/");
+        assert_eq!(super::endpoint_of("/é/ü7"), "/é/{id}");
+        assert_eq!(super::endpoint_of(""), "");
+        assert_eq!(super::endpoint_of("?q=1"), "");
+    }
+
+    #[test]
+    fn status_labels_are_the_status_or_what_went_wrong() {
+        assert_eq!(super::status_label(Ok(200)), "200");
+        assert_eq!(super::status_label(Ok(418)), "418");
+        let timeout = crate::error::Error::new(crate::error::Kind::Timeout, "t", "GET /x");
+        assert_eq!(super::status_label(Err(&timeout)), "timeout");
     }
 }
