@@ -4,7 +4,8 @@
 //! process per call, client minus raw).
 //!
 //! Run with `cargo bench -p a4co-http --bench http` (`A4CO_BENCH_N` requests per run,
-//! `A4CO_BENCH_ROUNDS` rounds). It prints numbers; nothing is asserted.
+//! `A4CO_BENCH_ROUNDS` rounds, `A4CO_BENCH_ONLY=<0-5>` for one variant under a profiler).
+//! It prints numbers; nothing is asserted.
 
 #![allow(clippy::unwrap_used, clippy::cast_precision_loss, missing_docs)]
 
@@ -225,6 +226,9 @@ async fn main() {
     row("client, no policies", &bare_runs);
     row("client, no timeouts", &untimed_runs);
     let (sr, s50, s99) = row("a4co-http client", &sdk_runs);
+    if only.is_some() {
+        return;
+    }
     println!(
         "client / raw: throughput {:.2}, p50 {:.2}, p99 {:.2}",
         sr / rr,
@@ -238,9 +242,6 @@ async fn main() {
         s99 / j99
     );
 
-    if only.is_some() {
-        return;
-    }
     // The client's own cost: sequential calls, CPU time of this whole process per call
     // (client, runtime and the server alike), client minus raw.
     let seq = n / 5;
