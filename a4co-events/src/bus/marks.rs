@@ -48,6 +48,10 @@ impl Mark {
 /// A book holds at most this many unsettled messages; beyond it the oldest are written.
 const MAX_OPEN: usize = 65_536;
 
+/// How many are written at once when a book is full: in batches, so a stuck ack floor
+/// costs one background write per batch, not one per message.
+const OVERFLOW_BATCH: usize = MAX_OPEN / 16;
+
 /// How often a book is checked and how long it keeps what.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Timing {
@@ -96,17 +100,27 @@ impl Book {
         self.open.is_empty() && self.settled.is_empty()
     }
 
-    /// Records finished work; returns what to write now (only when the book is full: the
-    /// lowest sequences).
+    /// Records finished work; returns what to write now (only when the book is full: its
+    /// [`OVERFLOW_BATCH`] lowest sequences).
     pub(super) fn finished(&mut self, sequence: u64, mark: Mark, now: Instant) -> Vec<Mark> {
         self.open.insert(sequence, (mark, now));
-        let mut overflow = Vec::new();
-        while self.open.len() > MAX_OPEN {
-            if let Some((_, (mark, _))) = self.open.pop_first() {
-                overflow.push(mark);
-            }
+        if self.open.len() <= MAX_OPEN {
+            return Vec::new();
         }
-        overflow
+        let keep = self.open.split_off(&self.lowest_kept());
+        std::mem::replace(&mut self.open, keep)
+            .into_values()
+            .map(|(mark, _)| mark)
+            .collect()
+    }
+
+    /// The lowest sequence a full book keeps.
+    fn lowest_kept(&self) -> u64 {
+        self.open
+            .keys()
+            .nth(OVERFLOW_BATCH)
+            .copied()
+            .unwrap_or(u64::MAX)
     }
 
     /// Whether the message at `sequence` finished as `mark`.
@@ -272,14 +286,26 @@ mod tests {
     }
 
     #[test]
-    fn a_full_book_writes_its_lowest_sequences() {
+    fn a_full_book_writes_its_lowest_sequences_in_a_batch() {
         let t0 = Instant::now();
         let mut book = Book::new(0);
         for n in 0..MAX_OPEN as u64 {
             assert!(book.finished(n + 10, m(n.into()), t0).is_empty());
         }
-        assert_eq!(ids(book.finished(1, m(999_999), t0)), [999_999]);
-        assert_eq!(ids(book.finished(u64::MAX, m(7), t0)), [0]);
+        // Sequence 1 (event 999 999) is now the lowest: it and the next lowest go.
+        let written = ids(book.finished(1, m(999_999), t0));
+        let expected: Vec<u128> = (0..OVERFLOW_BATCH as u128 - 1).chain([999_999]).collect();
+        assert_eq!(written, expected);
+        assert_eq!(book.open.len(), MAX_OPEN + 1 - OVERFLOW_BATCH);
+        let last_written = 10 + OVERFLOW_BATCH as u64 - 2;
+        assert!(
+            !book.knows(1, &m(999_999))
+                && !book.knows(last_written, &m(OVERFLOW_BATCH as u128 - 2))
+        );
+        assert!(book.knows(last_written + 1, &m(OVERFLOW_BATCH as u128 - 1)));
+        // Room again: the next messages are kept, not written.
+        assert!(book.finished(u64::MAX, m(7), t0).is_empty());
+        assert!(book.knows(u64::MAX, &m(7)));
     }
 
     #[test]
