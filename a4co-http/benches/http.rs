@@ -17,6 +17,19 @@ use a4co_http::{Client, breaker, retry};
 use axum::{Router, routing::get};
 
 const CONCURRENCY: usize = 64;
+/// Connections each pool gets beyond CONCURRENCY before the runs.
+const WARM_SPARES: usize = 16;
+
+/// Runs the futures concurrently (on tasks of their own) and waits for all.
+async fn futures_join<F>(futures: impl Iterator<Item = F>)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let tasks: Vec<_> = futures.map(tokio::spawn).collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
 
 fn cpu_ns() -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
@@ -110,8 +123,7 @@ async fn main() {
     // Raw reqwest with the settings the client gives its own reqwest: what they cost.
     let raw_tuned = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(1))
-        .user_agent("a4co-http/0.1.0")
-        .retry(reqwest::retry::never())
+        .retry(reqwest::retry::never().max_retries_per_request(0))
         .build()
         .unwrap();
     let secret = Secret::new("a-benchmark-secret-of-at-least-32-bytes").unwrap();
@@ -148,6 +160,33 @@ async fn main() {
     println!(
         "client: bulkhead, total + attempt timeouts, retry with budget, breaker, JWT, span, metrics"
     );
+
+    // Every connection pool starts with spare connections. Otherwise how many a pool holds
+    // is a matter of timing: with exactly CONCURRENCY, each checkout empties the pool's idle
+    // list and each return re-creates it (hashing, allocating), about 1k instructions per
+    // request that land on one variant or another by chance.
+    let path_of = |i: usize| format!("/api/v1/inventory/w-{i}");
+    futures_join((0..CONCURRENCY + WARM_SPARES).map(|i| {
+        let (raw, tuned, url) = (
+            raw.clone(),
+            raw_tuned.clone(),
+            format!("{base}{}", path_of(i)),
+        );
+        async move {
+            raw.get(&url).send().await.unwrap().bytes().await.unwrap();
+            tuned.get(&url).send().await.unwrap().bytes().await.unwrap();
+        }
+    }))
+    .await;
+    for c in [&client, &bare, &untimed] {
+        futures_join((0..CONCURRENCY + WARM_SPARES).map(|i| {
+            let (c, path) = (c.clone(), path_of(i));
+            async move {
+                c.get(&path).send().await.unwrap();
+            }
+        }))
+        .await;
+    }
 
     let (mut raw_runs, mut jwt_runs, mut sdk_runs) = (Vec::new(), Vec::new(), Vec::new());
     let mut tuned_runs = Vec::new();

@@ -103,13 +103,16 @@ impl Breaker {
     /// Asks to send one attempt. `Ok(probe)` (whether it is the half-open probe) or why not.
     pub(crate) fn acquire(&self) -> Result<bool, Rejected> {
         let mut inner = self.lock();
-        let now = Instant::now();
         match &mut *inner {
             Inner::Closed(_) => Ok(false),
-            Inner::Open(until) if now < *until => Err(Rejected {
-                retry_in: *until - now,
-            }),
-            Inner::Open(_) => {
+            Inner::Open(until) => {
+                // The clock is read only here: a closed breaker costs a lock per attempt.
+                let now = Instant::now();
+                if now < *until {
+                    return Err(Rejected {
+                        retry_in: *until - now,
+                    });
+                }
                 *inner = Inner::HalfOpen { probing: true };
                 Ok(true)
             }
@@ -125,6 +128,10 @@ impl Breaker {
 
     /// The outcome of an attempt that went through: `failed` per the client's classifier.
     pub(crate) fn record(&self, probe: bool, failed: bool) {
+        if !probe && !failed {
+            // A success outside a probe changes nothing: no lock, no clock.
+            return;
+        }
         let mut inner = self.lock();
         let now = Instant::now();
         match &mut *inner {

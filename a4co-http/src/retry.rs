@@ -101,29 +101,29 @@ impl Tokens {
         (self.budget.min_per_second + self.budget.ratio * 100.0) * self.budget.window.as_secs_f64()
     }
 
-    fn with<R>(&self, f: impl FnOnce(&mut f64) -> R) -> R {
+    fn with<R>(&self, now: Instant, f: impl FnOnce(&mut f64) -> R) -> R {
         let mut guard = self
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (tokens, last) = &mut *guard;
-        let now = Instant::now();
+        // Calls racing with a slightly older `now` than the last one refill nothing.
         let refill = now.duration_since(*last).as_secs_f64() * self.budget.min_per_second;
         *tokens = (*tokens + refill).min(self.cap());
-        *last = now;
+        *last = now.max(*last);
         f(tokens)
     }
 
-    /// A first attempt: earns `ratio` of a retry.
-    pub(crate) fn deposit(&self) {
+    /// A first attempt, started at `now`: earns `ratio` of a retry.
+    pub(crate) fn deposit(&self, now: Instant) {
         let ratio = self.budget.ratio;
         let cap = self.cap();
-        self.with(|t| *t = (*t + ratio).min(cap));
+        self.with(now, |t| *t = (*t + ratio).min(cap));
     }
 
     /// Takes one retry if the budget has it.
     pub(crate) fn withdraw(&self) -> bool {
-        self.with(|t| {
+        self.with(Instant::now(), |t| {
             if *t >= 1.0 {
                 *t -= 1.0;
                 true
@@ -239,9 +239,9 @@ mod tests {
             window: Duration::from_secs(10),
         });
         assert!(!tokens.withdraw(), "starts empty without a floor");
-        tokens.deposit();
+        tokens.deposit(Instant::now());
         assert!(!tokens.withdraw(), "half a retry is not one");
-        tokens.deposit();
+        tokens.deposit(Instant::now());
         assert!(tokens.withdraw());
         assert!(!tokens.withdraw());
     }

@@ -115,20 +115,29 @@ pub(crate) fn status_label(result: Result<u16, &Error>) -> Cow<'static, str> {
 /// (but for version segments such as `v1`).
 /// Calls name their route template with [`crate::Call::endpoint`] to be exact.
 pub(crate) fn endpoint_of(path: &str) -> String {
-    let path = path.split(['?', '#']).next().unwrap_or_default();
-    let mut out = String::with_capacity(path.len());
-    for (i, s) in path.split('/').enumerate() {
-        if i > 0 {
-            out.push('/');
+    // One pass over the bytes (this runs on every call); the text between replaced
+    // segments is copied in one piece. Every index used to slice is at an ASCII byte.
+    let bytes = path.as_bytes();
+    let end = bytes
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(bytes.len());
+    let mut out = String::with_capacity(end);
+    let (mut copied, mut start, mut digits) = (0, 0, false);
+    for i in 0..=end {
+        if i < end && bytes[i] != b'/' {
+            digits |= bytes[i].is_ascii_digit();
+            continue;
         }
-        let version =
-            s.len() > 1 && s.starts_with('v') && s[1..].bytes().all(|b| b.is_ascii_digit());
-        if !version && s.bytes().any(|b| b.is_ascii_digit()) {
+        let segment = &bytes[start..i];
+        if digits && !(segment[0] == b'v' && segment[1..].iter().all(u8::is_ascii_digit)) {
+            out.push_str(&path[copied..start]);
             out.push_str("{id}");
-        } else {
-            out.push_str(s);
+            copied = i;
         }
+        (start, digits) = (i + 1, false);
     }
+    out.push_str(&path[copied..end]);
     out
 }
 
@@ -169,6 +178,9 @@ mod tests {
         assert_eq!(super::endpoint_of("/é/ü7"), "/é/{id}");
         assert_eq!(super::endpoint_of(""), "");
         assert_eq!(super::endpoint_of("?q=1"), "");
+        assert_eq!(super::endpoint_of("/a//7/"), "/a//{id}/");
+        assert_eq!(super::endpoint_of("/v1/x/2/y/3"), "/v1/x/{id}/y/{id}");
+        assert_eq!(super::endpoint_of("/p-1?q=2#f"), "/{id}");
     }
 
     #[test]

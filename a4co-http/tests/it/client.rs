@@ -38,6 +38,23 @@ async fn a_retry_succeeds_after_transient_503s() {
 }
 
 #[tokio::test]
+async fn a_user_agent_is_sent_only_when_set() {
+    let server = FaultServer::start().await;
+    server.script("GET /ua", [Reply::status(200)]);
+    let plain = client(&server).build().unwrap();
+    plain.get("/ua").send().await.unwrap();
+    let named = client(&server)
+        .user_agent("order-service/1.4")
+        .build()
+        .unwrap();
+    named.get("/ua").send().await.unwrap();
+    let received = server.received("GET /ua");
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0].header("user-agent"), None);
+    assert_eq!(received[1].header("user-agent"), Some("order-service/1.4"));
+}
+
+#[tokio::test]
 async fn retries_stop_at_max_attempts_with_the_last_status_and_body() {
     let server = FaultServer::start().await;
     server.script(
