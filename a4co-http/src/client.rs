@@ -102,6 +102,29 @@ impl Exchange {
     }
 }
 
+/// The URL of `path` (from `/`, maybe with a query and a fragment) on `base`, whose own
+/// path is `prefix` plus `/`: what parsing `base` + `path` as one string gives, without
+/// parsing the scheme and host again on every call (half a microsecond for an IP address).
+fn join(base: &reqwest::Url, prefix: &str, path: &str) -> reqwest::Url {
+    let (rest, fragment) = match path.split_once('#') {
+        Some((rest, fragment)) => (rest, Some(fragment)),
+        None => (path, None),
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (rest, None),
+    };
+    let mut url = base.clone();
+    if prefix.is_empty() {
+        url.set_path(path);
+    } else {
+        url.set_path(&format!("{prefix}{path}"));
+    }
+    url.set_query(query);
+    url.set_fragment(fragment);
+    url
+}
+
 /// The header carrying the caller's remaining time budget, in milliseconds, so the
 /// server side can stop work nobody waits for ([`deadline_from_headers`] reads it).
 pub const DEADLINE_HEADER: &str = "a4co-deadline-ms";
@@ -296,10 +319,17 @@ impl ClientBuilder {
                 format!("base URL {:?} is not a URL ({e})", self.base_url),
             )
         })?;
-        if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
+        if !matches!(base.scheme(), "http" | "https")
+            || base.host_str().is_none()
+            || base.query().is_some()
+            || base.fragment().is_some()
+        {
             return Err(ConfigError::new(
                 t,
-                format!("base URL {:?} must be http(s)://host[:port]", self.base_url),
+                format!(
+                    "base URL {:?} must be http(s)://host[:port][/prefix], without query or fragment",
+                    self.base_url
+                ),
             ));
         }
         let zero = |d: Option<Duration>| d.is_some_and(|d| d.is_zero());
@@ -359,7 +389,7 @@ impl ClientBuilder {
             Some(service) => Exchange::Service(service),
             None => Exchange::Http(self.http_client()?),
         };
-        let base = self.base_url.trim_end_matches('/').to_owned();
+        let prefix = base.path().trim_end_matches('/').to_owned();
         let breaker = self.breaker.map(Breaker::new);
         let source = self
             .source
@@ -376,6 +406,7 @@ impl ClientBuilder {
                 issuer: self.issuer,
                 target: self.target,
                 base,
+                prefix,
                 exchange,
                 timeout: self.timeout,
                 attempt_timeout: self.attempt_timeout,
@@ -410,7 +441,10 @@ pub struct Client {
 
 struct Inner {
     target: String,
-    base: String,
+    /// The base URL, parsed once; calls set its path, query and fragment.
+    base: reqwest::Url,
+    /// The base URL's path without its trailing `/`: prepended to every call's path.
+    prefix: String,
     exchange: Exchange,
     timeout: Option<Duration>,
     attempt_timeout: Option<Duration>,
@@ -427,7 +461,7 @@ impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("target", &self.target)
-            .field("base", &self.base)
+            .field("base", &self.base.as_str())
             .field("breaker", &self.breaker.as_ref().map(Breaker::state))
             .finish_non_exhaustive()
     }
@@ -762,10 +796,7 @@ impl Call {
             // Appended to the base URL, it could name another host (`http://inventory` + `x`).
             return Err(err(Kind::Request).with_detail("the path must start with `/`"));
         }
-        let url = match reqwest::Url::parse(&format!("{}{}", inner.base, self.path)) {
-            Ok(url) => url,
-            Err(e) => return Err(err(Kind::Request).with_detail(format!("bad path: {e}"))),
-        };
+        let url = join(&inner.base, &inner.prefix, &self.path);
         let total_end = inner.timeout.map(|t| started + t);
         let (end, by_deadline) = match (total_end, self.deadline) {
             (Some(t), Some(d)) if d < t => (Some(d), true),
@@ -998,5 +1029,45 @@ impl Call {
         response.json().map_err(|e| {
             Error::new(Kind::Decode, client.target(), &format!("{method} {path}")).with_source(e)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn joined_urls_are_what_parsing_the_whole_string_gives() {
+        let bases = [
+            "http://127.0.0.1:8080",
+            "http://inventory-service:8080/",
+            "https://gw.example/inventory/",
+            "http://h/a%20b",
+            "http://user:pw@H.example:80",
+        ];
+        let paths = [
+            "/",
+            "/x",
+            "/api/v1/inventory/p-1?x=1&y=2",
+            "/a b/ü?q=ä c#frag ment",
+            "/../x/./y//z/..",
+            "//evil.example/x",
+            "/x?",
+            "/x#",
+            "/x?a#b?c#d",
+            "/%2F/%zz/%41",
+            "/x\\y",
+            "/\t<>\"{}|^`",
+        ];
+        for base in bases {
+            let parsed = reqwest::Url::parse(base).unwrap();
+            let prefix = parsed.path().trim_end_matches('/');
+            for path in paths {
+                let whole = format!("{}{path}", base.trim_end_matches('/'));
+                assert_eq!(
+                    super::join(&parsed, prefix, path).as_str(),
+                    reqwest::Url::parse(&whole).unwrap().as_str(),
+                    "{base} + {path}"
+                );
+            }
+        }
     }
 }

@@ -382,6 +382,10 @@ fn bad_config_fails_at_build_saying_what_to_fix() {
             Client::builder("inv", "ftp://host"),
             "must be http(s)://host",
         ),
+        (
+            Client::builder("inv", "http://host/api?v=1"),
+            "without query or fragment",
+        ),
         (Client::builder("", "http://h"), "needs a name"),
         (
             Client::builder("inv", "http://h").timeout(Duration::ZERO),
