@@ -209,12 +209,11 @@ async fn main() {
                     let c = c.clone();
                     runs.push(
                         concurrent(n, move |i| {
-                            let c = c.clone();
+                            // Made outside the future, as the raw variants make their
+                            // request builders: one clone of the client's handle each.
+                            let call = c.get(&format!("/api/v1/inventory/p-{i}"));
                             async move {
-                                c.get(&format!("/api/v1/inventory/p-{i}"))
-                                    .send()
-                                    .await
-                                    .unwrap();
+                                call.send().await.unwrap();
                             }
                         })
                         .await,

@@ -7,6 +7,7 @@
 //! 5xx, a timeout or a failed connection. A 4xx is an answer, not a failure of the target.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,7 +65,15 @@ enum Inner {
 #[derive(Clone, Debug)]
 pub(crate) struct Breaker {
     config: Config,
-    inner: Arc<Mutex<Inner>>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Whether `state` is `Closed`, readable without the lock: a closed breaker (the usual
+    /// case) lets attempts through without every caller taking the same lock.
+    closed: AtomicBool,
+    state: Mutex<Inner>,
 }
 
 /// Why a call may not go through: the breaker is open, and when a probe is next allowed.
@@ -77,14 +86,26 @@ impl Breaker {
     pub(crate) fn new(config: Config) -> Self {
         Breaker {
             config,
-            inner: Arc::new(Mutex::new(Inner::Closed(VecDeque::new()))),
+            shared: Arc::new(Shared {
+                closed: AtomicBool::new(true),
+                state: Mutex::new(Inner::Closed(VecDeque::new())),
+            }),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
+        self.shared
+            .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Moves to `next` (the lock held), keeping `closed` in step.
+    fn set(&self, inner: &mut Inner, next: Inner) {
+        self.shared
+            .closed
+            .store(matches!(next, Inner::Closed(_)), Ordering::Release);
+        *inner = next;
     }
 
     pub(crate) fn config(&self) -> &Config {
@@ -102,6 +123,9 @@ impl Breaker {
 
     /// Asks to send one attempt. `Ok(probe)` (whether it is the half-open probe) or why not.
     pub(crate) fn acquire(&self) -> Result<bool, Rejected> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Ok(false);
+        }
         let mut inner = self.lock();
         match &mut *inner {
             Inner::Closed(_) => Ok(false),
@@ -113,7 +137,7 @@ impl Breaker {
                         retry_in: *until - now,
                     });
                 }
-                *inner = Inner::HalfOpen { probing: true };
+                self.set(&mut inner, Inner::HalfOpen { probing: true });
                 Ok(true)
             }
             Inner::HalfOpen { probing } if *probing => Err(Rejected {
@@ -136,11 +160,12 @@ impl Breaker {
         let now = Instant::now();
         match &mut *inner {
             Inner::HalfOpen { .. } if probe => {
-                *inner = if failed {
+                let next = if failed {
                     Inner::Open(now + self.config.open_for)
                 } else {
                     Inner::Closed(VecDeque::new())
                 };
+                self.set(&mut inner, next);
             }
             Inner::Closed(failures) if failed => {
                 failures.push_back(now);
@@ -152,7 +177,7 @@ impl Breaker {
                 }
                 if failures.len() >= self.config.failure_threshold as usize {
                     tracing::warn!(failures = failures.len(), "circuit breaker opens");
-                    *inner = Inner::Open(now + self.config.open_for);
+                    self.set(&mut inner, Inner::Open(now + self.config.open_for));
                 }
             }
             _ => {}

@@ -740,11 +740,13 @@ impl Call {
     /// the body the target sent), rejected by the concurrency limit, or a bad request.
     pub async fn send(mut self) -> Result<Response, Error> {
         let fallback = self.fallback.take();
-        let inner = Arc::clone(&self.client.inner);
         let endpoint = self
             .endpoint
             .take()
             .unwrap_or_else(|| telemetry::endpoint_of(&self.path));
+        // Borrowed, not cloned: every clone of the shared handle is an atomic write that
+        // the cores running calls to the same target would fight over.
+        let inner = &*self.client.inner;
         let span = tracing::info_span!(
             "http.call",
             otel.name = %format_args!("{} {endpoint}", self.method),
@@ -780,7 +782,7 @@ impl Call {
     /// The pipeline of a call that started at `started` (one clock read serves the metric,
     /// the timeouts, the budget and the first attempt).
     async fn run(&self, started: Instant) -> Result<Response, Error> {
-        let inner = Arc::clone(&self.client.inner);
+        let inner = &*self.client.inner;
         // The error's text is only built when there is an error.
         let err = |kind| {
             Error::new(
@@ -874,7 +876,7 @@ impl Call {
                 }
             }
             let outcome = self
-                .attempt(&inner, &url, attempt_limit, remaining, &err)
+                .attempt(inner, &url, attempt_limit, remaining, &err)
                 .await;
             if let (Some(breaker), Some(mut probe)) = (&inner.breaker, probe) {
                 let failed = match &outcome {
