@@ -268,13 +268,13 @@ async fn main() {
         return;
     }
     println!(
-        "client / raw: throughput {:.2}, p50 {:.2}, p99 {:.2}",
+        "client / raw: throughput {:.3}, p50 {:.2}, p99 {:.2}",
         sr / rr,
         s50 / r50,
         s99 / r99
     );
     println!(
-        "client / raw with the same JWT: throughput {:.2}, p50 {:.2}, p99 {:.2}",
+        "client / raw with the same JWT: throughput {:.3}, p50 {:.2}, p99 {:.2}",
         sr / jr,
         s50 / j50,
         s99 / j99
