@@ -130,7 +130,7 @@ impl Breaker {
         match &mut *inner {
             Inner::Closed(_) => Ok(false),
             Inner::Open(until) => {
-                // The clock is read only here: a closed breaker costs a lock per attempt.
+                // The clock is read only for an open breaker.
                 let now = Instant::now();
                 if now < *until {
                     return Err(Rejected {

@@ -130,6 +130,7 @@ pub(crate) fn endpoint_of(path: &str) -> String {
             continue;
         }
         let segment = &bytes[start..i];
+        // A digit was seen, so the segment has a first byte.
         if digits && !(segment[0] == b'v' && segment[1..].iter().all(u8::is_ascii_digit)) {
             out.push_str(&path[copied..start]);
             out.push_str("{id}");
