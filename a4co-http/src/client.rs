@@ -59,13 +59,13 @@ impl Exchange {
     async fn send(
         &self,
         method: Method,
-        url: &reqwest::Url,
+        url: reqwest::Url,
         headers: header::HeaderMap,
         body: Option<bytes::Bytes>,
     ) -> Result<Exchanged, ExchangeError> {
         match self {
             Exchange::Http(http) => {
-                let mut request = reqwest::Request::new(method, url.clone());
+                let mut request = reqwest::Request::new(method, url);
                 *request.headers_mut() = headers;
                 *request.body_mut() = body.map(reqwest::Body::from);
                 let exchange = async {
@@ -798,7 +798,6 @@ impl Call {
             // Appended to the base URL, it could name another host (`http://inventory` + `x`).
             return Err(err(Kind::Request).with_detail("the path must start with `/`"));
         }
-        let url = join(&inner.base, &inner.prefix, &self.path);
         let total_end = inner.timeout.map(|t| started + t);
         let (end, by_deadline) = match (total_end, self.deadline) {
             (Some(t), Some(d)) if d < t => (Some(d), true),
@@ -875,9 +874,7 @@ impl Call {
                     }
                 }
             }
-            let outcome = self
-                .attempt(inner, &url, attempt_limit, remaining, &err)
-                .await;
+            let outcome = self.attempt(inner, attempt_limit, remaining, &err).await;
             if let (Some(breaker), Some(mut probe)) = (&inner.breaker, probe) {
                 let failed = match &outcome {
                     Outcome::Done(_) => false,
@@ -920,7 +917,6 @@ impl Call {
     async fn attempt(
         &self,
         inner: &Inner,
-        url: &reqwest::Url,
         limit: Option<Duration>,
         remaining: Option<Duration>,
         err: &impl Fn(Kind) -> Error,
@@ -954,6 +950,9 @@ impl Call {
                 header::HeaderValue::from(u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX)),
             );
         }
+        // Each attempt builds its URL from the parsed base and moves it into the request:
+        // no second copy for the first (and usual only) attempt.
+        let url = join(&inner.base, &inner.prefix, &self.path);
         let exchange = inner
             .exchange
             .send(self.method.clone(), url, headers, self.body.clone())
