@@ -3,6 +3,11 @@
 //! with keep-alive, and the client's own cost per call (sequential calls, CPU time of this
 //! process per call, client minus raw).
 //!
+//! "Every policy" is the pipeline of the issue and of DESIGN.md: bulkhead, total timeout,
+//! retry under a budget, circuit breaker, per-attempt timeout. The service JWT is not a
+//! policy but a header on the wire: the client with it is compared with raw reqwest
+//! sending the same header.
+//!
 //! Run with `cargo bench -p a4co-http --bench http` (`A4CO_BENCH_N` requests per run,
 //! `A4CO_BENCH_ROUNDS` rounds, `A4CO_BENCH_ONLY=<0-5>` for one variant under a profiler).
 //! It prints numbers; nothing is asserted.
@@ -103,10 +108,11 @@ async fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(d)
     };
-    let n = env("A4CO_BENCH_N", 50_000);
-    let rounds = env("A4CO_BENCH_ROUNDS", 3).max(1);
-    // One variant only (0 bare, 1 untimed, 2 client, 3 raw, 4 raw + JWT, 5 raw tuned), for
-    // profiling.
+    let n = env("A4CO_BENCH_N", 10_000);
+    // Many short rounds: the machine's speed drifts over seconds (see docs/benchmarks.md).
+    let rounds = env("A4CO_BENCH_ROUNDS", 50).max(1);
+    // One variant only (0 no policies, 1 every policy + JWT, 2 every policy, 3 raw, 4 raw +
+    // JWT, 5 raw tuned), for profiling.
     let only = std::env::var("A4CO_BENCH_ONLY")
         .ok()
         .and_then(|v| v.parse::<usize>().ok());
@@ -130,17 +136,22 @@ async fn main() {
     let bearer = Issuer::new(secret.clone(), "order-service", ["inventory:read"])
         .authorization()
         .unwrap();
-    let client = Client::builder("inventory-service", &base)
-        .source("order-service")
-        .timeout(Duration::from_secs(5))
-        .attempt_timeout(Duration::from_secs(2))
-        .retry(retry::Config::default())
-        .breaker(breaker::Config::default())
-        .max_in_flight(CONCURRENCY * 2)
+    // Every policy, set explicitly (the defaults, but for a bulkhead above the callers).
+    let policies = || {
+        Client::builder("inventory-service", &base)
+            .source("order-service")
+            .timeout(Duration::from_secs(5))
+            .attempt_timeout(Duration::from_secs(2))
+            .retry(retry::Config::default())
+            .breaker(breaker::Config::default())
+            .max_in_flight(CONCURRENCY * 2)
+    };
+    let client = policies().build().unwrap();
+    let with_jwt = policies()
         .service_auth(Issuer::new(secret, "order-service", ["inventory:read"]))
         .build()
         .unwrap();
-    // The same client without policies, and without timeouts: what each costs.
+    // The same client without policies: what the client itself costs.
     let bare = Client::builder("inventory-service", &base)
         .timeout(None)
         .retry(retry::never())
@@ -148,17 +159,11 @@ async fn main() {
         .max_in_flight(None)
         .build()
         .unwrap();
-    let untimed = Client::builder("inventory-service", &base)
-        .source("order-service")
-        .timeout(None)
-        .max_in_flight(CONCURRENCY * 2)
-        .build()
-        .unwrap();
     println!(
         "axum on {base} | {n} GETs per run, {CONCURRENCY} concurrent, keep-alive | {rounds} rounds, medians"
     );
     println!(
-        "client: bulkhead, total + attempt timeouts, retry with budget, breaker, JWT, span, metrics"
+        "every policy: bulkhead, total + attempt timeouts, retry with budget, breaker (+ spans, metrics)"
     );
 
     // Every connection pool starts with spare connections. Otherwise how many a pool holds
@@ -178,7 +183,7 @@ async fn main() {
         }
     }))
     .await;
-    for c in [&client, &bare, &untimed] {
+    for c in [&client, &bare, &with_jwt] {
         futures_join((0..CONCURRENCY + WARM_SPARES).map(|i| {
             let (c, path) = (c.clone(), path_of(i));
             async move {
@@ -190,7 +195,7 @@ async fn main() {
 
     let (mut raw_runs, mut jwt_runs, mut sdk_runs) = (Vec::new(), Vec::new(), Vec::new());
     let mut tuned_runs = Vec::new();
-    let (mut bare_runs, mut untimed_runs) = (Vec::new(), Vec::new());
+    let (mut bare_runs, mut sdk_jwt_runs) = (Vec::new(), Vec::new());
     // Each round runs every variant, starting one further along each time, so neither order
     // nor drift of the machine favours one of them.
     for round in 0..rounds {
@@ -203,7 +208,7 @@ async fn main() {
                 v @ 0..3 => {
                     let (c, runs) = match v {
                         0 => (&bare, &mut bare_runs),
-                        1 => (&untimed, &mut untimed_runs),
+                        1 => (&with_jwt, &mut sdk_jwt_runs),
                         _ => (&client, &mut sdk_runs),
                     };
                     let c = c.clone();
@@ -262,53 +267,105 @@ async fn main() {
     let (jr, j50, j99) = row("raw reqwest + the same JWT", &jwt_runs);
     row("raw reqwest, client's settings", &tuned_runs);
     row("client, no policies", &bare_runs);
-    row("client, no timeouts", &untimed_runs);
-    let (sr, s50, s99) = row("a4co-http client", &sdk_runs);
+    let (sr, s50, s99) = row("client, every policy", &sdk_runs);
+    let (tr, t50, t99) = row("client, every policy + JWT", &sdk_jwt_runs);
     if only.is_some() {
         return;
     }
-    println!(
-        "client / raw: throughput {:.3}, p50 {:.2}, p99 {:.2}",
-        sr / rr,
-        s50 / r50,
-        s99 / r99
+    // Two ways to compare: the ratio of the medians, and the median of each round's own
+    // ratio (the two runs of one round are seconds apart, so a slow spell of the machine
+    // hits both), with the middle half of the rounds' ratios to show the spread.
+    let ratio = |label: &str,
+                 (a, a50, a99): (f64, f64, f64),
+                 (b, b50, b99): (f64, f64, f64),
+                 (ours, theirs): (&[Run], &[Run])| {
+        let mut paired: Vec<f64> = ours
+            .iter()
+            .zip(theirs)
+            .map(|(o, t)| o.rate / t.rate)
+            .collect();
+        paired.sort_by(f64::total_cmp);
+        let q = |p: f64| paired[((paired.len() - 1) as f64 * p).round() as usize];
+        println!(
+            "{label:<44} throughput {:.3} (per round {:.3}, middle half {:.3}-{:.3}), p50 {:.2}, p99 {:.2}",
+            a / b,
+            q(0.5),
+            q(0.25),
+            q(0.75),
+            a50 / b50,
+            a99 / b99
+        );
+    };
+    let raw_row = (rr, r50, r99);
+    ratio(
+        "every policy / raw:",
+        (sr, s50, s99),
+        raw_row,
+        (&sdk_runs, &raw_runs),
     );
-    println!(
-        "client / raw with the same JWT: throughput {:.3}, p50 {:.2}, p99 {:.2}",
-        sr / jr,
-        s50 / j50,
-        s99 / j99
+    ratio(
+        "every policy + JWT / raw with the same JWT:",
+        (tr, t50, t99),
+        (jr, j50, j99),
+        (&sdk_jwt_runs, &jwt_runs),
+    );
+    ratio(
+        "every policy + JWT / raw:",
+        (tr, t50, t99),
+        raw_row,
+        (&sdk_jwt_runs, &raw_runs),
     );
 
     // The client's own cost: sequential calls, CPU time of this whole process per call
-    // (client, runtime and the server alike), client minus raw.
-    let seq = n / 5;
-    let per_call = |label: &str, cpu: f64| println!("{label:<28} {cpu:>7.2} us CPU per call");
+    // (client, runtime and the server alike), client minus raw. Short runs of each, many
+    // rounds, and the median of each round's difference: the machine's speed drifts over
+    // seconds, by more than the difference measured.
+    let seq = (n / 50).max(100);
+    let seq_rounds = rounds * 5;
     let mut raw_cpu = Vec::new();
+    let mut timed_cpu = Vec::new();
     let mut sdk_cpu = Vec::new();
-    for _ in 0..rounds {
-        let c0 = cpu_ns();
-        for i in 0..seq {
-            let resp = raw
-                .get(format!("{base}/api/v1/inventory/p-{i}"))
-                .send()
-                .await
-                .unwrap();
-            resp.bytes().await.unwrap();
+    for round in 0..seq_rounds {
+        for k in 0..3 {
+            let c0 = cpu_ns();
+            for i in 0..seq {
+                let path = format!("/api/v1/inventory/p-{i}");
+                match (round + k) % 3 {
+                    0 => raw_get(&raw, &base, &path, None).await,
+                    // Raw reqwest with a per-request timeout, as the client's attempt
+                    // timeout: on a runtime with no other timer, arming one wakes tokio's
+                    // driver (a syscall or two).
+                    1 => raw_get(&raw, &base, &path, Some(Duration::from_secs(2))).await,
+                    _ => drop(client.get(&path).send().await.unwrap()),
+                }
+            }
+            let per_call = (cpu_ns() - c0) as f64 / 1e3 / seq as f64;
+            match (round + k) % 3 {
+                0 => raw_cpu.push(per_call),
+                1 => timed_cpu.push(per_call),
+                _ => sdk_cpu.push(per_call),
+            }
         }
-        raw_cpu.push((cpu_ns() - c0) as f64 / 1e3 / seq as f64);
-        let c0 = cpu_ns();
-        for i in 0..seq {
-            client
-                .get(&format!("/api/v1/inventory/p-{i}"))
-                .send()
-                .await
-                .unwrap();
-        }
-        sdk_cpu.push((cpu_ns() - c0) as f64 / 1e3 / seq as f64);
     }
-    let (r, s) = (median(raw_cpu), median(sdk_cpu));
-    per_call("raw reqwest, sequential", r);
-    per_call("a4co-http, sequential", s);
-    println!("pipeline overhead: {:.2} us CPU per call", s - r);
+    let per_call = |label: &str, cpu: f64| println!("{label:<28} {cpu:>7.2} us CPU per call");
+    let diff = |a: &[f64], b: &[f64]| median(a.iter().zip(b).map(|(a, b)| a - b).collect());
+    per_call("raw reqwest, sequential", median(raw_cpu.clone()));
+    per_call("raw reqwest with a timeout", median(timed_cpu.clone()));
+    per_call("a4co-http, sequential", median(sdk_cpu.clone()));
+    println!(
+        "pipeline overhead: {:.2} us CPU per call ({:.2} us over raw reqwest with a timeout), medians of {seq_rounds} rounds' differences",
+        diff(&sdk_cpu, &raw_cpu),
+        diff(&sdk_cpu, &timed_cpu)
+    );
+}
+
+/// One GET with raw reqwest, the body read.
+async fn raw_get(raw: &reqwest::Client, base: &str, path: &str, timeout: Option<Duration>) {
+    let mut request = raw.get(format!("{base}{path}"));
+    if let Some(timeout) = timeout {
+        request = request.timeout(timeout);
+    }
+    let resp = request.send().await.unwrap();
+    assert!(resp.status().is_success());
+    resp.bytes().await.unwrap();
 }

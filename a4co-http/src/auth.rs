@@ -21,7 +21,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -127,8 +127,9 @@ pub struct Issuer {
     permissions: Vec<String>,
     ttl: Duration,
     refresh_before: Duration,
-    /// `Bearer <token>` and the token's expiry (the token is derived from the value).
-    cache: Arc<Mutex<Option<(HeaderValue, u64)>>>,
+    /// `Bearer <token>` and the token's expiry (the token is derived from the value). A
+    /// read-write lock: every call reads it, and readers do not wait for each other.
+    cache: Arc<RwLock<Option<(HeaderValue, u64)>>>,
 }
 
 struct EncodingKeyDebug(EncodingKey);
@@ -192,14 +193,25 @@ impl Issuer {
     /// As [`Issuer::token`].
     pub fn authorization(&self) -> Result<HeaderValue, IssueError> {
         let now = now_secs();
+        let fresh = |cached: &Option<(HeaderValue, u64)>| match cached {
+            Some((value, exp)) if now + self.refresh_before.as_secs() < *exp => Some(value.clone()),
+            _ => None,
+        };
+        let cached = self
+            .cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(value) = fresh(&cached) {
+            return Ok(value);
+        }
+        drop(cached);
         let mut cache = self
             .cache
-            .lock()
+            .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((value, exp)) = cache.as_ref()
-            && now + self.refresh_before.as_secs() < *exp
-        {
-            return Ok(value.clone());
+        // Another caller may have refreshed it while this one waited for the lock.
+        if let Some(value) = fresh(&cache) {
+            return Ok(value);
         }
         let claims = Claims {
             service_id: self.service_id.clone(),

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant, SystemTime};
 use reqwest::{Method, StatusCode, header};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
 use crate::breaker::{self, Breaker};
 use crate::error::{ConfigError, Error, Kind};
+use crate::limit::Limit;
 use crate::retry::{self, Tokens};
 use crate::telemetry::{self, Metrics};
 
@@ -243,7 +243,8 @@ impl ClientBuilder {
     }
 
     /// At most this many calls in flight at once (a bulkhead); more wait for a slot until
-    /// their timeout or deadline, then fail as rejected. Default 64; `None` for no limit.
+    /// their timeout or deadline, in the order they came, then fail as rejected. Default 64;
+    /// `None` for no limit.
     pub fn max_in_flight(mut self, limit: impl Into<Option<usize>>) -> Self {
         self.max_in_flight = limit.into();
         self
@@ -400,7 +401,7 @@ impl ClientBuilder {
             inner: Arc::new(Inner {
                 metrics,
                 tokens: Tokens::new(self.retry.budget.clone()),
-                limit: self.max_in_flight.map(Semaphore::new),
+                limit: self.max_in_flight.map(Limit::new),
                 breaker,
                 counts: self.counts,
                 issuer: self.issuer,
@@ -450,7 +451,7 @@ struct Inner {
     attempt_timeout: Option<Duration>,
     retry: retry::Config,
     tokens: Tokens,
-    limit: Option<Semaphore>,
+    limit: Option<Limit>,
     breaker: Option<Breaker>,
     counts: Classifier,
     issuer: Option<crate::auth::Issuer>,
@@ -817,7 +818,7 @@ impl Call {
         let _permit = match &inner.limit {
             None => None,
             // A free slot needs no timer.
-            Some(limit) if let Ok(permit) = limit.try_acquire() => Some(permit),
+            Some(limit) if let Some(permit) = limit.try_acquire() => Some(permit),
             Some(limit) => {
                 waited = true;
                 let acquire = limit.acquire();
@@ -826,14 +827,14 @@ impl Call {
                     None => Some(acquire.await),
                 };
                 match permit {
-                    Some(Ok(p)) => Some(p),
-                    _ => return Err(err(Kind::Rejected)),
+                    Some(p) => Some(p),
+                    None => return Err(err(Kind::Rejected)),
                 }
             }
         };
 
         if inner.retry.max_attempts > 1 {
-            inner.tokens.deposit(started);
+            inner.tokens.deposit();
         }
         let retryable = self.retryable();
         let mut attempt = 0_u32;

@@ -54,6 +54,7 @@ pub mod auth;
 pub mod breaker;
 mod client;
 mod error;
+mod limit;
 pub mod retry;
 mod telemetry;
 

@@ -4,7 +4,8 @@
 //! `Idempotency-Key` are retried, on connect errors, timeouts and 429/502/503/504; a
 //! `Retry-After` from the target sets the wait. Other 4xx and 5xx are final.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How to retry. `Config { max_attempts: 5, ..Default::default() }`, or [`never()`].
@@ -81,11 +82,21 @@ impl Default for Budget {
     }
 }
 
-/// The budget's running state, shared by the clones of one client.
-#[derive(Clone, Debug)]
+/// The budget's running state, shared by the clones of one client (it lives in the
+/// client's shared state).
+///
+/// A first attempt only counts itself, with one atomic add: every call makes one, and a
+/// lock there is one that all cores sending calls would take in turn. The count becomes
+/// tokens when a retry asks for one. That gives the balance that depositing at once would
+/// have given: between two retries the balance only grows (first attempts and the refill
+/// over time), and capping it once at the end is the same as capping after each step.
+#[derive(Debug)]
 pub(crate) struct Tokens {
     budget: Budget,
-    state: Arc<Mutex<(f64, Instant)>>,
+    /// First attempts not yet turned into tokens.
+    firsts: AtomicU64,
+    /// The balance and when it was last brought up to date.
+    state: Mutex<(f64, Instant)>,
 }
 
 impl Tokens {
@@ -93,44 +104,38 @@ impl Tokens {
         let full = budget.min_per_second * budget.window.as_secs_f64();
         Tokens {
             budget,
-            state: Arc::new(Mutex::new((full, Instant::now()))),
+            firsts: AtomicU64::new(0),
+            state: Mutex::new((full, Instant::now())),
         }
     }
 
-    fn cap(&self) -> f64 {
-        (self.budget.min_per_second + self.budget.ratio * 100.0) * self.budget.window.as_secs_f64()
+    /// A first attempt: earns `ratio` of a retry.
+    pub(crate) fn deposit(&self) {
+        self.firsts.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn with<R>(&self, now: Instant, f: impl FnOnce(&mut f64) -> R) -> R {
+    /// Takes one retry if the budget has it.
+    pub(crate) fn withdraw(&self) -> bool {
+        let b = &self.budget;
+        let cap = (b.min_per_second + b.ratio * 100.0) * b.window.as_secs_f64();
+        let now = Instant::now();
         let mut guard = self
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (tokens, last) = &mut *guard;
         // Calls racing with a slightly older `now` than the last one refill nothing.
-        let refill = now.duration_since(*last).as_secs_f64() * self.budget.min_per_second;
-        *tokens = (*tokens + refill).min(self.cap());
+        let refill = now.saturating_duration_since(*last).as_secs_f64() * b.min_per_second;
+        #[allow(clippy::cast_precision_loss)] // exact up to 2^53 first attempts
+        let earned = self.firsts.swap(0, Ordering::Relaxed) as f64 * b.ratio;
+        *tokens = (*tokens + refill + earned).min(cap);
         *last = now.max(*last);
-        f(tokens)
-    }
-
-    /// A first attempt, started at `now`: earns `ratio` of a retry.
-    pub(crate) fn deposit(&self, now: Instant) {
-        let ratio = self.budget.ratio;
-        let cap = self.cap();
-        self.with(now, |t| *t = (*t + ratio).min(cap));
-    }
-
-    /// Takes one retry if the budget has it.
-    pub(crate) fn withdraw(&self) -> bool {
-        self.with(Instant::now(), |t| {
-            if *t >= 1.0 {
-                *t -= 1.0;
-                true
-            } else {
-                false
-            }
-        })
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -239,10 +244,29 @@ mod tests {
             window: Duration::from_secs(10),
         });
         assert!(!tokens.withdraw(), "starts empty without a floor");
-        tokens.deposit(Instant::now());
+        tokens.deposit();
         assert!(!tokens.withdraw(), "half a retry is not one");
-        tokens.deposit(Instant::now());
+        tokens.deposit();
         assert!(tokens.withdraw());
         assert!(!tokens.withdraw());
+    }
+
+    #[test]
+    fn the_budget_is_capped_however_late_first_attempts_are_counted() {
+        // Cap: (1 + 0.5 * 100) * 1 s = 51 retries.
+        let tokens = Tokens::new(Budget {
+            ratio: 0.5,
+            min_per_second: 1.0,
+            window: Duration::from_secs(1),
+        });
+        for _ in 0..1000 {
+            tokens.deposit();
+        }
+        let granted = std::iter::repeat_with(|| tokens.withdraw())
+            .take(1000)
+            .filter(|&ok| ok)
+            .count();
+        // 51 from the cap, and at most one more from the refill (1 a second) while looping.
+        assert!((51..=52).contains(&granted), "{granted} retries granted");
     }
 }
