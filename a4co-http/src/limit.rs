@@ -164,6 +164,9 @@ mod tests {
         assert!(limit.try_acquire().is_some(), "the slot was lost");
     }
 
+    // The window `release` closes with its second read (a caller that starts waiting
+    // between the two) is too narrow for this test to hit reliably: removing that read
+    // still passes here. The order of the reads in `release` and `acquire` is what keeps it.
     #[test]
     fn racing_callers_never_exceed_the_limit_and_leave_every_slot_free() {
         let runtime = tokio::runtime::Builder::new_multi_thread()

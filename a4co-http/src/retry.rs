@@ -126,7 +126,6 @@ impl Tokens {
         let (tokens, last) = &mut *guard;
         // Calls racing with a slightly older `now` than the last one refill nothing.
         let refill = now.saturating_duration_since(*last).as_secs_f64() * b.min_per_second;
-        #[allow(clippy::cast_precision_loss)] // exact up to 2^53 first attempts
         let earned = self.firsts.swap(0, Ordering::Relaxed) as f64 * b.ratio;
         *tokens = (*tokens + refill + earned).min(cap);
         *last = now.max(*last);
