@@ -307,8 +307,9 @@ impl ClientBuilder {
     ///
     /// # Errors
     /// A [`ConfigError`] saying what to fix: a base URL that is not
-    /// `http(s)://host[:port][/prefix]` (or has a query or fragment), a zero timeout, an attempt timeout longer than the total, no attempts, a backoff
-    /// whose start exceeds its cap, a negative or non-finite budget, a zero concurrency limit.
+    /// `http(s)://host[:port][/prefix]` (or has a query or fragment), a zero timeout, an
+    /// attempt timeout longer than the total, no attempts, a backoff whose start exceeds
+    /// its cap, a negative or non-finite budget, a zero concurrency limit.
     pub fn build(mut self) -> Result<Client, ConfigError> {
         let t = &self.target;
         if t.trim().is_empty() {
