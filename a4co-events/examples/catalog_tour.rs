@@ -5,10 +5,10 @@
 
 use a4co_events::catalog::order::{Fulfillment, OrderCreated, OrderCreatedV1};
 use a4co_events::catalog::{self, AnyMessage};
-use a4co_events::{Context, DecodeError, Envelope, Message, TraceContext, decode, schema};
+use a4co_events::{BoundedContext, DecodeError, Envelope, Message, TraceContext, decode, schema};
 
 fn main() -> Result<(), DecodeError> {
-    let per_context: Vec<String> = Context::ALL
+    let per_context: Vec<String> = BoundedContext::ALL
         .iter()
         .map(|c| {
             let n = catalog::MESSAGES

@@ -92,7 +92,7 @@ pub fn from_cloudevent(event: &Value) -> Result<Envelope<AnyMessage>, DecodeErro
     let event_type = ce_type.strip_prefix(TYPE_PREFIX).ok_or_else(|| {
         invalid(format!(
             "type {:?} is not an a4co type ({TYPE_PREFIX}...)",
-            crate::decode::clip(ce_type)
+            crate::error::clip(ce_type)
         ))
     })?;
     let source = text("source")?;

@@ -6,194 +6,23 @@
 //! versions. Any input, however broken, yields an error, never a panic: a consumer
 //! dead-letters it with [`DecodeError::reason`] and goes on.
 
-use std::collections::HashMap;
-use std::fmt;
-use std::sync::OnceLock;
-
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::catalog::{self, AnyDataError, AnyMessage};
 use crate::envelope::{Envelope, WireEnvelope};
+use crate::error::clip;
+pub use crate::error::{DecodeError, DecodeErrorKind, MAX_VIOLATIONS, Violation};
 use crate::headers::{EnvelopeHeaders, Headers, TraceContext};
 use crate::message::{DataError, Message};
-use crate::schema;
-use crate::schema_check::Check;
+#[cfg(feature = "validate")]
+use crate::schema::validator;
 
 /// An envelope whose `data` is still JSON text.
 type Wire = WireEnvelope<Box<RawValue>>;
 
 /// The default size limit: NATS's default maximum payload, 1 MiB.
 pub const DEFAULT_MAX_BYTES: usize = 1024 * 1024;
-
-/// What kind of input was rejected. Every kind is permanent: the same bytes fail again, so a
-/// consumer dead-letters them instead of retrying.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum DecodeErrorKind {
-    /// Larger than the decoder's limit.
-    TooLarge,
-    /// Not valid UTF-8.
-    NotUtf8,
-    /// Not JSON: a syntax error, or truncated input.
-    MalformedJson,
-    /// JSON, but not an a4co envelope (missing or ill-typed `eventId`, `metadata`, ...).
-    InvalidEnvelope,
-    /// A required header is absent.
-    MissingHeader,
-    /// A header cannot be parsed, or contradicts the body.
-    HeaderMismatch,
-    /// No message of the catalog has the `eventType`.
-    UnknownType,
-    /// The type exists but this build does not know the `eventVersion`.
-    UnknownVersion,
-    /// The payload breaks its schema: a missing field, a wrong type, a value out of range.
-    SchemaViolation,
-    /// A valid message, of another type than the one asked for.
-    UnexpectedType,
-}
-
-impl DecodeErrorKind {
-    /// A stable snake_case name, for dead-letter records and metrics labels.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            DecodeErrorKind::TooLarge => "too_large",
-            DecodeErrorKind::NotUtf8 => "not_utf8",
-            DecodeErrorKind::MalformedJson => "malformed_json",
-            DecodeErrorKind::InvalidEnvelope => "invalid_envelope",
-            DecodeErrorKind::MissingHeader => "missing_header",
-            DecodeErrorKind::HeaderMismatch => "header_mismatch",
-            DecodeErrorKind::UnknownType => "unknown_type",
-            DecodeErrorKind::UnknownVersion => "unknown_version",
-            DecodeErrorKind::SchemaViolation => "schema_violation",
-            DecodeErrorKind::UnexpectedType => "unexpected_type",
-        }
-    }
-}
-
-impl fmt::Display for DecodeErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One broken rule: where in the message, which rule, and what was wrong.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
-    /// JSON pointer into the envelope (`/data/items/0/quantity`); `/` for the whole body.
-    pub path: String,
-    /// The JSON Schema keyword broken (`required`, `type`, `minimum`, `format`, ...).
-    pub rule: String,
-    /// What was wrong, in words.
-    pub message: String,
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "at {} ({}): {}", self.path, self.rule, self.message)
-    }
-}
-
-/// Why bytes did not become an envelope. See [`DecodeErrorKind`].
-///
-/// The message names the field and the rule, e.g. `schema violation in order.created v2 at
-/// /data/items/0/quantity (minimum): 0 is less than the minimum of 1`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DecodeError(Box<Inner>);
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Inner {
-    kind: DecodeErrorKind,
-    message: String,
-    violations: Vec<Violation>,
-    event_type: Option<String>,
-    event_version: Option<u32>,
-}
-
-impl DecodeError {
-    pub(crate) fn new(kind: DecodeErrorKind, message: impl Into<String>) -> Self {
-        DecodeError(Box::new(Inner {
-            kind,
-            message: message.into(),
-            violations: Vec::new(),
-            event_type: None,
-            event_version: None,
-        }))
-    }
-
-    fn about(mut self, event_type: &str, event_version: u32) -> Self {
-        self.0.event_type = Some(clip(event_type));
-        self.0.event_version = Some(event_version);
-        self
-    }
-
-    fn with_violations(mut self, violations: Vec<Violation>) -> Self {
-        self.0.violations = violations;
-        self
-    }
-
-    /// What kind of input was rejected.
-    pub fn kind(&self) -> DecodeErrorKind {
-        self.0.kind
-    }
-
-    /// The broken rules, for [`DecodeErrorKind::SchemaViolation`] and
-    /// [`DecodeErrorKind::InvalidEnvelope`] (at most [`MAX_VIOLATIONS`]).
-    pub fn violations(&self) -> &[Violation] {
-        &self.0.violations
-    }
-
-    /// The message type, once the envelope was readable.
-    pub fn event_type(&self) -> Option<&str> {
-        self.0.event_type.as_deref()
-    }
-
-    /// The message version, once the envelope was readable.
-    pub fn event_version(&self) -> Option<u32> {
-        self.0.event_version
-    }
-
-    /// Always `false`: the same bytes fail the same way, so retrying is pointless.
-    pub fn is_retryable(&self) -> bool {
-        false
-    }
-
-    /// A one-line reason for a dead-letter record: `<kind>: <message>`.
-    pub fn reason(&self) -> String {
-        format!("{}: {}", self.0.kind, self.0.message)
-    }
-}
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.message)
-    }
-}
-
-impl fmt::Debug for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DecodeError")
-            .field("kind", &self.0.kind)
-            .field("message", &self.0.message)
-            .field("violations", &self.0.violations)
-            .finish()
-    }
-}
-
-impl std::error::Error for DecodeError {}
-
-/// At most this many violations are collected and reported per message.
-pub const MAX_VIOLATIONS: usize = 8;
-/// Quoted input is cut to this many characters in error messages.
-const MAX_QUOTE: usize = 120;
-
-/// Cuts text quoted from input, so a hostile megabyte never lands in a log line.
-pub(crate) fn clip(text: &str) -> String {
-    match text.char_indices().nth(MAX_QUOTE) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_owned(),
-    }
-}
 
 /// Decodes with the default [`Decoder`]: 1 MiB limit, headers required.
 ///
@@ -376,42 +205,57 @@ impl Decoder {
             parsed.trace
         };
 
-        let Some(schema) = schemas().get(&(event_type, version)) else {
-            return Err(if catalog::versions(event_type).next().is_none() {
-                unknown_type(event_type, version)
-            } else {
-                unknown_version(event_type, version)
-            });
-        };
-        // The check over the text passes valid payloads without building a tree; only
-        // what it does not pass is looked at by the full validator, which also explains.
-        if !schema.check.passes(wire.data.get()) {
-            let tree: Value = serde_json::from_str(wire.data.get()).map_err(|e| {
-                DecodeError::new(
-                    DecodeErrorKind::MalformedJson,
-                    format!("malformed JSON: {e}"),
-                )
-            })?;
-            if !schema.full.is_valid(&tree) {
-                let violations = violations(schema.full.iter_errors(&tree), "/data");
-                let first = violations
-                    .first()
-                    .map(ToString::to_string)
-                    .unwrap_or_default();
-                let more = match violations.len() {
-                    0 | 1 => String::new(),
-                    n => format!(" (and {} more)", n - 1),
-                };
-                return Err(DecodeError::new(
-                    DecodeErrorKind::SchemaViolation,
-                    format!("schema violation in {event_type} v{version} {first}{more}"),
-                )
-                .about(event_type, version)
-                .with_violations(violations));
-            }
-        }
+        check_payload(event_type, version, &wire.data)?;
         Ok((wire, trace))
     }
+}
+
+/// Checks the payload against its schema (formats included). Without the `validate` feature
+/// only the typed conversion checks it, and an unknown type or version is reported there.
+#[cfg(feature = "validate")]
+fn check_payload(event_type: &str, version: u32, data: &RawValue) -> Result<(), DecodeError> {
+    let Some(schema) = validator::payload(event_type, version) else {
+        return Err(if catalog::versions(event_type).next().is_none() {
+            unknown_type(event_type, version)
+        } else {
+            unknown_version(event_type, version)
+        });
+    };
+    // The check over the text passes valid payloads without building a tree; only what it
+    // does not pass is looked at by the full validator, which also explains.
+    if schema.check.passes(data.get()) {
+        return Ok(());
+    }
+    let tree: Value = serde_json::from_str(data.get()).map_err(|e| {
+        DecodeError::new(
+            DecodeErrorKind::MalformedJson,
+            format!("malformed JSON: {e}"),
+        )
+    })?;
+    if schema.full.is_valid(&tree) {
+        return Ok(());
+    }
+    let violations = validator::violations(schema.full.iter_errors(&tree), "/data");
+    let first = violations
+        .first()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let more = match violations.len() {
+        0 | 1 => String::new(),
+        n => format!(" (and {} more)", n - 1),
+    };
+    Err(DecodeError::new(
+        DecodeErrorKind::SchemaViolation,
+        format!("schema violation in {event_type} v{version} {first}{more}"),
+    )
+    .about(event_type, version)
+    .with_violations(violations))
+}
+
+#[cfg(not(feature = "validate"))]
+#[allow(clippy::unnecessary_wraps)]
+fn check_payload(_: &str, _: u32, _: &RawValue) -> Result<(), DecodeError> {
+    Ok(())
 }
 
 /// The envelope schema's rules that deserializing a [`WireEnvelope`] does not enforce
@@ -453,8 +297,9 @@ fn envelope_of(value: Value) -> Result<WireEnvelope, DecodeError> {
             format!("invalid envelope: expected a JSON object, got {got}"),
         ));
     }
-    if let Some(validator) = envelope_validator().filter(|v| !v.is_valid(&value)) {
-        let violations = violations(validator.iter_errors(&value), "");
+    #[cfg(feature = "validate")]
+    if let Some(validator) = validator::envelope().filter(|v| !v.is_valid(&value)) {
+        let violations = validator::violations(validator.iter_errors(&value), "");
         let first = violations
             .first()
             .map(ToString::to_string)
@@ -582,74 +427,13 @@ fn invalid_data(event_type: &str, version: u32, error: &serde_json::Error) -> De
     }])
 }
 
-fn violations<'a>(
-    errors: impl Iterator<Item = jsonschema::ValidationError<'a>>,
-    prefix: &str,
-) -> Vec<Violation> {
-    errors
-        .take(MAX_VIOLATIONS)
-        .map(|e| {
-            let pointer = e.instance_path().as_str();
-            let path = match (prefix, pointer) {
-                ("", "") => "/".to_owned(),
-                (p, i) => format!("{p}{i}"),
-            };
-            Violation {
-                path,
-                rule: e.kind().keyword().to_owned(),
-                message: clip(&e.to_string()),
-            }
-        })
-        .collect()
-}
-
-/// A payload schema, twice: the check over JSON text, and the full validator.
-struct Schema {
-    check: Check,
-    full: jsonschema::Validator,
-}
-
-type Schemas = HashMap<(&'static str, u32), Schema>;
-
-/// The schemas of every (type, version) of the catalog, compiled on first use.
-fn schemas() -> &'static Schemas {
-    static SCHEMAS: OnceLock<Schemas> = OnceLock::new();
-    SCHEMAS.get_or_init(|| {
-        catalog::MESSAGES
-            .iter()
-            .filter_map(|info| {
-                let schema = schema::message_schema(info);
-                let full = compile(&schema)?;
-                let check = Check::compile(&schema);
-                Some(((info.type_name, info.version), Schema { check, full }))
-            })
-            .collect()
-    })
-}
-
-/// The envelope's validator. `None` only if the generated envelope schema failed to compile,
-/// which the test suite rules out; serde's checks then still apply.
-fn envelope_validator() -> Option<&'static jsonschema::Validator> {
-    static VALIDATOR: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
-    VALIDATOR
-        .get_or_init(|| compile(&schema::envelope_schema()))
-        .as_ref()
-}
-
-/// A validator with the decoder's options (formats checked).
-pub(crate) fn compile(schema: &Value) -> Option<jsonschema::Validator> {
-    jsonschema::options()
-        .should_validate_formats(true)
-        .build(schema)
-        .ok()
-}
-
-#[cfg(test)]
+#[cfg(all(test, feature = "validate"))]
 mod tests {
     use proptest::prelude::*;
     use serde_json::{Value, json};
 
-    use super::{WireEnvelope, envelope_validator, satisfies_envelope_rules};
+    use super::{WireEnvelope, satisfies_envelope_rules};
+    use crate::schema::validator::envelope as envelope_validator;
 
     fn valid() -> Value {
         json!({

@@ -16,8 +16,8 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::decode::{DecodeError, DecodeErrorKind};
-use crate::envelope::EventId;
+use crate::error::{DecodeError, DecodeErrorKind, clip};
+use crate::id::EventId;
 
 /// The header names a4co writes and reads.
 pub mod names {
@@ -121,6 +121,7 @@ impl<K: Into<Cow<'static, str>>, V: Into<String>> FromIterator<(K, V)> for Heade
 
 /// The `'static` name among [`names`] equal to `name`, so a received header costs no copy
 /// of its name.
+#[cfg(feature = "nats")]
 pub(crate) fn known_name(name: &str) -> Option<&'static str> {
     [
         names::MSG_ID,
@@ -268,11 +269,7 @@ impl EnvelopeHeaders {
             .map_err(|_| {
                 DecodeError::new(
                     DecodeErrorKind::HeaderMismatch,
-                    format!(
-                        "header `{}` is {:?}, not a UUID",
-                        names::MSG_ID,
-                        crate::decode::clip(id)
-                    ),
+                    format!("header `{}` is {:?}, not a UUID", names::MSG_ID, clip(id)),
                 )
             })?;
         let version = required(names::EVENT_VERSION)?;
@@ -282,7 +279,7 @@ impl EnvelopeHeaders {
                 format!(
                     "header `{}` is {:?}, not a version number",
                     names::EVENT_VERSION,
-                    crate::decode::clip(version)
+                    clip(version)
                 ),
             )
         })?;

@@ -2,24 +2,53 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
 
-pub mod bus;
-pub mod catalog;
-pub mod cloudevents;
-pub mod decode;
-pub mod envelope;
+// The layers, bottom up; each imports only from the layers below it.
+// 1. identifiers, time, money, errors
+mod error;
+mod id;
+mod money;
+pub mod time;
+// 2. messages and headers
 pub mod headers;
 mod message;
-mod money;
+// 3. the catalog and the envelope
+pub mod catalog;
+pub mod envelope;
+// 4. the JSON Schemas
 pub mod schema;
-mod schema_check;
-pub mod time;
+// 5. decoding at the boundary, CloudEvents
+pub mod cloudevents;
+pub mod decode;
+// 6. the bus
+#[cfg(feature = "bus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "bus")))]
+pub mod bus;
+#[cfg(feature = "bus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "bus")))]
+pub mod service;
+// 7. the tooling: the published contract (the `a4co` CLI is src/bin/a4co.rs)
+#[cfg(feature = "validate")]
+#[cfg_attr(docsrs, doc(cfg(feature = "validate")))]
+pub mod contract;
 
 pub use catalog::AnyMessage;
-pub use decode::{DecodeError, DecodeErrorKind, Decoder, Violation, decode, decode_as};
-pub use envelope::{Envelope, EventId, Metadata};
+pub use decode::{Decoder, decode, decode_as};
+pub use envelope::{Envelope, Metadata};
+pub use error::{DecodeError, DecodeErrorKind, Violation};
 pub use headers::{Headers, TraceContext};
-pub use message::{Context, DataError, Kind, Message, Payload, Upcast};
+pub use id::EventId;
+pub use message::{BoundedContext, DataError, Message, MessageKind, Payload, Upcast};
 pub use money::{Currency, InvalidCurrency, Money};
+
+/// The guides in docs/ that show this crate, compiled and run as doctests so their
+/// examples keep building.
+#[cfg(all(doctest, feature = "nats"))]
+mod guides {
+    #[doc = include_str!("../../docs/bus.md")]
+    struct Bus;
+    #[doc = include_str!("../../docs/events.md")]
+    struct Events;
+}
 
 #[cfg(test)]
 fn _assert_impls() {

@@ -7,24 +7,24 @@ use serde::{Serialize, de::DeserializeOwned};
 
 /// Whether a message states a fact or asks for an action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
+pub enum MessageKind {
     /// A fact that happened (`OrderCreated`): past tense, any number of subscribers.
     Event,
     /// A request for one service to act (`ReserveStock`): imperative, one handler.
     Command,
 }
 
-impl Kind {
+impl MessageKind {
     /// `"event"` or `"command"`.
     pub const fn as_str(self) -> &'static str {
         match self {
-            Kind::Event => "event",
-            Kind::Command => "command",
+            MessageKind::Event => "event",
+            MessageKind::Command => "command",
         }
     }
 }
 
-impl fmt::Display for Kind {
+impl fmt::Display for MessageKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -33,7 +33,7 @@ impl fmt::Display for Kind {
 /// The bounded contexts of the marketplace. Each owns one JetStream stream that captures
 /// `<context>.>`: its events (`order.created`) and the commands sent to it (`order.cmd.confirm`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Context {
+pub enum BoundedContext {
     /// Orders: placement, confirmation, cancellation, delivery.
     Order,
     /// Stock levels and reservations.
@@ -54,47 +54,47 @@ pub enum Context {
     Notification,
 }
 
-impl Context {
+impl BoundedContext {
     /// Every context, in catalog order.
-    pub const ALL: [Context; 9] = [
-        Context::Order,
-        Context::Inventory,
-        Context::Payment,
-        Context::User,
-        Context::Artisan,
-        Context::Product,
-        Context::Cart,
-        Context::Shipping,
-        Context::Notification,
+    pub const ALL: [BoundedContext; 9] = [
+        BoundedContext::Order,
+        BoundedContext::Inventory,
+        BoundedContext::Payment,
+        BoundedContext::User,
+        BoundedContext::Artisan,
+        BoundedContext::Product,
+        BoundedContext::Cart,
+        BoundedContext::Shipping,
+        BoundedContext::Notification,
     ];
 
     /// The first subject token of the context's messages: `order`, `inventory`, ...
     pub const fn name(self) -> &'static str {
         match self {
-            Context::Order => "order",
-            Context::Inventory => "inventory",
-            Context::Payment => "payment",
-            Context::User => "user",
-            Context::Artisan => "artisan",
-            Context::Product => "product",
-            Context::Cart => "cart",
-            Context::Shipping => "shipping",
-            Context::Notification => "notification",
+            BoundedContext::Order => "order",
+            BoundedContext::Inventory => "inventory",
+            BoundedContext::Payment => "payment",
+            BoundedContext::User => "user",
+            BoundedContext::Artisan => "artisan",
+            BoundedContext::Product => "product",
+            BoundedContext::Cart => "cart",
+            BoundedContext::Shipping => "shipping",
+            BoundedContext::Notification => "notification",
         }
     }
 
     /// The JetStream stream holding the context's messages: `ORDERS`, `INVENTORY`, ...
     pub const fn stream(self) -> &'static str {
         match self {
-            Context::Order => "ORDERS",
-            Context::Inventory => "INVENTORY",
-            Context::Payment => "PAYMENTS",
-            Context::User => "USERS",
-            Context::Artisan => "ARTISANS",
-            Context::Product => "PRODUCTS",
-            Context::Cart => "CARTS",
-            Context::Shipping => "SHIPPING",
-            Context::Notification => "NOTIFICATIONS",
+            BoundedContext::Order => "ORDERS",
+            BoundedContext::Inventory => "INVENTORY",
+            BoundedContext::Payment => "PAYMENTS",
+            BoundedContext::User => "USERS",
+            BoundedContext::Artisan => "ARTISANS",
+            BoundedContext::Product => "PRODUCTS",
+            BoundedContext::Cart => "CARTS",
+            BoundedContext::Shipping => "SHIPPING",
+            BoundedContext::Notification => "NOTIFICATIONS",
         }
     }
 
@@ -106,15 +106,15 @@ impl Context {
     /// The service that owns the context and publishes its events.
     pub const fn owner(self) -> &'static str {
         match self {
-            Context::Order => "order-service",
-            Context::Inventory => "inventory-service",
-            Context::Payment => "payment-service",
-            Context::User => "user-service",
-            Context::Artisan => "artisan-service",
-            Context::Product => "product-service",
-            Context::Cart => "cart-service",
-            Context::Shipping => "shipping-service",
-            Context::Notification => "notification-service",
+            BoundedContext::Order => "order-service",
+            BoundedContext::Inventory => "inventory-service",
+            BoundedContext::Payment => "payment-service",
+            BoundedContext::User => "user-service",
+            BoundedContext::Artisan => "artisan-service",
+            BoundedContext::Product => "product-service",
+            BoundedContext::Cart => "cart-service",
+            BoundedContext::Shipping => "shipping-service",
+            BoundedContext::Notification => "notification-service",
         }
     }
 
@@ -123,20 +123,20 @@ impl Context {
     /// introduction of its page in the generated catalog.
     pub const fn notes(self) -> &'static str {
         match self {
-            Context::Order => include_str!("catalog/docs/order.md"),
-            Context::Inventory => include_str!("catalog/docs/inventory.md"),
-            Context::Payment => include_str!("catalog/docs/payment.md"),
-            Context::User => include_str!("catalog/docs/user.md"),
-            Context::Artisan => include_str!("catalog/docs/artisan.md"),
-            Context::Product => include_str!("catalog/docs/product.md"),
-            Context::Cart => include_str!("catalog/docs/cart.md"),
-            Context::Shipping => include_str!("catalog/docs/shipping.md"),
-            Context::Notification => include_str!("catalog/docs/notification.md"),
+            BoundedContext::Order => include_str!("catalog/docs/order.md"),
+            BoundedContext::Inventory => include_str!("catalog/docs/inventory.md"),
+            BoundedContext::Payment => include_str!("catalog/docs/payment.md"),
+            BoundedContext::User => include_str!("catalog/docs/user.md"),
+            BoundedContext::Artisan => include_str!("catalog/docs/artisan.md"),
+            BoundedContext::Product => include_str!("catalog/docs/product.md"),
+            BoundedContext::Cart => include_str!("catalog/docs/cart.md"),
+            BoundedContext::Shipping => include_str!("catalog/docs/shipping.md"),
+            BoundedContext::Notification => include_str!("catalog/docs/notification.md"),
         }
     }
 }
 
-impl fmt::Display for Context {
+impl fmt::Display for BoundedContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
@@ -157,9 +157,9 @@ pub trait Message:
     /// The schema version of this payload type, from 1.
     const VERSION: u32;
     /// Event or command.
-    const KIND: Kind;
+    const KIND: MessageKind;
     /// The bounded context that owns the message.
-    const CONTEXT: Context;
+    const CONTEXT: BoundedContext;
     /// What kind of aggregate the envelope's `aggregateId` names (`order`, `product`, ...).
     const AGGREGATE: &'static str;
     /// The services that publish the message.
@@ -272,8 +272,8 @@ macro_rules! message {
         impl $crate::message::Message for $ty {
             const TYPE: &'static str = $tn;
             const VERSION: u32 = $v;
-            const KIND: $crate::message::Kind = $crate::message::Kind::$kind;
-            const CONTEXT: $crate::message::Context = $crate::message::Context::$ctx;
+            const KIND: $crate::message::MessageKind = $crate::message::MessageKind::$kind;
+            const CONTEXT: $crate::message::BoundedContext = $crate::message::BoundedContext::$ctx;
             const AGGREGATE: &'static str = $agg;
             const PUBLISHERS: &'static [&'static str] = &[$($p),*];
             const SUBSCRIBERS: &'static [&'static str] = $subscribers;

@@ -1,6 +1,6 @@
 //! The client's own cost per call, without a network, measured with criterion: the same
 //! axum `Router` called directly as a tower service, and through the client's pipeline
-//! ([`a4co_http::ClientBuilder::service`]: every policy runs, only the socket is skipped),
+//! ([`a4co_http::ClientBuilder::in_process`]: every policy runs, only the socket is skipped),
 //! sequential calls on one thread. Pipeline overhead = client minus direct, from
 //! criterion's estimates (the slope of time over iterations; the range printed is the
 //! widest the two 95 % confidence intervals allow).
@@ -41,7 +41,7 @@ fn group(c: &mut Criterion, runtime: &tokio::runtime::Runtime, group: &str) {
     let app = app();
     let secret = Secret::new("a-benchmark-secret-of-at-least-32-bytes").unwrap();
     let full = Client::builder("inventory-service", "http://inventory")
-        .service(app.clone())
+        .in_process(app.clone())
         .source("order-service")
         .timeout(Duration::from_secs(5))
         .attempt_timeout(Duration::from_secs(2))
@@ -52,7 +52,7 @@ fn group(c: &mut Criterion, runtime: &tokio::runtime::Runtime, group: &str) {
         .build()
         .unwrap();
     let bare = Client::builder("inventory-service", "http://inventory")
-        .service(app.clone())
+        .in_process(app.clone())
         .timeout(None)
         .retry(retry::never())
         .breaker(None)

@@ -1,5 +1,5 @@
-//! Service-to-service JWT: issuing (cached, refreshed before expiry) and an axum layer
-//! that checks the token and a per-route permission.
+//! Service-to-service JWT: issuing (cached, refreshed before expiry), checking, and (with
+//! the `server` feature) an axum layer that checks the token and a per-route permission.
 //!
 //! Tokens are HS256 with the claims of design-v2: `serviceId`, `permissions`, `type`
 //! (`"service"`), `iat`, `exp` (1 h). The shared secret is required and at least 32 bytes:
@@ -19,17 +19,24 @@
 //! On the server, `route_layer(auth::require(&verifier, "inventory:adjust"))` guards a
 //! route; the handler finds the caller's [`Claims`] in the request extensions.
 
+#[cfg(feature = "server")]
 use std::future::Future;
+#[cfg(feature = "server")]
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+#[cfg(feature = "server")]
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+#[cfg(feature = "server")]
 use axum::body::Body;
-use axum::http::{HeaderValue, Request, Response, StatusCode, header};
+#[cfg(feature = "server")]
+use axum::http::{Request, Response, header};
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use reqwest::StatusCode;
+use reqwest::header::HeaderValue;
 use serde::{Deserialize, Serialize};
 
 /// The `type` claim of a service token.
@@ -302,6 +309,8 @@ impl Rejection {
 
     /// The response: the kind's status, `WWW-Authenticate` on 401, and a JSON body
     /// `{"error": <code>, "message": <reason>}`.
+    #[cfg(feature = "server")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
     pub fn into_response(self) -> Response<Body> {
         let body = serde_json::json!({"error": self.kind.code(), "message": self.reason});
         let mut response = Response::new(Body::from(body.to_string()));
@@ -440,6 +449,8 @@ impl Verifier {
 
 /// A layer that lets a request through only with a valid service token carrying
 /// `permission`; the handler finds the [`Claims`] in the request extensions.
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 pub fn require(verifier: &Verifier, permission: impl Into<Arc<str>>) -> RequireLayer {
     RequireLayer {
         verifier: verifier.clone(),
@@ -448,12 +459,15 @@ pub fn require(verifier: &Verifier, permission: impl Into<Arc<str>>) -> RequireL
 }
 
 /// See [`require`].
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 #[derive(Clone, Debug)]
 pub struct RequireLayer {
     verifier: Verifier,
     permission: Arc<str>,
 }
 
+#[cfg(feature = "server")]
 impl<S> tower_layer::Layer<S> for RequireLayer {
     type Service = Require<S>;
 
@@ -467,6 +481,8 @@ impl<S> tower_layer::Layer<S> for RequireLayer {
 }
 
 /// The service [`RequireLayer`] wraps around a route.
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
 #[derive(Clone, Debug)]
 pub struct Require<S> {
     inner: S,
@@ -474,6 +490,7 @@ pub struct Require<S> {
     permission: Arc<str>,
 }
 
+#[cfg(feature = "server")]
 impl<S> tower_service::Service<Request<Body>> for Require<S>
 where
     S: tower_service::Service<Request<Body>, Response = Response<Body>> + Send + 'static,

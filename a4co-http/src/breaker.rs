@@ -3,7 +3,7 @@
 //! (half-open), and closes when the probe succeeds (or opens again when it fails).
 //!
 //! Defaults are the documents': 5 failures in 60 s, half-open after 30 s. What counts as a
-//! failure is the client's choice ([`crate::ClientBuilder::breaker_counts`]); by default a
+//! failure is the client's choice ([`crate::ClientBuilder::breaker_failure_if`]); by default a
 //! 5xx, a timeout or a failed connection. A 4xx is an answer, not a failure of the target.
 
 use std::collections::VecDeque;

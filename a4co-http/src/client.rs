@@ -20,9 +20,11 @@ type Classifier = Arc<dyn Fn(&Error) -> bool + Send + Sync>;
 /// An answer for a call whose target is unavailable.
 type Fallback = Box<dyn FnOnce(&Error) -> Response + Send + Sync>;
 
+#[cfg(feature = "in-process")]
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The in-process target of [`ClientBuilder::service`], type-erased.
+#[cfg(feature = "in-process")]
+/// The in-process target of [`ClientBuilder::in_process`], type-erased.
 type ServiceFn = Arc<
     dyn Fn(
             axum::http::Request<axum::body::Body>,
@@ -39,7 +41,8 @@ type ServiceFn = Arc<
 #[derive(Clone)]
 enum Exchange {
     Http(reqwest::Client),
-    Service(ServiceFn),
+    #[cfg(feature = "in-process")]
+    InProcess(ServiceFn),
 }
 
 /// What one attempt produced: status, headers, body.
@@ -48,9 +51,11 @@ type Exchanged = (StatusCode, header::HeaderMap, bytes::Bytes);
 /// Why an attempt got no response.
 enum ExchangeError {
     Http(reqwest::Error),
-    Service(BoxError),
+    #[cfg(feature = "in-process")]
+    InProcess(BoxError),
 }
 
+#[cfg(feature = "in-process")]
 /// The most of a response body an in-process service may return (as for any HTTP answer,
 /// the whole body is read into memory).
 const MAX_SERVICE_BODY: usize = 64 * 1024 * 1024;
@@ -78,7 +83,8 @@ impl Exchange {
             }
             // Boxed: in-process targets are for tests and tools, and their futures would
             // otherwise make every HTTP call's future (moved on each await) larger.
-            Exchange::Service(service) => {
+            #[cfg(feature = "in-process")]
+            Exchange::InProcess(service) => {
                 Box::pin(async move {
                     let mut request = axum::http::Request::new(
                         body.map_or_else(axum::body::Body::empty, axum::body::Body::from),
@@ -88,12 +94,12 @@ impl Exchange {
                     *request.uri_mut() = url
                         .as_str()
                         .parse()
-                        .map_err(|e| ExchangeError::Service(Box::new(e)))?;
-                    let response = service(request).await.map_err(ExchangeError::Service)?;
+                        .map_err(|e| ExchangeError::InProcess(Box::new(e)))?;
+                    let response = service(request).await.map_err(ExchangeError::InProcess)?;
                     let (parts, body) = response.into_parts();
                     let body = axum::body::to_bytes(body, MAX_SERVICE_BODY)
                         .await
-                        .map_err(|e| ExchangeError::Service(Box::new(e)))?;
+                        .map_err(|e| ExchangeError::InProcess(Box::new(e)))?;
                     Ok((parts.status, parts.headers, body))
                 })
                 .await
@@ -159,11 +165,13 @@ pub struct ClientBuilder {
     retry: retry::Config,
     max_in_flight: Option<usize>,
     user_agent: Option<String>,
+    reqwest: Option<reqwest::Client>,
     breaker: Option<breaker::Config>,
     counts: Classifier,
     issuer: Option<crate::auth::Issuer>,
     source: Option<String>,
-    service: Option<ServiceFn>,
+    #[cfg(feature = "in-process")]
+    in_process: Option<ServiceFn>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -176,7 +184,6 @@ impl std::fmt::Debug for ClientBuilder {
             .field("retry", &self.retry)
             .field("max_in_flight", &self.max_in_flight)
             .field("breaker", &self.breaker)
-            .field("in_process", &self.service.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -209,11 +216,11 @@ impl ClientBuilder {
 
     /// Which failed attempts count against the breaker (default: a 5xx, a timeout, a
     /// failed connection; never a 4xx, which is the target answering).
-    pub fn breaker_counts(
+    pub fn breaker_failure_if(
         mut self,
-        counts: impl Fn(&Error) -> bool + Send + Sync + 'static,
+        is_failure: impl Fn(&Error) -> bool + Send + Sync + 'static,
     ) -> Self {
-        self.counts = Arc::new(counts);
+        self.counts = Arc::new(is_failure);
         self
     }
 
@@ -263,14 +270,16 @@ impl ClientBuilder {
     ///
     /// let inventory = Router::new().route("/api/v1/inventory/{id}", get(|| async { r#"{"available":3}"# }));
     /// let client = a4co_http::Client::builder("inventory-service", "http://inventory")
-    ///     .service(inventory)
+    ///     .in_process(inventory)
     ///     .build()?;
     /// let stock: serde_json::Value = client.get_json("/api/v1/inventory/p-1").await?;
     /// assert_eq!(stock["available"], 3);
     /// # Ok(())
     /// # }
     /// ```
-    pub fn service<S>(mut self, service: S) -> Self
+    #[cfg(feature = "in-process")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "in-process")))]
+    pub fn in_process<S>(mut self, service: S) -> Self
     where
         S: tower_service::Service<
                 axum::http::Request<axum::body::Body>,
@@ -282,7 +291,7 @@ impl ClientBuilder {
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
-        self.service = Some(Arc::new(move |request| {
+        self.in_process = Some(Arc::new(move |request| {
             let mut service = service.clone();
             Box::pin(async move {
                 std::future::poll_fn(|cx| service.poll_ready(cx))
@@ -295,11 +304,23 @@ impl ClientBuilder {
     }
 
     /// Sends a `User-Agent` header with every request. Default: none, since the service
-    /// JWT (`serviceId`) and the trace context already name the caller, and a header costs
-    /// every request (about 1.7k instructions of a minimal request's ~81k, client and
-    /// server together: docs/benchmarks.md).
+    /// JWT (`serviceId`) and the trace context already name the caller, and every header
+    /// is work on both sides of every request (docs/benchmarks.md has the cost).
     pub fn user_agent(mut self, agent: impl Into<String>) -> Self {
         self.user_agent = Some(agent.into());
+        self
+    }
+
+    /// Sends requests through `client` instead of one the builder makes: for a team's own
+    /// TLS roots, client certificate, proxy or DNS resolver. The builder's
+    /// [`connect_timeout`](ClientBuilder::connect_timeout) and
+    /// [`user_agent`](ClientBuilder::user_agent) then do not apply (set them on `client`).
+    /// Leave reqwest's own retries off (`.retry(reqwest::retry::never())` on its builder):
+    /// this client retries, and reqwest retrying underneath would send a call more times
+    /// than the retry policy and budget allow. Timeouts, retries, the breaker, the limit and
+    /// the service JWT work as without it.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.reqwest = Some(client);
         self
     }
 
@@ -310,7 +331,7 @@ impl ClientBuilder {
     /// `http(s)://host[:port][/prefix]` (or has a query or fragment), a zero timeout, an
     /// attempt timeout longer than the total, no attempts, a backoff whose start exceeds
     /// its cap, a negative or non-finite budget, a zero concurrency limit.
-    pub fn build(mut self) -> Result<Client, ConfigError> {
+    pub fn build(self) -> Result<Client, ConfigError> {
         let t = &self.target;
         if t.trim().is_empty() {
             return Err(ConfigError::new(t, "the target service needs a name"));
@@ -387,10 +408,13 @@ impl ClientBuilder {
                 "max_in_flight must be at least 1 (None for no limit)",
             ));
         }
-        let exchange = match self.service.take() {
-            Some(service) => Exchange::Service(service),
-            None => Exchange::Http(self.http_client()?),
+        #[cfg(feature = "in-process")]
+        let exchange = match self.in_process.clone() {
+            Some(service) => Exchange::InProcess(service),
+            None => Exchange::Http(self.reqwest_client()?),
         };
+        #[cfg(not(feature = "in-process"))]
+        let exchange = Exchange::Http(self.reqwest_client()?);
         let prefix = base.path().trim_end_matches('/').to_owned();
         let breaker = self.breaker.map(Breaker::new);
         let source = self
@@ -417,7 +441,10 @@ impl ClientBuilder {
         })
     }
 
-    fn http_client(&self) -> Result<reqwest::Client, ConfigError> {
+    fn reqwest_client(&self) -> Result<reqwest::Client, ConfigError> {
+        if let Some(client) = &self.reqwest {
+            return Ok(client.clone());
+        }
         let mut http = reqwest::Client::builder().connect_timeout(self.connect_timeout);
         if let Some(agent) = &self.user_agent {
             http = http.user_agent(agent);
@@ -496,11 +523,13 @@ impl Client {
             retry: retry::Config::default(),
             max_in_flight: Some(64),
             user_agent: None,
+            reqwest: None,
             breaker: Some(breaker::Config::default()),
             counts: Arc::new(default_counts),
             issuer: None,
             source: None,
-            service: None,
+            #[cfg(feature = "in-process")]
+            in_process: None,
         }
     }
 
@@ -818,20 +847,22 @@ impl Call {
         let mut waited = false;
         let _permit = match &inner.limit {
             None => None,
-            // A free slot needs no timer.
-            Some(limit) if let Some(permit) = limit.try_acquire() => Some(permit),
-            Some(limit) => {
-                waited = true;
-                let acquire = limit.acquire();
-                let permit = match end {
-                    Some(end) => tokio::time::timeout_at(end.into(), acquire).await.ok(),
-                    None => Some(acquire.await),
-                };
-                match permit {
-                    Some(p) => Some(p),
-                    None => return Err(err(Kind::Rejected)),
+            Some(limit) => match limit.try_acquire() {
+                // A free slot needs no timer.
+                Some(permit) => Some(permit),
+                None => {
+                    waited = true;
+                    let acquire = limit.acquire();
+                    let permit = match end {
+                        Some(end) => tokio::time::timeout_at(end.into(), acquire).await.ok(),
+                        None => Some(acquire.await),
+                    };
+                    match permit {
+                        Some(p) => Some(p),
+                        None => return Err(err(Kind::Rejected)),
+                    }
                 }
-            }
+            },
         };
 
         if inner.retry.max_attempts > 1 {
@@ -984,7 +1015,8 @@ impl Call {
             Err(ExchangeError::Http(e)) => {
                 Outcome::Retry(err(Kind::Transport).with_source(e), None)
             }
-            Err(ExchangeError::Service(e)) => {
+            #[cfg(feature = "in-process")]
+            Err(ExchangeError::InProcess(e)) => {
                 Outcome::Retry(err(Kind::Transport).with_source(e), None)
             }
             Ok((status, headers, body)) if status.is_success() || status.is_redirection() => {

@@ -82,30 +82,51 @@ impl Default for Budget {
     }
 }
 
+/// How many slots the budget's window is cut into: earned retries expire a slot at a time.
+const SLOTS: usize = 10;
+
 /// The budget's running state, shared by the clones of one client (it lives in the
 /// client's shared state).
 ///
-/// A first attempt only counts itself, with one atomic add: every call makes one, and a
-/// lock there is one that all cores sending calls would take in turn. The count becomes
-/// tokens when a retry asks for one. That gives the balance that depositing at once would
-/// have given: between two retries the balance only grows (first attempts and the refill
-/// over time), and capping it once at the end is the same as capping after each step.
+/// Two pools: the floor, refilled at `min_per_second` up to `min_per_second × window`;
+/// and retries earned by first attempts, kept in [`SLOTS`] slots across the window, so
+/// they expire `window` after they were earned (a slot at a time), and a retry spends the
+/// oldest first. A first attempt only counts itself, with one atomic add: every call makes
+/// one, and a lock there is one that all cores sending calls would take in turn. The count
+/// is credited to the current slot when a retry asks for a token.
 #[derive(Debug)]
 pub(crate) struct Tokens {
     budget: Budget,
-    /// First attempts not yet turned into tokens.
+    /// First attempts not yet credited.
     firsts: AtomicU64,
-    /// The balance and when it was last brought up to date.
-    state: Mutex<(f64, Instant)>,
+    state: Mutex<Balance>,
+}
+
+#[derive(Debug)]
+struct Balance {
+    /// The floor's tokens, and when they were last refilled.
+    floor: f64,
+    refilled: Instant,
+    /// Earned retries per slot; `current` is the newest, the one after it the oldest.
+    earned: [f64; SLOTS],
+    current: usize,
+    /// When the current slot began.
+    slot_start: Instant,
 }
 
 impl Tokens {
     pub(crate) fn new(budget: Budget) -> Self {
-        let full = budget.min_per_second * budget.window.as_secs_f64();
+        let now = Instant::now();
         Tokens {
+            state: Mutex::new(Balance {
+                floor: budget.min_per_second * budget.window.as_secs_f64(),
+                refilled: now,
+                earned: [0.0; SLOTS],
+                current: 0,
+                slot_start: now,
+            }),
             budget,
             firsts: AtomicU64::new(0),
-            state: Mutex::new((full, Instant::now())),
         }
     }
 
@@ -116,78 +137,59 @@ impl Tokens {
 
     /// Takes one retry if the budget has it.
     pub(crate) fn withdraw(&self) -> bool {
+        self.withdraw_at(Instant::now())
+    }
+
+    fn withdraw_at(&self, now: Instant) -> bool {
         let b = &self.budget;
-        let cap = (b.min_per_second + b.ratio * 100.0) * b.window.as_secs_f64();
-        let now = Instant::now();
         let mut guard = self
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (tokens, last) = &mut *guard;
+        let s = &mut *guard;
         // Calls racing with a slightly older `now` than the last one refill nothing.
-        let refill = now.saturating_duration_since(*last).as_secs_f64() * b.min_per_second;
-        let earned = self.firsts.swap(0, Ordering::Relaxed) as f64 * b.ratio;
-        *tokens = (*tokens + refill + earned).min(cap);
-        *last = now.max(*last);
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
+        let refill = now.saturating_duration_since(s.refilled).as_secs_f64() * b.min_per_second;
+        s.floor = (s.floor + refill).min(b.min_per_second * b.window.as_secs_f64());
+        s.refilled = s.refilled.max(now);
+        // Expire the slots whose time is over.
+        let slot = (b.window / SLOTS as u32).max(Duration::from_millis(1));
+        let passed = now.saturating_duration_since(s.slot_start).as_nanos() / slot.as_nanos();
+        if passed >= SLOTS as u128 {
+            s.earned = [0.0; SLOTS];
+            s.slot_start = now;
         } else {
-            false
+            for _ in 0..passed {
+                s.current = (s.current + 1) % SLOTS;
+                s.earned[s.current] = 0.0;
+                s.slot_start += slot;
+            }
         }
+        s.earned[s.current] += self.firsts.swap(0, Ordering::Relaxed) as f64 * b.ratio;
+        if s.floor + s.earned.iter().sum::<f64>() < 1.0 {
+            return false;
+        }
+        // The oldest earned retries first, then the floor.
+        let mut owed = 1.0;
+        for k in 1..=SLOTS {
+            let slot = &mut s.earned[(s.current + k) % SLOTS];
+            let take = slot.min(owed);
+            *slot -= take;
+            owed -= take;
+        }
+        s.floor -= owed;
+        true
     }
 }
 
-/// Reads `Retry-After`: seconds, or an HTTP date (IMF-fixdate), as a wait from now.
+/// Reads `Retry-After`: delay-seconds, or an HTTP date in any of RFC 9110's three formats
+/// (IMF-fixdate, the obsolete RFC 850 and asctime forms), as a wait from now.
 pub(crate) fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
-    let at = httpdate(value)?;
+    let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// `Sun, 06 Nov 1994 08:49:37 GMT` to a time.
-fn httpdate(value: &str) -> Option<std::time::SystemTime> {
-    let parts: Vec<&str> = value.split_whitespace().collect();
-    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| m == month)? as i64
-        + 1;
-    let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
-    let hms: Vec<i64> = time
-        .split(':')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    let [h, m, s] = hms.as_slice() else {
-        return None;
-    };
-    // Bounded so the arithmetic below cannot overflow on a hostile header.
-    if !(1970..=9999).contains(&year)
-        || !(1..=31).contains(&day)
-        || !(0..24).contains(h)
-        || !(0..60).contains(m)
-        || !(0..=60).contains(s)
-    {
-        return None;
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + m * 60 + s;
-    let secs = u64::try_from(secs).ok()?;
-    Some(std::time::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 #[cfg(test)]
@@ -227,6 +229,15 @@ mod tests {
             retry_after("Sun, 06 Nov 1994 08:49:00 GMT", now),
             Some(Duration::ZERO)
         );
+        // RFC 850 and asctime, which RFC 9110 says a recipient must accept too.
+        assert_eq!(
+            retry_after("Sunday, 06-Nov-94 08:49:37 GMT", now),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_after("Sun Nov  6 08:49:37 1994", now),
+            Some(Duration::from_secs(7))
+        );
         assert_eq!(retry_after("soon", now), None);
         assert_eq!(
             retry_after("Sun, 06 Nov 99999999999999 08:49:37 GMT", now),
@@ -251,21 +262,26 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_is_capped_however_late_first_attempts_are_counted() {
-        // Cap: (1 + 0.5 * 100) * 1 s = 51 retries.
+    fn earned_retries_last_one_window_and_the_floor_refills() {
         let tokens = Tokens::new(Budget {
             ratio: 0.5,
             min_per_second: 1.0,
             window: Duration::from_secs(1),
         });
+        let start = Instant::now();
         for _ in 0..1000 {
             tokens.deposit();
         }
-        let granted = std::iter::repeat_with(|| tokens.withdraw())
-            .take(1000)
-            .filter(|&ok| ok)
-            .count();
-        // 51 from the cap, and at most one more from the refill (1 a second) while looping.
-        assert!((51..=52).contains(&granted), "{granted} retries granted");
+        let granted = (0..1000).filter(|_| tokens.withdraw_at(start)).count();
+        assert_eq!(granted, 500 + 1, "500 earned, 1 from the floor");
+
+        for _ in 0..1000 {
+            tokens.deposit();
+        }
+        // A window later the earned retries have expired; the floor is back to 1.
+        let later = start + Duration::from_millis(1100);
+        tokens.withdraw_at(start); // credits the deposits to the slot of `start`
+        let granted = (0..1000).filter(|_| tokens.withdraw_at(later)).count();
+        assert_eq!(granted, 1, "only the floor, refilled");
     }
 }

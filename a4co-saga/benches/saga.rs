@@ -198,7 +198,7 @@ fn commands_of<M: a4co_events::Message>(service: &str) -> Subscription {
         .to::<M>()
         .max_in_flight(64)
         .inbox_ttl(None)
-        .order(a4co_events::bus::Order::Unordered)
+        .ordered_by(a4co_events::bus::OrderBy::Nothing)
 }
 
 /// Answers every command of the subscription with `reply(command, order id)`.

@@ -4,39 +4,14 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
-use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use a4co_events::{AnyMessage, Envelope, Message};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::error::DefinitionError;
+use crate::record::{Data, State};
 use crate::step::Step;
-
-/// The states of a saga: an enum, usually `Copy`, with one final state or more.
-pub trait State:
-    Copy + Eq + Hash + fmt::Debug + Serialize + DeserializeOwned + Send + Sync + 'static
-{
-    /// Every state, for checks and diagrams.
-    const ALL: &'static [Self];
-    /// The state's name in diagrams and logs (`reserving-stock`).
-    fn name(self) -> &'static str;
-    /// Whether the saga ends here: a final state reacts to nothing.
-    fn is_final(self) -> bool;
-}
-
-/// What a saga keeps between messages.
-pub trait Data:
-    Clone + Default + fmt::Debug + Serialize + DeserializeOwned + Send + Sync + 'static
-{
-}
-
-impl<T> Data for T where
-    T: Clone + Default + fmt::Debug + Serialize + DeserializeOwned + Send + Sync + 'static
-{
-}
 
 /// A reaction's outcome: the next state, or why the message cannot be its input.
 pub(crate) type Outcome<S> = Result<S, String>;

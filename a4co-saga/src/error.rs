@@ -48,8 +48,18 @@ pub enum RuntimeError {
     Publish(#[from] PublishError),
     /// A reaction broke the definition.
     #[error(transparent)]
-    Reaction(#[from] crate::step::ReactionError),
+    Reaction(#[from] ReactionError),
     /// Saving kept conflicting with other replicas.
     #[error("instance {0}: still conflicting after {1} attempts")]
     Contention(String, u32),
+}
+
+/// A reaction broke the definition's rules: a bug in the saga, not in the message.
+#[derive(Debug, thiserror::Error)]
+#[error("saga {saga_id}: {problem}")]
+pub struct ReactionError {
+    /// The instance.
+    pub saga_id: String,
+    /// What went wrong.
+    pub problem: String,
 }

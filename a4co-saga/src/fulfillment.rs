@@ -36,8 +36,9 @@ use a4co_events::catalog::payment::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::definition::{Definition, State};
+use crate::definition::Definition;
 use crate::error::DefinitionError;
+use crate::record::State;
 use crate::step::Step;
 
 /// The saga's name: instances are `order-fulfillment/<order id>`.

@@ -62,25 +62,31 @@
 //! # }
 //! ```
 
+// Layers, each importing only those above it: errors; the record (state and data traits,
+// what an instance keeps); the `Step` API reactions use; definitions and their builder;
+// the engine (pure: applies a message or a timer to a record); stores; the runtime
+// (the bus and a store around the engine); the fulfillment saga and the NATS store.
 mod clock;
 mod definition;
+mod engine;
 mod error;
 pub mod fulfillment;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod nats;
+pub mod record;
 mod runtime;
 mod step;
-mod store;
+pub mod store;
 
 pub use clock::{Clock, SystemClock, VirtualClock};
-pub use definition::{Builder, Data, Definition, State, Trigger};
-pub use error::{DefinitionError, RuntimeError, StoreError};
+pub use definition::{Builder, Definition, Trigger};
+pub use engine::Applied;
+pub use error::{DefinitionError, ReactionError, RuntimeError, StoreError};
+pub use record::{Data, Instance, State};
 pub use runtime::{Running, Runtime};
-pub use step::{
-    Applied, Book, Instance, Outgoing, ReactionError, Step, Transition, apply, fire_due,
-};
-pub use store::{Due, Index, MemoryStore, Store, Stored};
+pub use step::Step;
+pub use store::{MemoryStore, Store};
 
 use a4co_events::EventId;
 

@@ -14,9 +14,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::{Clock, SystemClock};
-use crate::definition::{Data, Definition, State};
+use crate::definition::Definition;
+use crate::engine::{Applied, apply, fire_due};
 use crate::error::{RuntimeError, StoreError};
-use crate::step::{Applied, Instance, apply, fire_due};
+use crate::record::{Data, Instance, State};
 use crate::store::{Index, Store};
 
 /// How many times a save is retried against concurrent replicas before giving up (the
@@ -181,6 +182,8 @@ where
     /// For crash tests: the next `n` instances saved skip publishing their messages, as if
     /// the process died right after the save. [`Runtime::resend_pending`] (run at start)
     /// sends them.
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub fn lose_next_publishes(&self, n: u32) {
         self.inner.lost_publishes.store(n, Ordering::SeqCst);
     }
@@ -215,9 +218,9 @@ where
         // none. Entries already due may be gone (visited and dropped): they do not count.
         let now = self.inner.clock.now();
         let new_entry =
-            next_timer.filter(|t| instance.book.indexed.is_none_or(|i| i > *t || i <= now));
+            next_timer.filter(|t| instance.ledger.indexed.is_none_or(|i| i > *t || i <= now));
         if new_entry.is_some() {
-            instance.book.indexed = new_entry;
+            instance.ledger.indexed = new_entry;
         }
         let record = serde_json::to_vec(instance).map_err(|e| StoreError::Corrupt {
             key: key.to_owned(),
@@ -226,7 +229,7 @@ where
         let index = Index {
             next_timer,
             new_entry,
-            pending: !instance.book.outbox.is_empty(),
+            pending: !instance.ledger.outbox.is_empty(),
         };
         let revision = self
             .inner
@@ -298,7 +301,7 @@ where
                     }
                     // A redelivery after a crash between save and publish: finish the publish.
                     if let (Some(instance), Some(revision)) = (instance, revision)
-                        && !instance.book.outbox.is_empty()
+                        && !instance.ledger.outbox.is_empty()
                     {
                         self.publish_outbox(&key, instance, revision, emptying)
                             .await?;
@@ -340,7 +343,7 @@ where
         mut revision: u64,
         emptying: Emptying,
     ) -> Result<(), RuntimeError> {
-        if instance.book.outbox.is_empty() {
+        if instance.ledger.outbox.is_empty() {
             self.inner.cache.put(key, instance, revision);
             return Ok(());
         }
@@ -355,16 +358,16 @@ where
         }
         // All at once, then every acknowledgement.
         let publishes = instance
-            .book
+            .ledger
             .outbox
             .iter()
             .map(|outgoing| self.inner.bus.publish_raw(outgoing.to_raw()));
         for ack in futures::future::join_all(publishes).await {
             ack?;
         }
-        let sent: Vec<EventId> = instance.book.outbox.iter().map(|o| o.event_id).collect();
+        let sent: Vec<EventId> = instance.ledger.outbox.iter().map(|o| o.event_id).collect();
         if emptying == Emptying::Deferred {
-            instance.book.outbox.clear();
+            instance.ledger.outbox.clear();
             self.inner.cache.put(key, instance, revision);
             self.unflushed().insert(
                 key.to_owned(),
@@ -377,7 +380,10 @@ where
             return Ok(());
         }
         for _ in 0..MAX_CONFLICTS {
-            instance.book.outbox.retain(|o| !sent.contains(&o.event_id));
+            instance
+                .ledger
+                .outbox
+                .retain(|o| !sent.contains(&o.event_id));
             match self.save(key, &mut instance, Some(revision)).await {
                 Ok(revision) => {
                     self.inner.cache.put(key, instance, revision);
@@ -483,7 +489,7 @@ where
             return Ok(());
         }
         instance
-            .book
+            .ledger
             .outbox
             .retain(|o| !waiting.sent.contains(&o.event_id));
         match self.save(key, &mut instance, Some(revision)).await {
@@ -505,9 +511,9 @@ where
         let mut resent = 0;
         for key in keys {
             if let Some((instance, revision)) = self.load(&key).await?
-                && !instance.book.outbox.is_empty()
+                && !instance.ledger.outbox.is_empty()
             {
-                tracing::info!(saga_id = %key, messages = instance.book.outbox.len(), "re-sending saved messages");
+                tracing::info!(saga_id = %key, messages = instance.ledger.outbox.len(), "re-sending saved messages");
                 self.publish_outbox(&key, instance, revision, Emptying::Now)
                     .await?;
                 resent += 1;
@@ -531,7 +537,7 @@ where
             .inbox_ttl(None)
             // One instance's messages in order (fewer conflicting saves); replies come
             // from many aggregates but share the saga's correlation id.
-            .order(a4co_events::bus::Order::Correlation);
+            .ordered_by(a4co_events::bus::OrderBy::Correlation);
         for subject in definition.subjects() {
             subscription = subscription.subject(subject);
         }
@@ -560,20 +566,23 @@ where
             let mut every = tokio::time::interval(runtime.inner.tick);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::select! {
-                    _ = every.tick() => {
+                // The stop first: an overdue tick is always ready and would starve it.
+                let stop = std::pin::pin!(stopped.changed());
+                let tick = std::pin::pin!(every.tick());
+                match futures::future::select(stop, tick).await {
+                    futures::future::Either::Left(_) => {
+                        if let Err(e) = runtime.flush_published(Duration::ZERO).await {
+                            tracing::warn!(error = %e, "emptying published outboxes at shutdown failed; a restart re-sends them (the broker drops what it has seen)");
+                        }
+                        return;
+                    }
+                    futures::future::Either::Right(_) => {
                         if let Err(e) = runtime.fire_due_timers().await {
                             tracing::warn!(error = %e, "firing due timers failed; trying again next tick");
                         }
                         if let Err(e) = runtime.flush_published(FLUSH_AFTER).await {
                             tracing::warn!(error = %e, "emptying published outboxes failed; trying again next tick");
                         }
-                    }
-                    _ = stopped.changed() => {
-                        if let Err(e) = runtime.flush_published(Duration::ZERO).await {
-                            tracing::warn!(error = %e, "emptying published outboxes at shutdown failed; a restart re-sends them (the broker drops what it has seen)");
-                        }
-                        return;
                     }
                 }
             }

@@ -376,7 +376,7 @@ where
     S::Future: Send + 'static,
 {
     let mut builder = a4co_http::Client::builder(target, format!("http://{target}"))
-        .service(service)
+        .in_process(service)
         .retry(a4co_http::retry::never());
     if !permissions.is_empty() {
         builder = builder.service_auth(a4co_http::auth::Issuer::new(

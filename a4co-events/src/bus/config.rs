@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::message::Context;
+use crate::message::BoundedContext;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -42,17 +42,17 @@ impl StreamSpec {
     /// | CARTS | 30 days | ours: abandoned-cart campaigns look back a month at most |
     ///
     /// Every stream deduplicates over 2 minutes.
-    pub fn for_context(context: Context, replicas: usize) -> Self {
+    pub fn for_context(context: BoundedContext, replicas: usize) -> Self {
         let days = match context {
-            Context::Order => 7,
-            Context::Inventory => 30,
-            Context::Payment => 365,
-            Context::User => 90,
-            Context::Artisan => 180,
-            Context::Product => 180,
-            Context::Shipping => 90,
-            Context::Notification => 30,
-            Context::Cart => 30,
+            BoundedContext::Order => 7,
+            BoundedContext::Inventory => 30,
+            BoundedContext::Payment => 365,
+            BoundedContext::User => 90,
+            BoundedContext::Artisan => 180,
+            BoundedContext::Product => 180,
+            BoundedContext::Shipping => 90,
+            BoundedContext::Notification => 30,
+            BoundedContext::Cart => 30,
         };
         StreamSpec {
             name: context.stream().to_owned(),
@@ -76,7 +76,7 @@ impl StreamSpec {
 
     /// Every stream the marketplace needs: one per context, and the dead letters.
     pub fn all(replicas: usize) -> Vec<StreamSpec> {
-        Context::ALL
+        BoundedContext::ALL
             .iter()
             .map(|c| StreamSpec::for_context(*c, replicas))
             .chain(std::iter::once(StreamSpec::dead_letters(replicas)))
@@ -129,6 +129,16 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// `max_deliver` deliveries in all, the first retry `initial_delay` after the first
+    /// failure, each further one twice as late (up to the default 30 s), with jitter.
+    pub fn attempts(max_deliver: u32, initial_delay: Duration) -> Self {
+        RetryPolicy {
+            max_deliver,
+            initial_delay,
+            ..RetryPolicy::default()
+        }
+    }
+
     /// No retries: a failure is dead-lettered at once.
     pub fn never() -> Self {
         RetryPolicy {
@@ -202,7 +212,7 @@ mod tests {
     #[test]
     fn every_context_has_a_stream_and_the_design_retention() {
         let all = StreamSpec::all(1);
-        assert_eq!(all.len(), Context::ALL.len() + 1);
+        assert_eq!(all.len(), BoundedContext::ALL.len() + 1);
         let days = |name: &str| {
             all.iter()
                 .find(|s| s.name == name)

@@ -36,6 +36,23 @@ pub struct Stats {
     pub dead_lettered: u64,
 }
 
+/// `handled 2, duplicates 0, retried 1, dead-lettered 1`.
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Stats {
+            handled,
+            duplicates,
+            retried,
+            dead_lettered,
+        } = self;
+        write!(
+            f,
+            "handled {handled}, duplicates {duplicates}, retried {retried}, "
+        )?;
+        write!(f, "dead-lettered {dead_lettered}")
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     handled: AtomicU64,
@@ -171,6 +188,22 @@ pub(super) async fn start<T: Transport, H: Handler>(
 
 type AckStateFuture = std::pin::Pin<Box<dyn Future<Output = Option<AckState>> + Send>>;
 
+/// What woke a consumer's loop.
+enum Event<D> {
+    /// The handling on this lane finished.
+    Finished(usize),
+    /// Shutdown was asked (`false`) or the handle was dropped (`true`).
+    Stop(bool),
+    /// Time to ask the broker for the ack floor.
+    Tick,
+    /// The broker's answer.
+    Looked(Option<AckState>),
+    /// The pause after a failed fetch is over.
+    Resume,
+    /// The next delivery, an error, or `None` when the consumer closed.
+    Fetched(Option<Result<D, super::ConsumeError>>),
+}
+
 /// One consumer's loop, in one task: take deliveries while fewer than `max_in_flight` are
 /// running or queued, run each as a future of this task (no hand-off between tasks), and
 /// keep the messages of one aggregate in order by queueing them behind the running one.
@@ -199,59 +232,92 @@ async fn run<T: Transport, H: Handler>(
     loop {
         let room = !stopping && running.len() + queued < limit;
         let paused = fetch_paused_until.is_some_and(|t| tokio::time::Instant::now() < t);
-        tokio::select! {
-            biased;
-            Some(lane) = running.next(), if !running.is_empty() => {
-                let lane: usize = lane;
-                match waiting[lane].pop_front() {
-                    Some(next) => {
-                        queued -= 1;
-                        running.push(process(Arc::clone(&shared), next, lane, index));
-                    }
-                    None => busy[lane] = false,
+        let event = {
+            // The branches in priority order; a branch whose condition is false is not
+            // polled (and its future never made).
+            let mut stopped = std::pin::pin!(stop.changed());
+            let mut resume = std::pin::pin!(tokio::time::sleep_until(
+                fetch_paused_until.unwrap_or_else(tokio::time::Instant::now)
+            ));
+            let mut fetched = std::pin::pin!(consumer.next());
+            std::future::poll_fn(|cx| {
+                use std::task::Poll;
+                if !running.is_empty()
+                    && let Poll::Ready(Some(lane)) = running.poll_next_unpin(cx)
+                {
+                    return Poll::Ready(Event::Finished(lane));
                 }
-            }
-            changed = stop.changed(), if !stopping && !detached => match changed {
-                Ok(()) => stopping = true,
-                Err(_) => detached = true,
+                if !stopping
+                    && !detached
+                    && let Poll::Ready(changed) = stopped.as_mut().poll(cx)
+                {
+                    return Poll::Ready(Event::Stop(changed.is_err()));
+                }
+                if booked && looking.is_none() && ticker.poll_tick(cx).is_ready() {
+                    return Poll::Ready(Event::Tick);
+                }
+                if let Some(look) = looking.as_mut()
+                    && let Poll::Ready(state) = look.as_mut().poll(cx)
+                {
+                    return Poll::Ready(Event::Looked(state));
+                }
+                if paused && resume.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Resume);
+                }
+                if room
+                    && !paused
+                    && let Poll::Ready(next) = fetched.as_mut().poll(cx)
+                {
+                    return Poll::Ready(Event::Fetched(next));
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        match event {
+            Event::Finished(lane) => match waiting[lane].pop_front() {
+                Some(next) => {
+                    queued -= 1;
+                    running.push(process(Arc::clone(&shared), next, lane, index));
+                }
+                None => busy[lane] = false,
             },
-            _ = ticker.tick(), if booked && looking.is_none() => {
+            Event::Stop(dropped) if dropped => detached = true,
+            Event::Stop(_) => stopping = true,
+            Event::Tick => {
                 if shared.book(index).is_some_and(|b| !b.is_empty()) {
                     looking = Some(Box::pin(consumer.ack_state()));
                 }
             }
-            state = async { looking.as_mut().expect("guarded by is_some").await }, if looking.is_some() => {
+            Event::Looked(state) => {
                 looking = None;
                 if let Some(state) = state {
-                    let due = shared.book(index).map(|mut b| b.update(state, std::time::Instant::now(), shared.timing));
+                    let due = shared
+                        .book(index)
+                        .map(|mut b| b.update(state, std::time::Instant::now(), shared.timing));
                     write_later(&shared, due.unwrap_or_default());
                 }
             }
-            () = tokio::time::sleep_until(fetch_paused_until.unwrap_or_else(tokio::time::Instant::now)), if paused => {
-                fetch_paused_until = None;
+            Event::Resume => fetch_paused_until = None,
+            Event::Fetched(None) => stopping = true,
+            Event::Fetched(Some(Err(e))) => {
+                // Pause fetching, not the handlers already running.
+                tracing::warn!(error = %e, "fetching the next message failed; retrying in 200 ms");
+                fetch_paused_until = Some(tokio::time::Instant::now() + Duration::from_millis(200));
             }
-            next = consumer.next(), if room && !paused => match next {
-                None => stopping = true,
-                Some(Err(e)) => {
-                    // Pause fetching, not the handlers already running.
-                    tracing::warn!(error = %e, "fetching the next message failed; retrying in 200 ms");
-                    fetch_paused_until = Some(tokio::time::Instant::now() + Duration::from_millis(200));
+            Event::Fetched(Some(Ok(delivery))) => {
+                let lane = match shared.subscription.ordered_by {
+                    super::OrderBy::Nothing => busy.iter().position(|b| !b).unwrap_or(0),
+                    order => lane_of(&delivery, limit, order),
+                };
+                if busy[lane] {
+                    waiting[lane].push_back(delivery);
+                    queued += 1;
+                } else {
+                    busy[lane] = true;
+                    running.push(process(Arc::clone(&shared), delivery, lane, index));
                 }
-                Some(Ok(delivery)) => {
-                    let lane = match shared.subscription.order {
-                        super::Order::Unordered => busy.iter().position(|b| !b).unwrap_or(0),
-                        order => lane_of(&delivery, limit, order),
-                    };
-                    if busy[lane] {
-                        waiting[lane].push_back(delivery);
-                        queued += 1;
-                    } else {
-                        busy[lane] = true;
-                        running.push(process(Arc::clone(&shared), delivery, lane, index));
-                    }
-                }
-            },
-            else => {}
+            }
         }
         if stopping && running.is_empty() && queued == 0 {
             if booked {
@@ -305,10 +371,10 @@ async fn close_book<T: Transport, H: Handler>(
 
 /// Messages of one aggregate (or one correlation) go to one lane, so they are handled in
 /// order.
-fn lane_of<D: Delivery>(delivery: &D, lanes: usize, order: super::Order) -> usize {
+fn lane_of<D: Delivery>(delivery: &D, lanes: usize, order: super::OrderBy) -> usize {
     let message = delivery.message();
     let header = match order {
-        super::Order::Correlation => names::CORRELATION_ID,
+        super::OrderBy::Correlation => names::CORRELATION_ID,
         _ => names::AGGREGATE_ID,
     };
     let key = message.headers.get(header).unwrap_or(&message.subject);
@@ -566,15 +632,15 @@ async fn with_progress<D: Delivery, F: Future>(
     work: F,
 ) -> F::Output {
     let period = (ack_wait / 2).max(Duration::from_millis(50));
-    tokio::pin!(work);
+    let mut work = std::pin::pin!(work);
     // Most handlers finish without waiting: no timer for them.
     if let std::task::Poll::Ready(out) = futures::poll!(&mut work) {
         return out;
     }
     loop {
-        tokio::select! {
-            out = &mut work => return out,
-            () = tokio::time::sleep(period) => {
+        match tokio::time::timeout(period, &mut work).await {
+            Ok(out) => return out,
+            Err(_) => {
                 let _ = delivery.progress().await;
             }
         }

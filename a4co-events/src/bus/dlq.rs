@@ -148,7 +148,7 @@ impl DeadLetter {
             ),
         );
         // One line: a header value cannot carry line breaks (the body keeps the reason whole).
-        let reason = crate::decode::clip(&self.reason).replace(['\r', '\n'], " ");
+        let reason = crate::error::clip(&self.reason).replace(['\r', '\n'], " ");
         headers.insert(REASON_HEADER, reason);
         headers.insert(CONSUMER_HEADER, self.consumer.as_str());
         for name in [names::TRACEPARENT, names::TRACESTATE, names::EVENT_TYPE] {
@@ -166,11 +166,19 @@ impl DeadLetter {
     /// The original message, as it was published.
     ///
     /// # Errors
-    /// When a base64 payload does not decode (a record edited by hand).
-    pub fn original(&self) -> Result<RawMessage, base64::DecodeError> {
+    /// [`CorruptPayload`] when a base64 payload does not decode, or the encoding is
+    /// neither `utf8` nor `base64` (a record written or edited by something else).
+    pub fn original(&self) -> Result<RawMessage, CorruptPayload> {
         let payload = match self.payload_encoding.as_str() {
-            "base64" => base64::engine::general_purpose::STANDARD.decode(&self.payload)?,
-            _ => self.payload.clone().into_bytes(),
+            "base64" => base64::engine::general_purpose::STANDARD
+                .decode(&self.payload)
+                .map_err(|e| CorruptPayload(format!("base64 payload: {e}")))?,
+            "utf8" => self.payload.clone().into_bytes(),
+            other => {
+                return Err(CorruptPayload(format!(
+                    "unknown payload encoding {other:?}"
+                )));
+            }
         };
         Ok(RawMessage {
             subject: self.subject.clone(),
@@ -183,6 +191,11 @@ impl DeadLetter {
         })
     }
 }
+
+/// A dead letter whose original payload cannot be restored; says why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the dead letter's payload is corrupt: {0}")]
+pub struct CorruptPayload(String);
 
 /// Which dead letters to look at. Empty matches all.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -265,9 +278,7 @@ impl<T: Transport> DeadLetters<T> {
             .show(sequence)
             .await?
             .ok_or_else(|| ReplayError::NotFound(sequence))?;
-        let mut message = letter
-            .original()
-            .map_err(|e| ReplayError::Corrupt(e.to_string()))?;
+        let mut message = letter.original()?;
         let id = message.message_id().unwrap_or("none").to_owned();
         message
             .headers
@@ -300,12 +311,66 @@ pub enum ReplayError {
     #[error("no dead letter with sequence {0}")]
     NotFound(u64),
     /// The record's payload cannot be restored.
-    #[error("the dead letter's payload is corrupt: {0}")]
-    Corrupt(String),
+    #[error(transparent)]
+    Corrupt(#[from] CorruptPayload),
     /// Reading or deleting failed.
     #[error(transparent)]
     Read(#[from] ConsumeError),
     /// Publishing the original failed.
     #[error(transparent)]
     Publish(#[from] PublishError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(payload: &[u8]) -> DeadLetter {
+        let message = RawMessage {
+            subject: "order.created".to_owned(),
+            headers: Headers::new(),
+            payload: Bytes::copy_from_slice(payload),
+        };
+        let info = DeliveryInfo {
+            stream: "ORDERS".into(),
+            consumer: "c".into(),
+            stream_sequence: 7,
+            attempt: 1,
+            published: Utc::now(),
+        };
+        let chain = vec!["bad".to_owned()];
+        DeadLetter::new(
+            &message,
+            &info,
+            "s/c",
+            FaultKind::Permanent,
+            chain,
+            Vec::new(),
+            None,
+            None,
+        )
+    }
+
+    #[test]
+    fn text_and_binary_payloads_come_back_as_published() {
+        for payload in [&b"{\"a\":1}"[..], &[0xff, 0x00, 0xfe][..]] {
+            let back = letter(payload).original();
+            assert_eq!(back.map(|m| m.payload), Ok(Bytes::copy_from_slice(payload)));
+        }
+        assert_eq!(letter(&[0xff]).payload_encoding, "base64");
+    }
+
+    #[test]
+    fn an_edited_record_is_a_clear_error() {
+        let mut broken = letter(&[0xff]);
+        broken.payload = "not base64!".to_owned();
+        let err = broken.original().unwrap_err().to_string();
+        assert!(
+            err.starts_with("the dead letter's payload is corrupt: base64"),
+            "{err}"
+        );
+        broken.payload_encoding = "gzip".to_owned();
+        let err = broken.original().unwrap_err().to_string();
+        assert!(err.contains("unknown payload encoding \"gzip\""), "{err}");
+    }
 }

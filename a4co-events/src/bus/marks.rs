@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::AckState;
-use crate::envelope::EventId;
+use crate::id::EventId;
 
 /// Finished work, as the inbox names it: an event, or a deliberate replay of it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -339,16 +339,13 @@ impl Consumer for MemoryConsumer {
         loop {
             let shared = Arc::clone(&self.transport.shared);
             let changed = shared.changed.notified();
-            tokio::pin!(changed);
+            let mut changed = std::pin::pin!(changed);
             changed.as_mut().enable();
             match self.transport.take(&self.key) {
                 Err(e) => return Some(Err(e)),
                 Ok(Ok(delivery)) => return Some(Ok(delivery)),
                 Ok(Err(Some(wake))) => {
-                    tokio::select! {
-                        () = &mut changed => {}
-                        () = tokio::time::sleep_until(wake) => {}
-                    }
+                    let _ = tokio::time::timeout_at(wake, &mut changed).await;
                 }
                 Ok(Err(None)) => changed.await,
             }

@@ -51,6 +51,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use tracing::Instrument;
@@ -58,7 +59,7 @@ use tracing::Instrument;
 use crate::catalog::AnyMessage;
 use crate::decode::Decoder;
 use crate::envelope::Envelope;
-use crate::message::{Context, Message, Payload};
+use crate::message::{BoundedContext, Message, Payload};
 
 mod config;
 mod consume;
@@ -127,6 +128,105 @@ pub trait Subscriber: Clone + Send + Sync + 'static {
         subscription: Subscription,
         handler: H,
     ) -> impl Future<Output = Result<SubscriptionHandle, SubscribeError>> + Send;
+
+    /// Starts consuming messages of one type `M`: the handler gets `Envelope<M>` (older
+    /// versions upcast), and its parameter types are inferred. Everything else is as for
+    /// [`Subscriber::subscribe`].
+    ///
+    /// ```
+    /// # use a4co_events::bus::{HandlerError, MemoryBus, Publisher, Subscriber, Subscription};
+    /// # use a4co_events::catalog::order::OrderCreated;
+    /// # use a4co_events::{Envelope, Message};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let bus = MemoryBus::provisioned().await?;
+    /// let (seen, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    /// let orders = Subscription::new("inventory-service", "orders").of::<OrderCreated>();
+    /// let handle = bus
+    ///     .on(orders, move |order, _| {
+    ///         let sent = seen.send(order.data.items.len());
+    ///         async move { sent.map_err(HandlerError::permanent) }
+    ///     })
+    ///     .await?;
+    /// bus.publish(&Envelope::new("order-service", "ord-1", OrderCreated::example())).await?;
+    /// assert_eq!(rx.recv().await, Some(OrderCreated::example().items.len()));
+    /// # handle.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Subscriber::subscribe`].
+    fn on<M, F, Fut>(
+        &self,
+        subscription: TypedSubscription<M>,
+        handler: F,
+    ) -> impl Future<Output = Result<SubscriptionHandle, SubscribeError>> + Send
+    where
+        M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
+        F: Fn(Envelope<M>, DeliveryInfo) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send,
+    {
+        let label = subscription.inner.label();
+        self.subscribe(
+            subscription.inner,
+            Typed {
+                handler,
+                label,
+                message: PhantomData,
+            },
+        )
+    }
+}
+
+/// A subscription to one message type `M`, for [`Subscriber::on`]: made by
+/// [`Subscription::of`].
+#[derive(Debug)]
+#[must_use]
+pub struct TypedSubscription<M> {
+    inner: Subscription,
+    message: PhantomData<fn() -> M>,
+}
+
+impl<M> TypedSubscription<M> {
+    /// The subscription it takes `M` with.
+    pub fn subscription(&self) -> &Subscription {
+        &self.inner
+    }
+}
+
+/// A handler of one message type, as an untyped [`Handler`]: see [`Subscriber::on`].
+struct Typed<M, F> {
+    handler: F,
+    label: String,
+    message: PhantomData<fn() -> M>,
+}
+
+impl<M, F, Fut> Handler for Typed<M, F>
+where
+    M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
+    F: Fn(Envelope<M>, DeliveryInfo) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send,
+{
+    fn handle(
+        &self,
+        message: Envelope<AnyMessage>,
+        delivery: DeliveryInfo,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        // The subscription's subject is `M`'s, so another type is a publisher's mistake
+        // (a body of one type sent on another's subject): the same bytes fail again.
+        let typed = message.downcast::<M>().map_err(|other| {
+            HandlerError::permanent(format!(
+                "{} handles {} only, got {} v{}",
+                self.label,
+                M::TYPE,
+                other.event_type(),
+                other.event_version()
+            ))
+        });
+        let run = typed.map(|message| (self.handler)(message, delivery));
+        async move { run?.await }
+    }
 }
 
 /// Handles one message. Any `Fn(Envelope<AnyMessage>, DeliveryInfo) -> impl Future<Output =
@@ -235,12 +335,12 @@ pub struct Subscription {
     inbox_ttl: Option<Duration>,
     inbox_check: InboxCheck,
     decoder: Decoder,
-    order: Order,
+    ordered_by: OrderBy,
 }
 
 /// Which messages a subscription handles one after another.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Order {
+pub enum OrderBy {
     /// Messages of one aggregate (the `aggregate id` header), in order.
     #[default]
     Aggregate,
@@ -248,7 +348,7 @@ pub enum Order {
     /// wants, whose replies come from different aggregates.
     Correlation,
     /// No order: any message may run beside any other (handlers must cope).
-    Unordered,
+    Nothing,
 }
 
 /// When the inbox is consulted before running a handler.
@@ -286,17 +386,28 @@ impl Subscription {
             inbox_ttl: Some(Duration::from_secs(24 * 3600)),
             inbox_check: InboxCheck::Redeliveries,
             decoder: Decoder::new(),
-            order: Order::Aggregate,
+            ordered_by: OrderBy::Aggregate,
         }
     }
 
     /// Which messages run one after another (default: those of one aggregate).
-    pub fn order(mut self, order: Order) -> Self {
-        self.order = order;
+    pub fn ordered_by(mut self, key: OrderBy) -> Self {
+        self.ordered_by = key;
         self
     }
 
-    /// Also takes messages of type `M`.
+    /// Takes messages of type `M` only, for a handler of `Envelope<M>`
+    /// ([`Subscriber::on`]). Subjects added before are replaced.
+    pub fn of<M: Message>(mut self) -> TypedSubscription<M> {
+        self.subjects = vec![M::SUBJECT.to_owned()];
+        TypedSubscription {
+            inner: self,
+            message: PhantomData,
+        }
+    }
+
+    /// Also takes messages of type `M` (the handler gets them as `Envelope<AnyMessage>`;
+    /// for one type, [`Subscription::of`] hands it `Envelope<M>`).
     pub fn to<M: Message>(mut self) -> Self {
         self.subjects.push(M::SUBJECT.to_owned());
         self
@@ -398,10 +509,10 @@ impl Subscription {
         let mut by_stream: Vec<(String, Vec<String>)> = Vec::new();
         for subject in &self.subjects {
             let first = subject.split('.').next().unwrap_or_default();
-            let Some(context) = Context::ALL.iter().find(|c| c.name() == first) else {
+            let Some(context) = BoundedContext::ALL.iter().find(|c| c.name() == first) else {
                 return Err(invalid(format!(
                     "subject {subject:?} belongs to no context stream (it must start with one of: {})",
-                    Context::ALL
+                    BoundedContext::ALL
                         .iter()
                         .map(|c| c.name())
                         .collect::<Vec<_>>()
@@ -458,15 +569,12 @@ impl<T: Transport> EventBus<T> {
     /// current span, or else of the envelope's own trace context; its context goes into the
     /// headers, so the consumer's span becomes its child.
     fn outgoing<P: Payload>(&self, envelope: &Envelope<P>) -> (RawMessage, tracing::Span) {
-        use opentelemetry::trace::TraceContextExt as _;
-        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
         let mut message = RawMessage::from_envelope(envelope);
         let span = telemetry::publish_span(&message.subject, &envelope.event_id);
-        if let Some(trace) = &envelope.trace {
-            let current = tracing::Span::current().context();
-            if !current.span().span_context().is_valid() {
-                telemetry::set_remote_parent(&span, trace);
-            }
+        if let Some(trace) = &envelope.trace
+            && !telemetry::in_trace()
+        {
+            telemetry::set_remote_parent(&span, trace);
         }
         if let Some(trace) = telemetry::outgoing(&span, envelope.trace.as_ref()) {
             trace.inject(&mut message.headers);

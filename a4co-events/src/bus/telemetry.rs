@@ -12,27 +12,58 @@
 //!   `microservices_event_processing_duration_seconds{service, event_type, subject}`.
 //!   Instruments are created with the bus: install the meter provider first. With a
 //!   Prometheus exporter, turn its unit and `_total` suffixes off to keep these names.
+//!
+//! Without the `otel` feature the spans are plain `tracing` spans, the envelope's trace
+//! context is passed through unchanged, and no metric is recorded.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "otel")]
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
 };
+#[cfg(feature = "otel")]
 use opentelemetry::{Context, KeyValue, Value, global};
+#[cfg(feature = "otel")]
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::headers::TraceContext;
 
+/// The bus's instruments (none without the `otel` feature).
+#[derive(Clone, Debug)]
+#[cfg(not(feature = "otel"))]
+pub(crate) struct Metrics;
+
+#[cfg(not(feature = "otel"))]
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        Metrics
+    }
+
+    pub(crate) fn published(&self, _: &str, _: &'static str) {}
+
+    pub(crate) fn processed(
+        &self,
+        _: &Arc<str>,
+        _: Option<&'static str>,
+        _: &str,
+        _: &'static str,
+        _: Duration,
+    ) {
+    }
+}
+
 /// The bus's instruments.
 #[derive(Clone, Debug)]
+#[cfg(feature = "otel")]
 pub(crate) struct Metrics {
     published: opentelemetry::metrics::Counter<u64>,
     processed: opentelemetry::metrics::Counter<u64>,
     duration: opentelemetry::metrics::Histogram<f64>,
 }
 
+#[cfg(feature = "otel")]
 impl Metrics {
     /// Instruments on the global meter provider as it is now.
     pub(crate) fn new() -> Self {
@@ -126,7 +157,32 @@ pub(crate) fn consume_span(
     )
 }
 
+/// Whether the current span carries an OpenTelemetry trace (then a publish joins it rather
+/// than the envelope's own trace context).
+#[cfg(feature = "otel")]
+pub(crate) fn in_trace() -> bool {
+    tracing::Span::current()
+        .context()
+        .span()
+        .span_context()
+        .is_valid()
+}
+
+#[cfg(not(feature = "otel"))]
+pub(crate) fn in_trace() -> bool {
+    false
+}
+
+#[cfg(not(feature = "otel"))]
+pub(crate) fn set_remote_parent(_: &tracing::Span, _: &TraceContext) {}
+
+#[cfg(not(feature = "otel"))]
+pub(crate) fn outgoing(_: &tracing::Span, fallback: Option<&TraceContext>) -> Option<TraceContext> {
+    fallback.cloned()
+}
+
 /// Makes the span a child of the remote context in `trace` (before it is first entered).
+#[cfg(feature = "otel")]
 pub(crate) fn set_remote_parent(span: &tracing::Span, trace: &TraceContext) {
     let (Ok(trace_id), Ok(span_id)) = (
         TraceId::from_hex(trace.trace_id()),
@@ -141,7 +197,7 @@ pub(crate) fn set_remote_parent(span: &tracing::Span, trace: &TraceContext) {
     };
     let state = trace
         .tracestate()
-        .and_then(|s| TraceState::from_str(s).ok())
+        .and_then(|s| s.parse::<TraceState>().ok())
         .unwrap_or_default();
     let remote = SpanContext::new(trace_id, span_id, flags, true, state);
     let _ = span.set_parent(Context::new().with_remote_span_context(remote));
@@ -149,6 +205,7 @@ pub(crate) fn set_remote_parent(span: &tracing::Span, trace: &TraceContext) {
 
 /// The trace context to send: the span's own, when OpenTelemetry records it; otherwise
 /// `fallback` (the envelope's), unchanged.
+#[cfg(feature = "otel")]
 pub(crate) fn outgoing(
     span: &tracing::Span,
     fallback: Option<&TraceContext>,

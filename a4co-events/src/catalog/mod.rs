@@ -6,14 +6,14 @@
 //! superseded ones included, for the schema generator and the decoder.
 //!
 //! Payloads are tolerant readers: unknown fields are ignored, so adding an optional field
-//! is a compatible change (see [`crate::schema::evolution`]). Money is [`crate::Money`]
+//! is a compatible change (see the `contract::evolution` module). Money is [`crate::Money`]
 //! (integer minor units), instants are RFC 3339 UTC, closed sets are enums in kebab-case
 //! as the documents write them.
 
 use schemars::generate::SchemaSettings;
 use serde::Serialize;
 
-use crate::message::{Context, DataError, Kind, Message, Payload};
+use crate::message::{BoundedContext, DataError, Message, MessageKind, Payload};
 
 pub mod artisan;
 pub mod cart;
@@ -37,9 +37,9 @@ pub struct MessageInfo {
     /// Whether this is the newest version of the type.
     pub latest: bool,
     /// Event or command.
-    pub kind: Kind,
+    pub kind: MessageKind,
     /// The owning context.
-    pub context: Context,
+    pub context: BoundedContext,
     /// What the envelope's `aggregateId` names.
     pub aggregate: &'static str,
     /// The services that publish it.
@@ -197,14 +197,14 @@ macro_rules! catalog {
             }
 
             /// The context that owns the message.
-            pub fn context(&self) -> Context {
+            pub fn context(&self) -> BoundedContext {
                 match self {
                     $(AnyMessage::$ty(_) => <$path as Message>::CONTEXT,)*
                 }
             }
 
             /// Event or command.
-            pub fn kind(&self) -> Kind {
+            pub fn kind(&self) -> MessageKind {
                 match self {
                     $(AnyMessage::$ty(_) => <$path as Message>::KIND,)*
                 }

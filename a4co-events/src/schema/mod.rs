@@ -1,11 +1,8 @@
-//! The schema contract: JSON Schemas of every message version, the generated catalog
-//! (docs/catalog/), the AsyncAPI document, and the evolution checks that keep published
-//! versions compatible.
+//! The JSON Schemas (draft 2020-12) of every message version, of the envelope and of the
+//! headers: what the decoder validates against and what the published catalog holds.
 //!
-//! The checked-in catalog is the published contract. [`generate`] renders it from the code;
-//! [`check`] fails when the code and the checked-in files differ, and says whether the
-//! difference breaks consumers (then a new version plus an [`crate::Upcast`] is the way) or
-//! only needs `a4co catalog generate`.
+//! The files, the AsyncAPI document and the evolution checks built from them are in
+//! `contract` (feature `validate`).
 
 use serde_json::{Value, json};
 
@@ -13,15 +10,10 @@ use crate::catalog::{self, MessageInfo};
 use crate::envelope::WireEnvelope;
 use crate::headers::names;
 
-mod asyncapi;
-pub mod evolution;
-mod files;
-mod markdown;
-mod yaml;
-
-pub use files::{
-    CheckReport, Finding, FindingKind, WriteError, asyncapi_document, check, generate, write,
-};
+#[cfg(feature = "validate")]
+pub(crate) mod check;
+#[cfg(feature = "validate")]
+pub(crate) mod validator;
 
 /// The base of every `$id`: ids mirror the catalog's layout.
 pub const ID_BASE: &str = "https://a4co.dev/catalog/";

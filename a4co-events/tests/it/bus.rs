@@ -217,6 +217,62 @@ async fn typed_delivery<T: Transport>(f: Fixture<T>) {
     handle.shutdown().await;
 }
 
+async fn typed_handlers_get_their_message_type<T: Transport>(f: Fixture<T>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let sub = Subscription::new("t", "typed-on")
+        .retry(fast_retry(3))
+        .of::<OrderConfirmed>();
+    // No parameter type spelled out: the closure gets `Envelope<OrderConfirmed>`.
+    let handle = f
+        .bus
+        .on(sub, move |confirmed, info| {
+            let tx = tx.clone();
+            async move {
+                match confirmed.aggregate_id.as_str() {
+                    "ord-bad" => return Err(HandlerError::permanent("no such order")),
+                    "ord-slow" if info.attempt == 1 => return Err(HandlerError::retryable("busy")),
+                    _ => {}
+                }
+                let _ = tx.send((confirmed.aggregate_id, confirmed.data, info.attempt));
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    f.bus.publish(&order("ord-created")).await.unwrap(); // another type: not delivered
+    for id in ["ord-1", "ord-slow", "ord-bad"] {
+        let confirmed = Envelope::new("order-service", id, OrderConfirmed::example());
+        f.bus.publish(&confirmed).await.unwrap();
+    }
+    eventually(10, "two handled, one dead-lettered", || async {
+        let s = handle.stats();
+        s.handled == 2 && s.dead_lettered == 1
+    })
+    .await;
+    let mut got = vec![
+        recv(&mut rx, 5, "first").await,
+        recv(&mut rx, 5, "second").await,
+    ];
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        [
+            ("ord-1".to_owned(), OrderConfirmed::example(), 1),
+            ("ord-slow".to_owned(), OrderConfirmed::example(), 2),
+        ]
+    );
+    assert!(rx.try_recv().is_err(), "order.created is not subscribed");
+    let stats = handle.shutdown().await;
+    assert_eq!(
+        (stats.handled, stats.retried, stats.dead_lettered),
+        (2, 1, 1)
+    );
+    let letters = dead_letters(&f.bus).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, "permanent: no such order");
+    assert_eq!(letters[0].event_type.as_deref(), Some("order.confirmed"));
+}
+
 async fn redelivery_with_growing_delays<T: Transport>(f: Fixture<T>) {
     let times = Arc::new(Mutex::new(Vec::new()));
     let t = Arc::clone(&times);
@@ -465,7 +521,7 @@ async fn ordering_by_correlation_or_none<T: Transport>(f: Fixture<T>) {
     let sub = Subscription::new("t", "by-correlation")
         .to::<InventoryAdjusted>()
         .max_in_flight(8)
-        .order(a4co_events::bus::Order::Correlation);
+        .ordered_by(a4co_events::bus::OrderBy::Correlation);
     let handle = f.bus.subscribe(sub, handler).await.unwrap();
     for i in 0..20u32 {
         for conversation in 0..3 {
@@ -506,7 +562,7 @@ async fn ordering_by_correlation_or_none<T: Transport>(f: Fixture<T>) {
     let sub = Subscription::new("t", "unordered")
         .to::<OrderCreated>()
         .max_in_flight(8)
-        .order(a4co_events::bus::Order::Unordered);
+        .ordered_by(a4co_events::bus::OrderBy::Nothing);
     let handle = f.bus.subscribe(sub, handler).await.unwrap();
     for _ in 0..8 {
         f.bus.publish(&order("ord-same")).await.unwrap();
@@ -1024,6 +1080,7 @@ conformance!(
     a_multi_line_failure_reason_is_dead_lettered,
     pipelined_publish,
     typed_delivery,
+    typed_handlers_get_their_message_type,
     redelivery_with_growing_delays,
     permanent_error_dead_letters_at_once,
     exhausted_retries_dead_letter_once_with_history,

@@ -8,7 +8,7 @@ use a4co_events::bus::{
     DeliveryInfo, HandlerError, Publisher, StreamSpec, Subscriber, Subscription, Transport,
 };
 use a4co_events::catalog::order::OrderCreated;
-use a4co_events::{AnyMessage, Context, Envelope, Message};
+use a4co_events::{AnyMessage, BoundedContext, Envelope, Message};
 use a4co_testkit::nats::{NatsCluster, NatsServer};
 use tokio::sync::mpsc;
 
@@ -121,7 +121,7 @@ async fn provisioning_reports_drift_and_changes_nothing() {
     // Someone created ORDERS by hand, keeping messages for one day.
     let odd = StreamSpec {
         max_age: Duration::from_secs(86_400),
-        ..StreamSpec::for_context(Context::Order, 1)
+        ..StreamSpec::for_context(BoundedContext::Order, 1)
     };
     assert!(bus.transport().ensure_stream(&odd).await.unwrap().created);
     let reports = bus.provision(1).await.unwrap();

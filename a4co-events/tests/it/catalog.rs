@@ -3,7 +3,9 @@
 use std::collections::{BTreeSet, HashSet};
 
 use a4co_events::catalog::{self, AnyMessage, MESSAGES};
-use a4co_events::{Context, Decoder, Envelope, Headers, Kind, Payload, decode, schema};
+use a4co_events::{
+    BoundedContext, Decoder, Envelope, Headers, MessageKind, Payload, contract, decode, schema,
+};
 use serde_json::{Value, json};
 
 #[test]
@@ -123,13 +125,13 @@ fn type_names_subjects_and_streams_follow_the_contexts() {
         let tokens: Vec<&str> = info.type_name.split('.').collect();
         assert_eq!(tokens[0], info.context.name(), "{}", info.type_name);
         match info.kind {
-            Kind::Event => assert_eq!(
+            MessageKind::Event => assert_eq!(
                 tokens.len(),
                 2,
                 "events are <context>.<event>: {}",
                 info.type_name
             ),
-            Kind::Command => assert_eq!(
+            MessageKind::Command => assert_eq!(
                 tokens[1], "cmd",
                 "commands are <context>.cmd.<command>: {}",
                 info.type_name
@@ -156,7 +158,7 @@ fn type_names_subjects_and_streams_follow_the_contexts() {
 
 #[test]
 fn every_context_has_messages_and_its_guide_names_each_one() {
-    for context in Context::ALL {
+    for context in BoundedContext::ALL {
         let of_context: Vec<_> = MESSAGES.iter().filter(|m| m.context == context).collect();
         assert!(!of_context.is_empty(), "{context} has no messages");
         for m in of_context {
@@ -226,14 +228,14 @@ fn the_design_documents_messages_are_all_in_the_catalog() {
 #[test]
 fn the_checked_in_catalog_matches_the_code() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/catalog");
-    let report = schema::check(&dir).unwrap();
+    let report = contract::check(&dir).unwrap();
     assert!(report.is_clean(), "{report}");
     assert!(report.files > MESSAGES.len());
 }
 
 #[test]
 fn the_asyncapi_document_lists_every_channel_sender_and_receiver() {
-    let files = schema::generate();
+    let files = contract::generate();
     let doc = &files["asyncapi.yaml"];
     assert!(doc.starts_with("asyncapi: \"3.0.0\"\n") || doc.contains("\nasyncapi: \"3.0.0\"\n"));
     for info in MESSAGES.iter().filter(|m| m.latest) {
@@ -297,7 +299,7 @@ fn the_asyncapi_document_is_valid_asyncapi_3() {
     };
     let spec: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let validator = jsonschema::validator_for(&spec).unwrap();
-    let doc = schema::asyncapi_document();
+    let doc = contract::asyncapi_document();
     let errors: Vec<String> = validator
         .iter_errors(&doc)
         .take(5)

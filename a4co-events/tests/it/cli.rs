@@ -134,15 +134,42 @@ async fn the_cli_lists_shows_replays_and_purges_dead_letters() {
 
 #[test]
 fn the_cli_explains_bad_usage() {
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
     let out = a4co(&["dlq", "show"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("needs the dead letter's sequence"));
+    assert!(stderr(&out).contains("<SEQ>"), "{}", stderr(&out));
     let out = a4co(&["dlq", "list", "--since", "yesterday"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("RFC 3339"));
+    assert!(stderr(&out).contains("RFC 3339"), "{}", stderr(&out));
     let out = a4co(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"));
+    assert!(stderr(&out).contains("Usage:"), "{}", stderr(&out));
+}
+
+#[test]
+fn every_command_has_help_and_the_tool_a_version() {
+    for command in [
+        &["catalog", "generate"][..],
+        &["catalog", "check"],
+        &["catalog", "show"],
+        &["dlq", "list"],
+        &["dlq", "show"],
+        &["dlq", "replay"],
+        &["dlq", "purge"],
+    ] {
+        let out = a4co(&[command, &["--help"]].concat());
+        assert!(out.status.success(), "{command:?}: {out:?}");
+        let text = stdout(&out);
+        assert!(
+            text.contains(&format!("Usage: a4co {}", command.join(" "))),
+            "{command:?}: {text}"
+        );
+    }
+    let version = a4co(&["--version"]);
+    assert_eq!(
+        stdout(&version).trim(),
+        format!("a4co {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use a4co_events::catalog::{self, MESSAGES};
-use a4co_events::schema::evolution::{ChangeKind, compare, is_breaking};
-use a4co_events::schema::{self, FindingKind, WriteError};
+use a4co_events::contract::evolution::{ChangeKind, compare, is_breaking};
+use a4co_events::contract::{self, FindingKind, WriteError};
+use a4co_events::schema;
 use serde_json::{Value, json};
 
 /// A published schema in the shape schemars generates: an order with lines, money in
@@ -42,14 +43,14 @@ fn published() -> Value {
 }
 
 /// Applies `edit` to a copy of the published schema and compares.
-fn changed(edit: impl FnOnce(&mut Value)) -> Vec<a4co_events::schema::evolution::Change> {
+fn changed(edit: impl FnOnce(&mut Value)) -> Vec<a4co_events::contract::evolution::Change> {
     let old = published();
     let mut new = old.clone();
     edit(&mut new);
     compare(&old, &new)
 }
 
-fn only(kind: ChangeKind, path: &str, changes: &[a4co_events::schema::evolution::Change]) {
+fn only(kind: ChangeKind, path: &str, changes: &[a4co_events::contract::evolution::Change]) {
     assert!(
         changes.iter().any(|c| c.kind == kind && c.path == path),
         "expected {kind:?} at {path:?}, got {changes:#?}"
@@ -259,7 +260,7 @@ impl TempCatalog {
     fn new(name: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("a4co-catalog-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        schema::write(&dir, false).unwrap();
+        contract::write(&dir, false).unwrap();
         TempCatalog(dir)
     }
     fn edit_json(&self, path: &str, edit: impl FnOnce(&mut Value)) {
@@ -281,7 +282,7 @@ const V2: &str = "schemas/order.created/v2.schema.json";
 #[test]
 fn check_is_clean_right_after_generate() {
     let cat = TempCatalog::new("clean");
-    let report = schema::check(&cat.0).unwrap();
+    let report = contract::check(&cat.0).unwrap();
     assert!(report.is_clean(), "{report}");
 }
 
@@ -296,7 +297,7 @@ fn check_catches_a_published_field_the_code_dropped_and_generate_refuses() {
             .unwrap()
             .push(json!("giftMessage"));
     });
-    let report = schema::check(&cat.0).unwrap();
+    let report = contract::check(&cat.0).unwrap();
     assert!(report.is_breaking(), "{report}");
     let finding = report.findings.iter().find(|f| f.path == V2).unwrap();
     assert_eq!(finding.kind, FindingKind::Breaking);
@@ -310,7 +311,7 @@ fn check_catches_a_published_field_the_code_dropped_and_generate_refuses() {
 
     let before = std::fs::read_to_string(cat.0.join(V2)).unwrap();
     assert!(matches!(
-        schema::write(&cat.0, false),
+        contract::write(&cat.0, false),
         Err(WriteError::Breaking(_))
     ));
     assert_eq!(
@@ -318,8 +319,8 @@ fn check_catches_a_published_field_the_code_dropped_and_generate_refuses() {
         before,
         "nothing written"
     );
-    schema::write(&cat.0, true).unwrap();
-    assert!(schema::check(&cat.0).unwrap().is_clean());
+    contract::write(&cat.0, true).unwrap();
+    assert!(contract::check(&cat.0).unwrap().is_clean());
 }
 
 #[test]
@@ -336,15 +337,15 @@ fn check_lets_a_new_optional_field_through_as_out_of_date() {
             .unwrap()
             .remove("paymentMethodId");
     });
-    let report = schema::check(&cat.0).unwrap();
+    let report = contract::check(&cat.0).unwrap();
     assert!(!report.is_clean() && !report.is_breaking(), "{report}");
     assert_eq!(report.findings[0].kind, FindingKind::OutOfDate);
     assert!(
         report.to_string().contains("run `a4co catalog generate`"),
         "{report}"
     );
-    schema::write(&cat.0, false).unwrap();
-    assert!(schema::check(&cat.0).unwrap().is_clean());
+    contract::write(&cat.0, false).unwrap();
+    assert!(contract::check(&cat.0).unwrap().is_clean());
 }
 
 #[test]
@@ -357,7 +358,7 @@ fn check_catches_a_narrowed_enum_in_a_published_version() {
             .unwrap();
         values.push(json!("fraud"));
     });
-    let report = schema::check(&cat.0).unwrap();
+    let report = contract::check(&cat.0).unwrap();
     assert!(report.is_breaking(), "{report}");
     let finding = &report.findings[0];
     assert!(
@@ -377,7 +378,7 @@ fn check_reports_missing_stray_and_removed_files() {
     std::fs::create_dir_all(cat.0.join("schemas/order.refunded")).unwrap();
     std::fs::write(cat.0.join("schemas/order.refunded/v1.schema.json"), "{}").unwrap();
     std::fs::write(cat.0.join("README.md"), "edited by hand").unwrap();
-    let report = schema::check(&cat.0).unwrap();
+    let report = contract::check(&cat.0).unwrap();
     let kind = |p: &str| report.findings.iter().find(|f| f.path == p).map(|f| f.kind);
     assert_eq!(
         kind("schemas/notification.sent/v1.schema.json"),

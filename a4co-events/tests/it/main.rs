@@ -12,6 +12,7 @@ mod decode;
 mod envelope;
 mod evolution;
 mod properties;
+mod service;
 mod support;
 mod telemetry;
 mod upcast;

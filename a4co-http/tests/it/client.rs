@@ -514,7 +514,7 @@ async fn answers_from_the_target_do_not_trip_the_breaker_unless_told() {
     let strict = client(&server)
         .retry(retry::never())
         .breaker(breaker(2, Duration::from_secs(30)))
-        .breaker_counts(|e| e.status() == Some(429))
+        .breaker_failure_if(|e| e.status() == Some(429))
         .build()
         .unwrap();
     for _ in 0..2 {
@@ -582,4 +582,37 @@ async fn a_fallback_answers_when_the_target_is_unavailable_not_when_it_answers()
             .contains("circuit open")
     );
     assert_eq!(server.hits("GET /stock"), 3);
+}
+
+#[tokio::test]
+async fn a_reqwest_client_of_the_team_carries_the_calls_with_retries_on_top() {
+    let server = FaultServer::start().await;
+    server.script(
+        "GET /own",
+        [Reply::status(503), Reply::json(200, r#"{"ok":true}"#)],
+    );
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        "x-team",
+        reqwest::header::HeaderValue::from_static("payments"),
+    );
+    let own = reqwest::Client::builder()
+        .default_headers(headers)
+        .retry(reqwest::retry::never())
+        .build()
+        .unwrap();
+    let c = client(&server).http_client(own).build().unwrap();
+    let answer: Value = c.get_json("/own").await.unwrap();
+    assert_eq!(answer, json!({"ok": true}));
+    let received = server.received("GET /own");
+    assert_eq!(
+        received.len(),
+        2,
+        "our retry went through the team's client"
+    );
+    assert!(
+        received
+            .iter()
+            .all(|r| r.header("x-team") == Some("payments"))
+    );
 }

@@ -47,7 +47,7 @@ async fn the_pipeline_runs_against_a_router_with_its_auth_layer() {
         )
     };
     let allowed = Client::builder("inventory-service", "http://inventory")
-        .service(app.clone())
+        .in_process(app.clone())
         .service_auth(issuer(&["inventory:adjust"]))
         .build()
         .unwrap();
@@ -65,7 +65,7 @@ async fn the_pipeline_runs_against_a_router_with_its_auth_layer() {
     );
 
     let denied = Client::builder("inventory-service", "http://inventory")
-        .service(app)
+        .in_process(app)
         .service_auth(issuer(&["inventory:read"]))
         .build()
         .unwrap();
@@ -96,7 +96,7 @@ async fn retries_and_the_breaker_work_in_process() {
         }),
     );
     let client = Client::builder("flaky-service", "http://flaky")
-        .service(app.clone())
+        .in_process(app.clone())
         .retry(fast_retry())
         .build()
         .unwrap();
@@ -106,7 +106,7 @@ async fn retries_and_the_breaker_work_in_process() {
 
     let broken = Router::new().route("/down", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }));
     let client = Client::builder("down-service", "http://down")
-        .service(broken)
+        .in_process(broken)
         .retry(retry::never())
         .breaker(a4co_http::breaker::Config {
             failure_threshold: 2,
@@ -132,7 +132,7 @@ async fn a_hanging_handler_times_out_and_an_unknown_route_is_a_404() {
         }),
     );
     let client = Client::builder("slow-service", "http://slow")
-        .service(app)
+        .in_process(app)
         .timeout(Duration::from_millis(100))
         .retry(retry::never())
         .build()
@@ -157,7 +157,7 @@ async fn an_idempotency_key_that_cannot_be_a_header_is_refused_before_sending() 
         }),
     );
     let client = Client::builder("order-service", "http://orders")
-        .service(app)
+        .in_process(app)
         .build()
         .unwrap();
     for key in ["line\nbreak", ""] {

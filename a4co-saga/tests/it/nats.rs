@@ -253,7 +253,7 @@ async fn the_compensating_paths_over_nats() {
             .instance(&id)
             .await
             .unwrap()
-            .is_none_or(|i| i.book.compensations.is_empty())
+            .is_none_or(|i| i.compensations().is_empty())
     {
         assert!(
             std::time::Instant::now() < deadline,
@@ -386,7 +386,7 @@ async fn a_crash_between_save_and_publish_is_recovered_on_restart() {
         .instance(&id)
         .await
         .unwrap()
-        .is_none_or(|i| i.book.outbox.len() != 2)
+        .is_none_or(|i| i.outbox().len() != 2)
     {
         assert!(
             std::time::Instant::now() < deadline,
@@ -418,7 +418,7 @@ async fn finished_instances_age_out_after_the_retention() {
     let store = KvStore::open_with(bus.transport(), 1, Duration::from_secs(1))
         .await
         .unwrap();
-    let index = a4co_saga::Index::default();
+    let index = a4co_saga::store::Index::default();
     store
         .save("s/old", bytes::Bytes::from_static(b"{}"), None, index)
         .await
@@ -512,13 +512,13 @@ async fn a_started_runtime_empties_published_outboxes_later() {
     let id = format!("{}/ord-d", fulfillment::NAME);
     let saved = saga.instance(&id).await.unwrap().unwrap();
     assert_eq!(
-        saved.book.outbox.len(),
+        saved.outbox().len(),
         2,
         "published, still listed until a save of the instance takes them out"
     );
     running.shutdown().await;
     let flushed = saga.instance(&id).await.unwrap().unwrap();
-    assert!(flushed.book.outbox.is_empty(), "{flushed:?}");
+    assert!(flushed.outbox().is_empty(), "{flushed:?}");
     assert_eq!(flushed.state, Phase::Reserving);
 
     // Running, with ticks: emptied about a second after publishing, without a next save.
@@ -529,7 +529,7 @@ async fn a_started_runtime_empties_published_outboxes_later() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let saved = saga.instance(&id).await.unwrap();
-        if saved.as_ref().is_some_and(|i| i.book.outbox.is_empty()) {
+        if saved.as_ref().is_some_and(|i| i.outbox().is_empty()) {
             break;
         }
         assert!(

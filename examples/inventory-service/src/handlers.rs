@@ -9,10 +9,11 @@ use a4co_events::catalog::inventory::{
     StockReserved,
 };
 use a4co_events::catalog::order::OrderConfirmed;
+use a4co_events::service::{RecordsError, Workers};
 use a4co_events::{AnyMessage, Envelope, EventId};
 use chrono::{DateTime, Utc};
 use service_kit::bus::reply_to;
-use service_kit::{RecordsError, Workers, is_valid_id};
+use service_kit::is_valid_id;
 use tracing::Instrument as _;
 
 use crate::domain::{OrderHolds, Product, Reservation, Reserved};

@@ -27,11 +27,11 @@
 //! ```
 //! use a4co_events::Money;
 //! use inventory_service::{Inventory, ProductDetails, Settings};
-//! use service_kit::{Bus, Records};
+//! use a4co_events::service::{AnyBus, Records};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let bus = Bus::connect(None, "inventory-service").await?;
+//! let bus = AnyBus::connect(None, "inventory-service", 1).await?;
 //! let inventory = Inventory::new(bus, Records::memory(), Settings::default());
 //! inventory
 //!     .put_product(ProductDetails::new("prod-oil", "Aceite 500 ml", "art-1", "food", Money::eur(1250)))
@@ -51,10 +51,11 @@ use std::time::Duration;
 
 use a4co_events::bus::{PublishError, Publisher, Subscriber};
 use a4co_events::catalog::inventory::{AdjustmentReason, InventoryAdjusted, LowStockWarning};
+use a4co_events::service::{Records, RecordsError};
 use a4co_events::{Envelope, Money};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use service_kit::{Env, Records, RecordsError};
+use service_kit::Env;
 
 pub use config::Config;
 pub use domain::{OrderHolds, Product, Reservation};

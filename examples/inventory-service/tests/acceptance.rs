@@ -10,6 +10,7 @@ use a4co_events::catalog::inventory::{
     StockReservationFailed, StockReserved,
 };
 use a4co_events::catalog::order::OrderConfirmed;
+use a4co_events::service::{AnyBus, Records};
 use a4co_events::{AnyMessage, Envelope, Message, Money};
 use a4co_http::Client;
 use a4co_http::auth::Verifier;
@@ -20,7 +21,6 @@ use chrono::Utc;
 use inventory_service::http::{Availability, CheckResponse, StockView};
 use inventory_service::{Inventory, Product, ProductDetails, Settings};
 use serde_json::json;
-use service_kit::{Bus, Records};
 
 fn client(
     inventory: &Inventory<impl Publisher + a4co_events::bus::Subscriber>,
@@ -312,7 +312,7 @@ async fn a_confirmed_order_keeps_its_units_and_a_lapsed_hold_comes_back() {
 #[tokio::test]
 async fn two_instances_on_nats_never_oversell_and_a_restart_loses_nothing() {
     let server = NatsServer::start();
-    let bus = Bus::connect(Some(&server.url()), "inventory-test")
+    let bus = AnyBus::connect(Some(&server.url()), "inventory-test", 1)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let open = || async {

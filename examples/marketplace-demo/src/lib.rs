@@ -12,12 +12,12 @@
 //!
 //! ```
 //! use marketplace_demo::{Marketplace, Plan, Settings, run};
-//! use service_kit::Bus;
+//! use a4co_events::service::AnyBus;
 //!
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let secret = a4co_http::auth::Secret::new("a-demo-secret-of-at-least-32-bytes")?;
-//! let market = Marketplace::start(Bus::connect(None, "demo").await?, Settings::new(secret)).await?;
+//! let market = Marketplace::start(AnyBus::connect(None, "demo", 1).await?, Settings::new(secret)).await?;
 //! let plan = Plan { orders: Some(20), progress: false, ..Plan::default() };
 //! let summary = run(&market, &plan, "in-memory bus".into()).await?;
 //! assert_eq!(summary.confirmed, 20);
@@ -31,8 +31,9 @@ pub mod scenario;
 
 use std::time::Duration;
 
+use a4co_events::service::AnyBus;
 use a4co_http::auth::Secret;
-use service_kit::{Bus, ConfigError, Env};
+use service_kit::{ConfigError, Env};
 
 pub use marketplace::{Marketplace, Settings};
 pub use scenario::{Plan, Summary, run};
@@ -143,7 +144,7 @@ pub async fn execute(command: Command, env: Env) -> Result<(), ConfigError> {
                 Some(url) => format!("NATS JetStream at {url}"),
                 None => "in-memory bus".to_owned(),
             };
-            let bus = Bus::connect(nats_url.as_deref(), "marketplace-demo").await?;
+            let bus = AnyBus::connect(nats_url.as_deref(), "marketplace-demo", 1).await?;
             let market = Marketplace::start(bus, Settings::new(secret)).await?;
             eprintln!(
                 "a4co marketplace: order, inventory, payment and notification services started on the {mode}"

@@ -3,27 +3,28 @@
 //! a4co-http clients with service tokens, in process (no sockets), exactly as they would
 //! over the network.
 
+use a4co_events::service::{AnyBus, Records, Workers};
 use a4co_http::Client;
 use a4co_http::auth::{Issuer, Secret, Verifier};
 use inventory_service::Inventory;
 use notification_service::Notifications;
 use order_service::{Clients, Orders};
 use payment_service::{Gateway, Payments};
-use service_kit::{Bus, ConfigError, Records, Workers};
+use service_kit::ConfigError;
 
 /// Every service of the marketplace, running.
 #[derive(Debug)]
 pub struct Marketplace {
     /// The bus they share.
-    pub bus: Bus,
+    pub bus: AnyBus,
     /// inventory-service.
-    pub inventory: Inventory<Bus>,
+    pub inventory: Inventory<AnyBus>,
     /// payment-service.
-    pub payments: Payments<Bus>,
+    pub payments: Payments<AnyBus>,
     /// order-service.
-    pub orders: Orders<Bus>,
+    pub orders: Orders<AnyBus>,
     /// notification-service.
-    pub notifications: Notifications<Bus>,
+    pub notifications: Notifications<AnyBus>,
     /// The order API, as a customer's client calls it.
     pub api: Client,
     /// A client with every service permission (to seed stock, read notifications).
@@ -69,7 +70,7 @@ impl Settings {
 
 fn in_process(target: &str, router: axum::Router, issuer: &Issuer) -> Result<Client, ConfigError> {
     Client::builder(target, format!("http://{target}"))
-        .service(router)
+        .in_process(router)
         .service_auth(issuer.clone())
         .build()
         .map_err(|e| ConfigError::new(format!("{target}: {e}")))
@@ -81,7 +82,7 @@ impl Marketplace {
     ///
     /// # Errors
     /// A bucket or subscription could not be opened, a bad saga setting.
-    pub async fn start(bus: Bus, settings: Settings) -> Result<Self, ConfigError> {
+    pub async fn start(bus: AnyBus, settings: Settings) -> Result<Self, ConfigError> {
         let open = |bucket: &'static str| {
             let bus = bus.clone();
             async move {
@@ -131,7 +132,7 @@ impl Marketplace {
             )?,
         };
         let api = Client::builder("order-service", "http://order-service")
-            .service(orders.router())
+            .in_process(orders.router())
             .retry(a4co_http::retry::never())
             .build()
             .map_err(|e| ConfigError::new(format!("order-service: {e}")))?;

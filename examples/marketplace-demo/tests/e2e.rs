@@ -10,6 +10,7 @@ use a4co_events::catalog::inventory::ReserveStock;
 use a4co_events::catalog::order::{
     CancellationReason, Fulfillment, OrderConfirmed, OrderCreated, OrderItem, OrderStatus,
 };
+use a4co_events::service::AnyBus;
 use a4co_events::{AnyMessage, Envelope, EventId, Money};
 use a4co_http::Client;
 use a4co_http::auth::{Issuer, Secret};
@@ -20,14 +21,13 @@ use marketplace_demo::{Marketplace, Settings};
 use notification_service::Filter;
 use order_service::Order;
 use serde_json::json;
-use service_kit::Bus;
 
 fn secret() -> Secret {
     Secret::new("e2e-secret-e2e-secret-e2e-secret-e2e").unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn market(server: &NatsServer, settings: Settings) -> Marketplace {
-    let bus = Bus::connect(Some(&server.url()), "e2e")
+    let bus = AnyBus::connect(Some(&server.url()), "e2e", 1)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     Marketplace::start(bus, settings)
@@ -628,7 +628,7 @@ async fn a_service_with_bad_settings_refuses_to_start_and_says_why() {
                 ("SERVICE_JWT_SECRET", "e2e-secret-e2e-secret-e2e-secret-e2e"),
                 ("NATS_URL", "nats://127.0.0.1:1"),
             ],
-            "NATS_URL=\"nats://127.0.0.1:1\"",
+            "NATS_URL: unavailable: NATS at \"nats://127.0.0.1:1\"",
         ),
     ];
     for (env, says) in cases {

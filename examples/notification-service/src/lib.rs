@@ -17,11 +17,11 @@
 //! use a4co_events::catalog::order::OrderCreated;
 //! use a4co_events::{Envelope, Message};
 //! use notification_service::Notifications;
-//! use service_kit::{Bus, Records};
+//! use a4co_events::service::{AnyBus, Records};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let bus = Bus::connect(None, "notification-service").await?;
+//! let bus = AnyBus::connect(None, "notification-service", 1).await?;
 //! let notifications = Notifications::new(bus.clone(), Records::memory());
 //! let workers = notifications.start().await?;
 //! bus.publish(&Envelope::new("order-service", "ord-1", OrderCreated::example())).await?;
@@ -42,6 +42,7 @@ pub mod render;
 
 use a4co_events::bus::{DeliveryInfo, HandlerError, Publisher, Subscriber, Subscription};
 use a4co_events::catalog::notification::{Channel, DeliveryStatus, NotificationSent};
+use a4co_events::service::{Records, RecordsError, Workers};
 use a4co_events::{AnyMessage, Envelope};
 use a4co_http::auth::{Verifier, require};
 use axum::extract::{Query, State};
@@ -50,7 +51,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use service_kit::bus::reply_to;
-use service_kit::{ApiError, Env, Records, RecordsError, Workers, is_valid_id};
+use service_kit::{ApiError, Env, is_valid_id};
 use tracing::Instrument as _;
 
 pub use config::Config;

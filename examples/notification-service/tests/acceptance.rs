@@ -7,12 +7,12 @@ use a4co_events::bus::Publisher;
 use a4co_events::catalog::notification::NotificationSent;
 use a4co_events::catalog::order::{OrderConfirmed, OrderCreated, OrderStatusChanged};
 use a4co_events::catalog::payment::PaymentFailed;
+use a4co_events::service::{Records, Workers};
 use a4co_events::{Envelope, EventId, Message};
 use a4co_http::auth::Verifier;
 use a4co_testkit::bus::RecordingBus;
 use a4co_testkit::http::{in_process, test_secret};
 use notification_service::{Filter, Notification, Notifications};
-use service_kit::{Records, Workers};
 
 /// The service on `bus` with in-memory records, its workers running.
 async fn started(bus: &RecordingBus) -> (Notifications<RecordingBus>, Workers) {

@@ -8,12 +8,13 @@ use a4co_events::bus::{HandlerError, Publisher, Subscriber, Subscription};
 use a4co_events::catalog::order::{
     CancelOrder, ConfirmOrder, OrderCancelled, OrderConfirmed, OrderStatus,
 };
+use a4co_events::service::{AnyBus, Workers};
 use a4co_events::{AnyMessage, Envelope};
 use a4co_saga::fulfillment::{self, Settings};
 use a4co_saga::{Runtime, Store};
 use chrono::Utc;
+use service_kit::ConfigError;
 use service_kit::bus::reply_to;
-use service_kit::{Bus, ConfigError, Workers};
 use tracing::Instrument as _;
 
 use crate::{Cancellation, NAME, Order, Orders, order_key};
@@ -162,19 +163,19 @@ impl<B: Publisher + Subscriber> Orders<B> {
     }
 }
 
-impl Orders<Bus> {
+impl Orders<AnyBus> {
     /// [`Orders::start_with`] the store that goes with the bus: the KV bucket `a4co-sagas`
     /// on NATS, memory otherwise.
     ///
     /// # Errors
     /// As [`Orders::start_with`], or the KV bucket cannot be opened.
-    pub async fn start(&self, bus: &Bus, settings: Settings) -> Result<Workers, ConfigError> {
+    pub async fn start(&self, bus: &AnyBus, settings: Settings) -> Result<Workers, ConfigError> {
         match bus {
-            Bus::Memory(_) => {
+            AnyBus::Memory(_) => {
                 self.start_with(a4co_saga::MemoryStore::new(), settings)
                     .await
             }
-            Bus::Nats(nats) => {
+            AnyBus::Nats(nats) => {
                 let store = a4co_saga::nats::KvStore::open(nats.transport(), 1)
                     .await
                     .map_err(|e| ConfigError::new(format!("saga store: {e}")))?;

@@ -25,11 +25,11 @@
 //! ```
 //! use a4co_events::catalog::order::OrderStatus;
 //! use order_service::{Clients, Orders};
-//! use service_kit::{Bus, Records};
+//! use a4co_events::service::{AnyBus, Records};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let bus = Bus::connect(None, "order-service").await?;
+//! let bus = AnyBus::connect(None, "order-service", 1).await?;
 //! let clients = Clients::new("http://127.0.0.1:8082", "http://127.0.0.1:8083", None)?;
 //! let orders = Orders::new(bus, Records::memory(), clients);
 //! assert!(orders.order("ord-1").await?.is_none());
@@ -45,11 +45,12 @@ mod place;
 
 use a4co_events::Money;
 use a4co_events::catalog::order::{CancellationReason, Fulfillment, OrderItem, OrderStatus};
+use a4co_events::service::{Records, RecordsError};
 use a4co_http::Client;
 use a4co_http::auth::Issuer;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use service_kit::{ConfigError, Env, Records, RecordsError};
+use service_kit::{ConfigError, Env};
 
 pub use config::Config;
 pub use place::{MAX_ITEMS, MAX_QUANTITY, PlaceError, PlaceOrder, RequestedItem};

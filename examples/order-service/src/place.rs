@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use a4co_events::bus::{Publisher, Subscriber};
 use a4co_events::catalog::order::{Fulfillment, OrderCreated, OrderItem, OrderStatus};
 use a4co_events::catalog::payment::PaymentMethod;
+use a4co_events::service::RecordsError;
 use a4co_events::{Envelope, EventId, Money};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use service_kit::{RecordsError, is_valid_id};
+use service_kit::is_valid_id;
 
 use crate::{NAME, Order, Orders, customer_key, order_key};
 

@@ -8,6 +8,7 @@ use a4co_events::bus::Publisher;
 use a4co_events::catalog::order::{
     CancelOrder, CancellationReason, OrderCancelled, OrderCreated, OrderStatus,
 };
+use a4co_events::service::{Records, Workers};
 use a4co_events::{Envelope, Message};
 use a4co_http::Client;
 use a4co_http::auth::Verifier;
@@ -19,7 +20,6 @@ use inventory_service::{Inventory, ProductDetails};
 use order_service::{Clients, Order, Orders};
 use payment_service::{Gateway, Payments};
 use serde_json::json;
-use service_kit::{Records, Workers};
 
 /// Order, inventory and payment on one recording bus, the HTTP calls in process.
 struct Shop {

@@ -7,10 +7,11 @@ use a4co_events::catalog::payment::{
     PaymentFailed, PaymentInitiated, PaymentSucceeded, ProcessPayment, RefundMethod, RefundPayment,
     RefundProcessed,
 };
+use a4co_events::service::Workers;
 use a4co_events::{AnyMessage, Envelope, Money};
 use chrono::Utc;
 use service_kit::bus::reply_to;
-use service_kit::{Workers, is_valid_id};
+use service_kit::is_valid_id;
 use tracing::Instrument as _;
 
 use crate::{Charge, NAME, Payment, Payments, Refund, Status, payment_key};

@@ -22,11 +22,11 @@
 //! ```
 //! use a4co_events::Money;
 //! use payment_service::{Gateway, Payments};
-//! use service_kit::{Bus, Records};
+//! use a4co_events::service::{AnyBus, Records};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let bus = Bus::connect(None, "payment-service").await?;
+//! let bus = AnyBus::connect(None, "payment-service", 1).await?;
 //! let gateway = Gateway { decline_over_minor: Some(50_000), ..Gateway::default() };
 //! let payments = Payments::new(bus, Records::memory(), gateway);
 //! assert!(payments.validate("pm-card-1", Money::eur(1200)).is_ok());
@@ -41,9 +41,10 @@ mod handlers;
 pub mod http;
 
 use a4co_events::Money;
+use a4co_events::service::{Records, RecordsError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use service_kit::{Env, Records, RecordsError};
+use service_kit::Env;
 
 pub use config::Config;
 pub use gateway::{Charge, Gateway};

@@ -6,6 +6,7 @@ use a4co_events::catalog::payment::{
     PaymentFailed, PaymentInitiated, PaymentMethod, PaymentSucceeded, ProcessPayment,
     RefundPayment, RefundProcessed,
 };
+use a4co_events::service::{AnyBus, Records};
 use a4co_events::{AnyMessage, Envelope, EventId, Message, Money};
 use a4co_http::auth::Verifier;
 use a4co_testkit::bus::{Collector, RecordingBus};
@@ -13,7 +14,6 @@ use a4co_testkit::http::{in_process, test_secret};
 use a4co_testkit::nats::NatsServer;
 use payment_service::{Gateway, Payments, Status};
 use serde_json::json;
-use service_kit::{Bus, Records};
 
 fn gateway() -> Gateway {
     Gateway {
@@ -204,7 +204,7 @@ async fn an_order_is_charged_once_and_refunded_once() {
 #[tokio::test]
 async fn two_instances_on_nats_charge_each_order_once() {
     let server = NatsServer::start();
-    let bus = Bus::connect(Some(&server.url()), "payment-test")
+    let bus = AnyBus::connect(Some(&server.url()), "payment-test", 1)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let mut workers = Vec::new();

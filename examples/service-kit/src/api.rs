@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
-use crate::records::RecordsError;
+use a4co_events::service::RecordsError;
 
 /// A failed request, answered as JSON.
 #[derive(Clone, Debug, PartialEq, Eq)]

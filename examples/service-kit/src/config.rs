@@ -20,9 +20,15 @@ impl ConfigError {
     }
 }
 
-impl From<crate::RecordsError> for ConfigError {
-    fn from(error: crate::RecordsError) -> Self {
+impl From<a4co_events::service::RecordsError> for ConfigError {
+    fn from(error: a4co_events::service::RecordsError) -> Self {
         ConfigError(format!("opening the service's records: {error}"))
+    }
+}
+
+impl From<a4co_events::service::StartError> for ConfigError {
+    fn from(error: a4co_events::service::StartError) -> Self {
+        ConfigError(format!("NATS_URL: {error}"))
     }
 }
 

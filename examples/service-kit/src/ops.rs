@@ -19,7 +19,7 @@ use axum::routing::get;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-use crate::bus::Bus;
+use a4co_events::service::{AnyBus, Records, Workers, shutdown_signal};
 
 /// The process's logging, tracing and metrics, set up once by [`init`].
 #[derive(Debug)]
@@ -143,23 +143,25 @@ fn trace_id_of(span: &tracing::Span) -> Option<String> {
         .then(|| span_context.trace_id().to_string())
 }
 
-/// The remote parent named by a W3C `traceparent` header.
-fn remote_parent(traceparent: &str) -> Option<opentelemetry::Context> {
-    use opentelemetry::trace::{
-        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
-    };
-    let mut parts = traceparent.trim().split('-');
-    let (_version, trace, span, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let trace = TraceId::from_hex(trace)
-        .ok()
-        .filter(|t| *t != TraceId::INVALID)?;
-    let span = SpanId::from_hex(span)
-        .ok()
-        .filter(|s| *s != SpanId::INVALID)?;
-    let flags = TraceFlags::new(u8::from_str_radix(flags, 16).ok()?);
-    let remote = SpanContext::new(trace, span, flags, true, TraceState::default());
-    Some(opentelemetry::Context::new().with_remote_span_context(remote))
+/// The caller's span, from the W3C `traceparent` and `tracestate` headers as
+/// OpenTelemetry's propagator reads them (versions, flags, vendor state, malformed
+/// values); `None` when there is no valid one.
+fn remote_parent(headers: &axum::http::HeaderMap) -> Option<opentelemetry::Context> {
+    use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
+    use opentelemetry::trace::TraceContextExt as _;
+    struct Headers<'a>(&'a axum::http::HeaderMap);
+    impl Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(axum::http::HeaderName::as_str).collect()
+        }
+    }
+    let context =
+        opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&Headers(headers));
+    let valid = context.span().span_context().is_valid();
+    valid.then_some(context)
 }
 
 /// Middleware: each request runs in a span with its method, path and trace id (the
@@ -168,11 +170,7 @@ fn remote_parent(traceparent: &str) -> Option<opentelemetry::Context> {
 pub async fn request_span(request: Request, next: Next) -> Response {
     use tracing::Instrument as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let parent = request
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(remote_parent);
+    let parent = remote_parent(request.headers());
     let span = tracing::info_span!(
         "request",
         otel.kind = "server",
@@ -197,14 +195,14 @@ fn new_trace_id() -> String {
 }
 
 /// `/health` and `/metrics`, to merge into a service's router.
-pub fn routes(bus: Bus) -> Router {
+pub fn routes(bus: AnyBus) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .with_state(bus)
 }
 
-async fn health(State(bus): State<Bus>) -> Response {
+async fn health(State(bus): State<AnyBus>) -> Response {
     let kind = bus.kind();
     match bus.check() {
         Ok(()) => axum::Json(serde_json::json!({"status": "ok", "bus": kind})).into_response(),
@@ -237,10 +235,10 @@ pub async fn connect(
     service: &str,
     nats_url: Option<&str>,
     bucket: &str,
-) -> Result<(Bus, crate::Records), crate::ConfigError> {
+) -> Result<(AnyBus, Records), crate::ConfigError> {
     init("info", LogFormat::Json);
-    let bus = Bus::connect(nats_url, service).await?;
-    let records = crate::Records::open(&bus, bucket).await?;
+    let bus = AnyBus::connect(nats_url, service, 1).await?;
+    let records = Records::open(&bus, bucket).await?;
     Ok((bus, records))
 }
 
@@ -252,9 +250,9 @@ pub async fn connect(
 pub async fn serve_until_signal(
     service: &str,
     addr: std::net::SocketAddr,
-    bus: Bus,
+    bus: AnyBus,
     router: Router,
-    workers: crate::Workers,
+    workers: Workers,
 ) -> Result<(), crate::ConfigError> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         crate::ConfigError::new(format!(
@@ -268,33 +266,11 @@ pub async fn serve_until_signal(
     tracing::info!(%addr, bus = kind, "{service} listening");
     // Requests in flight finish before the workers stop.
     let served = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+        })
         .await;
     workers.shutdown().await;
     served.map_err(|e| crate::ConfigError::new(format!("{service} stopped serving: {e}")))
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down");
 }

@@ -3,11 +3,12 @@
 
 use a4co_events::bus::{MemoryBus, Publisher as _};
 use a4co_events::catalog::order::OrderCreated;
+use a4co_events::service::AnyBus;
 use a4co_events::{Envelope, Message as _};
 use a4co_testkit::http::in_process;
 use a4co_testkit::telemetry::Telemetry;
 use axum::routing::get;
-use service_kit::{Bus, ops};
+use service_kit::ops;
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_request_stays_in_its_callers_trace_and_says_which() {
@@ -56,6 +57,17 @@ async fn a_request_stays_in_its_callers_trace_and_says_which() {
     assert_eq!(inside, caller, "the handler runs in the caller's trace");
     assert_eq!(header.as_deref(), Some(caller));
 
+    // What W3C Trace Context forbids starts a new trace: version ff, upper-case hex, an
+    // all-zero span id.
+    for bad in [
+        format!("ff-{caller}-00f067aa0ba902b7-01"),
+        format!("00-{}-00f067aa0ba902b7-01", caller.to_uppercase()),
+        format!("00-{caller}-0000000000000000-01"),
+    ] {
+        let (inside, _) = call(Some(bad.clone())).await;
+        assert_ne!(inside, caller, "{bad} was taken as a parent");
+    }
+
     let (inside, header) = call(None).await;
     assert_eq!(inside.len(), 32);
     assert_ne!(inside, caller);
@@ -65,7 +77,7 @@ async fn a_request_stays_in_its_callers_trace_and_says_which() {
 #[tokio::test]
 async fn health_and_metrics() {
     ops::init("warn", ops::LogFormat::Text);
-    let bus = Bus::from(
+    let bus = AnyBus::from(
         MemoryBus::provisioned()
             .await
             .unwrap_or_else(|e| panic!("{e}")),

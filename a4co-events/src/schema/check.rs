@@ -299,7 +299,7 @@ impl Compiler<'_> {
         if let Some(draft) = self.root.get("$schema") {
             schema.insert("$schema".into(), draft.clone());
         }
-        crate::decode::compile(&Value::Object(schema))
+        super::validator::compile(&Value::Object(schema))
     }
 }
 
@@ -642,7 +642,7 @@ mod tests {
                     let schema = schema::message_schema(info);
                     Compiled {
                         check: Check::compile(&schema),
-                        full: crate::decode::compile(&schema).unwrap(),
+                        full: crate::schema::validator::compile(&schema).unwrap(),
                         example: info.example(),
                         name: format!("{} v{}", info.type_name, info.version),
                     }

@@ -139,8 +139,8 @@ pub fn compare(old: &Value, new: &Value) -> Vec<Change> {
     // The same normal form the catalog publishes (documented enums as `enum`), so two
     // renderings of one contract compare equal.
     let (mut old_normal, mut new_normal) = (old.clone(), new.clone());
-    super::plain_enums(&mut old_normal);
-    super::plain_enums(&mut new_normal);
+    crate::schema::plain_enums(&mut old_normal);
+    crate::schema::plain_enums(&mut new_normal);
     let (old, new) = (&old_normal, &new_normal);
     let mut walker = Walker {
         old_root: old,

@@ -2,19 +2,26 @@
 //! compare-and-swap. On NATS they live in a JetStream KV bucket (so every instance of the
 //! service shares them and a restart finds them); in memory otherwise.
 //!
+//! A handler's [`RecordsError`] converts into a [`HandlerError`](crate::bus::HandlerError):
+//! a bad key or unreadable record is permanent, a lost race or an unreachable store
+//! retryable.
+//!
 //! [`Records::modify`] is the one way to change a record safely under concurrency: it reads,
 //! lets a closure decide, writes only if nobody wrote since, and retries otherwise.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+#[cfg(feature = "nats")]
 use async_nats::jetstream::kv;
 use bytes::Bytes;
+#[cfg(feature = "nats")]
 use futures::TryStreamExt as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bus::Bus;
+#[cfg(feature = "nats")]
+use super::AnyBus;
 
 /// A record and the revision it was read at.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +58,7 @@ pub enum RecordsError {
 #[derive(Clone, Debug)]
 enum Inner {
     Memory(Arc<Mutex<BTreeMap<String, (Bytes, u64)>>>),
+    #[cfg(feature = "nats")]
     Nats(Box<kv::Store>),
 }
 
@@ -76,8 +84,10 @@ impl Records {
     ///
     /// # Errors
     /// The bucket cannot be opened or created.
-    pub async fn open(bus: &Bus, bucket: &str) -> Result<Self, RecordsError> {
-        let Bus::Nats(bus) = bus else {
+    #[cfg(feature = "nats")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+    pub async fn open(bus: &AnyBus, bucket: &str) -> Result<Self, RecordsError> {
+        let AnyBus::Nats(bus) = bus else {
             return Ok(Records::memory());
         };
         let js = bus.transport().jetstream();
@@ -109,6 +119,7 @@ impl Records {
         check_key(key)?;
         let raw = match &self.inner {
             Inner::Memory(map) => lock(map).get(key).cloned(),
+            #[cfg(feature = "nats")]
             Inner::Nats(store) => store
                 .entry(key)
                 .await
@@ -150,6 +161,7 @@ impl Records {
                 map.insert(key.to_owned(), (bytes, revision));
                 Ok(revision)
             }
+            #[cfg(feature = "nats")]
             Inner::Nats(store) => match expected {
                 None => store.create(key, bytes).await.map_err(|e| {
                     if e.kind() == kv::CreateErrorKind::AlreadyExists {
@@ -214,6 +226,7 @@ impl Records {
                 .take_while(|(k, _)| k.starts_with(prefix))
                 .map(|(k, (bytes, _))| (k.clone(), bytes.clone()))
                 .collect(),
+            #[cfg(feature = "nats")]
             Inner::Nats(store) => {
                 let keys: Vec<String> = match store.keys().await {
                     Ok(keys) => keys
@@ -266,6 +279,21 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, RecordsErro
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl From<RecordsError> for crate::bus::HandlerError {
+    /// A record that cannot be read or a key that cannot exist will not heal (dead letter);
+    /// a store that is down or a race lost many times may (retry).
+    fn from(error: RecordsError) -> Self {
+        match error {
+            RecordsError::InvalidKey(_) | RecordsError::Corrupt { .. } => {
+                crate::bus::HandlerError::permanent(error)
+            }
+            RecordsError::Conflict(_) | RecordsError::Unavailable(_) => {
+                crate::bus::HandlerError::retryable(error)
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use super::evolution::{self, Change};
-use super::{asyncapi, envelope_schema, markdown, message_schema, schema_id, schema_path};
+use super::{asyncapi, markdown};
 use crate::catalog::MESSAGES;
-use crate::message::Context;
+use crate::message::BoundedContext;
+use crate::schema::{envelope_schema, message_schema, schema_id, schema_path};
 
 /// Renders the whole catalog: relative path (with `/`) to file content.
 ///
@@ -60,7 +61,7 @@ pub fn generate() -> BTreeMap<String, String> {
     );
     files.insert("asyncapi.yaml".into(), asyncapi::render(&sorted));
     files.insert("README.md".into(), markdown::index(&sorted));
-    for context in Context::ALL {
+    for context in BoundedContext::ALL {
         let of_context: Vec<_> = sorted
             .iter()
             .copied()
@@ -257,10 +258,7 @@ fn compare_schema(path: &str, old_text: &str, new_text: &str) -> Finding {
         let Some(example) = example_of.pointer("/examples/0") else {
             continue;
         };
-        let Ok(validator) = jsonschema::options()
-            .should_validate_formats(true)
-            .build(schema)
-        else {
+        let Some(validator) = crate::schema::validator::compile(schema) else {
             continue;
         };
         if let Some(error) = validator.iter_errors(example).next() {

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use a4co_events::bus::SubscriptionHandle;
+use crate::bus::SubscriptionHandle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -56,9 +56,12 @@ impl Workers {
             let mut ticks = tokio::time::interval(period);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::select! {
-                    _ = ticks.tick() => work().await,
-                    _ = stopped.changed() => return,
+                // The stop first: an overdue tick is always ready and would starve it.
+                let stop = std::pin::pin!(stopped.changed());
+                let tick = std::pin::pin!(ticks.tick());
+                match futures::future::select(stop, tick).await {
+                    futures::future::Either::Left(_) => return,
+                    futures::future::Either::Right(_) => work().await,
                 }
             }
         }));

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use super::{headers_schema, schema_path, yaml};
+use super::yaml;
 use crate::catalog::MessageInfo;
+use crate::schema::{headers_schema, schema_path};
 
 fn key(text: &str) -> String {
     text.replace('.', "_")
@@ -77,7 +78,7 @@ pub(super) fn document(messages: &[&MessageInfo]) -> Value {
                 "title": type_name,
                 "description": format!(
                     "{} of the {} context, stored in stream {}; the aggregate id names a {}.",
-                    if latest.kind == crate::Kind::Event { "Event" } else { "Command" },
+                    if latest.kind == crate::message::MessageKind::Event { "Event" } else { "Command" },
                     latest.context.name(),
                     latest.stream(),
                     latest.aggregate

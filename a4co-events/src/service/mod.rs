@@ -1,0 +1,88 @@
+//! What a service needs to run on the bus, beyond publishing and handling: the memory/NATS
+//! switch read from the environment ([`AnyBus`], feature `nats`), its own state as records
+//! with compare-and-swap ([`Records`]), background work stopped together ([`Workers`]), and
+//! the signal to stop on ([`shutdown_signal`]).
+//!
+//! ```
+//! use a4co_events::service::{Records, Workers};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // State with compare-and-swap: in memory here, a JetStream KV bucket on NATS.
+//! let stock = Records::memory();
+//! let left = stock
+//!     .modify("prod-1", |units: Option<&u32>| {
+//!         let left = units.copied().unwrap_or(10) - 3;
+//!         (Some(left), left)
+//!     })
+//!     .await?;
+//! assert_eq!(left, 7);
+//! assert_eq!(stock.get::<u32>("prod-1").await?.map(|r| r.value), Some(7));
+//!
+//! let mut workers = Workers::new();
+//! workers.every(std::time::Duration::from_secs(60), || async { /* sweep */ });
+//! workers.shutdown().await; // waits for a sweep under way
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+
+#[cfg(feature = "nats")]
+mod any_bus;
+mod records;
+mod workers;
+
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub use any_bus::AnyBus;
+pub use records::{Records, RecordsError, Versioned};
+pub use workers::Workers;
+
+use crate::bus::Error;
+
+/// Why a service could not start: see [`StartErrorKind`].
+pub type StartError = Error<StartErrorKind>;
+
+/// Why a service could not start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StartErrorKind {
+    /// A setting is wrong; the message names the variable and what it expects.
+    InvalidConfig,
+    /// The broker cannot be reached, is unsuitable, or its streams cannot be created.
+    Unavailable,
+}
+
+impl fmt::Display for StartErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StartErrorKind::InvalidConfig => "invalid setting",
+            StartErrorKind::Unavailable => "unavailable",
+        })
+    }
+}
+
+/// Completes when the process is asked to stop: Ctrl-C (SIGINT) or, on Unix, SIGTERM (what
+/// container runtimes send). If a signal cannot be listened to, that one is ignored and
+/// the other still counts.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    futures::future::select(std::pin::pin!(interrupt), std::pin::pin!(terminate)).await;
+}

@@ -1,0 +1,279 @@
+//! The record of a saga instance: its state and data, what it has sent and must still
+//! send, its timers and its history, as a store keeps it. The bottom layer of the crate:
+//! the [`State`] and [`Data`] traits live here, everything else builds on them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::hash::Hash;
+
+use a4co_events::bus::RawMessage;
+use a4co_events::{Envelope, EventId, Message};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The states of a saga: an enum, usually `Copy`, with one final state or more.
+pub trait State:
+    Copy + Eq + Hash + fmt::Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+    /// Every state, for checks and diagrams.
+    const ALL: &'static [Self];
+    /// The state's name in diagrams and logs (`reserving-stock`).
+    fn name(self) -> &'static str;
+    /// Whether the saga ends here: a final state reacts to nothing.
+    fn is_final(self) -> bool;
+}
+
+/// What a saga keeps between messages.
+pub trait Data:
+    Clone + Default + fmt::Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+}
+
+impl<T> Data for T where
+    T: Clone + Default + fmt::Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+}
+
+/// A message an instance sends, stored in its record before it is published, so a crash
+/// between the two neither loses nor doubles it: its id is fixed (saga id + step).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outgoing {
+    /// The step that sent it (`reserve/prod-1`), unique within the instance.
+    pub step: String,
+    /// Its event id: [`EventId::deterministic`] of saga id and step.
+    pub event_id: EventId,
+    /// Its type (`inventory.cmd.reserve_stock`).
+    pub event_type: String,
+    /// The subject.
+    pub subject: String,
+    /// The headers.
+    pub headers: Vec<(String, String)>,
+    /// The envelope, as JSON (kept as is in the record, not as an escaped string).
+    pub body: Box<serde_json::value::RawValue>,
+}
+
+impl PartialEq for Outgoing {
+    fn eq(&self, other: &Self) -> bool {
+        self.step == other.step
+            && self.event_id == other.event_id
+            && self.event_type == other.event_type
+            && self.subject == other.subject
+            && self.headers == other.headers
+            && self.body.get() == other.body.get()
+    }
+}
+
+impl Eq for Outgoing {}
+
+impl Outgoing {
+    pub(crate) fn new<M: Message>(envelope: &Envelope<M>, step: String) -> Self {
+        Outgoing {
+            step,
+            event_id: envelope.event_id,
+            event_type: M::TYPE.to_owned(),
+            subject: envelope.subject().to_owned(),
+            headers: envelope
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            body: raw_json(envelope.to_json()),
+        }
+    }
+
+    /// The message as the bus carries it.
+    pub fn to_raw(&self) -> RawMessage {
+        RawMessage {
+            subject: self.subject.clone(),
+            headers: self.headers.iter().cloned().collect(),
+            payload: Bytes::copy_from_slice(self.body.get().as_bytes()),
+        }
+    }
+}
+
+/// One move of an instance, kept in its record (the latest 64).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Transition {
+    /// The state before (`None` for the start).
+    pub from: Option<String>,
+    /// What set it off: a message type, or `timeout <name>`.
+    pub trigger: String,
+    /// The state after.
+    pub to: String,
+    /// When (the runtime's clock).
+    #[serde(
+        serialize_with = "a4co_events::time::utc",
+        deserialize_with = "a4co_events::time::de_utc"
+    )]
+    pub at: DateTime<Utc>,
+}
+
+/// The bookkeeping of an instance beyond its state and data: engine-private, read
+/// through [`Instance`]'s accessors.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Ledger {
+    /// `order-fulfillment/ord-1`.
+    pub(crate) saga_id: String,
+    /// The correlation id of the message that started it, carried by all it sends.
+    pub(crate) correlation_id: String,
+    /// The user of the message that started it.
+    pub(crate) user_id: String,
+    /// The id of the message that started it.
+    pub(crate) origin: String,
+    /// Messages saved but not yet published.
+    pub(crate) outbox: Vec<Outgoing>,
+    /// Compensations of completed steps, in order of completion (run in reverse).
+    pub(crate) compensations: Vec<Outgoing>,
+    /// Timers by name: when each runs out.
+    #[serde(serialize_with = "timers")]
+    pub(crate) timers: BTreeMap<String, DateTime<Utc>>,
+    /// Steps already used (a step name sends once).
+    pub(crate) steps: Vec<String>,
+    /// Ids of the latest messages processed.
+    pub(crate) processed: Vec<EventId>,
+    /// The earliest time a store index entry is known to exist for (see
+    /// [`crate::store::Index::new_entry`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "a4co_events::time::opt_utc",
+        deserialize_with = "a4co_events::time::de_opt_utc"
+    )]
+    pub(crate) indexed: Option<DateTime<Utc>>,
+    /// The latest moves.
+    pub(crate) history: Vec<Transition>,
+}
+
+/// Writes the timers as chrono would, through the bus's faster time writer (a record is
+/// written at every save).
+fn timers<S: serde::Serializer>(
+    timers: &BTreeMap<String, DateTime<Utc>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap as _;
+    struct At<'a>(&'a DateTime<Utc>);
+    impl Serialize for At<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            a4co_events::time::utc(self.0, serializer)
+        }
+    }
+    let mut map = serializer.serialize_map(Some(timers.len()))?;
+    for (name, at) in timers {
+        map.serialize_entry(name, &At(at))?;
+    }
+    map.end()
+}
+
+/// A saga instance as stored: state, data and bookkeeping.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", bound(deserialize = "D: Data, S: State"))]
+pub struct Instance<D, S> {
+    /// The current state.
+    pub state: S,
+    /// The saga's data.
+    pub data: D,
+    /// Outbox, compensations, timers, processed ids, history (stored as `book`).
+    #[serde(rename = "book")]
+    pub(crate) ledger: Ledger,
+}
+
+impl<D: Data, S: State> Instance<D, S> {
+    /// The earliest timer, if any.
+    pub fn next_timer(&self) -> Option<DateTime<Utc>> {
+        self.ledger.timers.values().min().copied()
+    }
+
+    /// Whether the instance reached a final state.
+    pub fn is_finished(&self) -> bool {
+        self.state.is_final()
+    }
+
+    /// Its id (`order-fulfillment/ord-1`).
+    pub fn saga_id(&self) -> &str {
+        &self.ledger.saga_id
+    }
+
+    /// The correlation id of the message that started it, carried by all it sends.
+    pub fn correlation_id(&self) -> &str {
+        &self.ledger.correlation_id
+    }
+
+    /// Messages saved but not yet published (empty once the runtime has published them).
+    pub fn outbox(&self) -> &[Outgoing] {
+        &self.ledger.outbox
+    }
+
+    /// The compensations of completed steps, in order of completion (sent in reverse).
+    pub fn compensations(&self) -> &[Outgoing] {
+        &self.ledger.compensations
+    }
+
+    /// The running timers by name, with when each runs out.
+    pub fn timers(&self) -> impl Iterator<Item = (&str, DateTime<Utc>)> + '_ {
+        self.ledger
+            .timers
+            .iter()
+            .map(|(name, at)| (name.as_str(), *at))
+    }
+
+    /// The latest moves, oldest first (at most 64).
+    pub fn history(&self) -> &[Transition] {
+        &self.ledger.history
+    }
+}
+
+/// Bytes the envelope encoder wrote, as a raw JSON value. They are JSON by construction; a
+/// failure here would be a bug in the encoder, kept visible as a JSON string.
+pub(crate) fn raw_json(bytes: Vec<u8>) -> Box<serde_json::value::RawValue> {
+    let text = String::from_utf8(bytes)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    serde_json::value::RawValue::from_string(text).unwrap_or_else(|e| {
+        let quoted = serde_json::Value::String(format!("unencodable envelope: {e}")).to_string();
+        serde_json::value::RawValue::from_string(quoted).unwrap_or_default()
+    })
+}
+
+/// RFC 3339, as the catalog writes times.
+pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_times_are_written_as_chrono_writes_them_and_read_back() {
+        for text in [
+            "2026-01-15T10:00:00Z",
+            "2026-01-15T10:00:00.123Z",
+            "2026-01-15T10:00:00.123456789Z",
+        ] {
+            let at: DateTime<Utc> = text.parse().unwrap();
+            let book = Ledger {
+                timers: [("stock".to_owned(), at)].into(),
+                indexed: Some(at),
+                history: vec![Transition {
+                    from: None,
+                    trigger: "order.created".to_owned(),
+                    to: "reserving".to_owned(),
+                    at,
+                }],
+                ..Ledger::default()
+            };
+            let json: serde_json::Value =
+                serde_json::from_slice(&serde_json::to_vec(&book).unwrap()).unwrap();
+            let chrono = serde_json::to_value(at).unwrap();
+            assert_eq!(json["timers"]["stock"], chrono, "{text}");
+            assert_eq!(json["indexed"], chrono, "{text}");
+            assert_eq!(json["history"][0]["at"], chrono, "{text}");
+            let back: Ledger = serde_json::from_value(json).unwrap();
+            assert_eq!(back, book, "{text}");
+        }
+    }
+}
