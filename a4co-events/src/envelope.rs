@@ -59,7 +59,7 @@ pub struct Envelope<T> {
     pub occurred_at: DateTime<Utc>,
     /// The service that published it (`order-service`).
     pub source: String,
-    /// The payload.
+    /// The message itself: a catalog type, or [`crate::AnyMessage`] for any of them.
     pub data: T,
     /// Correlation, causation, user and saga.
     pub metadata: Metadata,
@@ -169,12 +169,14 @@ impl<T: Payload> Envelope<T> {
         self.data.event_version()
     }
 
-    /// The subject to publish on.
+    /// The subject to publish on: the message type (`order.created`), whose first token
+    /// names the context's stream.
     pub fn subject(&self) -> &'static str {
         self.data.event_type()
     }
 
-    /// The JSON body.
+    /// The envelope as its published JSON body (camelCase, RFC 3339 times), the bytes
+    /// [`crate::decode()`] reads back.
     pub fn to_json(&self) -> Vec<u8> {
         // An envelope of catalog payloads (string keys, no non-finite floats from the
         // catalog's own constructors) always serializes; a NaN rate would become `null`.

@@ -41,7 +41,7 @@ impl EventId {
         EventId(uuid)
     }
 
-    /// The UUID.
+    /// The id as a UUID (v4 when random, v5 when [`EventId::deterministic`]).
     pub const fn as_uuid(&self) -> &Uuid {
         &self.0
     }

@@ -324,7 +324,8 @@ impl ClientBuilder {
         self
     }
 
-    /// The client.
+    /// Checks every setting and builds the client: its connection pool, retry budget,
+    /// breaker and limit, shared by its clones.
     ///
     /// # Errors
     /// A [`ConfigError`] saying what to fix: a base URL that is not
@@ -617,9 +618,10 @@ impl Client {
 pub struct Response {
     /// The status (2xx or 3xx).
     pub status: u16,
-    /// The headers.
+    /// The response headers as the target sent them (empty for a fallback unless it set
+    /// some).
     pub headers: header::HeaderMap,
-    /// The body.
+    /// The whole body, already read (the connection is back in the pool).
     pub body: bytes::Bytes,
     /// Whether the call's fallback answered instead of the target.
     pub from_fallback: bool,

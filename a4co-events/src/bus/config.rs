@@ -111,7 +111,7 @@ pub struct RetryPolicy {
     pub max_deliver: u32,
     /// The delay before the first retry.
     pub initial_delay: Duration,
-    /// The longest delay.
+    /// The longest delay between two deliveries, jitter included.
     pub max_delay: Duration,
     /// Whether to add up to 50 % random delay, so retries of many messages spread out.
     pub jitter: bool,

@@ -582,7 +582,8 @@ impl<T: Transport> EventBus<T> {
         (message, span)
     }
 
-    /// The transport.
+    /// The broker underneath, for what the bus does not wrap (the dead-letter tools, the
+    /// JetStream context on NATS).
     pub fn transport(&self) -> &T {
         &self.transport
     }

@@ -234,7 +234,8 @@ impl NatsTransport {
         &self.client
     }
 
-    /// The JetStream context.
+    /// The async-nats JetStream context this transport publishes and consumes through,
+    /// for what the bus does not wrap (KV buckets, stream administration).
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
     }

@@ -25,11 +25,12 @@ use crate::message::Payload;
 /// A message as brokers carry it: subject, headers, bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawMessage {
-    /// The subject.
+    /// Where it is published (`order.created`): the message type for catalog messages,
+    /// `dlq.<service>.<subscription>.<subject>` for dead letters.
     pub subject: String,
-    /// The headers.
+    /// NATS headers; `Nats-Msg-Id` is the broker's dedup key.
     pub headers: Headers,
-    /// The body.
+    /// The bytes as sent: for catalog messages, the envelope's JSON.
     pub payload: Bytes,
 }
 
@@ -112,7 +113,7 @@ impl std::fmt::Debug for PendingAck {
 /// What provisioning a stream found and did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Provisioned {
-    /// The stream.
+    /// The stream's name (`ORDERS`, `DLQ`).
     pub stream: String,
     /// Whether it was created now (false: it existed).
     pub created: bool,
@@ -138,7 +139,7 @@ pub struct DeliveryInfo {
 
 /// One delivery of a message to a consumer, to be settled exactly once.
 pub trait Delivery: Send + Sync + 'static {
-    /// The message.
+    /// The message as the broker delivered it (the same on every call).
     fn message(&self) -> &RawMessage;
     /// Where and how often it was delivered.
     fn info(&self) -> &DeliveryInfo;

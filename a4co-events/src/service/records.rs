@@ -26,7 +26,7 @@ use super::AnyBus;
 /// A record and the revision it was read at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Versioned<T> {
-    /// The record.
+    /// The record as stored at `revision`.
     pub value: T,
     /// Its revision: pass it back to write over exactly this version.
     pub revision: u64,
@@ -44,7 +44,7 @@ pub enum RecordsError {
     /// The stored bytes are not the record type (a bug, or another writer).
     #[error("record {key:?} is unreadable: {source}")]
     Corrupt {
-        /// The record.
+        /// The record's key.
         key: String,
         /// What serde said.
         #[source]
