@@ -27,7 +27,7 @@ pub enum StoreError {
     /// A stored record cannot be read back.
     #[error("instance {key}: stored record unreadable: {reason}")]
     Corrupt {
-        /// The instance.
+        /// The instance's key (`order-fulfillment/ord-1`).
         key: String,
         /// Why.
         reason: String,
@@ -58,7 +58,7 @@ pub enum RuntimeError {
 #[derive(Debug, thiserror::Error)]
 #[error("saga {saga_id}: {problem}")]
 pub struct ReactionError {
-    /// The instance.
+    /// The instance whose reaction failed (`order-fulfillment/ord-1`).
     pub saga_id: String,
     /// What went wrong.
     pub problem: String,

@@ -47,9 +47,9 @@ pub struct Outgoing {
     pub event_id: EventId,
     /// Its type (`inventory.cmd.reserve_stock`).
     pub event_type: String,
-    /// The subject.
+    /// The subject it is published on (its type; the stream of the receiving context).
     pub subject: String,
-    /// The headers.
+    /// The NATS headers it is published with, `Nats-Msg-Id` = `event_id` among them.
     pub headers: Vec<(String, String)>,
     /// The envelope, as JSON (kept as is in the record, not as an escaped string).
     pub body: Box<serde_json::value::RawValue>,

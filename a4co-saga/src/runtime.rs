@@ -174,7 +174,7 @@ where
         self.rebuild(|i| i.max_in_flight = n.max(1))
     }
 
-    /// The definition.
+    /// The definition it runs (its name, subjects, diagram).
     pub fn definition(&self) -> &Definition<D, S> {
         &self.inner.definition
     }

@@ -37,7 +37,7 @@ pub struct Index {
 /// An instance with a timer due, as [`Store::due`] lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Due {
-    /// The instance.
+    /// The instance's key (`order-fulfillment/ord-1`), for [`Store::load`].
     pub key: String,
     /// The store's index entries that named it, to drop in [`Store::fired`].
     pub entries: Vec<String>,

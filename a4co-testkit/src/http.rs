@@ -107,7 +107,7 @@ pub struct Received {
     pub target: String,
     /// Header names in lower case, with their values.
     pub headers: Vec<(String, String)>,
-    /// The body.
+    /// The request body as received, whole (empty for none).
     pub body: Vec<u8>,
 }
 

@@ -92,7 +92,7 @@ impl<D: Data, S: State> Scenario<D, S> {
         &self.bus
     }
 
-    /// The store.
+    /// The in-memory store holding the scenario's instances, to inspect them.
     pub fn store(&self) -> &MemoryStore {
         &self.store
     }

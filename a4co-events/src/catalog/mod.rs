@@ -32,7 +32,7 @@ pub mod user;
 pub struct MessageInfo {
     /// The type name, also the subject: `order.created`.
     pub type_name: &'static str,
-    /// The version.
+    /// The schema version of this shape (from 1; a breaking change is a new version).
     pub version: u32,
     /// Whether this is the newest version of the type.
     pub latest: bool,

@@ -12,7 +12,7 @@ use a4co_events::service::RecordsError;
 /// A failed request, answered as JSON.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiError {
-    /// The status.
+    /// The HTTP status it is answered with (4xx for the caller's mistakes, 5xx for ours).
     pub status: StatusCode,
     /// A stable code for programs (`invalid-request`, `not-found`, ...).
     pub code: &'static str,
