@@ -177,6 +177,50 @@ pub trait Subscriber: Clone + Send + Sync + 'static {
             },
         )
     }
+
+    /// As [`Subscriber::on`], with `state` handed to every call: a clone of it each time
+    /// (an `Arc`, a client, a records handle, a channel), so the handler needs no clone of
+    /// its own before its `async move` block.
+    ///
+    /// ```
+    /// # use a4co_events::bus::{HandlerError, MemoryBus, Publisher, Subscriber, Subscription};
+    /// # use a4co_events::catalog::order::OrderCreated;
+    /// # use a4co_events::{Envelope, Message};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let bus = MemoryBus::provisioned().await?;
+    /// let (seen, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    /// let orders = Subscription::new("inventory-service", "orders").of::<OrderCreated>();
+    /// let handle = bus
+    ///     .on_with(orders, seen, |seen, order, _| async move {
+    ///         seen.send(order.aggregate_id).map_err(HandlerError::permanent)
+    ///     })
+    ///     .await?;
+    /// bus.publish(&Envelope::new("order-service", "ord-1", OrderCreated::example())).await?;
+    /// assert_eq!(rx.recv().await.as_deref(), Some("ord-1"));
+    /// # handle.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Subscriber::subscribe`].
+    fn on_with<M, S, F, Fut>(
+        &self,
+        subscription: TypedSubscription<M>,
+        state: S,
+        handler: F,
+    ) -> impl Future<Output = Result<SubscriptionHandle, SubscribeError>> + Send
+    where
+        M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
+        S: Clone + Send + Sync + 'static,
+        F: Fn(S, Envelope<M>, DeliveryInfo) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send,
+    {
+        self.on(subscription, move |message, delivery| {
+            handler(state.clone(), message, delivery)
+        })
+    }
 }
 
 /// A subscription to one message type `M`, for [`Subscriber::on`]: made by

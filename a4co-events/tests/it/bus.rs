@@ -222,20 +222,18 @@ async fn typed_handlers_get_their_message_type<T: Transport>(f: Fixture<T>) {
     let sub = Subscription::new("t", "typed-on")
         .retry(fast_retry(3))
         .of::<OrderConfirmed>();
-    // No parameter type spelled out: the closure gets `Envelope<OrderConfirmed>`.
+    // No parameter type spelled out: the closure gets a clone of `tx` and an
+    // `Envelope<OrderConfirmed>`.
     let handle = f
         .bus
-        .on(sub, move |confirmed, info| {
-            let tx = tx.clone();
-            async move {
-                match confirmed.aggregate_id.as_str() {
-                    "ord-bad" => return Err(HandlerError::permanent("no such order")),
-                    "ord-slow" if info.attempt == 1 => return Err(HandlerError::retryable("busy")),
-                    _ => {}
-                }
-                let _ = tx.send((confirmed.aggregate_id, confirmed.data, info.attempt));
-                Ok(())
+        .on_with(sub, tx, |tx, confirmed, info| async move {
+            match confirmed.aggregate_id.as_str() {
+                "ord-bad" => return Err(HandlerError::permanent("no such order")),
+                "ord-slow" if info.attempt == 1 => return Err(HandlerError::retryable("busy")),
+                _ => {}
             }
+            let _ = tx.send((confirmed.aggregate_id, confirmed.data, info.attempt));
+            Ok(())
         })
         .await
         .unwrap();
