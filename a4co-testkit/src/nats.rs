@@ -160,7 +160,7 @@ impl NatsServer {
     /// # Errors
     /// [`FixtureError`] saying what is missing or what the server logged.
     pub fn try_start() -> Result<Self, FixtureError> {
-        Self::launch(None)
+        retry_port_races(|| Self::launch(None))
     }
 
     fn launch(route: Option<Route>) -> Result<Self, FixtureError> {
@@ -325,6 +325,28 @@ impl NatsServer {
     }
 }
 
+/// How many times a start that lost a port race is tried, on fresh ports each time.
+const PORT_RACE_TRIES: usize = 5;
+
+/// Runs `start` again while it fails because a port it picked was taken in between: ports
+/// come from binding port 0 and letting go, so a test running beside may bind one before
+/// the server does. The nodes of a failed start are stopped when dropped.
+fn retry_port_races<T>(
+    mut start: impl FnMut() -> Result<T, FixtureError>,
+) -> Result<T, FixtureError> {
+    let mut tries = 1;
+    loop {
+        match start() {
+            Err(FixtureError::NotReady(log))
+                if log.contains("address already in use") && tries < PORT_RACE_TRIES =>
+            {
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
@@ -353,6 +375,10 @@ impl NatsCluster {
     /// # Errors
     /// As [`NatsServer::try_start`].
     pub fn try_start(n: usize) -> Result<Self, FixtureError> {
+        retry_port_races(|| Self::launch(n))
+    }
+
+    fn launch(n: usize) -> Result<Self, FixtureError> {
         let cluster_ports = (0..n).map(|_| free_port()).collect::<Result<Vec<_>, _>>()?;
         let mut nodes = Vec::with_capacity(n);
         for (i, port) in cluster_ports.iter().enumerate() {
@@ -382,5 +408,42 @@ impl NatsCluster {
     /// Every node's URL.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(NatsServer::url).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FixtureError, PORT_RACE_TRIES, retry_port_races};
+
+    fn taken() -> FixtureError {
+        FixtureError::NotReady(
+            "[FTL] Error listening on port: 127.0.0.1:1, \"bind: address already in use\"".into(),
+        )
+    }
+
+    #[test]
+    fn a_lost_port_race_is_tried_again_and_other_failures_are_not() {
+        let mut calls = 0;
+        let started = retry_port_races(|| {
+            calls += 1;
+            if calls < 3 { Err(taken()) } else { Ok(calls) }
+        });
+        assert_eq!(started.ok(), Some(3));
+
+        let mut calls = 0;
+        let failed = retry_port_races(|| -> Result<(), _> {
+            calls += 1;
+            Err(FixtureError::NotReady("JetStream not ready".into()))
+        });
+        assert!(failed.is_err());
+        assert_eq!(calls, 1);
+
+        let mut calls = 0;
+        let failed = retry_port_races(|| -> Result<(), _> {
+            calls += 1;
+            Err(taken())
+        });
+        assert!(failed.is_err());
+        assert_eq!(calls, PORT_RACE_TRIES, "it gives up");
     }
 }
