@@ -124,13 +124,13 @@ fn on_nats_the_dead_letter_is_in_the_stream_and_stops_with_ctrl_c() {
     });
     assert_eq!(letters.len(), 1, "{letters:?}");
     let (_, letter) = &letters[0];
-    assert!(letter.consumer.contains("orders"), "{letter:?}");
+    assert_eq!(letter.consumer, "hello-consumer/orders", "{letter:?}");
     assert_eq!(
         letter.event_type.as_deref(),
         Some("order.created"),
         "{letter:?}"
     );
-    assert!(letter.reason.contains("unknown customer"), "{letter:?}");
+    assert_eq!(letter.reason, "permanent: unknown customer", "{letter:?}");
 
     let rest = interrupt(child, &rx);
     assert_eq!(
