@@ -101,8 +101,8 @@ fn row(name: &str, runs: &[Run], baseline: Option<&[Run]>) {
     );
 }
 
-/// Drains `n` messages of a raw durable pull consumer on `subject` (`raw.pub`: a message id
-/// only; `raw.hdr`: the SDK's headers), running `work` on each body and acking each message.
+/// Drains `n` messages of a raw durable pull consumer on `subject` (`raw.pub`: the SDK's
+/// envelope bytes with a message id), running `work` on each body and acking each message.
 async fn raw_consume(
     js: &jetstream::Context,
     (subject, durable): (&str, &str),
@@ -150,7 +150,7 @@ async fn main() {
     let server = a4co_testkit::nats::NatsServer::start();
     let pid = server.pid().unwrap();
     let bus = NatsBus::connect(Config::new(server.url())).await.unwrap();
-    bus.provision(1).await.unwrap();
+    bus.provision().await.unwrap();
     let client = async_nats::connect(server.url()).await.unwrap();
     let js = jetstream::new(client);
     js.create_stream(stream::Config {
@@ -164,7 +164,6 @@ async fn main() {
     .unwrap();
     // The raw side sends the very bytes of an SDK envelope, so parsing it means something.
     let body = bytes::Bytes::from(event(0).to_json());
-    let sdk_headers = event(0).headers();
     println!(
         "nats-server {} | {n} messages of {} bytes | {WINDOW} acks in flight at most | \
          {rounds} rounds, medians; CPU is per message",
@@ -175,8 +174,7 @@ async fn main() {
     // 1. Pipelined publish, all with a message id (dedup on). Each round runs every
     // variant once, so drift of the machine hits them alike. Consuming reads what the first
     // round published, so that round runs (unreported) even when only consuming is measured.
-    let (mut raw, mut raw_hdr, mut raw_enc, mut sdk) = (vec![], vec![], vec![], vec![]);
-    let mut raw_both = vec![];
+    let (mut raw, mut raw_enc, mut sdk) = (vec![], vec![], vec![]);
     let publish_rounds = if part("publish") {
         rounds
     } else if part("consume") {
@@ -196,19 +194,7 @@ async fn main() {
             })
             .await,
         );
-        raw_hdr.push(
-            measure(pid, n, async {
-                pipelined!(n, |i| {
-                    let mut msg = jetstream::message::PublishMessage::build().payload(body.clone());
-                    for (k, v) in sdk_headers.iter().filter(|(k, _)| *k != "Nats-Msg-Id") {
-                        msg = msg.header(k, v);
-                    }
-                    let msg = msg.message_id(format!("rawh-{round}-{i}"));
-                    js.send_publish("raw.hdr", msg).await.unwrap().into_future()
-                });
-            })
-            .await,
-        );
+        // What a team writes without the SDK: encode each envelope, send it with its id.
         let events: Vec<_> = (0..n).map(|i| event(round * n + i)).collect();
         raw_enc.push(
             measure(pid, n, async {
@@ -217,29 +203,6 @@ async fn main() {
                         .payload(events[i].to_json().into())
                         .message_id(events[i].event_id.to_string());
                     js.send_publish("raw.enc", msg).await.unwrap().into_future()
-                });
-            })
-            .await,
-        );
-        // What the SDK does, by hand: encode each envelope, send it with its headers.
-        raw_both.push(
-            measure(pid, n, async {
-                pipelined!(n, |i| {
-                    let mut msg = jetstream::message::PublishMessage::build()
-                        .payload(events[i].to_json().into());
-                    for (k, v) in events[i]
-                        .headers()
-                        .iter()
-                        .filter(|(k, _)| *k != "Nats-Msg-Id")
-                    {
-                        msg = msg.header(k, v);
-                    }
-                    // Not the event id alone: `raw.enc` in the same stream used it already.
-                    let msg = msg.message_id(format!("{}:b", events[i].event_id));
-                    js.send_publish("raw.both", msg)
-                        .await
-                        .unwrap()
-                        .into_future()
                 });
             })
             .await,
@@ -253,13 +216,11 @@ async fn main() {
     }
     if part("publish") {
         println!("\npipelined publish");
-        row("raw, message id", &raw, None);
-        row("raw, + the SDK's headers", &raw_hdr, Some(&raw));
-        row("raw, + encoding each envelope", &raw_enc, Some(&raw));
-        row("raw, + headers + encoding", &raw_both, Some(&raw));
+        row("raw, one body, message id", &raw, None);
+        row("raw, encoding each envelope + id", &raw_enc, Some(&raw));
         row("SDK publish_pipelined", &sdk, Some(&raw));
-        row("  SDK vs raw with the same headers", &sdk, Some(&raw_hdr));
-        row("  SDK vs raw, headers + encoding", &sdk, Some(&raw_both));
+        row("  SDK vs raw encoding each envelope", &sdk, Some(&raw_enc));
+        body_check();
     }
     if part("latency") {
         latency(&js, &bus, &body, n, rounds).await;
@@ -267,6 +228,32 @@ async fn main() {
     if part("consume") {
         consume(&js, &bus, pid, n, rounds).await;
     }
+}
+
+/// What the publish-side check ([`Envelope::to_checked_json`]: what every consumer
+/// checks) costs per message: encoding checked against encoding alone, the same envelope.
+fn body_check() {
+    let n = 20_000;
+    let env = event(0);
+    let time = |f: &dyn Fn() -> usize| {
+        let t = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(f());
+        }
+        t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+    };
+    let mut best = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..5 {
+        best.0 = best.0.min(time(&|| env.to_json().len()));
+        best.1 = best.1.min(time(&|| env.to_checked_json().unwrap().len()));
+    }
+    println!(
+        "{:<40} {:>9.2} us per message (encoding {:.2} us, checked {:.2} us; CPU, best of 5)",
+        "  of which the publish check",
+        best.1 - best.0,
+        best.0,
+        best.1
+    );
 }
 
 /// Publish and wait for each ack (part 2).
@@ -316,24 +303,23 @@ async fn latency(
 /// Consume with ack (part 3): a raw pull consumer vs an SDK subscription (no-op handler),
 /// each round on fresh durables reading the first n messages.
 async fn consume(js: &jetstream::Context, bus: &NatsBus, pid: u32, n: usize, rounds: usize) {
-    // The raw baselines: a message id only, or the SDK's headers; body ignored or parsed.
-    let raw_kinds = [
-        ("raw.pub", "raw", false),
-        ("raw.hdr", "hdr", false),
-        ("raw.pub", "parse", true),
-        ("raw.hdr", "both", true),
-    ];
-    let mut raw_runs: [Vec<Run>; 4] = Default::default();
+    // The raw baselines: the body ignored, or deserialized into the typed envelope with
+    // serde (what a team writes without the SDK); both ack each message.
+    let raw_kinds = [("raw", false), ("typed", true)];
+    let mut raw_runs: [Vec<Run>; 2] = Default::default();
     let (mut off, mut on) = (vec![], vec![]);
     for round in 0..rounds {
-        for (runs, (subject, name, parse)) in raw_runs.iter_mut().zip(raw_kinds) {
+        for (runs, (name, typed)) in raw_runs.iter_mut().zip(raw_kinds) {
             let durable = format!("{name}-{round}");
             let work = |b: &[u8]| {
-                if parse {
-                    std::hint::black_box(serde_json::from_slice::<serde_json::Value>(b).unwrap());
+                if typed {
+                    std::hint::black_box(
+                        serde_json::from_slice::<a4co_events::envelope::WireEnvelope<OrderConfirmed>>(b)
+                            .unwrap(),
+                    );
                 }
             };
-            runs.push(measure(pid, n, raw_consume(js, (subject, &durable), n, work)).await);
+            runs.push(measure(pid, n, raw_consume(js, ("raw.pub", &durable), n, work)).await);
         }
         let mut variants = [
             (&mut off, "off", None),
@@ -364,17 +350,11 @@ async fn consume(js: &jetstream::Context, bus: &NatsBus, pid: u32, n: usize, rou
         }
     }
     println!("\nconsume + ack");
-    let [raw, raw_hdr, raw_parse, raw_both] = &raw_runs;
+    let [raw, raw_typed] = &raw_runs;
     row("raw", raw, None);
-    row("raw, the SDK's headers", raw_hdr, Some(raw));
-    row("raw, parsing the JSON too", raw_parse, Some(raw));
-    row("raw, the SDK's headers + parsing", raw_both, Some(raw));
+    row("raw, into the typed envelope (serde)", raw_typed, Some(raw));
     row("SDK, inbox off", &off, Some(raw));
     row("SDK, inbox on (default)", &on, Some(raw));
-    row("  SDK (inbox on) vs raw, same headers", &on, Some(raw_hdr));
-    row(
-        "  SDK (inbox on) vs raw, headers + parse",
-        &on,
-        Some(raw_both),
-    );
+    row("  SDK (inbox on) vs raw typed", &on, Some(raw_typed));
+    row("  SDK (inbox off) vs raw typed", &off, Some(raw_typed));
 }

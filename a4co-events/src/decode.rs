@@ -49,6 +49,20 @@ pub fn decode_as<M: Message>(bytes: &[u8], headers: &Headers) -> Result<Envelope
     Decoder::new().decode_as(bytes, headers)
 }
 
+/// Checks a message body as a consumer will, without building the typed envelope: size,
+/// UTF-8, JSON, the envelope's rules (no empty `aggregateId`, `source` or ids), a known type
+/// and version, and the payload's schema. Publishers run it so that nothing every consumer
+/// would dead-letter is sent.
+///
+/// # Errors
+/// The [`DecodeError`] a consumer would dead-letter the message with.
+pub fn check_body(bytes: &[u8]) -> Result<(), DecodeError> {
+    Decoder::new()
+        .headers_optional()
+        .checked(bytes, &Headers::new())
+        .map(|_| ())
+}
+
 /// The decoding policy: a size limit, and whether headers must be present.
 #[derive(Clone, Copy, Debug)]
 #[must_use]
@@ -213,7 +227,11 @@ impl Decoder {
 /// Checks the payload against its schema (formats included). Without the `validate` feature
 /// only the typed conversion checks it, and an unknown type or version is reported there.
 #[cfg(feature = "validate")]
-fn check_payload(event_type: &str, version: u32, data: &RawValue) -> Result<(), DecodeError> {
+pub(crate) fn check_payload(
+    event_type: &str,
+    version: u32,
+    data: &RawValue,
+) -> Result<(), DecodeError> {
     let Some(schema) = validator::payload(event_type, version) else {
         return Err(if catalog::versions(event_type).next().is_none() {
             unknown_type(event_type, version)
@@ -254,7 +272,7 @@ fn check_payload(event_type: &str, version: u32, data: &RawValue) -> Result<(), 
 
 #[cfg(not(feature = "validate"))]
 #[allow(clippy::unnecessary_wraps)]
-fn check_payload(_: &str, _: u32, _: &RawValue) -> Result<(), DecodeError> {
+pub(crate) fn check_payload(_: &str, _: u32, _: &RawValue) -> Result<(), DecodeError> {
     Ok(())
 }
 
@@ -344,14 +362,15 @@ fn agree(headers: &EnvelopeHeaders, wire: &Wire) -> Result<(), DecodeError> {
             &wire.event_id.to_string(),
         );
     }
-    if headers.event_type != wire.event_type {
-        return mismatch(names::EVENT_TYPE, &headers.event_type, &wire.event_type);
+    if let Some(h) = headers
+        .event_type
+        .as_deref()
+        .filter(|t| *t != wire.event_type)
+    {
+        return mismatch(names::EVENT_TYPE, h, &wire.event_type);
     }
-    if headers.event_version != wire.event_version {
-        let (h, b) = (
-            headers.event_version.to_string(),
-            wire.event_version.to_string(),
-        );
+    if let Some(h) = headers.event_version.filter(|v| *v != wire.event_version) {
+        let (h, b) = (h.to_string(), wire.event_version.to_string());
         return mismatch(names::EVENT_VERSION, &h, &b);
     }
     if let Some(aggregate) = headers

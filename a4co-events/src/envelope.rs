@@ -187,9 +187,52 @@ impl<T: Payload> Envelope<T> {
         }
     }
 
-    /// The NATS headers: `Nats-Msg-Id` (dedup), type, version, aggregate id, correlation id,
-    /// and the W3C `traceparent`/`tracestate` when traced. Nothing more: every header byte
-    /// costs the broker (the benchmark in docs/benchmarks.md measures it).
+    /// The JSON body as [`Envelope::to_json`] writes it, checked first as every consumer
+    /// will check it ([`crate::decode::check_body`] gives the same answer): no empty
+    /// `aggregateId`, `source` or metadata id, a payload valid against its schema, at most
+    /// 1 MiB. The payload is serialized once and checked as text, without parsing the body
+    /// back.
+    ///
+    /// # Errors
+    /// The [`DecodeError`](crate::DecodeError) a consumer would dead-letter the body with.
+    pub fn to_checked_json(&self) -> Result<Vec<u8>, crate::DecodeError> {
+        let m = &self.metadata;
+        let empty = [
+            &self.aggregate_id,
+            &self.source,
+            &m.correlation_id,
+            &m.causation_id,
+            &m.user_id,
+        ]
+        .iter()
+        .any(|s| s.is_empty());
+        let data = serde_json::value::to_raw_value(&self.data).ok();
+        let checked = match &data {
+            Some(data) if !empty => crate::decode::check_payload(
+                self.data.event_type(),
+                self.data.event_version(),
+                data,
+            ),
+            // Rare: let the decoder say exactly what a consumer would.
+            _ => crate::decode::check_body(&self.to_json()),
+        };
+        checked?;
+        let mut body = Vec::with_capacity(1024);
+        if let Err(e) = serde_json::to_writer(&mut body, &self.wire(&data)) {
+            return Err(crate::DecodeError::new(
+                crate::DecodeErrorKind::InvalidEnvelope,
+                format!("the envelope does not serialize: {e}"),
+            ));
+        }
+        if body.len() > crate::decode::DEFAULT_MAX_BYTES {
+            crate::decode::check_body(&body)?;
+        }
+        Ok(body)
+    }
+
+    /// The NATS headers: `Nats-Msg-Id` (dedup) and the W3C `traceparent`/`tracestate` when
+    /// traced. Nothing more: the body says the rest, and every header costs every message
+    /// on both sides (docs/benchmarks.md measures it).
     pub fn headers(&self) -> Headers {
         let mut h = Headers::new();
         let mut id = uuid::Uuid::encode_buffer();
@@ -201,10 +244,6 @@ impl<T: Payload> Envelope<T> {
                 .encode_lower(&mut id)
                 .to_owned(),
         );
-        h.insert(names::EVENT_TYPE, self.event_type());
-        h.insert(names::EVENT_VERSION, self.event_version().to_string());
-        h.insert(names::AGGREGATE_ID, self.aggregate_id.as_str());
-        h.insert(names::CORRELATION_ID, self.metadata.correlation_id.as_str());
         if let Some(trace) = &self.trace {
             trace.inject(&mut h);
         }
@@ -284,8 +323,10 @@ struct WireRef<'a, T> {
     metadata: &'a Metadata,
 }
 
-impl<T: Payload> Serialize for Envelope<T> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+impl<T: Payload> Envelope<T> {
+    /// The wire form of this envelope with `data` as its payload (the payload itself, or
+    /// its JSON text).
+    fn wire<'a, D>(&'a self, data: &'a D) -> WireRef<'a, D> {
         WireRef {
             event_id: &self.event_id,
             event_type: self.data.event_type(),
@@ -293,10 +334,15 @@ impl<T: Payload> Serialize for Envelope<T> {
             aggregate_id: &self.aggregate_id,
             occurred_at: &self.occurred_at,
             source: &self.source,
-            data: &self.data,
+            data,
             metadata: &self.metadata,
         }
-        .serialize(serializer)
+    }
+}
+
+impl<T: Payload> Serialize for Envelope<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.wire(&self.data).serialize(serializer)
     }
 }
 

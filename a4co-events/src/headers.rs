@@ -1,13 +1,14 @@
-//! Message headers: what routing, tooling and tracing read without parsing the body.
+//! Message headers: only what the body cannot carry.
 //!
 //! | header | value |
 //! |---|---|
 //! | `Nats-Msg-Id` | `eventId`: JetStream deduplicates on it; a deliberate re-publication (a dead-letter replay) appends `:<suffix>` so the broker stores it again |
-//! | `a4co-event-type` | `eventType` (`order.created`) |
-//! | `a4co-event-version` | `eventVersion` (`2`) |
-//! | `a4co-aggregate-id` | `aggregateId` |
-//! | `a4co-correlation-id` | `metadata.correlationId` |
-//! | `traceparent`, `tracestate` | W3C trace context |
+//! | `traceparent`, `tracestate` | W3C trace context, when there is one |
+//!
+//! The subject is the type; type, version, aggregate and correlation are read from the
+//! body. Publishers before 2026-12 also sent `a4co-event-type`, `a4co-event-version`,
+//! `a4co-aggregate-id` and `a4co-correlation-id` ([`names::LEGACY`]): consumers still
+//! accept them, and reject a message whose headers contradict its body.
 //!
 //! NATS header names are case-sensitive, so every name here is exactly as written (lower
 //! case but for `Nats-Msg-Id`, which the server defines).
@@ -23,14 +24,17 @@ use crate::id::EventId;
 pub mod names {
     /// JetStream's dedup key: the event id.
     pub const MSG_ID: &str = "Nats-Msg-Id";
-    /// The message type.
+    /// The message type (legacy: no longer sent; checked against the body when present).
     pub const EVENT_TYPE: &str = "a4co-event-type";
-    /// The payload's schema version.
+    /// The payload's schema version (legacy, as [`EVENT_TYPE`]).
     pub const EVENT_VERSION: &str = "a4co-event-version";
-    /// The aggregate id.
+    /// The aggregate id (legacy, as [`EVENT_TYPE`]).
     pub const AGGREGATE_ID: &str = "a4co-aggregate-id";
-    /// The correlation id.
+    /// The correlation id (legacy, as [`EVENT_TYPE`]).
     pub const CORRELATION_ID: &str = "a4co-correlation-id";
+    /// The headers publishers sent until 2026-12 and no longer send: consumers accept
+    /// them and check them against the body.
+    pub const LEGACY: [&str; 4] = [EVENT_TYPE, EVENT_VERSION, AGGREGATE_ID, CORRELATION_ID];
     /// W3C trace context: version, trace id, parent span id, flags.
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C vendor trace state.
@@ -225,16 +229,16 @@ impl fmt::Debug for TraceContext {
     }
 }
 
-/// What the headers of an a4co message say, parsed: enough to route, deduplicate, trace
-/// and dead-letter a message without reading its body.
+/// What the headers of an a4co message say, parsed: the event id and trace context, and
+/// whatever legacy headers an older publisher sent (each must agree with the body).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EnvelopeHeaders {
     /// `Nats-Msg-Id`.
     pub event_id: EventId,
-    /// `a4co-event-type`.
-    pub event_type: String,
-    /// `a4co-event-version`.
-    pub event_version: u32,
+    /// `a4co-event-type`, when present.
+    pub event_type: Option<String>,
+    /// `a4co-event-version`, when present.
+    pub event_version: Option<u32>,
     /// `a4co-aggregate-id`, when present.
     pub aggregate_id: Option<String>,
     /// `a4co-correlation-id`, when present.
@@ -244,8 +248,8 @@ pub struct EnvelopeHeaders {
 }
 
 impl EnvelopeHeaders {
-    /// Parses the headers an envelope writes ([`crate::Envelope::headers`]). The id, type
-    /// and version are required; the rest is optional.
+    /// Parses the headers an envelope writes ([`crate::Envelope::headers`]). The id is
+    /// required; the trace context and the legacy headers are optional.
     ///
     /// # Errors
     /// [`DecodeErrorKind::MissingHeader`] when a required header is absent,
@@ -272,21 +276,25 @@ impl EnvelopeHeaders {
                     format!("header `{}` is {:?}, not a UUID", names::MSG_ID, clip(id)),
                 )
             })?;
-        let version = required(names::EVENT_VERSION)?;
-        let event_version = version.parse().map_err(|_| {
-            DecodeError::new(
-                DecodeErrorKind::HeaderMismatch,
-                format!(
-                    "header `{}` is {:?}, not a version number",
-                    names::EVENT_VERSION,
-                    clip(version)
-                ),
-            )
-        })?;
+        let event_version = headers
+            .get(names::EVENT_VERSION)
+            .map(|version| {
+                version.parse().map_err(|_| {
+                    DecodeError::new(
+                        DecodeErrorKind::HeaderMismatch,
+                        format!(
+                            "header `{}` is {:?}, not a version number",
+                            names::EVENT_VERSION,
+                            clip(version)
+                        ),
+                    )
+                })
+            })
+            .transpose()?;
         let optional = |name: &str| headers.get(name).map(str::to_owned);
         Ok(EnvelopeHeaders {
             event_id,
-            event_type: required(names::EVENT_TYPE)?.to_owned(),
+            event_type: optional(names::EVENT_TYPE),
             event_version,
             aggregate_id: optional(names::AGGREGATE_ID),
             correlation_id: optional(names::CORRELATION_ID),
@@ -350,5 +358,15 @@ mod tests {
         let err = EnvelopeHeaders::from_headers(&h).unwrap_err();
         assert_eq!(err.kind(), DecodeErrorKind::HeaderMismatch);
         assert!(err.to_string().contains("not a UUID"), "{err}");
+
+        let id = "01944a6b-7c00-7000-8000-000000000001";
+        let only_id: Headers = [(names::MSG_ID, id)].into_iter().collect();
+        let parsed = EnvelopeHeaders::from_headers(&only_id).unwrap();
+        assert_eq!((parsed.event_type, parsed.event_version), (None, None));
+        let bad_version: Headers = [(names::MSG_ID, id), (names::EVENT_VERSION, "two")]
+            .into_iter()
+            .collect();
+        let err = EnvelopeHeaders::from_headers(&bad_version).unwrap_err();
+        assert!(err.to_string().contains("not a version number"), "{err}");
     }
 }

@@ -738,8 +738,8 @@ async fn main() {
     let publish_batch = publish_to(RawStore::Batch);
 
     let bus = NatsBus::connect(Config::new(server.url())).await.unwrap();
-    bus.provision(1).await.unwrap();
-    let store = a4co_saga::nats::KvStore::open(bus.transport(), 1)
+    bus.provision().await.unwrap();
+    let store = a4co_saga::nats::KvStore::open(bus.transport())
         .await
         .unwrap();
     let sdk_clock = Arc::new(Clock::default());

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use a4co_events::bus::nats::NatsTransport;
+use a4co_events::bus::nats::{BucketSpec, NatsTransport};
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -82,13 +82,14 @@ fn decode(key: &str) -> Option<String> {
 pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
 impl KvStore {
-    /// Opens (creating if missing) the two buckets, file-stored, with `replicas` copies,
+    /// Opens (creating if missing) the two buckets, file-stored, with the transport's
+    /// replicas (drift on existing ones is reported, see [`NatsTransport::key_value`]),
     /// keeping an instance [`DEFAULT_RETENTION`] after its last change.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when JetStream refuses.
-    pub async fn open(transport: &NatsTransport, replicas: usize) -> Result<Self, StoreError> {
-        Self::open_with(transport, replicas, DEFAULT_RETENTION).await
+    pub async fn open(transport: &NatsTransport) -> Result<Self, StoreError> {
+        Self::open_with(transport, DEFAULT_RETENTION).await
     }
 
     /// As [`KvStore::open`], keeping an instance `retention` after its last change (every
@@ -100,7 +101,6 @@ impl KvStore {
     /// retention under one second.
     pub async fn open_with(
         transport: &NatsTransport,
-        replicas: usize,
         retention: std::time::Duration,
     ) -> Result<Self, StoreError> {
         if retention < std::time::Duration::from_secs(1) {
@@ -109,24 +109,16 @@ impl KvStore {
             )));
         }
         let js = transport.jetstream();
-        let bucket = |name: &str, description: &str| kv::Config {
-            bucket: name.to_owned(),
-            description: description.to_owned(),
-            history: 1,
-            max_age: retention,
-            storage: jetstream::stream::StorageType::File,
-            num_replicas: replicas.max(1),
-            ..Default::default()
-        };
-        let open = async |config: kv::Config| match js.get_key_value(&config.bucket).await {
-            Ok(store) => Ok(store),
-            Err(_) => js
-                .create_key_value(config.clone())
+        let open = async |name: &str, description: &str| {
+            let spec = BucketSpec::new(name, description).max_age(retention);
+            transport
+                .key_value(&spec)
                 .await
-                .map_err(|e| unavailable(&format!("creating bucket {}", config.bucket), e)),
+                .map(|(store, _)| store)
+                .map_err(|e| unavailable(&format!("opening bucket {name}"), e))
         };
-        let instances = open(bucket(INSTANCES_BUCKET, "a4co saga instances")).await?;
-        let timers = open(bucket(TIMERS_BUCKET, "a4co saga timers, by due time")).await?;
+        let instances = open(INSTANCES_BUCKET, "a4co saga instances").await?;
+        let timers = open(TIMERS_BUCKET, "a4co saga timers, by due time").await?;
         let timers_stream = js
             .get_stream(format!("KV_{TIMERS_BUCKET}"))
             .await

@@ -69,7 +69,8 @@ impl PartialEq for Outgoing {
 impl Eq for Outgoing {}
 
 impl Outgoing {
-    pub(crate) fn new<M: Message>(envelope: &Envelope<M>, step: String) -> Self {
+    /// The message of `envelope` with its encoded `body` (checked by the caller).
+    pub(crate) fn new<M: Message>(envelope: &Envelope<M>, step: String, body: Vec<u8>) -> Self {
         Outgoing {
             step,
             event_id: envelope.event_id,
@@ -80,7 +81,7 @@ impl Outgoing {
                 .iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
-            body: raw_json(envelope.to_json()),
+            body: raw_json(body),
         }
     }
 

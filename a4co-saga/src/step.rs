@@ -99,13 +99,35 @@ impl<D> Step<D> {
         Some(envelope)
     }
 
+    /// The message of step `step`, checked as every consumer will check it (as the bus
+    /// checks what it publishes): one they would all dead-letter (an empty aggregate id, a
+    /// payload against its schema) fails the reaction instead, and nothing is kept to send.
+    fn outgoing<M: Message>(
+        &mut self,
+        step: &str,
+        aggregate_id: String,
+        message: M,
+    ) -> Option<Outgoing> {
+        let envelope = self.envelope(step, aggregate_id, message)?;
+        match envelope.to_checked_json() {
+            Ok(body) => Some(Outgoing::new(&envelope, step.to_owned(), body)),
+            Err(e) => {
+                self.misuse = Some(format!(
+                    "step {step:?} of {} sends a {} every consumer would dead-letter: {}",
+                    self.ledger.saga_id,
+                    M::TYPE,
+                    e.reason()
+                ));
+                None
+            }
+        }
+    }
+
     /// Sends `message` about `aggregate_id` as step `step` (unique within the instance:
     /// the step names the message's id).
     pub fn send<M: Message>(&mut self, step: &str, aggregate_id: impl Into<String>, message: M) {
-        if let Some(envelope) = self.envelope(step, aggregate_id.into(), message) {
-            self.ledger
-                .outbox
-                .push(Outgoing::new(&envelope, step.to_owned()));
+        if let Some(outgoing) = self.outgoing(step, aggregate_id.into(), message) {
+            self.ledger.outbox.push(outgoing);
         }
     }
 
@@ -118,10 +140,8 @@ impl<D> Step<D> {
         compensation: M,
     ) {
         let undo = format!("undo/{step}");
-        if let Some(envelope) = self.envelope(&undo, aggregate_id.into(), compensation) {
-            self.ledger
-                .compensations
-                .push(Outgoing::new(&envelope, undo));
+        if let Some(outgoing) = self.outgoing(&undo, aggregate_id.into(), compensation) {
+            self.ledger.compensations.push(outgoing);
         }
     }
 

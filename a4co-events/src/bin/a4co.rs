@@ -3,7 +3,8 @@
 //!
 //! `catalog check` exits 1 when the folder differs from the code; every command exits 2 on
 //! a usage error. The `dlq` commands talk to NATS at `--url`, else `$NATS_URL`, else
-//! `nats://127.0.0.1:4222`.
+//! `nats://127.0.0.1:4222`, with the credentials and TLS of the other `NATS_*` variables
+//! (see `Config::from_env`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -222,7 +223,13 @@ fn dlq(command: DlqCommand) -> Result<ExitCode, String> {
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
-        let bus = NatsBus::connect(Config::new(&url).name("a4co-cli"))
+        let config = Config::from_vars(|name| match name {
+            "NATS_URL" => Some(url.clone()),
+            _ => std::env::var(name).ok(),
+        })
+        .map_err(|e| e.to_string())?
+        .unwrap_or_else(|| Config::new(&url));
+        let bus = NatsBus::connect(config.name("a4co-cli"))
             .await
             .map_err(|e| e.to_string())?;
         let tools = DeadLetters::new(bus.transport().clone());

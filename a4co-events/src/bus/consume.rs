@@ -19,8 +19,10 @@ use tracing::Instrument as _;
 
 use super::dlq::{DeadLetter, FaultKind, REPLAY_HEADER};
 use super::marks::{Book, Mark, Timing};
-use super::transport::{AckState, Attempt, Consumer, Delivery, Inbox, Transport};
+use super::transport::{AckState, Attempt, Consumer, Delivery, Inbox, RawMessage, Transport};
 use super::{EventBus, Handler, HandlerError, SubscribeError, Subscription, telemetry};
+use crate::catalog::AnyMessage;
+use crate::envelope::Envelope;
 use crate::headers::{TraceContext, names};
 
 /// What a subscription has done so far.
@@ -130,6 +132,13 @@ impl<T: Transport, H: Handler> Shared<T, H> {
 
 type DeliveryOf<T> = <<T as Transport>::Consumer as Consumer>::Delivery;
 
+/// A delivery with its body decoded (once, when it is fetched: the lane it waits in is
+/// chosen by the body's keys).
+type Decoded<T> = (
+    DeliveryOf<T>,
+    Result<Envelope<AnyMessage>, crate::DecodeError>,
+);
+
 pub(super) async fn start<T: Transport, H: Handler>(
     bus: EventBus<T>,
     subscription: Subscription,
@@ -223,7 +232,7 @@ async fn run<T: Transport, H: Handler>(
     let mut running = FuturesUnordered::new();
     // Per lane: whether a delivery is running, and those waiting behind it.
     let mut busy = vec![false; limit];
-    let mut waiting: Vec<VecDeque<DeliveryOf<T>>> = (0..limit).map(|_| VecDeque::new()).collect();
+    let mut waiting: Vec<VecDeque<Decoded<T>>> = (0..limit).map(|_| VecDeque::new()).collect();
     let mut queued = 0usize;
     let mut stopping = false;
     // Set when the handle was dropped: the subscription then runs until the process ends.
@@ -306,16 +315,22 @@ async fn run<T: Transport, H: Handler>(
                 fetch_paused_until = Some(tokio::time::Instant::now() + Duration::from_millis(200));
             }
             Event::Fetched(Some(Ok(delivery))) => {
+                let message = delivery.message();
+                let decoded = shared
+                    .subscription
+                    .decoder
+                    .decode(&message.payload, &message.headers);
                 let lane = match shared.subscription.ordered_by {
                     super::OrderBy::Nothing => busy.iter().position(|b| !b).unwrap_or(0),
-                    order => lane_of(&delivery, limit, order),
+                    order => lane_of(message, decoded.as_ref().ok(), limit, order),
                 };
+                let next = (delivery, decoded);
                 if busy[lane] {
-                    waiting[lane].push_back(delivery);
+                    waiting[lane].push_back(next);
                     queued += 1;
                 } else {
                     busy[lane] = true;
-                    running.push(process(Arc::clone(&shared), delivery, lane, index));
+                    running.push(process(Arc::clone(&shared), next, lane, index));
                 }
             }
         }
@@ -370,24 +385,31 @@ async fn close_book<T: Transport, H: Handler>(
 }
 
 /// Messages of one aggregate (or one correlation) go to one lane, so they are handled in
-/// order.
-fn lane_of<D: Delivery>(delivery: &D, lanes: usize, order: super::OrderBy) -> usize {
-    let message = delivery.message();
-    let header = match order {
-        super::OrderBy::Correlation => names::CORRELATION_ID,
-        _ => names::AGGREGATE_ID,
-    };
-    let key = message.headers.get(header).unwrap_or(&message.subject);
+/// order. The key is the decoded body's (headers no longer carry it); a body that did not
+/// decode goes by its subject, and is dead-lettered in its turn.
+fn lane_of(
+    message: &RawMessage,
+    envelope: Option<&Envelope<AnyMessage>>,
+    lanes: usize,
+    order: super::OrderBy,
+) -> usize {
+    if lanes <= 1 {
+        return 0;
+    }
+    let key = envelope.map_or(message.subject.as_str(), |e| match order {
+        super::OrderBy::Correlation => e.metadata.correlation_id.as_str(),
+        _ => e.aggregate_id.as_str(),
+    });
     // FNV-1a: stable across processes and runs.
     let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
-    usize::try_from(hash % lanes.max(1) as u64).unwrap_or(0)
+    usize::try_from(hash % lanes as u64).unwrap_or(0)
 }
 
 async fn process<T: Transport, H: Handler>(
     shared: Arc<Shared<T, H>>,
-    delivery: DeliveryOf<T>,
+    (delivery, decoded): Decoded<T>,
     lane: usize,
     consumer: usize,
 ) -> usize {
@@ -403,7 +425,9 @@ async fn process<T: Transport, H: Handler>(
         telemetry::set_remote_parent(&span, &trace);
     }
     let started = std::time::Instant::now();
-    let (status, event_type) = settle(&shared, &delivery, consumer).instrument(span).await;
+    let (status, event_type) = settle(&shared, &delivery, decoded, consumer)
+        .instrument(span)
+        .await;
     shared.bus.metrics.processed(
         &shared.service,
         event_type,
@@ -420,6 +444,7 @@ async fn process<T: Transport, H: Handler>(
 async fn settle<T: Transport, H: Handler>(
     shared: &Shared<T, H>,
     delivery: &DeliveryOf<T>,
+    decoded: Result<Envelope<AnyMessage>, crate::DecodeError>,
     consumer: usize,
 ) -> (&'static str, Option<&'static str>) {
     let info = delivery.info();
@@ -431,11 +456,7 @@ async fn settle<T: Transport, H: Handler>(
         )
     };
 
-    let envelope = match shared
-        .subscription
-        .decoder
-        .decode(&message.payload, &message.headers)
-    {
+    let envelope = match decoded {
         Ok(envelope) => envelope,
         Err(e) => {
             let id = message.headers.get(names::MSG_ID).map(str::to_owned);
@@ -451,6 +472,21 @@ async fn settle<T: Transport, H: Handler>(
     };
     let event_type = envelope.event_type();
     let event_id = envelope.event_id;
+    if message.subject != event_type {
+        // The subject is the type: a body that says otherwise contradicts its routing.
+        let fault = Fault {
+            kind: FaultKind::Undecodable,
+            chain: vec![format!(
+                "{}: the subject is {} but the body says {event_type}",
+                crate::DecodeErrorKind::HeaderMismatch,
+                crate::error::clip(&message.subject)
+            )],
+            event_type: Some(event_type.to_owned()),
+            event_id: Some(event_id.to_string()),
+        };
+        let key = attempts_key();
+        return (dead_letter(shared, delivery, fault, &key, &key).await, None);
+    }
     let mark = || Mark {
         event_id,
         replay: message.headers.get(REPLAY_HEADER).map(Box::from),

@@ -99,8 +99,13 @@ kinds!(
         ConnectionLost => "connection lost",
         /// The broker refused the message (too large, a failed expectation, ...).
         Rejected => "rejected",
-        /// The message cannot be sent as it is (a header name or value the wire cannot
-        /// carry); the message says which. Sending it again will fail again.
+        /// The server does not allow this connection's user to publish to the subject
+        /// (its permissions); sending it again will fail again.
+        PermissionDenied => "permission denied",
+        /// The message cannot be sent as it is: a header name or value the wire cannot
+        /// carry, or an envelope every consumer would dead-letter (an empty aggregate id, a
+        /// payload that violates its schema); the message says which, and nothing was
+        /// sent. Sending it again will fail again.
         InvalidMessage => "invalid message",
         /// Anything else.
         Other => "publish failed",

@@ -87,26 +87,33 @@ pub use transport::{DeliveryInfo, PendingAck, Provisioned, PublishAck, RawMessag
 /// Publishes envelopes. Implemented by [`EventBus`]; depend on this trait, not a transport.
 pub trait Publisher: Clone + Send + Sync + 'static {
     /// Publishes and waits for the broker's acknowledgement. Publishing the same envelope
-    /// again within 2 minutes stores it once ([`PublishAck::duplicate`]).
+    /// again within 2 minutes stores it once ([`PublishAck::duplicate`]). The body is
+    /// checked first as consumers check it ([`Envelope::to_checked_json`]): an envelope
+    /// every consumer would dead-letter (an empty `aggregateId`, a payload that violates its
+    /// schema) is refused and nothing is sent.
     ///
     /// # Errors
-    /// [`PublishError`]: no stream, timeout, connection lost, rejected.
+    /// [`PublishError`]: [`PublishErrorKind::InvalidMessage`] for such an envelope (the
+    /// reason a consumer would give), no stream, timeout, connection lost, rejected,
+    /// permission denied.
     fn publish<P: Payload>(
         &self,
         envelope: &Envelope<P>,
     ) -> impl Future<Output = Result<PublishAck, PublishError>> + Send;
 
     /// Sends without waiting for the acknowledgement: await the returned [`PendingAck`]
-    /// later. Keeps many messages in flight, for throughput.
+    /// later. Keeps many messages in flight, for throughput. Checked as
+    /// [`Publisher::publish`] checks.
     ///
     /// # Errors
-    /// [`PublishError`] when the message could not even be sent.
+    /// [`PublishError`] when the message could not even be sent, or was refused.
     fn publish_pipelined<P: Payload>(
         &self,
         envelope: &Envelope<P>,
     ) -> impl Future<Output = Result<PendingAck, PublishError>> + Send;
 
-    /// Publishes bytes as they are: for bridges, dead-letter replays and tests of bad input.
+    /// Publishes bytes as they are, unchecked: for bridges, dead-letter replays and tests of
+    /// bad input.
     ///
     /// # Errors
     /// As [`Publisher::publish`].
@@ -612,8 +619,28 @@ impl<T: Transport> EventBus<T> {
     /// The message to send and the producer span to send it in. The span is a child of the
     /// current span, or else of the envelope's own trace context; its context goes into the
     /// headers, so the consumer's span becomes its child.
-    fn outgoing<P: Payload>(&self, envelope: &Envelope<P>) -> (RawMessage, tracing::Span) {
-        let mut message = RawMessage::from_envelope(envelope);
+    /// The message to send for `envelope`, and its publish span; refused (nothing sent)
+    /// when every consumer would dead-letter it.
+    fn outgoing<P: Payload>(
+        &self,
+        envelope: &Envelope<P>,
+    ) -> Result<(RawMessage, tracing::Span), PublishError> {
+        let payload = envelope.to_checked_json().map_err(|e| {
+            PublishError::new(
+                PublishErrorKind::InvalidMessage,
+                format!(
+                    "{} {} not sent: every consumer would dead-letter it ({})",
+                    envelope.event_type(),
+                    envelope.event_id,
+                    e.reason()
+                ),
+            )
+        })?;
+        let mut message = RawMessage {
+            subject: envelope.subject().to_owned(),
+            headers: envelope.headers(),
+            payload: payload.into(),
+        };
         let span = telemetry::publish_span(&message.subject, &envelope.event_id);
         if let Some(trace) = &envelope.trace
             && !telemetry::in_trace()
@@ -623,7 +650,7 @@ impl<T: Transport> EventBus<T> {
         if let Some(trace) = telemetry::outgoing(&span, envelope.trace.as_ref()) {
             trace.inject(&mut message.headers);
         }
-        (message, span)
+        Ok((message, span))
     }
 
     /// The broker underneath, for what the bus does not wrap (the dead-letter tools, the
@@ -633,13 +660,15 @@ impl<T: Transport> EventBus<T> {
     }
 
     /// Creates every stream the marketplace needs (one per context, and `DLQ`) where
-    /// missing, and reports how existing ones differ from the expected settings.
+    /// missing, with the transport's replicas (on NATS, `nats::Config::replicas`), and
+    /// reports how existing ones differ from the expected settings (replicas included).
+    /// Buckets are created, with the same replicas, when they are first opened.
     ///
     /// # Errors
     /// [`ProvisionError`] when a stream cannot be created or inspected.
-    pub async fn provision(&self, replicas: usize) -> Result<Vec<Provisioned>, ProvisionError> {
+    pub async fn provision(&self) -> Result<Vec<Provisioned>, ProvisionError> {
         let mut out = Vec::new();
-        for spec in StreamSpec::all(replicas) {
+        for spec in StreamSpec::all(self.transport.replicas()) {
             let report = self.transport.ensure_stream(&spec).await?;
             for line in &report.drift {
                 tracing::warn!(stream = %report.stream, drift = %line, "stream differs from the expected settings");
@@ -657,7 +686,7 @@ impl MemoryBus {
     /// Never in practice; the signature matches the NATS bus.
     pub async fn provisioned() -> Result<Self, ProvisionError> {
         let bus = EventBus::new(MemoryTransport::new());
-        bus.provision(1).await?;
+        bus.provision().await?;
         Ok(bus)
     }
 }
@@ -667,7 +696,7 @@ impl<T: Transport> Publisher for EventBus<T> {
         &self,
         envelope: &Envelope<P>,
     ) -> Result<PublishAck, PublishError> {
-        let (message, span) = self.outgoing(envelope);
+        let (message, span) = self.outgoing(envelope)?;
         let ack = self.transport.publish(message).instrument(span).await?;
         self.metrics
             .published(&envelope.source, envelope.event_type());
@@ -678,7 +707,7 @@ impl<T: Transport> Publisher for EventBus<T> {
         &self,
         envelope: &Envelope<P>,
     ) -> Result<PendingAck, PublishError> {
-        let (message, span) = self.outgoing(envelope);
+        let (message, span) = self.outgoing(envelope)?;
         let pending = self
             .transport
             .publish_pipelined(message)

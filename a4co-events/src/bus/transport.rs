@@ -251,6 +251,11 @@ pub trait Transport: Clone + Send + Sync + 'static {
         message: RawMessage,
     ) -> impl Future<Output = Result<PendingAck, PublishError>> + Send;
 
+    /// How many copies of each stream and bucket it creates (1 unless it replicates).
+    fn replicas(&self) -> usize {
+        1
+    }
+
     /// Creates the stream if it is missing; reports how an existing one differs.
     fn ensure_stream(
         &self,

@@ -120,22 +120,29 @@ pub fn envelope_schema() -> Value {
     schema
 }
 
-/// The JSON Schema of the NATS headers of a message.
+/// The JSON Schema of the NATS headers of a message: `Nats-Msg-Id`, and the W3C trace
+/// context when there is one. The legacy `a4co-*` headers older publishers sent are listed
+/// as deprecated: consumers accept them when they agree with the body.
 pub fn headers_schema() -> Value {
-    let text = |description: &str| json!({"type": "string", "description": description});
+    let legacy = |description: &str| {
+        json!({"type": "string", "deprecated": true,
+            "description": format!("{description} Sent before 2026-12; no longer sent. Accepted when it agrees with the body; a message where it does not is dead-lettered.")})
+    };
+    let mut version = legacy("The envelope's eventVersion.");
+    version["pattern"] = json!("^[1-9][0-9]*$");
     json!({
         "type": "object",
-        "required": [names::MSG_ID, names::EVENT_TYPE, names::EVENT_VERSION],
+        "required": [names::MSG_ID],
         "properties": {
             names::MSG_ID: {"type": "string", "format": "uuid",
                 "description": "The envelope's eventId: JetStream deduplicates on it."},
-            names::EVENT_TYPE: text("The envelope's eventType."),
-            names::EVENT_VERSION: {"type": "string", "pattern": "^[1-9][0-9]*$",
-                "description": "The envelope's eventVersion."},
-            names::AGGREGATE_ID: text("The envelope's aggregateId."),
-            names::CORRELATION_ID: text("The envelope's metadata.correlationId."),
-            names::TRACEPARENT: text("W3C trace context."),
-            names::TRACESTATE: text("W3C trace state."),
+            names::TRACEPARENT: {"type": "string",
+                "description": "W3C trace context, when the sender has one."},
+            names::TRACESTATE: {"type": "string", "description": "W3C trace state."},
+            names::EVENT_TYPE: legacy("The envelope's eventType."),
+            names::EVENT_VERSION: version,
+            names::AGGREGATE_ID: legacy("The envelope's aggregateId."),
+            names::CORRELATION_ID: legacy("The envelope's metadata.correlationId."),
         }
     })
 }

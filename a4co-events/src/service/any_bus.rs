@@ -34,38 +34,23 @@ pub enum AnyBus {
 }
 
 impl AnyBus {
-    /// The bus the environment asks for: NATS at `NATS_URL` (comma-separated seeds) with
-    /// every stream provisioned at `NATS_REPLICAS` replicas (default 1; 3 for a cluster in
-    /// production), or the in-memory bus when `NATS_URL` is unset or empty. `service` names
-    /// the connection.
+    /// The bus the environment asks for: NATS as [`nats::Config::from_env`] reads it
+    /// (`NATS_URL` with comma-separated seeds, credentials, TLS, `NATS_REPLICAS`) with
+    /// every stream provisioned, or the in-memory bus when `NATS_URL` is unset or empty.
+    /// `service` names the connection.
     ///
     /// # Errors
-    /// [`StartErrorKind::InvalidConfig`] naming the variable that is wrong;
-    /// [`StartErrorKind::Unavailable`] when the server cannot be reached, is too old, or
-    /// the streams cannot be created.
+    /// [`StartErrorKind::InvalidConfig`] naming the variable that is wrong (a bad value,
+    /// refused credentials, a TLS file or certificate); [`StartErrorKind::Unavailable`]
+    /// when the server cannot be reached, is too old, or the streams cannot be created.
+    /// No message holds a password, token or seed.
     pub async fn from_env(service: &str) -> Result<AnyBus, StartError> {
-        let url = std::env::var("NATS_URL")
-            .ok()
-            .filter(|u| !u.trim().is_empty());
-        let replicas = match std::env::var("NATS_REPLICAS") {
-            Err(_) => 1,
-            Ok(v) => v
-                .trim()
-                .parse()
-                .ok()
-                .filter(|n| (1..=5).contains(n))
-                .ok_or_else(|| {
-                    StartError::new(
-                        StartErrorKind::InvalidConfig,
-                        format!("NATS_REPLICAS={v:?}: expected a number of replicas from 1 to 5"),
-                    )
-                })?,
-        };
-        AnyBus::connect(url.as_deref(), service, replicas).await
+        let config = nats::Config::from_env().map_err(start_error("NATS"))?;
+        AnyBus::open(config.map(|c| c.name(service))).await
     }
 
     /// NATS at `url` with every stream provisioned at `replicas`, or, without a URL, a
-    /// fresh in-memory bus.
+    /// fresh in-memory bus. Credentials in the URL (`nats://user:password@host`) are used.
     ///
     /// # Errors
     /// As [`AnyBus::from_env`], the message naming the URL instead of the variable.
@@ -74,25 +59,31 @@ impl AnyBus {
         service: &str,
         replicas: usize,
     ) -> Result<AnyBus, StartError> {
-        let Some(url) = url else {
+        let config = url.map(|url| nats::Config::new(url).name(service).replicas(replicas));
+        AnyBus::open(config).await
+    }
+
+    /// NATS as `config` says, with every stream provisioned, or, with `None`, a fresh
+    /// in-memory bus.
+    ///
+    /// # Errors
+    /// As [`AnyBus::from_env`].
+    pub async fn open(config: Option<nats::Config>) -> Result<AnyBus, StartError> {
+        let Some(config) = config else {
             let bus = MemoryBus::provisioned().await.map_err(|e| {
                 StartError::new(StartErrorKind::Unavailable, "the in-memory bus").with_source(e)
             })?;
             return Ok(AnyBus::Memory(bus));
         };
-        let bus = NatsBus::connect(nats::Config::new(url).name(service))
+        let shown = config.shown_urls();
+        let bus = NatsBus::connect(config)
             .await
-            .map_err(|e| {
-                let kind = match e.kind() {
-                    nats::ConnectErrorKind::InvalidConfig => StartErrorKind::InvalidConfig,
-                    _ => StartErrorKind::Unavailable,
-                };
-                StartError::new(kind, format!("NATS at {url:?}")).with_source(e)
-            })?;
-        bus.provision(replicas).await.map_err(|e| {
+            .map_err(start_error(&format!("NATS at {shown}")))?;
+        bus.provision().await.map_err(|e| {
+            let replicas = bus.transport().replicas();
             StartError::new(
                 StartErrorKind::Unavailable,
-                format!("provisioning the streams on {url:?} ({replicas} replicas)"),
+                format!("provisioning the streams on {shown} ({replicas} replicas)"),
             )
             .with_source(e)
         })?;
@@ -119,6 +110,19 @@ impl AnyBus {
                 other => Err(format!("NATS connection {other}")),
             },
         }
+    }
+}
+
+/// A connect error as a start error: a setting to fix, or a server that is not there.
+fn start_error(what: &str) -> impl FnOnce(nats::ConnectError) -> StartError + '_ {
+    move |e| {
+        let kind = match e.kind() {
+            nats::ConnectErrorKind::InvalidConfig
+            | nats::ConnectErrorKind::Unauthorized
+            | nats::ConnectErrorKind::Tls => StartErrorKind::InvalidConfig,
+            _ => StartErrorKind::Unavailable,
+        };
+        StartError::new(kind, what.to_owned()).with_source(e)
     }
 }
 

@@ -22,6 +22,8 @@ use serde::de::DeserializeOwned;
 
 #[cfg(feature = "nats")]
 use super::AnyBus;
+#[cfg(feature = "nats")]
+use crate::bus::nats::BucketSpec;
 
 /// A record and the revision it was read at.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,8 +81,10 @@ impl Records {
         }
     }
 
-    /// The records of `bucket`: a JetStream KV bucket (created if missing, file storage)
-    /// when `bus` is NATS, else empty records in memory.
+    /// The records of `bucket`: a JetStream KV bucket when `bus` is NATS (created if
+    /// missing, file storage, the connection's replicas; drift reported, see
+    /// [`NatsTransport::key_value`](crate::bus::nats::NatsTransport::key_value)), else empty
+    /// records in memory.
     ///
     /// # Errors
     /// The bucket cannot be opened or created.
@@ -90,19 +94,12 @@ impl Records {
         let AnyBus::Nats(bus) = bus else {
             return Ok(Records::memory());
         };
-        let js = bus.transport().jetstream();
-        let store = match js.get_key_value(bucket).await {
-            Ok(store) => store,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: bucket.to_owned(),
-                    history: 1,
-                    storage: async_nats::jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| RecordsError::Unavailable(format!("bucket {bucket}: {e}")))?,
-        };
+        let spec = BucketSpec::new(bucket, "a4co service records");
+        let (store, _) = bus
+            .transport()
+            .key_value(&spec)
+            .await
+            .map_err(|e| RecordsError::Unavailable(format!("bucket {bucket}: {e}")))?;
         Ok(Records {
             inner: Inner::Nats(Box::new(store)),
         })

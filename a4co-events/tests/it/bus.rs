@@ -122,14 +122,21 @@ async fn publish_errors_by_kind<T: Transport>(f: Fixture<T>) {
     assert_eq!(err.kind(), PublishErrorKind::NoStream, "{err}");
     assert!(err.to_string().contains("nowhere.at_all"), "{err}");
 
-    // What the wire cannot carry is refused with a reason, never sent broken (or panicked on).
-    let err = f
-        .bus
-        .publish(&order("ord-1\r\nX-Evil: 1"))
-        .await
-        .unwrap_err();
+    // What every consumer would dead-letter is refused with its reason, nothing sent.
+    let err = f.bus.publish(&order("")).await.unwrap_err();
     assert_eq!(err.kind(), PublishErrorKind::InvalidMessage, "{err}");
-    assert!(err.to_string().contains("a4co-aggregate-id"), "{err}");
+    assert!(err.to_string().contains("aggregateId"), "{err}");
+    let mut bad = order("ord-1");
+    bad.data.items.clear(); // the schema asks for at least one line
+    let err = f.bus.publish(&bad).await.unwrap_err();
+    assert_eq!(err.kind(), PublishErrorKind::InvalidMessage, "{err}");
+    assert!(err.to_string().contains("schema violation"), "{err}");
+    let err = f.bus.publish_pipelined(&bad).await.err().unwrap();
+    assert_eq!(err.kind(), PublishErrorKind::InvalidMessage, "{err}");
+    // An aggregate id with a line break goes in the body, which carries it: no header
+    // holds it any more.
+    f.bus.publish(&order("ord-1\r\nX-Evil: 1")).await.unwrap();
+    // What the wire cannot carry is refused with a reason, never sent broken (or panicked on).
     let mut headers = order("ord-1").headers();
     headers.insert("bad name".to_owned(), "x");
     let raw = RawMessage {
@@ -141,6 +148,13 @@ async fn publish_errors_by_kind<T: Transport>(f: Fixture<T>) {
     assert_eq!(err.kind(), PublishErrorKind::InvalidMessage, "{err}");
     assert!(err.to_string().contains("\"bad name\""), "{err}");
     assert!(dead_letters(&f.bus).await.is_empty());
+    let stored = f
+        .bus
+        .transport()
+        .read_stream("ORDERS", 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1, "only the valid envelope was stored");
 }
 
 async fn a_multi_line_failure_reason_is_dead_lettered<T: Transport>(f: Fixture<T>) {
@@ -663,6 +677,17 @@ async fn poison_input_is_dead_lettered_and_the_consumer_goes_on<T: Transport>(f:
             "missing_header",
             raw("order.created", Headers::new(), good.to_json()),
         ),
+        (
+            "header_mismatch",
+            with(&|_, h| h.insert("a4co-aggregate-id", "ord-other")),
+        ),
+        (
+            "header_mismatch",
+            RawMessage {
+                subject: "order.confirmed".into(),
+                ..with(&|_, _| {})
+            },
+        ),
     ];
     let expected = cases.len();
     for (_, message) in cases.iter().cloned() {
@@ -671,6 +696,20 @@ async fn poison_input_is_dead_lettered_and_the_consumer_goes_on<T: Transport>(f:
     f.bus.publish(&good).await.unwrap();
     let (m, _) = recv(&mut rx, 10, "the good message after the poison").await;
     assert_eq!(m.event_id, good.event_id);
+    // An older publisher's message, with the four legacy headers agreeing: handled.
+    let legacy = with(&|b, h| {
+        h.insert("a4co-event-type", "order.created");
+        h.insert("a4co-event-version", "2");
+        h.insert("a4co-aggregate-id", "ord-ok");
+        h.insert(
+            "a4co-correlation-id",
+            b["metadata"]["correlationId"].as_str().unwrap(),
+        );
+    });
+    let legacy_id = legacy.headers.get("Nats-Msg-Id").unwrap().to_owned();
+    f.bus.publish_raw(legacy).await.unwrap();
+    let (m, _) = recv(&mut rx, 10, "the message with legacy headers").await;
+    assert_eq!(m.event_id.to_string(), legacy_id);
     eventually(10, "every poison dead-lettered", || async {
         handle.stats().dead_lettered as usize == expected
     })
@@ -1008,7 +1047,7 @@ async fn shutdown_drains_handlers_in_flight<T: Transport>(f: Fixture<T>) {
 }
 
 async fn provisioning_is_idempotent<T: Transport>(f: Fixture<T>) {
-    let again = f.bus.provision(1).await.unwrap();
+    let again = f.bus.provision().await.unwrap();
     assert_eq!(again.len(), 10);
     assert!(
         again.iter().all(|r| !r.created && r.drift.is_empty()),

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use a4co_events::bus::nats::{Config, ConnectErrorKind, NatsBus};
+use a4co_events::bus::nats::{BucketSpec, Config, ConnectErrorKind, NatsBus};
 use a4co_events::bus::{
     DeliveryInfo, HandlerError, Publisher, StreamSpec, Subscriber, Subscription, Transport,
 };
@@ -124,7 +124,7 @@ async fn provisioning_reports_drift_and_changes_nothing() {
         ..StreamSpec::for_context(BoundedContext::Order, 1)
     };
     assert!(bus.transport().ensure_stream(&odd).await.unwrap().created);
-    let reports = bus.provision(1).await.unwrap();
+    let reports = bus.provision().await.unwrap();
     let orders = reports.iter().find(|r| r.stream == "ORDERS").unwrap();
     assert!(!orders.created);
     assert_eq!(orders.drift.len(), 1, "{:?}", orders.drift);
@@ -148,15 +148,55 @@ async fn provisioning_reports_drift_and_changes_nothing() {
     );
 }
 
+#[tokio::test]
+async fn buckets_and_streams_at_fewer_replicas_than_asked_are_reported_not_changed() {
+    let server = NatsServer::start();
+    let one = NatsBus::connect(Config::new(server.url())).await.unwrap();
+    one.provision().await.unwrap();
+    let spec = BucketSpec::new("drifting", "a test bucket");
+    let (_, created) = one.transport().key_value(&spec).await.unwrap();
+    assert!(created.created && created.drift.is_empty(), "{created:?}");
+    assert_eq!(one.transport().replicas(), 1);
+
+    // A service configured for three replicas meets what exists at one.
+    let three = NatsBus::connect(Config::new(server.url()).replicas(3))
+        .await
+        .unwrap();
+    let (store, report) = three.transport().key_value(&spec).await.unwrap();
+    assert_eq!(report.stream, "KV_drifting");
+    assert!(!report.created);
+    assert_eq!(report.drift, ["replicas are 1, expected 3"], "{report:?}");
+    store.put("k", "v".into()).await.unwrap();
+    let reports = three.provision().await.unwrap();
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.drift == ["replicas are 1, expected 3"]),
+        "{reports:#?}"
+    );
+    let status = store.status().await.unwrap();
+    assert_eq!(status.info.config.num_replicas, 1, "left as it was");
+    // Another retention than asked is drift too.
+    let (_, report) = three
+        .transport()
+        .key_value(&spec.clone().max_age(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(
+        report.drift.iter().any(|d| d.starts_with("max age is 0ns")),
+        "{report:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_replicate_on_a_three_node_cluster() {
     let cluster = NatsCluster::start();
-    let bus = NatsBus::connect(Config::new(cluster.urls().join(",")))
+    let bus = NatsBus::connect(Config::new(cluster.url()).replicas(3))
         .await
         .unwrap();
     let mut reports = None;
     for _ in 0..50 {
-        match bus.provision(3).await {
+        match bus.provision().await {
             Ok(r) => {
                 reports = Some(r);
                 break;
@@ -219,7 +259,7 @@ async fn publishing_while_the_server_is_down_fails_by_kind_and_recovers() {
     let bus = NatsBus::connect(Config::new(server.url()).ack_timeout(Duration::from_millis(500)))
         .await
         .unwrap();
-    bus.provision(1).await.unwrap();
+    bus.provision().await.unwrap();
     server.kill();
     let env = Envelope::new("order-service", "ord-1", OrderCreated::example());
     let err = bus.publish(&env).await.unwrap_err();

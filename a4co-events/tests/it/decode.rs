@@ -100,13 +100,26 @@ fn missing_and_contradicting_headers_are_rejected() {
     let b = bytes(&body);
     let err = fails(&b, &Headers::new());
     assert_eq!(err.kind(), DecodeErrorKind::MissingHeader);
+    assert!(err.to_string().contains("Nats-Msg-Id"), "{err}");
 
-    let mut headers = base.clone();
-    headers.remove("a4co-event-version");
-    let err = fails(&b, &headers);
-    assert_eq!(err.kind(), DecodeErrorKind::MissingHeader);
-    assert!(err.to_string().contains("a4co-event-version"), "{err}");
+    // Today's publishers send the id alone; type, version, aggregate and correlation come
+    // from the body.
+    assert_eq!(base.len(), 1, "{base:?}");
+    let decoded = decode(&b, &base).unwrap();
+    assert_eq!(decoded.aggregate_id, "ord-1001");
 
+    // Older publishers also sent four a4co-* headers: accepted when they agree...
+    let mut legacy = base;
+    legacy.insert("a4co-event-type", "order.created");
+    legacy.insert("a4co-event-version", "2");
+    legacy.insert("a4co-aggregate-id", "ord-1001");
+    legacy.insert(
+        "a4co-correlation-id",
+        body["metadata"]["correlationId"].as_str().unwrap(),
+    );
+    assert_eq!(decode(&b, &legacy).unwrap().aggregate_id, "ord-1001");
+
+    // ... and rejected, naming the header, when one contradicts the body.
     for (name, value) in [
         ("a4co-event-version", "1"),
         ("a4co-event-type", "order.confirmed"),
@@ -114,7 +127,7 @@ fn missing_and_contradicting_headers_are_rejected() {
         ("a4co-aggregate-id", "ord-other"),
         ("a4co-correlation-id", "other"),
     ] {
-        let mut h = base.clone();
+        let mut h = legacy.clone();
         h.insert(name, value);
         let err = fails(&b, &h);
         assert_eq!(err.kind(), DecodeErrorKind::HeaderMismatch, "{name}");

@@ -59,29 +59,28 @@ fn the_body_has_exactly_the_design_fields_in_camel_case() {
 }
 
 #[test]
-fn headers_repeat_what_routing_and_tracing_need() {
+fn headers_carry_only_the_dedup_id_and_the_trace_context() {
     let env = traced();
     let h = env.headers();
+    let names: Vec<&str> = h.iter().map(|(name, _)| name).collect();
+    assert_eq!(
+        names,
+        [names::MSG_ID, names::TRACEPARENT, names::TRACESTATE]
+    );
     assert_eq!(
         h.get(names::MSG_ID),
         Some(env.event_id.to_string().as_str())
     );
-    assert_eq!(h.get(names::EVENT_TYPE), Some("order.created"));
-    assert_eq!(h.get(names::EVENT_VERSION), Some("2"));
-    assert_eq!(h.get(names::AGGREGATE_ID), Some("ord-1001"));
-    assert_eq!(
-        h.get(names::CORRELATION_ID),
-        Some(env.metadata.correlation_id.as_str())
-    );
     assert_eq!(h.get(names::TRACEPARENT), Some(TP));
     assert_eq!(h.get(names::TRACESTATE), Some("a4co=1"));
+    let untraced = Envelope::new("order-service", "ord-1001", OrderCreated::example()).headers();
+    assert_eq!(untraced.len(), 1, "{untraced:?}");
 
-    // And back: the parsed headers agree with the envelope without reading the body.
+    // And back: the id and trace context; no legacy header, so nothing else.
     let parsed = EnvelopeHeaders::from_headers(&h).unwrap();
     assert_eq!(parsed.event_id, env.event_id);
-    assert_eq!(parsed.event_type, "order.created");
-    assert_eq!(parsed.event_version, 2);
-    assert_eq!(parsed.aggregate_id.as_deref(), Some("ord-1001"));
+    assert_eq!((parsed.event_type, parsed.event_version), (None, None));
+    assert_eq!(parsed.aggregate_id, None);
     assert_eq!(parsed.trace, env.trace);
 }
 
@@ -138,4 +137,23 @@ fn downcast_gives_the_concrete_type_or_the_envelope_back() {
     assert_eq!(wrong, any);
     let right = any.downcast::<OrderCreated>().unwrap();
     assert_eq!(right.data, OrderCreated::example());
+}
+
+#[test]
+fn the_checked_body_is_the_body_and_is_refused_as_consumers_refuse_it() {
+    let env = Envelope::new("order-service", "ord-1001", OrderCreated::example());
+    assert_eq!(env.to_checked_json().unwrap(), env.to_json());
+    let any = env.clone().into_any();
+    assert_eq!(any.to_checked_json().unwrap(), any.to_json());
+
+    let mut empty = env.clone();
+    empty.aggregate_id.clear();
+    let mut no_lines = env;
+    no_lines.data.items.clear();
+    for bad in [empty, no_lines] {
+        let refused = bad.to_checked_json().unwrap_err();
+        let consumer = a4co_events::decode::check_body(&bad.to_json()).unwrap_err();
+        assert_eq!(refused.kind(), consumer.kind());
+        assert_eq!(refused.reason(), consumer.reason());
+    }
 }

@@ -8,6 +8,7 @@ mod bus_nats;
 mod catalog;
 mod cli;
 mod cloudevents;
+mod connect;
 mod decode;
 mod envelope;
 mod evolution;

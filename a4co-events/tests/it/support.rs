@@ -53,7 +53,7 @@ pub(crate) async fn nats_connect(url: &str) -> a4co_events::bus::nats::NatsBus {
     )
     .await
     .unwrap();
-    bus.provision(1).await.unwrap();
+    bus.provision().await.unwrap();
     bus
 }
 

@@ -179,3 +179,32 @@ fn the_fulfillment_diagram_matches_docs() {
         "docs/saga.md must hold the fulfillment diagram as the code draws it:\n{diagram}"
     );
 }
+
+#[tokio::test]
+async fn a_step_sending_what_consumers_would_dead_letter_fails_and_sends_nothing() {
+    use a4co_events::Message as _;
+    use a4co_events::bus::MemoryBus;
+    use a4co_events::catalog::inventory::ReserveStock;
+    let definition = builder()
+        .starts_with::<OrderCreated>(&[S::A], |step, order| {
+            // No aggregate: every consumer would dead-letter it.
+            step.send("reserve", "", ReserveStock::example());
+            let _ = order;
+            S::A
+        })
+        .on::<OrderConfirmed>(S::A, &[S::End], |_, _| S::End)
+        .build()
+        .unwrap();
+    let bus = MemoryBus::provisioned().await.unwrap();
+    let store = a4co_saga::store::MemoryStore::new();
+    let runtime = a4co_saga::Runtime::new(definition, bus.clone(), store.clone());
+    let order = a4co_events::Envelope::new("order-service", "ord-1", OrderCreated::example());
+    let error = runtime.handle(&order.into_any()).await.unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains("step \"reserve\"") && text.contains("every consumer would dead-letter"),
+        "{text}"
+    );
+    assert!(text.contains("aggregateId"), "{text}");
+    assert_eq!(store.len(), 0, "nothing saved, so nothing to send");
+}

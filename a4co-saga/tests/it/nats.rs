@@ -20,12 +20,12 @@ async fn connect(server: &NatsServer) -> NatsBus {
     let bus = NatsBus::connect(Config::new(server.url()).ack_timeout(Duration::from_secs(10)))
         .await
         .unwrap();
-    bus.provision(1).await.unwrap();
+    bus.provision().await.unwrap();
     bus
 }
 
 async fn runtime(bus: &NatsBus, clock: &VirtualClock) -> Fr {
-    let store = KvStore::open(bus.transport(), 1).await.unwrap();
+    let store = KvStore::open(bus.transport()).await.unwrap();
     Runtime::new(
         fulfillment::definition(fulfillment::Settings::default()).unwrap(),
         bus.clone(),
@@ -415,7 +415,7 @@ async fn finished_instances_age_out_after_the_retention() {
     use a4co_saga::Store as _;
     let server = NatsServer::start();
     let bus = connect(&server).await;
-    let store = KvStore::open_with(bus.transport(), 1, Duration::from_secs(1))
+    let store = KvStore::open_with(bus.transport(), Duration::from_secs(1))
         .await
         .unwrap();
     let index = a4co_saga::store::Index::default();
@@ -432,7 +432,7 @@ async fn finished_instances_age_out_after_the_retention() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let err = KvStore::open_with(bus.transport(), 1, Duration::from_millis(500))
+    let err = KvStore::open_with(bus.transport(), Duration::from_millis(500))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("too short"), "{err}");

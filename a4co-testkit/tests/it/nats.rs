@@ -102,31 +102,34 @@ async fn a_restart_keeps_the_store_and_clients_reconnect() {
     );
 }
 
+/// Creates an R3 stream, trying again while the cluster's meta leader is still being
+/// elected (it may take a moment after the nodes report healthy).
+async fn replicated_stream(
+    js: &jetstream::Context,
+    name: &str,
+    subjects: &str,
+) -> jetstream::stream::Stream {
+    for _ in 0..50 {
+        let config = stream::Config {
+            name: name.into(),
+            subjects: vec![subjects.into()],
+            num_replicas: 3,
+            ..Default::default()
+        };
+        match js.create_stream(config).await {
+            Ok(s) => return s,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    panic!("the cluster never accepted the replicated stream {name}");
+}
+
 #[tokio::test]
 async fn a_cluster_of_three_holds_a_replicated_stream() {
     let cluster = NatsCluster::start();
     assert_eq!(cluster.urls().len(), 3);
     let js = jetstream(&cluster.urls(), Duration::from_secs(5)).await;
-    let mut created = None;
-    // The meta leader may take a moment after the nodes report healthy.
-    for _ in 0..50 {
-        match js
-            .create_stream(stream::Config {
-                name: "REPL".into(),
-                subjects: vec!["repl.>".into()],
-                num_replicas: 3,
-                ..Default::default()
-            })
-            .await
-        {
-            Ok(s) => {
-                created = Some(s);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let mut s = created.expect("the cluster never accepted a replicated stream");
+    let mut s = replicated_stream(&js, "REPL", "repl.>").await;
     js.publish("repl.a", "x".into())
         .await
         .unwrap()
@@ -139,4 +142,53 @@ async fn a_cluster_of_three_holds_a_replicated_stream() {
         .as_ref()
         .expect("a clustered stream reports its cluster");
     assert_eq!(cluster_info.replicas.len(), 2, "a leader and two replicas");
+}
+
+#[test]
+fn a_sync_mode_reaches_the_server() {
+    let server = NatsServer::builder().sync_interval("always").start();
+    let (status, body) = server.monitor("/varz").expect("/varz answers");
+    assert_eq!(status, 200);
+    let varz: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        varz["jetstream"]["config"]["sync_always"], true,
+        "{}",
+        varz["jetstream"]
+    );
+
+    let default = NatsServer::start();
+    let (_, body) = default.monitor("/varz").unwrap();
+    let varz: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_ne!(varz["jetstream"]["config"]["sync_always"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_is_killed_and_restarted_and_its_stream_leader_found() {
+    let mut cluster = NatsCluster::start();
+    let js = jetstream(&cluster.urls(), Duration::from_secs(5)).await;
+    let mut stream = replicated_stream(&js, "L", "l.>").await;
+    let reported = stream
+        .info()
+        .await
+        .unwrap()
+        .cluster
+        .clone()
+        .and_then(|c| c.leader);
+    let leader = cluster.stream_leader("L").expect("a leader");
+    assert_eq!(cluster.nodes()[leader].name(), reported.as_deref());
+
+    cluster.kill(leader);
+    assert!(!cluster.nodes()[leader].is_running());
+    // Another node takes over.
+    let mut next = None;
+    for _ in 0..100 {
+        next = cluster.stream_leader("L").filter(|n| *n != leader);
+        if next.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(next.is_some(), "no new leader after the old one died");
+    cluster.resume(leader);
+    assert!(cluster.nodes()[leader].is_running());
 }

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use a4co_events::bus::nats::Config as NatsConfig;
 use a4co_http::auth::Secret;
 use service_kit::{ConfigError, Env};
 
@@ -13,8 +14,9 @@ use crate::Settings;
 pub struct Config {
     /// `INVENTORY_HTTP_ADDR`, default `127.0.0.1:8082`.
     pub http_addr: SocketAddr,
-    /// `NATS_URL`; unset: the in-memory bus.
-    pub nats_url: Option<String>,
+    /// NATS as the `NATS_*` variables say (`NATS_URL`, credentials, TLS, `NATS_REPLICAS`:
+    /// see [`Env::nats`]); `None` when `NATS_URL` is unset: the in-memory bus.
+    pub nats: Option<NatsConfig>,
     /// `INVENTORY_LOW_STOCK_THRESHOLD` (default 5) and `INVENTORY_SWEEP_INTERVAL_MS`
     /// (default 5000).
     pub settings: Settings,
@@ -45,7 +47,7 @@ impl Config {
                 SocketAddr::from(([127, 0, 0, 1], 8082)),
                 "an address to listen on, such as 127.0.0.1:8082",
             )?,
-            nats_url: env.optional("NATS_URL"),
+            nats: env.nats()?,
             settings: Settings {
                 low_stock_threshold: env.var(
                     "INVENTORY_LOW_STOCK_THRESHOLD",
@@ -72,7 +74,7 @@ mod tests {
     fn defaults_work_locally_and_bad_values_say_what_to_fix() {
         let config = Config::from_env(&Env::from_pairs([SECRET])).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.http_addr.port(), 8082);
-        assert_eq!(config.nats_url, None);
+        assert!(config.nats.is_none());
         let bad = Config::from_env(&Env::from_pairs([
             SECRET,
             ("INVENTORY_SWEEP_INTERVAL_MS", "0"),

@@ -342,8 +342,7 @@ impl<B: Publisher + Subscriber> Inventory<B> {
 /// A bad setting, an unreachable NATS, an address in use: the message says what to fix.
 pub async fn run(env: Env) -> Result<(), service_kit::ConfigError> {
     let config = Config::from_env(&env)?;
-    let (bus, records) =
-        service_kit::ops::connect(NAME, config.nats_url.as_deref(), "inventory").await?;
+    let (bus, records) = service_kit::ops::connect(NAME, config.nats.clone(), "inventory").await?;
     let inventory = Inventory::new(bus.clone(), records, config.settings);
     let workers = inventory.start().await?;
     let router = inventory.router(&a4co_http::auth::Verifier::new(&config.secret));

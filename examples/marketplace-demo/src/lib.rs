@@ -62,7 +62,8 @@ usage: marketplace-demo [--orders N] [--concurrency C] [--nats URL] [--quiet]
   (no option)      the showcase: 40 orders, some confirmed, some out of stock, some declined
   --orders N       a load run of N ordinary orders, reporting orders/s
   --concurrency C  orders placed at once (default 8)
-  --nats URL       run on NATS JetStream (default: $NATS_URL, else the in-memory bus)
+  --nats URL       run on NATS JetStream (default: $NATS_URL, else the in-memory bus);
+                   credentials, TLS and NATS_REPLICAS come from the NATS_* variables
   --quiet          no progress lines
   serve NAME       run one service until Ctrl-C, configured by its environment variables";
 
@@ -140,16 +141,18 @@ pub async fn execute(command: Command, env: Env) -> Result<(), ConfigError> {
                 ))
                 .map_err(|e| ConfigError::new(e.to_string()))?,
             };
-            let mode = match &nats_url {
-                Some(url) => format!("NATS JetStream at {url}"),
+            let nats = env.nats_at(nats_url.as_deref())?;
+            let mode = match &nats {
+                Some(config) => format!("NATS JetStream at {}", config.shown_urls()),
                 None => "in-memory bus".to_owned(),
             };
-            let bus = AnyBus::connect(nats_url.as_deref(), "marketplace-demo", 1).await?;
+            let on_nats = nats.is_some();
+            let bus = AnyBus::open(nats.map(|c| c.name("marketplace-demo"))).await?;
             let market = Marketplace::start(bus, Settings::new(secret)).await?;
             eprintln!(
                 "a4co marketplace: order, inventory, payment and notification services started on the {mode}"
             );
-            if nats_url.is_none() {
+            if !on_nats {
                 eprintln!(
                     "(set NATS_URL or pass --nats URL to run on NATS JetStream; scripts/nats-server starts one)"
                 );

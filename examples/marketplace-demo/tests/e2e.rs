@@ -439,6 +439,7 @@ async fn healthy(process: &mut Process, name: &str) {
     loop {
         if let Ok(answer) = client.get_json::<serde_json::Value>("/health").await {
             assert_eq!(answer["bus"], "nats");
+            assert!(!answer.to_string().contains(NATS_PASSWORD), "{answer}");
             return;
         }
         if let Ok(Some(status)) = process.child.try_wait() {
@@ -452,12 +453,19 @@ async fn healthy(process: &mut Process, name: &str) {
     }
 }
 
+/// The password of the NATS user the services run as.
+const NATS_PASSWORD: &str = "nats-pw-e2e-4d7a";
+
 #[tokio::test]
 async fn the_four_services_as_separate_processes() {
-    let server = NatsServer::start();
+    let server = NatsServer::builder()
+        .user("services", NATS_PASSWORD)
+        .start();
     let secret_text = "e2e-secret-e2e-secret-e2e-secret-e2e";
     let mut env = vec![
         ("NATS_URL".to_owned(), server.url()),
+        ("NATS_USER".to_owned(), "services".to_owned()),
+        ("NATS_PASSWORD".to_owned(), NATS_PASSWORD.to_owned()),
         ("SERVICE_JWT_SECRET".to_owned(), secret_text.to_owned()),
     ];
     let mut inventory = spawn("inventory", &env).await;
@@ -628,7 +636,7 @@ async fn a_service_with_bad_settings_refuses_to_start_and_says_why() {
                 ("SERVICE_JWT_SECRET", "e2e-secret-e2e-secret-e2e-secret-e2e"),
                 ("NATS_URL", "nats://127.0.0.1:1"),
             ],
-            "NATS_URL: unavailable: NATS at \"nats://127.0.0.1:1\"",
+            "no NATS server answered at nats://127.0.0.1:1 (NATS_URL)",
         ),
     ];
     for (env, says) in cases {
@@ -642,6 +650,82 @@ async fn a_service_with_bad_settings_refuses_to_start_and_says_why() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{says}: it started");
         assert!(stderr.contains(says), "expected {says:?} in {stderr}");
+    }
+}
+
+/// Runs the demo binary with `args` and `env` (nothing else), at `RUST_LOG=trace`: whether
+/// it succeeded, and everything it printed.
+async fn demo_output(args: &[&str], env: &[(&str, String)]) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_marketplace-demo"))
+        .args(args)
+        .env_clear()
+        .env("RUST_LOG", "trace")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn the_demo_runs_on_a_server_that_requires_a_password_and_never_prints_it() {
+    let server = NatsServer::builder().user("demo", NATS_PASSWORD).start();
+    let jwt = (
+        "SERVICE_JWT_SECRET",
+        "e2e-secret-e2e-secret-e2e-secret-e2e".to_owned(),
+    );
+    let (ok, out) = demo_output(
+        &["--orders", "12", "--quiet"],
+        &[
+            ("NATS_URL", server.url()),
+            ("NATS_USER", "demo".into()),
+            ("NATS_PASSWORD", NATS_PASSWORD.into()),
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert!(out.contains("orders: 12 placed of 12 sent"), "{out}");
+    assert!(!out.contains(NATS_PASSWORD), "{out}");
+
+    let port = server.port();
+    let wrong = "wrong-pw-e2e-91b2";
+    let cases = [
+        (
+            vec![("NATS_URL", format!("nats://demo:{wrong}@127.0.0.1:{port}"))],
+            format!("NATS_URL nats://demo:***@127.0.0.1:{port}"),
+        ),
+        (
+            vec![
+                ("NATS_URL", server.url()),
+                ("NATS_USER", "demo".into()),
+                ("NATS_PASSWORD", wrong.into()),
+            ],
+            "the server refused the credentials of NATS_USER/NATS_PASSWORD".to_owned(),
+        ),
+        (
+            vec![("NATS_URL", server.url())],
+            "the server requires credentials: set NATS_USER/NATS_PASSWORD".to_owned(),
+        ),
+        (
+            vec![
+                ("NATS_URL", server.url()),
+                ("NATS_TOKEN", wrong.into()),
+                ("NATS_PASSWORD", wrong.into()),
+            ],
+            "NATS_PASSWORD is set without NATS_USER".to_owned(),
+        ),
+    ];
+    for (mut env, says) in cases {
+        env.push(jwt.clone());
+        let (ok, out) = demo_output(&["serve", "payment"], &env).await;
+        assert!(!ok, "it started with {env:?}");
+        assert!(out.contains(&says), "expected {says:?} in {out}");
+        assert!(!out.contains(wrong), "the password is shown: {out}");
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use a4co_events::bus::nats::Config as NatsConfig;
 use a4co_http::auth::Secret;
 use service_kit::{ConfigError, Env};
 
@@ -10,8 +11,9 @@ use service_kit::{ConfigError, Env};
 pub struct Config {
     /// `NOTIFICATION_HTTP_ADDR`, default `127.0.0.1:8084`.
     pub http_addr: SocketAddr,
-    /// `NATS_URL`; unset: the in-memory bus.
-    pub nats_url: Option<String>,
+    /// NATS as the `NATS_*` variables say (`NATS_URL`, credentials, TLS, `NATS_REPLICAS`:
+    /// see [`Env::nats`]); `None` when `NATS_URL` is unset: the in-memory bus.
+    pub nats: Option<NatsConfig>,
     /// `SERVICE_JWT_SECRET`, required.
     pub secret: Secret,
 }
@@ -28,7 +30,7 @@ impl Config {
                 SocketAddr::from(([127, 0, 0, 1], 8084)),
                 "an address to listen on, such as 127.0.0.1:8084",
             )?,
-            nats_url: env.optional("NATS_URL"),
+            nats: env.nats()?,
             secret: env.jwt_secret()?,
         })
     }

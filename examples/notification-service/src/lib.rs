@@ -304,7 +304,7 @@ async fn list<B: Publisher + Subscriber>(
 pub async fn run(env: Env) -> Result<(), service_kit::ConfigError> {
     let config = Config::from_env(&env)?;
     let (bus, records) =
-        service_kit::ops::connect(NAME, config.nats_url.as_deref(), "notifications").await?;
+        service_kit::ops::connect(NAME, config.nats.clone(), "notifications").await?;
     let notifications = Notifications::new(bus.clone(), records);
     let workers = notifications.start().await?;
     let router = notifications.router(&Verifier::new(&config.secret));

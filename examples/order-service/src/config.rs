@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use a4co_events::bus::nats::Config as NatsConfig;
 use a4co_http::auth::Secret;
 use a4co_saga::fulfillment::Settings;
 use service_kit::{ConfigError, Env};
@@ -12,8 +13,9 @@ use service_kit::{ConfigError, Env};
 pub struct Config {
     /// `ORDER_HTTP_ADDR`, default `127.0.0.1:8081`.
     pub http_addr: SocketAddr,
-    /// `NATS_URL`; unset: the in-memory bus.
-    pub nats_url: Option<String>,
+    /// NATS as the `NATS_*` variables say (`NATS_URL`, credentials, TLS, `NATS_REPLICAS`:
+    /// see [`Env::nats`]); `None` when `NATS_URL` is unset: the in-memory bus.
+    pub nats: Option<NatsConfig>,
     /// `INVENTORY_URL`, default `http://127.0.0.1:8082`.
     pub inventory_url: String,
     /// `PAYMENT_URL`, default `http://127.0.0.1:8083`.
@@ -72,7 +74,7 @@ impl Config {
                 SocketAddr::from(([127, 0, 0, 1], 8081)),
                 "an address to listen on, such as 127.0.0.1:8081",
             )?,
-            nats_url: env.optional("NATS_URL"),
+            nats: env.nats()?,
             inventory_url: url("INVENTORY_URL", "http://127.0.0.1:8082")?,
             payment_url: url("PAYMENT_URL", "http://127.0.0.1:8083")?,
             saga,

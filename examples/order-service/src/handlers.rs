@@ -176,7 +176,7 @@ impl Orders<AnyBus> {
                     .await
             }
             AnyBus::Nats(nats) => {
-                let store = a4co_saga::nats::KvStore::open(nats.transport(), 1)
+                let store = a4co_saga::nats::KvStore::open(nats.transport())
                     .await
                     .map_err(|e| ConfigError::new(format!("saga store: {e}")))?;
                 self.start_with(store, settings).await

@@ -223,8 +223,7 @@ impl<B> Orders<B> {
 /// A bad setting, an unreachable NATS, an address in use: the message says what to fix.
 pub async fn run(env: Env) -> Result<(), ConfigError> {
     let config = Config::from_env(&env)?;
-    let (bus, records) =
-        service_kit::ops::connect(NAME, config.nats_url.as_deref(), "orders").await?;
+    let (bus, records) = service_kit::ops::connect(NAME, config.nats.clone(), "orders").await?;
     let issuer = Issuer::new(config.secret.clone(), NAME, Clients::PERMISSIONS);
     let clients = Clients::new(&config.inventory_url, &config.payment_url, Some(issuer))?;
     let orders = Orders::new(bus.clone(), records, clients);

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use a4co_events::bus::nats::Config as NatsConfig;
 use a4co_http::auth::Secret;
 use service_kit::{ConfigError, Env};
 
@@ -13,8 +14,9 @@ use crate::Gateway;
 pub struct Config {
     /// `PAYMENT_HTTP_ADDR`, default `127.0.0.1:8083`.
     pub http_addr: SocketAddr,
-    /// `NATS_URL`; unset: the in-memory bus.
-    pub nats_url: Option<String>,
+    /// NATS as the `NATS_*` variables say (`NATS_URL`, credentials, TLS, `NATS_REPLICAS`:
+    /// see [`Env::nats`]); `None` when `NATS_URL` is unset: the in-memory bus.
+    pub nats: Option<NatsConfig>,
     /// The simulated gateway: `PAYMENT_DECLINE_RATE` (0 to 1, default 0),
     /// `PAYMENT_DECLINE_SEED` (default 7), `PAYMENT_DECLINE_OVER_MINOR` (an amount in cents
     /// above which cards are declined; default none), `PAYMENT_LATENCY_MS` (default 20).
@@ -51,7 +53,7 @@ impl Config {
                 SocketAddr::from(([127, 0, 0, 1], 8083)),
                 "an address to listen on, such as 127.0.0.1:8083",
             )?,
-            nats_url: env.optional("NATS_URL"),
+            nats: env.nats()?,
             gateway: Gateway {
                 decline_rate: rate,
                 seed: env.var("PAYMENT_DECLINE_SEED", defaults.seed, "a whole number")?,

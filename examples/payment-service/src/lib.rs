@@ -201,8 +201,7 @@ impl<B> Payments<B> {
 /// A bad setting, an unreachable NATS, an address in use: the message says what to fix.
 pub async fn run(env: Env) -> Result<(), service_kit::ConfigError> {
     let config = Config::from_env(&env)?;
-    let (bus, records) =
-        service_kit::ops::connect(NAME, config.nats_url.as_deref(), "payments").await?;
+    let (bus, records) = service_kit::ops::connect(NAME, config.nats.clone(), "payments").await?;
     let payments = Payments::new(bus.clone(), records, config.gateway);
     let workers = payments.start().await?;
     let router = payments.router(&a4co_http::auth::Verifier::new(&config.secret));

@@ -28,7 +28,8 @@ impl From<a4co_events::service::RecordsError> for ConfigError {
 
 impl From<a4co_events::service::StartError> for ConfigError {
     fn from(error: a4co_events::service::StartError) -> Self {
-        ConfigError(format!("NATS_URL: {error}"))
+        // Its message names the variable to fix.
+        ConfigError(error.to_string())
     }
 }
 
@@ -64,6 +65,32 @@ impl Env {
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
         }
+    }
+
+    /// The NATS settings: `NATS_URL` (comma-separated seeds), `NATS_USER`/`NATS_PASSWORD`,
+    /// `NATS_TOKEN`, `NATS_NKEY_SEED_FILE`, `NATS_CREDS_FILE`, `NATS_TLS_CA_FILE`,
+    /// `NATS_TLS_CERT_FILE`/`NATS_TLS_KEY_FILE` and `NATS_REPLICAS` (see
+    /// [`a4co_events::bus::nats::Config::from_env`]); `None` when `NATS_URL` is unset.
+    ///
+    /// # Errors
+    /// A bad or contradictory value, naming the variable.
+    pub fn nats(&self) -> Result<Option<a4co_events::bus::nats::Config>, ConfigError> {
+        self.nats_at(None)
+    }
+
+    /// As [`Env::nats`], with `url` in place of `NATS_URL` when given (a `--nats` flag).
+    ///
+    /// # Errors
+    /// As [`Env::nats`].
+    pub fn nats_at(
+        &self,
+        url: Option<&str>,
+    ) -> Result<Option<a4co_events::bus::nats::Config>, ConfigError> {
+        a4co_events::bus::nats::Config::from_vars(|name| match (name, url) {
+            ("NATS_URL", Some(url)) => Some(url.to_owned()),
+            _ => self.optional(name),
+        })
+        .map_err(|e| ConfigError(e.to_string()))
     }
 
     /// The value of `name`, when set and not blank.

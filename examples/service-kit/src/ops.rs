@@ -226,18 +226,18 @@ async fn metrics() -> Response {
         .into_response()
 }
 
-/// A service's start: logs and metrics ([`init`], JSON), the bus (`nats_url`, or in
-/// memory), and the service's records in `bucket`.
+/// A service's start: logs and metrics ([`init`], JSON), the bus (NATS as `nats` says,
+/// named `service`, or in memory), and the service's records in `bucket`.
 ///
 /// # Errors
 /// NATS unreachable or too old, the bucket not opened: the message says which.
 pub async fn connect(
     service: &str,
-    nats_url: Option<&str>,
+    nats: Option<a4co_events::bus::nats::Config>,
     bucket: &str,
 ) -> Result<(AnyBus, Records), crate::ConfigError> {
     init("info", LogFormat::Json);
-    let bus = AnyBus::connect(nats_url, service, 1).await?;
+    let bus = AnyBus::open(nats.map(|c| c.name(service))).await?;
     let records = Records::open(&bus, bucket).await?;
     Ok((bus, records))
 }

