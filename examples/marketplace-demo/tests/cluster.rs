@@ -70,9 +70,23 @@ fn body(customer: &str, product: &str, units: u32, method: &str) -> serde_json::
     })
 }
 
+/// An outside client of order-service as a careful caller builds one for this: no circuit
+/// breaker of its own (the demo's `api` has one, which a node loss opens for 30 s and which
+/// then fails fast whatever the service could do), and room for a slow answer while
+/// JetStream elects new leaders.
+fn customer(market: &Marketplace) -> a4co_http::Client {
+    a4co_http::Client::builder("order-service", "http://order-service")
+        .in_process(market.orders.router())
+        .retry(a4co_http::retry::never())
+        .breaker(None)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
 /// Places order `n` as a careful client does: the same Idempotency-Key on every try,
 /// tried again while the service answers 503 or does not answer.
-async fn place(market: &Marketplace, n: usize) -> (String, &'static str, u32) {
+async fn place(api: &a4co_http::Client, n: usize) -> (String, &'static str, u32) {
     let product = PRODUCTS[n % PRODUCTS.len()];
     let units = 1 + u32::try_from(n % 2).unwrap_or(0);
     let method = if n % 7 == 3 {
@@ -83,8 +97,7 @@ async fn place(market: &Marketplace, n: usize) -> (String, &'static str, u32) {
     let key = format!("cluster-{n}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
-        let answer = market
-            .api
+        let answer = api
             .post("/api/v1/orders")
             .header("Idempotency-Key", &key)
             .json(&body(&format!("cust-{n}"), product, units, method))
@@ -132,14 +145,15 @@ async fn load(
     victim: usize,
 ) -> Vec<(String, &'static str, u32)> {
     let total = range.len();
+    let api = customer(market);
     let placed = Arc::new(AtomicUsize::new(0));
     let (third, two_thirds) = (tokio::sync::Notify::new(), tokio::sync::Notify::new());
     let orders = futures::stream::iter(range)
         .map(|n| {
             let placed = placed.clone();
-            let (third, two_thirds) = (&third, &two_thirds);
+            let (third, two_thirds, api) = (&third, &two_thirds, &api);
             async move {
-                let order = place(market, n).await;
+                let order = place(api, n).await;
                 let count = placed.fetch_add(1, Ordering::SeqCst) + 1;
                 if count == total / 3 {
                     third.notify_one();
