@@ -167,6 +167,18 @@ pub const MAX_VIOLATIONS: usize = 8;
 const MAX_QUOTE: usize = 120;
 
 /// Cuts text quoted from input, so a hostile megabyte never lands in a log line.
+/// An error and its causes, outermost first, one text each.
+#[cfg(feature = "bus")]
+pub(crate) fn chain(error: &dyn std::error::Error) -> Vec<String> {
+    let mut chain = vec![error.to_string()];
+    let mut next = error.source();
+    while let Some(e) = next {
+        chain.push(e.to_string());
+        next = e.source();
+    }
+    chain
+}
+
 pub(crate) fn clip(text: &str) -> String {
     match text.char_indices().nth(MAX_QUOTE) {
         Some((end, _)) => format!("{}…", &text[..end]),

@@ -341,13 +341,7 @@ impl HandlerError {
 
     /// The error and its causes, outermost first.
     pub fn chain(&self) -> Vec<String> {
-        let mut chain = vec![self.source.to_string()];
-        let mut next = self.source.source();
-        while let Some(e) = next {
-            chain.push(e.to_string());
-            next = e.source();
-        }
-        chain
+        crate::error::chain(&*self.source)
     }
 }
 

@@ -399,12 +399,6 @@ impl Config {
     pub(super) fn options(
         &self,
     ) -> Result<(async_nats::ConnectOptions, Vec<async_nats::ServerAddr>), ConnectError> {
-        if !(1..=5).contains(&self.replicas) {
-            return Err(self.invalid(format!(
-                "{}: {} replicas; expected 1 to 5",
-                self.names.replicas, self.replicas
-            )));
-        }
         let (addrs, url_auth) = self.servers()?;
         let auth = match (&self.auth, url_auth) {
             (Some(_), Some(_)) => {
@@ -671,23 +665,28 @@ impl Config {
         ConnectError::new(kind, message).with_source(redact_text(&chain, self))
     }
 
-    /// Where the settings came from, for messages of the bus on this connection.
-    pub(super) fn replicas_setting(&self) -> &'static str {
-        self.names.replicas
+    /// Refuses a replica count JetStream cannot take, naming the setting.
+    pub(super) fn check_replicas(&self) -> Result<(), ConnectError> {
+        if (1..=5).contains(&self.replicas) {
+            return Ok(());
+        }
+        Err(self.invalid(format!(
+            "{}: {} replicas; expected 1 to 5",
+            self.names.replicas, self.replicas
+        )))
     }
 }
 
-/// The error and its sources, one line.
+/// The error and its sources, one line (a source that repeats its cause's text once).
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
+    let mut out = String::new();
+    for text in crate::error::chain(e) {
         if !out.contains(&text) {
-            out.push_str(": ");
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
             out.push_str(&text);
         }
-        source = s.source();
     }
     out
 }
@@ -872,7 +871,10 @@ mod tests {
             "{err}"
         );
         assert!(!err.to_string().contains("SUnotaseed"));
-        let err = Config::new("nats://h").replicas(0).options().unwrap_err();
+        let err = Config::new("nats://h")
+            .replicas(0)
+            .check_replicas()
+            .unwrap_err();
         assert!(err.to_string().contains("Config::replicas"), "{err}");
     }
 }

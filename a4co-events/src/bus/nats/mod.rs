@@ -161,16 +161,7 @@ impl NatsTransport {
     /// # Errors
     /// [`ConnectError`] saying what to fix and naming the setting.
     pub async fn connect(mut config: Config) -> Result<NatsTransport, ConnectError> {
-        if !(1..=5).contains(&config.replicas) {
-            return Err(ConnectError::new(
-                ConnectErrorKind::InvalidConfig,
-                format!(
-                    "{}: {} replicas; expected 1 to 5",
-                    config.replicas_setting(),
-                    config.replicas
-                ),
-            ));
-        }
+        config.check_replicas()?;
         let (client, denied) = match config.client.take() {
             Some(client) => (client, None),
             None => {
