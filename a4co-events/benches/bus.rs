@@ -308,6 +308,7 @@ async fn consume(js: &jetstream::Context, bus: &NatsBus, pid: u32, n: usize, rou
     let raw_kinds = [("raw", false), ("typed", true)];
     let mut raw_runs: [Vec<Run>; 2] = Default::default();
     let (mut off, mut on) = (vec![], vec![]);
+    let (mut shared1, mut exclusive3, mut shared3) = (vec![], vec![], vec![]);
     for round in 0..rounds {
         for (runs, (name, typed)) in raw_runs.iter_mut().zip(raw_kinds) {
             let durable = format!("{name}-{round}");
@@ -322,28 +323,57 @@ async fn consume(js: &jetstream::Context, bus: &NatsBus, pid: u32, n: usize, rou
             runs.push(measure(pid, n, raw_consume(js, ("raw.pub", &durable), n, work)).await);
         }
         let mut variants = [
-            (&mut off, "off", None),
-            (&mut on, "on", Some(Duration::from_secs(3600))),
+            (&mut off, "off", None, 1, true),
+            (&mut on, "on", Some(Duration::from_secs(3600)), 1, true),
+            (
+                &mut shared1,
+                "shared1",
+                Some(Duration::from_secs(3600)),
+                1,
+                false,
+            ),
+            (
+                &mut exclusive3,
+                "exclusive3",
+                Some(Duration::from_secs(3600)),
+                3,
+                true,
+            ),
+            (
+                &mut shared3,
+                "shared3",
+                Some(Duration::from_secs(3600)),
+                3,
+                false,
+            ),
         ];
         // Which goes first alternates, so neither always runs on a warmer or a busier server.
         if round % 2 == 1 {
             variants.reverse();
         }
-        for (runs, label, inbox) in variants {
+        for (runs, label, inbox, instances, exclusive) in variants {
             runs.push(
                 measure(pid, n, async {
                     let handler = |_: Envelope<AnyMessage>, _: DeliveryInfo| {
                         std::future::ready(Ok::<(), HandlerError>(()))
                     };
+                    // Instances of one service: the same subscription, opened `instances`
+                    // times (an exclusive one is taken by one of them at a time).
                     let sub = Subscription::new("bench", format!("inbox-{label}-{round}"))
                         .to::<OrderConfirmed>()
                         .max_in_flight(64)
+                        .exclusive(exclusive)
                         .inbox_ttl(inbox);
-                    let handle = bus.subscribe(sub, handler).await.unwrap();
-                    while (handle.stats().handled as usize) < n {
+                    let mut handles = Vec::new();
+                    for _ in 0..instances {
+                        handles.push(bus.subscribe(sub.clone(), handler).await.unwrap());
+                    }
+                    while (handles.iter().map(|h| h.stats().handled).sum::<u64>() as usize) < n {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
-                    handle.shutdown().await;
+                    for handle in handles {
+                        handle.shutdown().await;
+                    }
                 })
                 .await,
             );
@@ -357,4 +387,9 @@ async fn consume(js: &jetstream::Context, bus: &NatsBus, pid: u32, n: usize, rou
     row("SDK, inbox on (default)", &on, Some(raw));
     row("  SDK (inbox on) vs raw typed", &on, Some(raw_typed));
     row("  SDK (inbox off) vs raw typed", &off, Some(raw_typed));
+    println!("\nconsume + ack: instances (inbox on; the default is exclusive, one at a time)");
+    row("SDK, 1 instance, exclusive (default)", &on, None);
+    row("SDK, 1 instance, not exclusive", &shared1, Some(&on));
+    row("SDK, 3 instances, exclusive", &exclusive3, Some(&on));
+    row("SDK, 3 instances, not exclusive", &shared3, Some(&on));
 }

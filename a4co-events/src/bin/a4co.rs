@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use a4co_events::bus::dlq::{DeadLetters, Filter};
+use a4co_events::bus::dlq::{DeadLetters, Filter, ReplayOptions};
 use a4co_events::bus::nats::{Config, NatsBus};
 use a4co_events::contract::{self, FindingKind, WriteError};
 use a4co_events::{catalog, schema};
@@ -66,24 +66,30 @@ enum CatalogCommand {
 
 #[derive(Debug, Subcommand)]
 enum DlqCommand {
-    /// Lists dead letters (sequence, time, consumer, type, reason).
+    /// Lists dead letters (sequence, time, consumer, type, replays, reason).
     List {
         #[command(flatten)]
         nats: Nats,
         #[command(flatten)]
         filter: Filters,
     },
-    /// Prints one dead letter in full (JSON).
+    /// Prints one dead letter in full (JSON); a letter that refers to its original (too
+    /// large to hold it) shows the original's payload read from its stream.
     Show {
         /// The dead letter's stream sequence (see `dlq list`).
         seq: u64,
         #[command(flatten)]
         nats: Nats,
     },
-    /// Publishes the original back to its subject and removes the dead letter.
+    /// Publishes each original back to its subject, for the consumer that dead-lettered it
+    /// only, and removes the dead letter.
     Replay {
-        /// The dead letter's stream sequence (see `dlq list`).
-        seq: u64,
+        /// The dead letters' stream sequences (see `dlq list`).
+        #[arg(required = true)]
+        seq: Vec<u64>,
+        /// Replay a letter even if it was replayed 3 times and failed again.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         nats: Nats,
     },
@@ -101,6 +107,13 @@ struct Nats {
     /// The NATS server.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     url: String,
+    /// Print one JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Change nothing: say what would be replayed or purged (list and show change nothing
+    /// anyway).
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -212,11 +225,11 @@ fn catalog(command: CatalogCommand) -> Result<ExitCode, String> {
 }
 
 fn dlq(command: DlqCommand) -> Result<ExitCode, String> {
-    let url = match &command {
+    let (url, json, dry_run) = match &command {
         DlqCommand::List { nats, .. }
         | DlqCommand::Show { nats, .. }
         | DlqCommand::Replay { nats, .. }
-        | DlqCommand::Purge { nats, .. } => nats.url.clone(),
+        | DlqCommand::Purge { nats, .. } => (nats.url.clone(), nats.json, nats.dry_run),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -233,19 +246,42 @@ fn dlq(command: DlqCommand) -> Result<ExitCode, String> {
             .await
             .map_err(|e| e.to_string())?;
         let tools = DeadLetters::new(bus.transport().clone());
+        let line = |value: serde_json::Value| println!("{value}");
         match command {
             DlqCommand::List { filter, .. } => {
                 let letters = tools
                     .list(&filter.into())
                     .await
                     .map_err(|e| e.to_string())?;
+                if json {
+                    for (seq, l) in &letters {
+                        line(serde_json::json!({
+                            "sequence": seq,
+                            "deadLetteredAt": l.dead_lettered_at,
+                            "consumer": l.consumer,
+                            "eventType": l.event_type,
+                            "fault": l.fault,
+                            "reason": l.reason,
+                            "replays": l.replays,
+                            "replayRefused": l.replay_exhausted(),
+                            "payloadByReference": l.is_reference(),
+                        }));
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
                 println!(
-                    "{:>6}  {:<20}  {:<28}  {:<28}  reason",
-                    "seq", "dead-lettered", "consumer", "type"
+                    "{:>6}  {:<20}  {:<28}  {:<28}  {:>7}  reason",
+                    "seq", "dead-lettered", "consumer", "type", "replays"
                 );
                 for (seq, l) in &letters {
+                    // `3!`: replayed to the limit; replay refuses it without --force.
+                    let replays = format!(
+                        "{}{}",
+                        l.replays,
+                        if l.replay_exhausted() { "!" } else { "" }
+                    );
                     println!(
-                        "{seq:>6}  {:<20}  {:<28}  {:<28}  {}",
+                        "{seq:>6}  {:<20}  {:<28}  {:<28}  {replays:>7}  {}",
                         l.dead_lettered_at.format("%Y-%m-%dT%H:%M:%SZ"),
                         l.consumer,
                         l.event_type.as_deref().unwrap_or("-"),
@@ -257,22 +293,83 @@ fn dlq(command: DlqCommand) -> Result<ExitCode, String> {
             DlqCommand::Show { seq, .. } => {
                 let letter = tools.show(seq).await.map_err(|e| e.to_string())?;
                 let letter = letter.ok_or(format!("no dead letter with sequence {seq}"))?;
-                let text = serde_json::to_string_pretty(&letter).map_err(|e| e.to_string())?;
+                let mut value = serde_json::to_value(&letter).map_err(|e| e.to_string())?;
+                value["sequence"] = seq.into();
+                if letter.is_reference() {
+                    // Follow the reference: the payload as its stream keeps it.
+                    value["originalPayload"] = match tools.original(&letter).await {
+                        Ok(original) => match std::str::from_utf8(&original.payload) {
+                            Ok(text) => text.into(),
+                            Err(_) => {
+                                use base64::Engine as _;
+                                base64::engine::general_purpose::STANDARD
+                                    .encode(&original.payload)
+                                    .into()
+                            }
+                        },
+                        Err(e) => return Err(e.to_string()),
+                    };
+                }
+                let text = if json {
+                    value.to_string()
+                } else {
+                    serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?
+                };
                 println!("{text}");
             }
-            DlqCommand::Replay { seq, .. } => {
-                let ack = tools.replay(seq).await.map_err(|e| e.to_string())?;
-                println!(
-                    "replayed dead letter {seq} as {} sequence {}",
-                    ack.stream, ack.sequence
-                );
+            DlqCommand::Replay { seq, force, .. } => {
+                let options = ReplayOptions { force, dry_run };
+                let mut failed = false;
+                for seq in seq {
+                    match tools.replay(seq, options).await {
+                        Ok(done) if json => {
+                            let mut value =
+                                serde_json::to_value(&done).map_err(|e| e.to_string())?;
+                            value["dryRun"] = dry_run.into();
+                            line(value);
+                        }
+                        Ok(done) => {
+                            let to = format!(
+                                "dead letter {seq} to {} for {} (replay {})",
+                                done.subject, done.consumer, done.replay
+                            );
+                            match done.published {
+                                Some(ack) => println!(
+                                    "replayed {to} as {} sequence {}",
+                                    ack.stream, ack.sequence
+                                ),
+                                None => println!("would replay {to}; dry run, nothing published"),
+                            }
+                        }
+                        Err(e) => {
+                            failed = true;
+                            if json {
+                                line(serde_json::json!({"sequence": seq, "error": e.to_string()}));
+                            } else {
+                                eprintln!("a4co: {e}");
+                            }
+                        }
+                    }
+                }
+                if failed {
+                    return Ok(ExitCode::FAILURE);
+                }
             }
             DlqCommand::Purge { filter, .. } => {
                 let removed = tools
-                    .purge(&filter.into())
+                    .purge(&filter.into(), dry_run)
                     .await
                     .map_err(|e| e.to_string())?;
-                println!("purged {removed} dead letter(s)");
+                if json {
+                    line(serde_json::json!({"purged": removed, "dryRun": dry_run}));
+                } else if dry_run {
+                    println!(
+                        "would purge {} dead letter(s): {removed:?}; dry run, nothing removed",
+                        removed.len()
+                    );
+                } else {
+                    println!("purged {} dead letter(s): {removed:?}", removed.len());
+                }
             }
         }
         Ok(ExitCode::SUCCESS)

@@ -11,6 +11,9 @@ pub const DLQ_STREAM: &str = "DLQ";
 /// The subject prefix of dead letters: `dlq.<service>.<subscription>.<original subject>`.
 pub const DLQ_PREFIX: &str = "dlq";
 
+/// The priority group of pinned consumers ([`ConsumerSpec::pinned`]).
+pub const PIN_GROUP: &str = "a4co";
+
 /// How a stream is set up. Streams use file storage and limits retention.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamSpec {
@@ -95,10 +98,30 @@ pub struct ConsumerSpec {
     pub filter_subjects: Vec<String>,
     /// How long a delivery may stay unsettled before the broker redelivers it.
     pub ack_wait: Duration,
-    /// How many deliveries a message gets at most (the first included).
-    pub max_deliver: u32,
+    /// How many deliveries the broker makes at most (the first included); `None`: no
+    /// limit. The bus asks for none: it counts attempts itself and dead-letters by its own
+    /// count, so no message is dropped by the broker (see `docs/bus.md`, "Failures").
+    pub max_deliver: Option<u32>,
+    /// Whether one instance at a time takes the consumer's messages (the others stand by
+    /// and one of them takes over when it sends no pull request for
+    /// [`ConsumerSpec::pin_timeout`]): what keeps the messages of one aggregate in order
+    /// across instances. JetStream's pinned client (priority group [`PIN_GROUP`]).
+    pub pinned: bool,
+    /// Where a consumer that does not exist yet starts: this stream sequence, or the
+    /// stream's first message (`None`). Used when a deleted consumer is re-created, so it
+    /// goes on from where the old one stood instead of from the stream's start.
+    pub start_sequence: Option<u64>,
     /// How many deliveries may be unsettled at once across all instances.
     pub max_ack_pending: u32,
+}
+
+impl ConsumerSpec {
+    /// For a pinned consumer, how long the active instance may go without a pull request
+    /// before a standby takes over: the ack wait, at most 5 s (the active instance pulls at
+    /// least three times as often, busy or not).
+    pub fn pin_timeout(&self) -> Duration {
+        self.ack_wait.min(Duration::from_secs(5))
+    }
 }
 
 /// The retry ladder of a subscription: how often, and how long to wait between tries.

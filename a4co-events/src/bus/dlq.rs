@@ -20,6 +20,17 @@ use crate::headers::{Headers, TraceContext, names};
 
 /// Header of a replayed message: the dead letter's sequence in `DLQ`.
 pub const REPLAY_HEADER: &str = "a4co-replay";
+/// Header of a replayed message: the consumer it is for (`<service>/<subscription>`, the
+/// one that dead-lettered it). Every other consumer acknowledges it without handling it.
+pub const REPLAY_FOR_HEADER: &str = "a4co-replay-for";
+/// Header of a replayed message: how many times the message has been replayed, from 1.
+pub const REPLAY_COUNT_HEADER: &str = "a4co-replay-count";
+/// How many times a dead letter may be replayed before [`DeadLetters::replay`] asks for
+/// `force`: a message replayed this often and failing again needs a fix, not a replay.
+pub const REPLAY_LIMIT: u32 = 3;
+/// `payload_encoding` of a dead letter too large to hold the payload: the original stays
+/// in its stream at its sequence.
+pub const REFERENCE_ENCODING: &str = "reference";
 /// Header of a dead letter: why (`<kind>: <message>`).
 pub const REASON_HEADER: &str = "a4co-dlq-reason";
 /// Header of a dead letter: the consumer, `<service>/<subscription>`.
@@ -35,6 +46,21 @@ pub enum FaultKind {
     Permanent,
     /// Its handler failed on every allowed delivery.
     RetriesExhausted,
+    /// It was delivered many times without its handler ever returning (the handler
+    /// crashes or hangs the process), or its failures could not be recorded.
+    NoOutcome,
+}
+
+impl FaultKind {
+    /// `undecodable`, `permanent`, `retries_exhausted` or `no_outcome`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Undecodable => "undecodable",
+            FaultKind::Permanent => "permanent",
+            FaultKind::RetriesExhausted => "retries_exhausted",
+            FaultKind::NoOutcome => "no_outcome",
+        }
+    }
 }
 
 /// The record of a dead-lettered message.
@@ -61,10 +87,16 @@ pub struct DeadLetter {
     pub subject: String,
     /// The original's headers.
     pub headers: BTreeMap<String, String>,
-    /// The original's body: text when it was UTF-8, otherwise base64.
+    /// The original's body: text when it was UTF-8, otherwise base64; empty when the
+    /// record refers to the original instead ([`REFERENCE_ENCODING`]).
     pub payload: String,
-    /// `utf8` or `base64`.
+    /// `utf8`, `base64`, or `reference`: the record would have been too large for the
+    /// broker with the payload, which stays in the original's stream at its sequence
+    /// ([`DeadLetters::original`] reads it from there).
     pub payload_encoding: String,
+    /// How many times the message had been replayed before it failed this time (0: never).
+    #[serde(default)]
+    pub replays: u32,
     /// The event type, when the envelope was readable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_type: Option<String>,
@@ -98,13 +130,12 @@ impl DeadLetter {
                 "base64",
             ),
         };
-        let kind = match fault {
-            FaultKind::Undecodable => "undecodable",
-            FaultKind::Permanent => "permanent",
-            FaultKind::RetriesExhausted => "retries_exhausted",
-        };
         DeadLetter {
-            reason: format!("{kind}: {}", error_chain.first().map_or("", String::as_str)),
+            reason: format!(
+                "{}: {}",
+                fault.as_str(),
+                error_chain.first().map_or("", String::as_str)
+            ),
             fault,
             error_chain,
             attempts,
@@ -120,11 +151,35 @@ impl DeadLetter {
                 .collect(),
             payload,
             payload_encoding: payload_encoding.to_owned(),
+            replays: message
+                .headers
+                .get(REPLAY_COUNT_HEADER)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
             event_type,
             event_id,
             trace_id: TraceContext::extract(&message.headers).map(|t| t.trace_id().to_owned()),
             dead_lettered_at: Utc::now(),
         }
+    }
+
+    /// The same record without the payload, referring to the original in its stream.
+    pub(crate) fn by_reference(mut self) -> Self {
+        self.payload = String::new();
+        self.payload_encoding = REFERENCE_ENCODING.to_owned();
+        self
+    }
+
+    /// Whether the payload stays in the original's stream (the record would have been too
+    /// large with it).
+    pub fn is_reference(&self) -> bool {
+        self.payload_encoding == REFERENCE_ENCODING
+    }
+
+    /// Whether [`DeadLetters::replay`] refuses it without `force`: it was replayed
+    /// [`REPLAY_LIMIT`] times and failed again.
+    pub fn replay_exhausted(&self) -> bool {
+        self.replays >= REPLAY_LIMIT
     }
 
     /// The subject it is stored on: `dlq.<service>.<subscription>.<original subject>`.
@@ -163,13 +218,20 @@ impl DeadLetter {
         }
     }
 
-    /// The original message, as it was published.
+    /// The original message, as it was published, from the record (for a reference,
+    /// [`DeadLetters::original`] reads it from its stream).
     ///
     /// # Errors
-    /// [`CorruptPayload`] when a base64 payload does not decode, or the encoding is
-    /// neither `utf8` nor `base64` (a record written or edited by something else).
+    /// [`CorruptPayload`] when a base64 payload does not decode, the record refers to the
+    /// original, or the encoding is unknown (a record written or edited by something else).
     pub fn original(&self) -> Result<RawMessage, CorruptPayload> {
         let payload = match self.payload_encoding.as_str() {
+            REFERENCE_ENCODING => {
+                return Err(CorruptPayload(format!(
+                    "the payload is not in the record: read it from {} at sequence {}",
+                    self.stream, self.stream_sequence
+                )));
+            }
             "base64" => base64::engine::general_purpose::STANDARD
                 .decode(&self.payload)
                 .map_err(|e| CorruptPayload(format!("base64 payload: {e}")))?,
@@ -267,41 +329,125 @@ impl<T: Transport> DeadLetters<T> {
             .and_then(|(_, message, _)| serde_json::from_slice(&message.payload).ok()))
     }
 
-    /// Publishes the original back to its subject, under a new broker id (so the dedup
-    /// window does not swallow it) and marked as a replay (so the consumer's inbox and
-    /// attempt history start afresh), then removes the dead letter.
+    /// The original message of `letter`, from the record, or from its stream when the
+    /// record refers to it.
     ///
     /// # Errors
-    /// When the dead letter does not exist or the publish fails; the dead letter then stays.
-    pub async fn replay(&self, sequence: u64) -> Result<PublishAck, ReplayError> {
+    /// [`ReplayError::OriginalGone`] when the stream no longer keeps it (its retention
+    /// passed, or it was deleted), [`ReplayError::Corrupt`], [`ReplayError::Read`].
+    pub async fn original(&self, letter: &DeadLetter) -> Result<RawMessage, ReplayError> {
+        if !letter.is_reference() {
+            return Ok(letter.original()?);
+        }
+        let (stream, sequence) = (letter.stream.as_str(), letter.stream_sequence);
+        self.transport
+            .read_stream(stream, sequence, 1)
+            .await?
+            .into_iter()
+            .find(|(seq, _, _)| *seq == sequence)
+            .map(|(_, message, _)| message)
+            .ok_or_else(|| ReplayError::OriginalGone {
+                stream: stream.to_owned(),
+                sequence,
+            })
+    }
+
+    /// Publishes the original back to its subject for the consumer that dead-lettered it
+    /// only (every other consumer of the subject acknowledges it unhandled), under a new
+    /// broker id (so the dedup window does not swallow it), marked as a replay (so that
+    /// consumer's inbox and attempt history start afresh) and counted (a new dead letter of
+    /// it records [`DeadLetter::replays`]), then removes the dead letter.
+    ///
+    /// A letter replayed [`REPLAY_LIMIT`] times that failed again is refused unless
+    /// `options.force`; with `options.dry_run` nothing is published or removed and the
+    /// answer says what would be.
+    ///
+    /// # Errors
+    /// [`ReplayError`]: no such letter, refused, the original gone from its stream, the
+    /// publish failed (the dead letter then stays).
+    pub async fn replay(
+        &self,
+        sequence: u64,
+        options: ReplayOptions,
+    ) -> Result<Replayed, ReplayError> {
         let letter = self
             .show(sequence)
             .await?
-            .ok_or_else(|| ReplayError::NotFound(sequence))?;
-        let mut message = letter.original()?;
+            .ok_or(ReplayError::NotFound(sequence))?;
+        if letter.replay_exhausted() && !options.force {
+            return Err(ReplayError::Refused {
+                sequence,
+                replays: letter.replays,
+            });
+        }
+        let mut message = self.original(&letter).await?;
         let id = message.message_id().unwrap_or("none").to_owned();
+        let id = id.split(":replay:").next().unwrap_or("none").to_owned();
         message
             .headers
             .insert(names::MSG_ID, format!("{id}:replay:{sequence}"));
         message.headers.insert(REPLAY_HEADER, sequence.to_string());
-        let ack = self.transport.publish(message).await?;
+        message
+            .headers
+            .insert(REPLAY_FOR_HEADER, letter.consumer.as_str());
+        let count = letter.replays.saturating_add(1);
+        message
+            .headers
+            .insert(REPLAY_COUNT_HEADER, count.to_string());
+        let mut replayed = Replayed {
+            sequence,
+            consumer: letter.consumer,
+            subject: message.subject.clone(),
+            replay: count,
+            published: None,
+        };
+        if options.dry_run {
+            return Ok(replayed);
+        }
+        replayed.published = Some(self.transport.publish(message).await?);
         self.transport.delete_message(DLQ_STREAM, sequence).await?;
-        Ok(ack)
+        Ok(replayed)
     }
 
-    /// Removes every dead letter matching `filter`; returns how many.
+    /// Removes every dead letter matching `filter`; returns their sequences (with
+    /// `dry_run`, those it would remove, removing none).
     ///
     /// # Errors
     /// When the stream cannot be read or changed.
-    pub async fn purge(&self, filter: &Filter) -> Result<usize, ConsumeError> {
-        let mut removed = 0;
+    pub async fn purge(&self, filter: &Filter, dry_run: bool) -> Result<Vec<u64>, ConsumeError> {
+        let mut removed = Vec::new();
         for (seq, _) in self.list(filter).await? {
-            if self.transport.delete_message(DLQ_STREAM, seq).await? {
-                removed += 1;
+            if dry_run || self.transport.delete_message(DLQ_STREAM, seq).await? {
+                removed.push(seq);
             }
         }
         Ok(removed)
     }
+}
+
+/// How [`DeadLetters::replay`] goes about it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplayOptions {
+    /// Replay a letter even if it was replayed [`REPLAY_LIMIT`] times already.
+    pub force: bool,
+    /// Publish and remove nothing; say what would be done.
+    pub dry_run: bool,
+}
+
+/// What a replay did (or, dry, would do).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Replayed {
+    /// The dead letter's sequence in `DLQ`.
+    pub sequence: u64,
+    /// The only consumer that handles the replay.
+    pub consumer: String,
+    /// Where the original was published again.
+    pub subject: String,
+    /// Which replay of the message this is, from 1.
+    pub replay: u32,
+    /// The broker's acknowledgement; `None` for a dry run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published: Option<PublishAck>,
 }
 
 /// Why a replay failed.
@@ -310,6 +456,28 @@ pub enum ReplayError {
     /// No dead letter has that sequence.
     #[error("no dead letter with sequence {0}")]
     NotFound(u64),
+    /// The letter was replayed [`REPLAY_LIMIT`] times and failed again.
+    #[error(
+        "dead letter {sequence} was replayed {replays} times and failed again: fix the cause, \
+         then replay it with --force (ReplayOptions::force)"
+    )]
+    Refused {
+        /// The letter's sequence in `DLQ`.
+        sequence: u64,
+        /// How many times it was replayed.
+        replays: u32,
+    },
+    /// The letter refers to its original, which its stream no longer keeps.
+    #[error(
+        "the dead letter refers to its original in {stream} at sequence {sequence}, which the \
+         stream no longer keeps (its retention passed, or it was deleted)"
+    )]
+    OriginalGone {
+        /// The original's stream.
+        stream: String,
+        /// The original's sequence.
+        sequence: u64,
+    },
     /// The record's payload cannot be restored.
     #[error(transparent)]
     Corrupt(#[from] CorruptPayload),
@@ -336,6 +504,7 @@ mod tests {
             consumer: "c".into(),
             stream_sequence: 7,
             attempt: 1,
+            delivered: 1,
             published: Utc::now(),
         };
         let chain = vec!["bad".to_owned()];

@@ -189,7 +189,11 @@ mod tests {
     };
 
     fn state(floor: u64, epoch: u64) -> AckState {
-        AckState { floor, epoch }
+        AckState {
+            floor,
+            epoch,
+            pending: 0,
+        }
     }
 
     /// The work of event `n`.

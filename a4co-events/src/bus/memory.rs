@@ -1,9 +1,10 @@
 //! The in-memory transport: JetStream's semantics in one process, for demos and fast tests.
 //!
 //! Streams capture subjects (with `*` and `>` wildcards) and deduplicate on `Nats-Msg-Id`
-//! within their window; durable consumers are shared by every instance that opens them,
-//! redeliver after a nak's delay or when the ack wait runs out, stop after `max_deliver`
-//! deliveries and hold at most `max_ack_pending` unsettled ones. Time is tokio's, so a test
+//! within their window; durable consumers are shared by every instance that opens them
+//! (a pinned one delivers to one instance until it is dropped), redeliver after a nak's
+//! delay or when the ack wait runs out, stop after `max_deliver` deliveries when limited,
+//! and hold at most `max_ack_pending` unsettled ones; messages over 1 MiB are refused. Time is tokio's, so a test
 //! with a paused clock drives retries without waiting. Nothing survives the process.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -38,6 +39,9 @@ pub(crate) fn subject_matches(filter: &str, subject: &str) -> bool {
         }
     }
 }
+
+/// The largest message stored, headers and body together: NATS's default.
+const MAX_PAYLOAD: usize = 1024 * 1024;
 
 /// The in-memory broker. Clones share it.
 #[derive(Clone, Debug, Default)]
@@ -83,6 +87,8 @@ struct ConsumerState {
     next_sequence: u64,
     /// Unsettled deliveries: sequence -> (deliveries so far, when it may be delivered again).
     pending: BTreeMap<u64, (u64, Instant)>,
+    /// For a pinned consumer, the instance ([`MemoryConsumer`]) that takes its messages.
+    pinned: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -99,6 +105,20 @@ impl MemoryTransport {
         MemoryTransport::default()
     }
 
+    /// Deletes the durable consumer `durable` of `stream`, as an operator could on a
+    /// broker: its subscription's next fetch fails with
+    /// [`ConsumeErrorKind::ConsumerDeleted`] (the bus re-creates it). Returns whether it
+    /// existed. For tests of that path.
+    pub fn delete_consumer(&self, stream: &str, durable: &str) -> bool {
+        let removed = self
+            .lock()
+            .consumers
+            .remove(&(stream.to_owned(), durable.to_owned()))
+            .is_some();
+        self.shared.changed.notify_waiters();
+        removed
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind; keep serving it.
         self.shared
@@ -109,6 +129,16 @@ impl MemoryTransport {
 
     fn store(&self, message: RawMessage) -> Result<PublishAck, PublishError> {
         message.check_wire()?;
+        let size = message.size();
+        if size > MAX_PAYLOAD {
+            return Err(PublishError::new(
+                PublishErrorKind::Rejected,
+                format!(
+                    "a message of {size} bytes to {} exceeds the maximum payload of {MAX_PAYLOAD} bytes",
+                    message.subject
+                ),
+            ));
+        }
         let mut state = self.lock();
         let now = Instant::now();
         let Some(stream) = state.streams.values_mut().find(|s| {
@@ -199,11 +229,13 @@ impl MemoryTransport {
         self.shared.changed.notify_waiters();
     }
 
-    /// The next delivery for a consumer, or when to look again.
+    /// The next delivery for a consumer's instance `instance`, with whether it just took
+    /// the pin, or when to look again.
     fn take(
         &self,
         key: &(String, String),
-    ) -> Result<Result<MemoryDelivery, Option<Instant>>, ConsumeError> {
+        instance: u64,
+    ) -> Result<Result<(MemoryDelivery, bool), Option<Instant>>, ConsumeError> {
         let mut guard = self.lock();
         let State {
             streams, consumers, ..
@@ -220,12 +252,16 @@ impl MemoryTransport {
                 format!("stream {} is gone", key.0),
             ));
         };
+        // A pinned consumer delivers to one instance; the others wait until it is gone.
+        if consumer.spec.pinned && consumer.pinned.is_some_and(|p| p != instance) {
+            return Ok(Err(None));
+        }
         let now = Instant::now();
         let spec = &consumer.spec;
         // As JetStream: after its last delivery's ack wait (or a nak), a message that had
-        // `max_deliver` deliveries is no longer pending and never delivered again; deleted
-        // messages are dropped too.
-        let max_deliver = u64::from(spec.max_deliver.max(1));
+        // `max_deliver` deliveries (when limited) is no longer pending and never delivered
+        // again; deleted messages are dropped too.
+        let max_deliver = spec.max_deliver.map_or(u64::MAX, |m| u64::from(m.max(1)));
         consumer.pending.retain(|seq, (count, at)| {
             stream.messages.contains_key(seq) && !(*count >= max_deliver && *at <= now)
         });
@@ -258,12 +294,16 @@ impl MemoryTransport {
             let wake = consumer.pending.values().map(|(_, at)| *at).min();
             return Ok(Err(wake));
         };
+        let took_pin = spec.pinned && consumer.pinned.is_none();
+        if took_pin {
+            consumer.pinned = Some(instance);
+        }
         let entry = consumer.pending.entry(seq).or_insert((0, now));
         entry.0 += 1;
         entry.1 = now + spec.ack_wait;
         let attempt = entry.0;
         let stored = &stream.messages[&seq];
-        Ok(Ok(MemoryDelivery {
+        let delivery = MemoryDelivery {
             transport: self.clone(),
             key: key.clone(),
             message: stored.message.clone(),
@@ -272,9 +312,11 @@ impl MemoryTransport {
                 consumer: Arc::from(key.1.as_str()),
                 stream_sequence: seq,
                 attempt,
+                delivered: attempt,
                 published: stored.published,
             },
-        }))
+        };
+        Ok(Ok((delivery, took_pin)))
     }
 }
 
@@ -330,20 +372,52 @@ impl Delivery for MemoryDelivery {
 pub struct MemoryConsumer {
     transport: MemoryTransport,
     key: (String, String),
+    /// This instance, for a pinned consumer's pin.
+    instance: u64,
+    /// Whether the last delivery was the first since this instance took the pin.
+    took_pin: bool,
+}
+
+impl MemoryConsumer {
+    /// Gives up the pin, if this instance holds it.
+    fn unpin(&self) {
+        let mut state = self.transport.lock();
+        if let Some(consumer) = state.consumers.get_mut(&self.key)
+            && consumer.pinned == Some(self.instance)
+        {
+            consumer.pinned = None;
+        }
+        drop(state);
+        self.transport.shared.changed.notify_waiters();
+    }
+}
+
+/// An instance that is gone (a crash drops it) stops holding the pin.
+impl Drop for MemoryConsumer {
+    fn drop(&mut self) {
+        self.unpin();
+    }
 }
 
 impl Consumer for MemoryConsumer {
     type Delivery = MemoryDelivery;
 
-    async fn next(&mut self) -> Option<Result<MemoryDelivery, ConsumeError>> {
+    async fn next(&mut self, room: usize) -> Option<Result<MemoryDelivery, ConsumeError>> {
+        if room == 0 {
+            // Nothing is pulled ahead here: with no room there is nothing to wait for.
+            return std::future::pending().await;
+        }
         loop {
             let shared = Arc::clone(&self.transport.shared);
             let changed = shared.changed.notified();
             let mut changed = std::pin::pin!(changed);
             changed.as_mut().enable();
-            match self.transport.take(&self.key) {
+            match self.transport.take(&self.key, self.instance) {
                 Err(e) => return Some(Err(e)),
-                Ok(Ok(delivery)) => return Some(Ok(delivery)),
+                Ok(Ok((delivery, took_pin))) => {
+                    self.took_pin = took_pin;
+                    return Some(Ok(delivery));
+                }
                 Ok(Err(Some(wake))) => {
                     let _ = tokio::time::timeout_at(wake, &mut changed).await;
                 }
@@ -359,9 +433,21 @@ impl Consumer for MemoryConsumer {
                 None => c.next_sequence.saturating_sub(1),
             };
             // An in-memory broker loses no connection.
-            AckState { floor, epoch: 0 }
+            AckState {
+                floor,
+                epoch: 0,
+                pending: c.pending.len() as u64,
+            }
         });
         std::future::ready(state)
+    }
+
+    fn pin_changed(&mut self) -> Option<bool> {
+        std::mem::take(&mut self.took_pin).then_some(true)
+    }
+
+    async fn release(&mut self) {
+        self.unpin();
     }
 }
 
@@ -484,6 +570,11 @@ impl Transport for MemoryTransport {
             .messages
             .first_key_value()
             .map_or(stream.last_sequence + 1, |(s, _)| *s);
+        // A start past the stream's end means the stream was made anew: all of it.
+        let first = match spec.start_sequence {
+            Some(start) if start <= stream.last_sequence + 1 => start.max(first),
+            _ => first,
+        };
         let key = (spec.stream.clone(), spec.durable.clone());
         state
             .consumers
@@ -493,10 +584,15 @@ impl Transport for MemoryTransport {
                 spec: spec.clone(),
                 next_sequence: first,
                 pending: BTreeMap::new(),
+                pinned: None,
             });
+        drop(state);
+        static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(MemoryConsumer {
             transport: self.clone(),
             key,
+            instance: INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            took_pin: false,
         })
     }
 

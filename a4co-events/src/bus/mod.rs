@@ -9,13 +9,21 @@
 //!   per event id (`Nats-Msg-Id`) within the 2-minute dedup window; a pipelined path keeps
 //!   many acknowledgements in flight;
 //! - **subscribe** opens one durable consumer per stream for a (service, subscription):
-//!   instances of a service share it (competing consumers); at most `max_in_flight`
-//!   handlers run at once, and messages of one aggregate are handled in order (a retried
-//!   message comes back after its successors);
+//!   instances of a service share it; at most `max_in_flight`
+//!   handlers run at once, and messages of one aggregate are handled in order, across
+//!   instances too: an ordered subscription is exclusive, one instance at a time takes its
+//!   messages and a standby takes over when it dies ([`Subscription::exclusive`]; a
+//!   retried message comes back after its successors); deliveries waiting for
+//!   a handler are kept alive, so none is redelivered elsewhere while it waits; a consumer
+//!   deleted on the broker is re-created ([`SubscriptionHandle::is_running`] says so
+//!   meanwhile);
 //! - **failures**: a [`HandlerError::retryable`] is redelivered after exponential backoff
 //!   with jitter; a [`HandlerError::permanent`] error, undecodable input, or the last retry
-//!   failing sends the message to the dead-letter stream with the reason, the error chain,
-//!   the attempt history, the consumer and the trace id, once;
+//!   failing (the bus counts attempts; the broker has no delivery limit) sends the message
+//!   to the dead-letter stream with the reason, the error chain, the attempt history, the
+//!   consumer and the trace id, once; a dead letter that cannot be written keeps the
+//!   message until it can; [`dlq`] lists, shows, replays (to the failed consumer only) and
+//!   purges them;
 //! - **idempotence**: an inbox (a KV bucket with a TTL) remembers finished event ids, so a
 //!   redelivery of finished work is acknowledged without running the handler again
 //!   ([`InboxCheck`] says when it is read);
@@ -73,8 +81,8 @@ pub mod nats;
 mod telemetry;
 pub mod transport;
 
-pub use config::{ConsumerSpec, DLQ_PREFIX, DLQ_STREAM, RetryPolicy, StreamSpec};
-pub use consume::{Stats, SubscriptionHandle};
+pub use config::{ConsumerSpec, DLQ_PREFIX, DLQ_STREAM, PIN_GROUP, RetryPolicy, StreamSpec};
+pub use consume::{Stats, SubscriptionHandle, SubscriptionHealth};
 pub use error::{
     AckError, AckErrorKind, BoxError, ConsumeError, ConsumeErrorKind, Error, InboxError,
     InboxErrorKind, ProvisionError, ProvisionErrorKind, PublishError, PublishErrorKind,
@@ -381,6 +389,7 @@ pub struct Subscription {
     inbox_check: InboxCheck,
     decoder: Decoder,
     ordered_by: OrderBy,
+    exclusive: Option<bool>,
 }
 
 /// Which messages a subscription handles one after another.
@@ -432,12 +441,26 @@ impl Subscription {
             inbox_check: InboxCheck::Redeliveries,
             decoder: Decoder::new(),
             ordered_by: OrderBy::Aggregate,
+            exclusive: None,
         }
     }
 
-    /// Which messages run one after another (default: those of one aggregate).
+    /// Which messages run one after another (default: those of one aggregate), across
+    /// every instance of the subscription: see [`Subscription::exclusive`].
     pub fn ordered_by(mut self, key: OrderBy) -> Self {
         self.ordered_by = key;
+        self
+    }
+
+    /// Whether one instance at a time takes the subscription's messages while the others
+    /// stand by (default: yes when the subscription is ordered, no for
+    /// [`OrderBy::Nothing`]). This is what keeps an aggregate's messages in order across
+    /// instances; `false` lets every instance take messages at once (order then holds within
+    /// each instance only). When the active instance stops pulling for the ack wait (it
+    /// died), a standby takes over and first settles what the other left unsettled
+    /// (docs/bus.md, "Order across instances").
+    pub fn exclusive(mut self, exclusive: bool) -> Self {
+        self.exclusive = Some(exclusive);
         self
     }
 
@@ -579,10 +602,14 @@ impl Subscription {
                 durable: self.durable(),
                 filter_subjects,
                 ack_wait: self.ack_wait,
-                // Room beyond the retry ladder, so an instance that dies during the last
-                // try does not lose the message: the bus dead-letters by its own count.
-                max_deliver: self.retry.max_deliver.saturating_add(3),
-                max_ack_pending: self.max_ack_pending.max(in_flight),
+                // No broker limit: the bus dead-letters by its own count, so a message
+                // whose dead letter cannot be written yet is kept, never dropped.
+                max_deliver: None,
+                start_sequence: None,
+                pinned: self
+                    .exclusive
+                    .unwrap_or(self.ordered_by != OrderBy::Nothing),
+                max_ack_pending: self.max_ack_pending.max(in_flight.saturating_mul(2)),
             })
             .collect())
     }

@@ -52,6 +52,8 @@ impl Metrics {
         _: Duration,
     ) {
     }
+
+    pub(crate) fn dead_letter_failed(&self, _: &Arc<str>, _: &str) {}
 }
 
 /// The bus's instruments.
@@ -61,6 +63,7 @@ pub(crate) struct Metrics {
     published: opentelemetry::metrics::Counter<u64>,
     processed: opentelemetry::metrics::Counter<u64>,
     duration: opentelemetry::metrics::Histogram<f64>,
+    dead_letter_failures: opentelemetry::metrics::Counter<u64>,
 }
 
 #[cfg(feature = "otel")]
@@ -83,7 +86,24 @@ impl Metrics {
                 .with_unit("s")
                 .with_boundaries(vec![0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0])
                 .build(),
+            // Prometheus exporters show it as `a4co_dead_letter_write_failures_total`.
+            dead_letter_failures: meter
+                .u64_counter("a4co_dead_letter_write_failures")
+                .with_description(
+                    "Dead letters that could not be written; each message was kept and retried",
+                )
+                .build(),
         }
+    }
+
+    pub(crate) fn dead_letter_failed(&self, service: &Arc<str>, consumer: &str) {
+        self.dead_letter_failures.add(
+            1,
+            &[
+                KeyValue::new("service", Arc::clone(service)),
+                KeyValue::new("consumer", consumer.to_owned()),
+            ],
+        );
     }
 
     /// One publish. `event_type` is also the subject, as for every envelope.

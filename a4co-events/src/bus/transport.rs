@@ -59,6 +59,16 @@ impl RawMessage {
         }
     }
 
+    /// Its size as a broker counts it against its maximum payload: body and headers.
+    pub fn size(&self) -> usize {
+        self.payload.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 4)
+                .sum::<usize>()
+    }
+
     /// The dedup key (`Nats-Msg-Id`), if set.
     pub fn message_id(&self) -> Option<&str> {
         self.headers.get(names::MSG_ID)
@@ -66,7 +76,7 @@ impl RawMessage {
 }
 
 /// The broker's acknowledgement of a stored message.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct PublishAck {
     /// The stream that stored it.
     pub stream: String,
@@ -131,8 +141,13 @@ pub struct DeliveryInfo {
     pub consumer: Arc<str>,
     /// Its sequence in the stream.
     pub stream_sequence: u64,
-    /// Which delivery this is, from 1 (the broker counts).
+    /// Which attempt at handling this is, from 1. The bus counts it: the failed attempts
+    /// recorded in the subscription's inbox, plus one (a delivery that waited, or whose
+    /// dead letter could not be written yet, is no attempt). Without an inbox it is the
+    /// broker's count, [`DeliveryInfo::delivered`].
     pub attempt: u64,
+    /// How many times the broker delivered it, from 1.
+    pub delivered: u64,
     /// When the broker stored it.
     pub published: DateTime<Utc>,
 }
@@ -159,8 +174,21 @@ pub trait Consumer: Send + 'static {
     /// The deliveries it yields.
     type Delivery: Delivery;
     /// The next delivery, waiting for one. `None` when the consumer is closed for good.
-    fn next(&mut self)
-    -> impl Future<Output = Option<Result<Self::Delivery, ConsumeError>>> + Send;
+    ///
+    /// `room` is how many more deliveries the caller can hold now. The consumer asks the
+    /// broker for no more than that (a broker delivery starts its ack-wait clock; one
+    /// waiting unseen in a client buffer would be redelivered elsewhere), yet still returns
+    /// what arrives beyond it. With `room` 0 it only waits. The future must be safe to drop
+    /// before it completes (the caller polls it beside other work).
+    ///
+    /// # Errors
+    /// [`ConsumeErrorKind::ConsumerDeleted`](super::ConsumeErrorKind::ConsumerDeleted) when
+    /// the consumer is gone on the broker (the caller re-creates it); anything else is
+    /// passing and the caller asks again.
+    fn next(
+        &mut self,
+        room: usize,
+    ) -> impl Future<Output = Option<Result<Self::Delivery, ConsumeError>>> + Send;
 
     /// Where the broker's record of this consumer's acknowledgements stands, asked now
     /// (the returned future does not borrow the consumer, so it can run beside
@@ -173,18 +201,36 @@ pub trait Consumer: Send + 'static {
     fn ack_state(&self) -> impl Future<Output = Option<AckState>> + Send + 'static {
         std::future::ready(None)
     }
+
+    /// Whether this instance took or lost the consumer's pin since the last call
+    /// ([`ConsumerSpec::pinned`](super::ConsumerSpec::pinned)): `Some(true)` when the
+    /// delivery just returned by [`Consumer::next`] is the first since it became the one
+    /// instance taking messages, `Some(false)` when another took over. The default: never
+    /// pinned.
+    fn pin_changed(&mut self) -> Option<bool> {
+        None
+    }
+
+    /// Lets another instance take over at once (the subscription is shutting down and
+    /// holds nothing): for a pinned consumer, gives up the pin. The default does nothing.
+    fn release(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 /// A consumer's acknowledgements as the broker records them: see [`Consumer::ack_state`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AckState {
     /// Every delivery of this consumer at or below this stream sequence is settled: the
-    /// broker will not deliver it again (JetStream's ack floor).
+    /// broker will not deliver it again (JetStream's ack floor). While some are unsettled,
+    /// it is just below the lowest of them.
     pub floor: u64,
     /// How many times the connection to the broker was lost so far. A change means the
     /// broker may have lost acknowledgements it had reported (a broker restart), or never
     /// got some that were sent.
     pub epoch: u64,
+    /// How many deliveries are unsettled, across every instance.
+    pub pending: u64,
 }
 
 /// One failed attempt at handling a message, kept for the dead-letter record.
@@ -197,6 +243,10 @@ pub struct Attempt {
     pub at: DateTime<Utc>,
     /// The error, with its chain.
     pub error: String,
+    /// Set when this attempt was the last: the verdict, kept while its dead letter cannot be
+    /// written, so a redelivery writes it without running the handler again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<super::dlq::FaultKind>,
 }
 
 /// A key-value record of finished work and of failed attempts, with a time to live.
@@ -250,6 +300,12 @@ pub trait Transport: Clone + Send + Sync + 'static {
         &self,
         message: RawMessage,
     ) -> impl Future<Output = Result<PendingAck, PublishError>> + Send;
+
+    /// The largest message it stores, headers and body together, in bytes (NATS's default
+    /// is 1 MiB). A dead letter above 7/8 of it stores a reference to the original.
+    fn max_payload(&self) -> usize {
+        1024 * 1024
+    }
 
     /// How many copies of each stream and bucket it creates (1 unless it replicates).
     fn replicas(&self) -> usize {

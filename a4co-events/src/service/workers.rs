@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::bus::SubscriptionHandle;
+use crate::bus::{SubscriptionHandle, SubscriptionHealth};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -40,6 +40,16 @@ impl Workers {
     /// Adds a subscription.
     pub fn subscription(&mut self, handle: SubscriptionHandle) {
         self.subscriptions.push(handle);
+    }
+
+    /// The health of every subscription added so far, to check from a `/health` route: a
+    /// subscription whose consumer is being re-created (deleted on the broker, its stream
+    /// gone) reports what is wrong until it runs again.
+    pub fn health(&self) -> Vec<SubscriptionHealth> {
+        self.subscriptions
+            .iter()
+            .map(SubscriptionHandle::health)
+            .collect()
     }
 
     /// Runs `work` every `period` until the workers stop (a stop waits for a run under way).

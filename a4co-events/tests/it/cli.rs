@@ -188,3 +188,120 @@ fn catalog_check_fails_on_a_stale_folder_and_passes_after_generate() {
     assert_eq!(schema["title"], "order.created v1");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_speaks_json_dry_runs_follows_references_and_guards_replays() {
+    let f = nats_bus().await;
+    let url = f.server.as_ref().unwrap().url();
+    let handle = f
+        .bus
+        .subscribe(
+            Subscription::new("inventory-service", "big").to::<OrderCreated>(),
+            |_: Envelope<AnyMessage>, _: DeliveryInfo| {
+                std::future::ready(Err::<(), _>(HandlerError::permanent("never fits")))
+            },
+        )
+        .await
+        .unwrap();
+    let mut big = OrderCreated::example();
+    big.customer_id = "c".repeat(972 * 1024);
+    f.bus
+        .publish(&Envelope::new("order-service", "ord-big", big))
+        .await
+        .unwrap();
+    eventually(10, "dead-lettered", || async {
+        handle.stats().dead_lettered == 1
+    })
+    .await;
+    let json_lines = |out: &Output| -> Vec<serde_json::Value> {
+        assert!(out.status.code().is_some(), "{out:?}");
+        stdout(out)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    let list = |extra: &[&str]| {
+        let mut args = vec!["dlq", "list", "--json", "--url", &url];
+        args.extend_from_slice(extra);
+        json_lines(&a4co(&args))
+    };
+    let letters = list(&[]);
+    let [letter] = letters.as_slice() else {
+        panic!("one letter: {letters:?}")
+    };
+    assert_eq!(letter["payloadByReference"], true);
+    assert_eq!(letter["replays"], 0);
+    let seq = letter["sequence"].as_u64().unwrap().to_string();
+
+    // show follows the reference to the original's stream.
+    let shown = json_lines(&a4co(&["dlq", "show", &seq, "--json", "--url", &url]));
+    let [shown] = shown.as_slice() else {
+        panic!("one line: {shown:?}")
+    };
+    assert_eq!(shown["payloadEncoding"], "reference");
+    let original: serde_json::Value =
+        serde_json::from_str(shown["originalPayload"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        original["data"]["customerId"].as_str().map(str::len),
+        Some(972 * 1024)
+    );
+
+    // Dry runs change nothing.
+    let dry = json_lines(&a4co(&[
+        "dlq",
+        "replay",
+        &seq,
+        "--dry-run",
+        "--json",
+        "--url",
+        &url,
+    ]));
+    assert_eq!(dry[0]["dryRun"], true);
+    assert_eq!(dry[0]["consumer"], "inventory-service/big");
+    assert!(dry[0].get("published").is_none(), "{dry:?}");
+    let dry = json_lines(&a4co(&[
+        "dlq",
+        "purge",
+        "--dry-run",
+        "--json",
+        "--url",
+        &url,
+    ]));
+    assert_eq!(dry[0]["purged"][0].as_u64(), letter["sequence"].as_u64());
+    assert_eq!(list(&[]).len(), 1, "dry runs removed nothing");
+    assert_eq!(handle.stats().dead_lettered, 1, "and replayed nothing");
+
+    // Three replays fail again; the fourth needs --force.
+    let mut seq = seq;
+    for replays in 1..=3 {
+        let done = json_lines(&a4co(&["dlq", "replay", &seq, "--json", "--url", &url]));
+        assert_eq!(done[0]["replay"], replays, "{done:?}");
+        assert!(done[0]["published"]["sequence"].is_u64(), "{done:?}");
+        eventually(10, "dead-lettered again", || async {
+            handle.stats().dead_lettered == 1 + replays
+        })
+        .await;
+        let letters = list(&[]);
+        assert_eq!(letters[0]["replays"], replays);
+        seq = letters[0]["sequence"].as_u64().unwrap().to_string();
+    }
+    assert_eq!(list(&[])[0]["replayRefused"], true);
+    let refused = a4co(&["dlq", "replay", &seq, "--url", &url]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        why.contains("replayed 3 times") && why.contains("--force"),
+        "{why}"
+    );
+    let forced = a4co(&["dlq", "replay", &seq, "--force", "--url", &url]);
+    assert!(forced.status.success(), "{forced:?}");
+    assert!(stdout(&forced).contains("(replay 4)"), "{forced:?}");
+    eventually(10, "dead-lettered after the forced replay", || async {
+        handle.stats().dead_lettered == 5
+    })
+    .await;
+    let purged = json_lines(&a4co(&["dlq", "purge", "--json", "--url", &url]));
+    assert_eq!(purged[0]["purged"].as_array().map(Vec::len), Some(1));
+    assert!(list(&[]).is_empty());
+    handle.shutdown().await;
+}

@@ -12,6 +12,7 @@ mod connect;
 mod decode;
 mod envelope;
 mod evolution;
+mod failure;
 mod properties;
 mod service;
 mod support;

@@ -19,6 +19,30 @@ pub(crate) fn bytes(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).expect("a JSON value serializes")
 }
 
+/// Runs each generic test `$test(fixture)` of the calling module on the memory bus and on
+/// a fresh nats-server, as `memory::$test` and `nats::$test`.
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(crate::support::memory_bus().await).await;
+                }
+            )*
+        }
+        mod nats {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(crate::support::nats_bus().await).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use conformance;
+
 /// A bus under test and what keeps it alive (the nats-server, for NATS).
 pub(crate) struct Fixture<T: a4co_events::bus::Transport> {
     pub(crate) bus: a4co_events::bus::EventBus<T>,
@@ -144,8 +168,11 @@ impl<D: a4co_events::bus::Delivery> a4co_events::bus::Delivery for LosingDeliver
 
 impl<C: a4co_events::bus::Consumer> a4co_events::bus::Consumer for LosingConsumer<C> {
     type Delivery = LosingDelivery<C::Delivery>;
-    async fn next(&mut self) -> Option<Result<Self::Delivery, a4co_events::bus::ConsumeError>> {
-        Some(self.0.next().await?.map(LosingDelivery))
+    async fn next(
+        &mut self,
+        room: usize,
+    ) -> Option<Result<Self::Delivery, a4co_events::bus::ConsumeError>> {
+        Some(self.0.next(room).await?.map(LosingDelivery))
     }
     fn ack_state(
         &self,

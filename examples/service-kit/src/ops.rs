@@ -5,9 +5,10 @@
 //!   inside [`request_span`]'s span, so every line carries the trace id.
 //! - **Metrics**: the SDK's OpenTelemetry instruments (the design-v2 names) on a meter
 //!   provider whose reader is a Prometheus registry, served as text at `/metrics`.
-//! - **Health**: `/health` answers 200 while the bus is connected, 503 (with why) when not.
+//! - **Health**: `/health` answers 200 while the bus is connected and every subscription runs,
+//!   503 (with what is wrong: the connection, or a subscription being re-created) when not.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use a4co_events::{AnyMessage, Envelope};
 use axum::Router;
@@ -19,6 +20,7 @@ use axum::routing::get;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+use a4co_events::bus::SubscriptionHealth;
 use a4co_events::service::{AnyBus, Records, Workers, shutdown_signal};
 
 /// The process's logging, tracing and metrics, set up once by [`init`].
@@ -194,24 +196,49 @@ fn new_trace_id() -> String {
     format!("{:032x}", fastrand::u128(1..))
 }
 
-/// `/health` and `/metrics`, to merge into a service's router.
-pub fn routes(bus: AnyBus) -> Router {
+/// `/health` and `/metrics`, to merge into a service's router. `/health` answers 200 while
+/// the bus is connected and every one of `subscriptions` runs, else 503 saying what is
+/// wrong (the subscription, its stream, for how long, why).
+pub fn routes(bus: AnyBus, subscriptions: Vec<SubscriptionHealth>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .with_state(bus)
+        .with_state(Health {
+            bus,
+            subscriptions: Arc::from(subscriptions),
+        })
 }
 
-async fn health(State(bus): State<AnyBus>) -> Response {
+#[derive(Clone)]
+struct Health {
+    bus: AnyBus,
+    subscriptions: Arc<[SubscriptionHealth]>,
+}
+
+async fn health(State(Health { bus, subscriptions }): State<Health>) -> Response {
     let kind = bus.kind();
-    match bus.check() {
-        Ok(()) => axum::Json(serde_json::json!({"status": "ok", "bus": kind})).into_response(),
-        Err(detail) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"status": "unavailable", "bus": kind, "detail": detail})),
+    let mut problems: Vec<String> = bus.check().err().into_iter().collect();
+    problems.extend(subscriptions.iter().filter_map(SubscriptionHealth::problem));
+    let listed: Vec<serde_json::Value> = subscriptions
+        .iter()
+        .map(|s| serde_json::json!({"name": s.label(), "running": s.is_running()}))
+        .collect();
+    if problems.is_empty() {
+        return axum::Json(
+            serde_json::json!({"status": "ok", "bus": kind, "subscriptions": listed}),
         )
-            .into_response(),
+        .into_response();
     }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(serde_json::json!({
+            "status": "unavailable",
+            "bus": kind,
+            "detail": problems.join("; "),
+            "subscriptions": listed,
+        })),
+    )
+        .into_response()
 }
 
 async fn metrics() -> Response {
@@ -261,7 +288,7 @@ pub async fn serve_until_signal(
     })?;
     let kind = bus.kind();
     let router = router
-        .merge(routes(bus))
+        .merge(routes(bus, workers.health()))
         .layer(axum::middleware::from_fn(request_span));
     tracing::info!(%addr, bus = kind, "{service} listening");
     // Requests in flight finish before the workers stop.

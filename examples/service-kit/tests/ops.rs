@@ -85,7 +85,7 @@ async fn health_and_metrics() {
     bus.publish(&Envelope::new("test", "ord-1", OrderCreated::example()))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let client = in_process("svc", ops::routes(bus), "test", &[]);
+    let client = in_process("svc", ops::routes(bus, Vec::new()), "test", &[]);
     let health: serde_json::Value = client
         .get_json("/health")
         .await
@@ -104,4 +104,112 @@ async fn health_and_metrics() {
         text.contains("microservices_events_published_total") && text.contains(OrderCreated::TYPE),
         "{text}"
     );
+}
+
+/// A subscription whose consumer is deleted on the server: `/health` answers 503 naming it
+/// while it is re-created, then 200, and the messages published after it are handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_names_a_subscription_while_its_consumer_is_recreated() {
+    use a4co_events::bus::{HandlerError, Subscriber as _, Subscription};
+    use a4co_events::service::Workers;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    ops::init("warn", ops::LogFormat::Text);
+    let server = a4co_testkit::nats::NatsServer::start();
+    let bus = AnyBus::connect(Some(&server.url()), "svc", 1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let handled = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&handled);
+    let subscription = Subscription::new("svc", "orders").of::<OrderCreated>();
+    let durable = subscription.subscription().durable();
+    let handle = bus
+        .on(subscription, move |_, _| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, HandlerError>(()) }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut workers = Workers::new();
+    workers.subscription(handle);
+    let router = ops::routes(bus.clone(), workers.health());
+    let publish = |n: usize| {
+        let bus = bus.clone();
+        async move {
+            for i in 0..n {
+                let order = Envelope::new("test", format!("ord-{i}"), OrderCreated::example());
+                bus.publish(&order).await.unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+    };
+    // Asked straight, every 10 ms: a client with a breaker would stop asking.
+    let wait_for = |what: &'static str, expected: u16| {
+        let mut router = router.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let request = axum::http::Request::builder()
+                    .uri("/health")
+                    .body(axum::body::Body::empty())
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let answer = tower_service::Service::call(&mut router, request)
+                    .await
+                    .unwrap_or_else(|e| match e {});
+                let status = answer.status().as_u16();
+                let body = axum::body::to_bytes(answer.into_body(), 64 * 1024)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                if status == expected {
+                    return String::from_utf8_lossy(&body).into_owned();
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{what}: not within 10 s"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    };
+    publish(10).await;
+    let settled = |n: u64| {
+        let handled = Arc::clone(&handled);
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while handled.load(Ordering::SeqCst) < n {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{n} handled: not within 10 s"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    };
+    settled(10).await;
+    let ok = wait_for("healthy", 200).await;
+    assert!(ok.contains(r#""running":true"#), "{ok}");
+
+    let AnyBus::Nats(nats) = &bus else {
+        panic!("a NATS bus")
+    };
+    let stream = nats
+        .transport()
+        .jetstream()
+        .get_stream("ORDERS")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    stream
+        .delete_consumer(&durable)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let down = wait_for("503 while re-created", 503).await;
+    assert!(
+        down.contains("svc/orders on ORDERS: not running for"),
+        "the answer names the subscription: {down}"
+    );
+    wait_for("healthy again", 200).await;
+    publish(10).await;
+    settled(20).await;
+    assert_eq!(handled.load(Ordering::SeqCst), 20, "none ran twice");
+    workers.shutdown().await;
 }

@@ -22,31 +22,30 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::header::{HeaderName, HeaderValue, IntoHeaderName as _};
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PriorityPolicy, pull};
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::{self, AckKind, kv, stream};
+use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::StreamExt as _;
 use std::future::IntoFuture as _;
 use tokio::sync::broadcast;
 
-use super::config::{ConsumerSpec, StreamSpec};
+use super::config::{ConsumerSpec, PIN_GROUP, StreamSpec};
 use super::error::{
-    AckError, AckErrorKind, ConsumeError, ConsumeErrorKind, InboxError, InboxErrorKind,
-    ProvisionError, ProvisionErrorKind, PublishError, PublishErrorKind, SubscribeError,
-    SubscribeErrorKind,
+    ConsumeError, ConsumeErrorKind, InboxError, InboxErrorKind, ProvisionError, ProvisionErrorKind,
+    PublishError, PublishErrorKind, SubscribeError, SubscribeErrorKind,
 };
 use super::transport::{
-    AckState, Attempt, Consumer, Delivery, DeliveryInfo, Inbox, PendingAck, Provisioned,
-    PublishAck, RawMessage, Transport,
+    Attempt, Inbox, PendingAck, Provisioned, PublishAck, RawMessage, Transport,
 };
 use super::{Error, EventBus};
 use crate::headers::{Headers, known_name};
 
 mod connect;
+mod puller;
 
 pub use connect::{Config, redact_url};
+pub use puller::{NatsConsumer, NatsDelivery};
 
 /// The bus on NATS JetStream.
 pub type NatsBus = EventBus<NatsTransport>;
@@ -455,6 +454,10 @@ impl Transport for NatsTransport {
         self.replicas
     }
 
+    fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
     async fn publish(&self, message: RawMessage) -> Result<PublishAck, PublishError> {
         self.publish_pipelined(message).await?.await
     }
@@ -568,34 +571,85 @@ impl Transport for NatsTransport {
             )
             .with_source(e)
         })?;
-        let config = pull::Config {
+        let last = stream.cached_info().state.last_sequence;
+        let deliver_policy = match spec.start_sequence {
+            // A start past the stream's end means the stream was made anew: all of it.
+            Some(start_sequence) if start_sequence <= last.saturating_add(1) => {
+                DeliverPolicy::ByStartSequence { start_sequence }
+            }
+            _ => DeliverPolicy::All,
+        };
+        let (priority_policy, priority_groups) = if spec.pinned {
+            (PriorityPolicy::PinnedClient, vec![PIN_GROUP.to_owned()])
+        } else {
+            (PriorityPolicy::None, Vec::new())
+        };
+        let mut config = pull::Config {
             durable_name: Some(spec.durable.clone()),
+            priority_policy,
+            priority_groups,
+            // A pinned instance that sends no pull request for this long is taken over.
+            priority_timeout: if spec.pinned {
+                spec.pin_timeout()
+            } else {
+                Duration::ZERO
+            },
             filter_subjects: spec.filter_subjects.clone(),
             ack_policy: AckPolicy::Explicit,
-            deliver_policy: DeliverPolicy::All,
+            deliver_policy,
             ack_wait: spec.ack_wait,
-            max_deliver: i64::from(spec.max_deliver),
+            // -1: no limit; the bus counts attempts and dead-letters by its own count.
+            max_deliver: spec.max_deliver.map_or(-1, i64::from),
             max_ack_pending: i64::from(spec.max_ack_pending),
             ..Default::default()
         };
-        let consumer = match stream.create_consumer(config.clone()).await {
+        let handle = match stream.create_consumer(config.clone()).await {
             Ok(c) => c,
-            // It exists with other settings (a new version of the service): update it.
-            Err(create) => stream.update_consumer(config).await.map_err(|_| {
-                SubscribeError::new(
-                    SubscribeErrorKind::Other,
-                    format!("creating consumer {}", spec.durable),
-                )
-                .with_source(create)
-            })?,
+            // It exists with other settings (a new version of the service), or another
+            // instance re-created it from another position: keep where it starts, update
+            // the rest.
+            Err(create) => {
+                let existing = stream.consumer_info(&spec.durable).await.map_err(|_| {
+                    SubscribeError::new(
+                        SubscribeErrorKind::Other,
+                        format!("creating consumer {}", spec.durable),
+                    )
+                    .with_source(create)
+                })?;
+                let updating = |e: Box<dyn std::error::Error + Send + Sync>| {
+                    SubscribeError::new(
+                        SubscribeErrorKind::Other,
+                        format!("updating consumer {}", spec.durable),
+                    )
+                    .with_source(e)
+                };
+                if existing.config.priority_policy == config.priority_policy {
+                    config.deliver_policy = existing.config.deliver_policy;
+                    stream
+                        .update_consumer(config)
+                        .await
+                        .map_err(|e| updating(e.into()))?
+                } else {
+                    // JetStream cannot add or drop a priority policy on a consumer: make
+                    // it anew from where its acknowledgements stand (what follows may be
+                    // delivered again; the inbox skips finished work).
+                    let start_sequence = existing.ack_floor.stream_sequence + 1;
+                    tracing::warn!(
+                        consumer = %spec.durable,
+                        start_sequence,
+                        pinned = spec.pinned,
+                        "re-creating the consumer to change how instances share it"
+                    );
+                    let _ = stream.delete_consumer(&spec.durable).await;
+                    config.deliver_policy = DeliverPolicy::ByStartSequence { start_sequence };
+                    stream
+                        .create_consumer(config)
+                        .await
+                        .map_err(|e| updating(e.into()))?
+                }
+            }
         };
-        let messages = consumer
-            .clone()
-            .stream()
-            .max_messages_per_batch(256)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
+        NatsConsumer::open(&self.js, &self.client, handle, spec)
             .await
             .map_err(|e| {
                 SubscribeError::new(
@@ -603,17 +657,7 @@ impl Transport for NatsTransport {
                     format!("pulling from {}", spec.durable),
                 )
                 .with_source(e)
-            })?;
-        Ok(NatsConsumer {
-            messages,
-            handle: consumer,
-            stats: self.client.statistics(),
-            durable: spec.durable.clone(),
-            names: (
-                Arc::from(spec.stream.as_str()),
-                Arc::from(spec.durable.as_str()),
-            ),
-        })
+            })
     }
 
     async fn inbox(&self, name: &str, ttl: Duration) -> Result<NatsInbox, SubscribeError> {
@@ -676,139 +720,6 @@ impl Transport for NatsTransport {
                 .with_source(e)
         })?;
         Ok(handle.delete_message(sequence).await.unwrap_or(false))
-    }
-}
-
-/// A durable pull consumer on JetStream.
-pub struct NatsConsumer {
-    messages: pull::Stream,
-    /// For asking the server about the consumer.
-    handle: jetstream::consumer::PullConsumer,
-    /// The connection's counters: its connect count is the [`AckState`] epoch.
-    stats: Arc<async_nats::Statistics>,
-    durable: String,
-    /// Stream and consumer names, shared by every delivery's info.
-    names: (Arc<str>, Arc<str>),
-}
-
-impl std::fmt::Debug for NatsConsumer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsConsumer")
-            .field("durable", &self.durable)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Consumer for NatsConsumer {
-    type Delivery = NatsDelivery;
-
-    async fn next(&mut self) -> Option<Result<NatsDelivery, ConsumeError>> {
-        let next = self.messages.next().await?;
-        Some(match next {
-            Err(e) => Err(ConsumeError::new(
-                ConsumeErrorKind::Other,
-                format!("pulling for {}", self.durable),
-            )
-            .with_source(e)),
-            Ok(message) => NatsDelivery::new(message, &self.names),
-        })
-    }
-
-    fn ack_state(&self) -> impl Future<Output = Option<AckState>> + Send + 'static {
-        let handle = self.handle.clone();
-        let stats = Arc::clone(&self.stats);
-        async move {
-            // Read before asking: a loss during the request then shows as a new epoch at
-            // the next look at the latest (an answer after a loss needs a reconnect, which
-            // counts).
-            let epoch = stats.connects.load(std::sync::atomic::Ordering::SeqCst);
-            match handle.get_info().await {
-                Ok(info) => Some(AckState {
-                    floor: info.ack_floor.stream_sequence,
-                    epoch,
-                }),
-                Err(e) => {
-                    tracing::debug!(error = %e, "consumer info unavailable");
-                    None
-                }
-            }
-        }
-    }
-}
-
-/// A delivery from JetStream.
-pub struct NatsDelivery {
-    message: jetstream::Message,
-    raw: RawMessage,
-    info: DeliveryInfo,
-}
-
-impl std::fmt::Debug for NatsDelivery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NatsDelivery")
-            .field("info", &self.info)
-            .finish_non_exhaustive()
-    }
-}
-
-impl NatsDelivery {
-    fn new(
-        message: jetstream::Message,
-        (stream, consumer): &(Arc<str>, Arc<str>),
-    ) -> Result<Self, ConsumeError> {
-        let info = {
-            let i = message.info().map_err(|e| {
-                ConsumeError::new(
-                    ConsumeErrorKind::Other,
-                    "a delivery without JetStream metadata",
-                )
-                .with_source(e.to_string())
-            })?;
-            DeliveryInfo {
-                stream: shared_name(stream, i.stream),
-                consumer: shared_name(consumer, i.consumer),
-                stream_sequence: i.stream_sequence,
-                attempt: u64::try_from(i.delivered).unwrap_or(1),
-                published: to_chrono(i.published),
-            }
-        };
-        let raw = RawMessage {
-            subject: message.subject.to_string(),
-            headers: from_header_map(message.headers.as_ref()),
-            payload: message.payload.clone(),
-        };
-        Ok(NatsDelivery { message, raw, info })
-    }
-
-    async fn send(&self, kind: AckKind) -> Result<(), AckError> {
-        self.message.ack_with(kind).await.map_err(|e| {
-            AckError::new(
-                AckErrorKind::Other,
-                format!("settling {}", self.info.stream_sequence),
-            )
-            .with_source(e.to_string())
-        })
-    }
-}
-
-impl Delivery for NatsDelivery {
-    fn message(&self) -> &RawMessage {
-        &self.raw
-    }
-    fn info(&self) -> &DeliveryInfo {
-        &self.info
-    }
-    async fn ack(&self) -> Result<(), AckError> {
-        self.send(AckKind::Ack).await
-    }
-    async fn nak(&self, delay: Duration) -> Result<(), AckError> {
-        self.send(AckKind::Nak(Some(delay))).await
-    }
-    async fn term(&self) -> Result<(), AckError> {
-        self.send(AckKind::Term).await
-    }
-    async fn progress(&self) -> Result<(), AckError> {
-        self.send(AckKind::Progress).await
     }
 }
 

@@ -1,0 +1,754 @@
+//! The bus's failure model: nothing dropped, nothing run twice, targeted replays, supervised
+//! consumers. Generic tests run on both transports; those that need a broker's failure
+//! (a deleted DLQ stream, a backlog shared by two connections) on a real nats-server.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use a4co_events::bus::dlq::{
+    DeadLetter, DeadLetters, FaultKind, Filter, REPLAY_LIMIT, ReplayError, ReplayOptions,
+};
+use a4co_events::bus::nats::NatsTransport;
+use a4co_events::bus::{
+    DLQ_STREAM, DeliveryInfo, HandlerError, MemoryTransport, Publisher, RetryPolicy, Subscriber,
+    Subscription, Transport,
+};
+use a4co_events::catalog::order::OrderCreated;
+use a4co_events::{AnyMessage, Envelope, Message};
+
+use crate::support::{Fixture, conformance, eventually, nats_connect};
+
+/// Deliveries beyond the recorded attempts after which the bus gives up (the bus's
+/// `NO_OUTCOME_LIMIT`, documented in docs/bus.md).
+const NO_OUTCOME_LIMIT: u64 = 10;
+
+fn order(aggregate: &str) -> Envelope<OrderCreated> {
+    Envelope::new("order-service", aggregate, OrderCreated::example()).with_user_id("user-4711")
+}
+
+fn fast_retry(max_deliver: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_deliver,
+        initial_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(1),
+        jitter: false,
+    }
+}
+
+/// The dead letters of one consumer, with their sequences in `DLQ`.
+async fn letters_of<T: Transport>(f: &Fixture<T>, consumer: &str) -> Vec<(u64, DeadLetter)> {
+    DeadLetters::new(f.bus.transport().clone())
+        .list(&Filter {
+            consumer: Some(consumer.to_owned()),
+            ..Filter::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// What an operator can do to a broker, on both transports.
+trait Operator: Transport {
+    /// Deletes a durable consumer.
+    async fn remove_consumer(&self, stream: &str, durable: &str);
+}
+
+impl Operator for MemoryTransport {
+    async fn remove_consumer(&self, stream: &str, durable: &str) {
+        assert!(
+            self.delete_consumer(stream, durable),
+            "no consumer {durable}"
+        );
+    }
+}
+
+impl Operator for NatsTransport {
+    async fn remove_consumer(&self, stream: &str, durable: &str) {
+        let stream = self.jetstream().get_stream(stream).await.unwrap();
+        assert!(stream.delete_consumer(durable).await.unwrap().success);
+    }
+}
+
+async fn replay_reaches_only_the_consumer_that_failed<T: Operator>(f: Fixture<T>) {
+    let (calls_a, calls_b) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let counted = Arc::clone(&calls_a);
+    let a = f
+        .bus
+        .subscribe(
+            Subscription::new("t", "replay-a").to::<OrderCreated>(),
+            move |_: Envelope<AnyMessage>, _: DeliveryInfo| {
+                // The first run fails for good; after the fix (the replay) it succeeds.
+                let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
+                    if first {
+                        Err(HandlerError::permanent("a bug, fixed since"))
+                    } else {
+                        Ok(())
+                    }
+                }
+            },
+        )
+        .await
+        .unwrap();
+    let counted = Arc::clone(&calls_b);
+    let b = f
+        .bus
+        .subscribe(
+            Subscription::new("t", "replay-b").to::<OrderCreated>(),
+            move |_: Envelope<AnyMessage>, _: DeliveryInfo| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, HandlerError>(()) }
+            },
+        )
+        .await
+        .unwrap();
+    f.bus.publish(&order("ord-r")).await.unwrap();
+    eventually(10, "a dead-lettered, b handled", || async {
+        a.stats().dead_lettered == 1 && b.stats().handled == 1
+    })
+    .await;
+    let letters = letters_of(&f, "t/replay-a").await;
+    let [(seq, letter)] = letters.as_slice() else {
+        panic!("one letter: {letters:?}")
+    };
+    assert_eq!(letter.replays, 0);
+
+    let tools = DeadLetters::new(f.bus.transport().clone());
+    let dry = ReplayOptions {
+        dry_run: true,
+        ..ReplayOptions::default()
+    };
+    let planned = tools.replay(*seq, dry).await.unwrap();
+    assert_eq!(
+        (planned.consumer.as_str(), planned.replay, planned.published),
+        ("t/replay-a", 1, None)
+    );
+    assert_eq!(
+        letters_of(&f, "t/replay-a").await.len(),
+        1,
+        "a dry run removes nothing"
+    );
+
+    let done = tools.replay(*seq, ReplayOptions::default()).await.unwrap();
+    assert!(done.published.is_some());
+    eventually(10, "the replay handled by a, skipped by b", || async {
+        a.stats().handled == 1 && b.stats().skipped == 1
+    })
+    .await;
+    assert_eq!(calls_a.load(Ordering::SeqCst), 2, "a ran it again");
+    assert_eq!(calls_b.load(Ordering::SeqCst), 1, "b did not");
+    assert_eq!(b.stats().handled, 1);
+    assert!(letters_of(&f, "t/replay-a").await.is_empty());
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+async fn a_letter_replayed_to_the_limit_needs_force<T: Operator>(f: Fixture<T>) {
+    let calls = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&calls);
+    let handle = f
+        .bus
+        .subscribe(
+            Subscription::new("t", "stubborn").to::<OrderCreated>(),
+            move |_: Envelope<AnyMessage>, _: DeliveryInfo| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { Err::<(), _>(HandlerError::permanent("still broken")) }
+            },
+        )
+        .await
+        .unwrap();
+    f.bus.publish(&order("ord-s")).await.unwrap();
+    let tools = DeadLetters::new(f.bus.transport().clone());
+    let latest = || async {
+        let letters = letters_of(&f, "t/stubborn").await;
+        assert_eq!(letters.len(), 1, "one letter at a time: {letters:?}");
+        letters.into_iter().next().unwrap()
+    };
+    for replays in 0..REPLAY_LIMIT {
+        eventually(10, "dead-lettered again", || async {
+            handle.stats().dead_lettered == u64::from(replays) + 1
+        })
+        .await;
+        let (seq, letter) = latest().await;
+        assert_eq!(letter.replays, replays);
+        assert!(!letter.replay_exhausted());
+        tools.replay(seq, ReplayOptions::default()).await.unwrap();
+    }
+    eventually(10, "dead-lettered after the last replay", || async {
+        handle.stats().dead_lettered == u64::from(REPLAY_LIMIT) + 1
+    })
+    .await;
+    let (seq, letter) = latest().await;
+    assert_eq!(letter.replays, REPLAY_LIMIT);
+    assert!(letter.replay_exhausted());
+    for options in [
+        ReplayOptions::default(),
+        ReplayOptions {
+            dry_run: true,
+            ..ReplayOptions::default()
+        },
+    ] {
+        let refused = tools.replay(seq, options).await.unwrap_err();
+        assert!(
+            matches!(refused, ReplayError::Refused { replays, .. } if replays == REPLAY_LIMIT),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("--force"), "{refused}");
+    }
+    assert_eq!(latest().await.0, seq, "a refused replay removes nothing");
+    let forced = ReplayOptions {
+        force: true,
+        ..ReplayOptions::default()
+    };
+    let done = tools.replay(seq, forced).await.unwrap();
+    assert_eq!(done.replay, REPLAY_LIMIT + 1);
+    eventually(10, "dead-lettered after the forced replay", || async {
+        handle.stats().dead_lettered == u64::from(REPLAY_LIMIT) + 2
+    })
+    .await;
+    assert_eq!(latest().await.1.replays, REPLAY_LIMIT + 1);
+    assert_eq!(calls.load(Ordering::SeqCst), u64::from(REPLAY_LIMIT) + 2);
+    handle.shutdown().await;
+}
+
+async fn an_oversized_dead_letter_refers_to_its_original<T: Operator>(f: Fixture<T>) {
+    let mut big = order("ord-big");
+    // 0.95 MiB: the message fits the broker, its dead letter with the payload would not.
+    big.data.customer_id = "c".repeat(972 * 1024);
+    let size = big.to_json().len();
+    assert!(size > 970 * 1024 && size < 1024 * 1024, "{size}");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&seen);
+    let handle = f
+        .bus
+        .subscribe(
+            Subscription::new("t", "big").to::<OrderCreated>(),
+            move |m: Envelope<AnyMessage>, _: DeliveryInfo| {
+                let AnyMessage::OrderCreated(data) = m.data else {
+                    unreachable!("subscribed to order.created only")
+                };
+                let mut seen = kept.lock().unwrap();
+                seen.push(data.customer_id.len());
+                let first = seen.len() == 1;
+                async move {
+                    if first {
+                        Err(HandlerError::permanent("too big for us"))
+                    } else {
+                        Ok(())
+                    }
+                }
+            },
+        )
+        .await
+        .unwrap();
+    let published = f.bus.publish(&big).await.unwrap();
+    eventually(10, "dead-lettered", || async {
+        handle.stats().dead_lettered == 1
+    })
+    .await;
+    let letters = letters_of(&f, "t/big").await;
+    let [(seq, letter)] = letters.as_slice() else {
+        panic!("one letter: {letters:?}")
+    };
+    assert!(letter.is_reference(), "{}", letter.payload_encoding);
+    assert!(letter.payload.is_empty());
+    assert_eq!(
+        (letter.stream.as_str(), letter.stream_sequence),
+        (published.stream.as_str(), published.sequence)
+    );
+    assert!(
+        letter.reason.contains("too big for us"),
+        "{}",
+        letter.reason
+    );
+    assert!(
+        letter.original().is_err(),
+        "the record alone cannot restore it"
+    );
+
+    let tools = DeadLetters::new(f.bus.transport().clone());
+    assert_eq!(tools.show(*seq).await.unwrap().as_ref(), Some(letter));
+    let original = tools.original(letter).await.unwrap();
+    assert_eq!(original.payload, big.to_json().as_slice());
+    assert_eq!(original.subject, "order.created");
+
+    tools.replay(*seq, ReplayOptions::default()).await.unwrap();
+    eventually(10, "the replay handled", || async {
+        handle.stats().handled == 1
+    })
+    .await;
+    assert_eq!(*seen.lock().unwrap(), [972 * 1024, 972 * 1024]);
+    handle.shutdown().await;
+}
+
+async fn a_deleted_consumer_is_recreated_and_the_rest_handled<T: Operator>(f: Fixture<T>) {
+    let calls = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
+    let counted = Arc::clone(&calls);
+    let sub = Subscription::new("t", "phoenix").to::<OrderCreated>();
+    let handle = f
+        .bus
+        .subscribe(
+            sub.clone(),
+            move |m: Envelope<AnyMessage>, _: DeliveryInfo| {
+                *counted.lock().unwrap().entry(m.aggregate_id).or_default() += 1;
+                async { Ok::<_, HandlerError>(()) }
+            },
+        )
+        .await
+        .unwrap();
+    let health = handle.health();
+    for i in 0..20 {
+        f.bus.publish(&order(&format!("ord-{i}"))).await.unwrap();
+    }
+    eventually(10, "the first 20 handled", || async {
+        handle.stats().handled == 20
+    })
+    .await;
+    assert!(health.is_running() && health.problem().is_none());
+
+    f.bus
+        .transport()
+        .remove_consumer("ORDERS", &sub.durable())
+        .await;
+    eventually(10, "reported not running", || async {
+        !handle.is_running()
+    })
+    .await;
+    let problem = health.problem().unwrap();
+    assert!(
+        problem.starts_with("t/phoenix on ORDERS: not running for "),
+        "{problem}"
+    );
+    eventually(10, "re-created", || async { handle.is_running() }).await;
+
+    for i in 20..40 {
+        f.bus.publish(&order(&format!("ord-{i}"))).await.unwrap();
+    }
+    eventually(10, "the rest handled", || async {
+        handle.stats().handled == 40
+    })
+    .await;
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 40);
+    assert!(calls.values().all(|n| *n == 1), "none ran twice: {calls:?}");
+    handle.shutdown().await;
+    assert!(
+        !health.is_running(),
+        "a shut-down subscription is not running"
+    );
+}
+
+async fn a_message_that_keeps_killing_its_handler_is_dead_lettered<T: Operator>(f: Fixture<T>) {
+    // Each instance dies while handling it (no failure is recorded): after 10 deliveries
+    // beyond the attempts the bus counted, it is dead-lettered instead of run again.
+    let sub = || {
+        Subscription::new("t", "killer")
+            .to::<OrderCreated>()
+            .exclusive(false)
+            .ack_wait(Duration::from_millis(300))
+    };
+    f.bus.publish(&order("ord-poison")).await.unwrap();
+    let mut delivered = Vec::new();
+    for _ in 0..=NO_OUTCOME_LIMIT {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let hang = move |_: Envelope<AnyMessage>, info: DeliveryInfo| {
+            let _ = tx.send(info.delivered);
+            std::future::pending::<Result<(), HandlerError>>()
+        };
+        let dying = f.bus.subscribe(sub(), hang).await.unwrap();
+        // It runs (and this instance is killed), or the limit is reached and it is
+        // dead-lettered without running.
+        let mut ran = None;
+        eventually(10, "run or dead-lettered", || {
+            ran = ran.or_else(|| rx.try_recv().ok());
+            let done = ran.is_some() || dying.stats().dead_lettered == 1;
+            async move { done }
+        })
+        .await;
+        match ran {
+            Some(n) => {
+                delivered.push(n);
+                dying.abort();
+            }
+            None => {
+                dying.shutdown().await;
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        delivered,
+        (1..=NO_OUTCOME_LIMIT).collect::<Vec<_>>(),
+        "run once per delivery until the limit"
+    );
+    let letters = letters_of(&f, "t/killer").await;
+    let [(_, letter)] = letters.as_slice() else {
+        panic!("one letter: {letters:?}")
+    };
+    assert_eq!(letter.fault, FaultKind::NoOutcome);
+    assert!(
+        letter.reason.contains("delivered 11 times"),
+        "{}",
+        letter.reason
+    );
+}
+
+conformance!(
+    a_message_that_keeps_killing_its_handler_is_dead_lettered,
+    replay_reaches_only_the_consumer_that_failed,
+    a_letter_replayed_to_the_limit_needs_force,
+    an_oversized_dead_letter_refers_to_its_original,
+    a_deleted_consumer_is_recreated_and_the_rest_handled,
+);
+
+/// The consumer's unsettled and undelivered counts, from the server.
+async fn pending(bus: &a4co_events::bus::nats::NatsBus, durable: &str) -> (usize, u64) {
+    let stream = bus
+        .transport()
+        .jetstream()
+        .get_stream("ORDERS")
+        .await
+        .unwrap();
+    let info = stream.consumer_info(durable).await.unwrap();
+    (info.num_ack_pending, info.num_pending)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_that_cannot_be_written_keeps_the_message() {
+    let f = crate::support::nats_bus().await;
+    let calls = Arc::new(Mutex::new(HashMap::<String, Vec<u64>>::new()));
+    let counted = Arc::clone(&calls);
+    let sub = Subscription::new("t", "no-dlq")
+        .to::<OrderCreated>()
+        .retry(fast_retry(2));
+    let handle = f
+        .bus
+        .subscribe(
+            sub.clone(),
+            move |m: Envelope<AnyMessage>, info: DeliveryInfo| {
+                let id = m.aggregate_id;
+                counted
+                    .lock()
+                    .unwrap()
+                    .entry(id.clone())
+                    .or_default()
+                    .push(info.attempt);
+                async move {
+                    Err::<(), _>(if id == "ord-permanent" {
+                        HandlerError::permanent("refused for good")
+                    } else {
+                        HandlerError::retryable("down for now")
+                    })
+                }
+            },
+        )
+        .await
+        .unwrap();
+    let js = f.bus.transport().jetstream().clone();
+    js.delete_stream(DLQ_STREAM).await.unwrap();
+    f.bus.publish(&order("ord-permanent")).await.unwrap();
+    f.bus.publish(&order("ord-retried")).await.unwrap();
+    // Well past the broker limit the bus used to set (the ladder plus 3 deliveries).
+    eventually(30, "dead letters failing to be written", || async {
+        handle.stats().dead_letter_failures >= 8
+    })
+    .await;
+    assert_eq!(handle.stats().dead_lettered, 0);
+    assert_eq!(
+        pending(&f.bus, &sub.durable()).await.0,
+        2,
+        "both messages are kept"
+    );
+
+    f.bus.provision().await.unwrap();
+    eventually(30, "both dead-lettered once the DLQ is back", || async {
+        handle.stats().dead_lettered == 2
+    })
+    .await;
+    let letters = letters_of(&f, "t/no-dlq").await;
+    let by_aggregate = |id: &str| {
+        letters
+            .iter()
+            .map(|(_, l)| l)
+            .find(|l| l.payload.contains(id))
+            .unwrap_or_else(|| panic!("no letter of {id}: {letters:?}"))
+    };
+    let permanent = by_aggregate("ord-permanent");
+    assert_eq!(permanent.fault, FaultKind::Permanent);
+    assert!(permanent.reason.contains("refused for good"));
+    let retried = by_aggregate("ord-retried");
+    assert_eq!(retried.fault, FaultKind::RetriesExhausted);
+    assert_eq!(
+        retried
+            .attempts
+            .iter()
+            .map(|a| (a.attempt, a.error.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "down for now")],
+        "the failed attempt before the last"
+    );
+    assert_eq!(letters.len(), 2);
+    // The handlers ran as the ladder says, not once per failed write: the verdict was kept.
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls["ord-permanent"], [1]);
+    assert_eq!(calls["ord-retried"], [1, 2]);
+    eventually(10, "nothing left unsettled", || async {
+        pending(&f.bus, &sub.durable()).await == (0, 0)
+    })
+    .await;
+    handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_shared_by_two_instances_runs_each_message_once() {
+    const N: usize = 200;
+    let f = crate::support::nats_bus().await;
+    let url = f.server.as_ref().unwrap().url();
+    for i in 0..N {
+        f.bus
+            .publish_pipelined(&order(&format!("ord-{i:03}")))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let runs = Arc::new(Mutex::new(HashMap::<String, Vec<u64>>::new()));
+    // Not exclusive: both instances take messages at once (an exclusive subscription
+    // would leave the whole backlog to one of them).
+    let sub = Subscription::new("t", "backlog")
+        .to::<OrderCreated>()
+        .exclusive(false)
+        .ack_wait(Duration::from_secs(5));
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let bus = nats_connect(&url).await;
+        let runs = Arc::clone(&runs);
+        let handle = bus
+            .subscribe(
+                sub.clone(),
+                move |m: Envelope<AnyMessage>, info: DeliveryInfo| {
+                    runs.lock()
+                        .unwrap()
+                        .entry(m.aggregate_id)
+                        .or_default()
+                        .push(info.attempt);
+                    async {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        Ok::<_, HandlerError>(())
+                    }
+                },
+            )
+            .await
+            .unwrap();
+        instances.push((bus, handle));
+    }
+    let handled = || {
+        instances
+            .iter()
+            .map(|(_, h)| h.stats().handled)
+            .sum::<u64>()
+    };
+    eventually(90, "the backlog handled", || async {
+        handled() == N as u64
+    })
+    .await;
+    // Nothing left that the broker could still hand out again.
+    eventually(10, "nothing pending", || async {
+        pending(&f.bus, &sub.durable()).await == (0, 0)
+    })
+    .await;
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), N);
+    let twice: Vec<_> = runs.iter().filter(|(_, r)| r.len() != 1).collect();
+    assert!(twice.is_empty(), "run more than once: {twice:?}");
+    assert!(runs.values().all(|r| r == &[1]), "every run was attempt 1");
+    for (_, handle) in instances {
+        let stats = handle.shutdown().await;
+        assert_eq!((stats.dead_lettered, stats.duplicates), (0, 0), "{stats}");
+        assert!(stats.handled > 0, "both instances took a share: {stats}");
+    }
+}
+
+/// One handler run in the ordering test.
+#[derive(Clone, Debug)]
+struct Run {
+    instance: usize,
+    n: u32,
+    started: std::time::Instant,
+    ended: Option<std::time::Instant>,
+}
+
+/// The message of each aggregate that takes 1.5 s in the ordering test.
+const SLOW: u32 = 20;
+
+/// Starts instance `instance` of the ordered subscription on its own connection.
+async fn ordered_instance(
+    url: &str,
+    instance: usize,
+    runs: &Arc<Mutex<HashMap<String, Vec<Run>>>>,
+) -> (
+    a4co_events::bus::nats::NatsBus,
+    a4co_events::bus::SubscriptionHandle,
+) {
+    let bus = nats_connect(url).await;
+    let runs = Arc::clone(runs);
+    let sub = Subscription::new("t", "ordered")
+        .to::<OrderCreated>()
+        .max_in_flight(4)
+        .ack_wait(Duration::from_secs(2));
+    let handle = bus
+        .subscribe(sub, move |m: Envelope<AnyMessage>, _: DeliveryInfo| {
+            let AnyMessage::OrderCreated(data) = m.data else {
+                unreachable!("subscribed to order.created only")
+            };
+            let n: u32 = data.customer_id.parse().unwrap();
+            let aggregate = m.aggregate_id;
+            let index = {
+                let mut runs = runs.lock().unwrap();
+                let list = runs.entry(aggregate.clone()).or_default();
+                list.push(Run {
+                    instance,
+                    n,
+                    started: std::time::Instant::now(),
+                    ended: None,
+                });
+                list.len() - 1
+            };
+            let runs = Arc::clone(&runs);
+            // Each aggregate's message 20 is slow: the bus keeps it alive (progress), so when
+            // its instance dies it comes back an ack wait after its last progress, later than
+            // the standby takes over: the newer messages must wait for it.
+            let pause = if n == SLOW {
+                Duration::from_millis(1500)
+            } else {
+                Duration::from_millis(fastrand::u64(0..30))
+            };
+            async move {
+                tokio::time::sleep(pause).await;
+                runs.lock().unwrap().get_mut(&aggregate).unwrap()[index].ended =
+                    Some(std::time::Instant::now());
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    (bus, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_holds_across_instances_while_one_dies_and_another_joins() {
+    const AGGREGATES: usize = 20;
+    const EACH: u32 = 50;
+    let f = crate::support::nats_bus().await;
+    let url = f.server.as_ref().unwrap().url();
+    let runs = Arc::new(Mutex::new(HashMap::<String, Vec<Run>>::new()));
+    let mut instances = Vec::new();
+    for i in 0..3 {
+        instances.push(Some(ordered_instance(&url, i, &runs).await));
+    }
+    for n in 0..EACH {
+        for a in 0..AGGREGATES {
+            let mut data = OrderCreated::example();
+            data.customer_id = n.to_string();
+            let event = Envelope::new("order-service", format!("agg-{a:02}"), data);
+            f.bus.publish(&event).await.unwrap();
+        }
+    }
+    let done = || {
+        runs.lock()
+            .unwrap()
+            .values()
+            .map(|r| r.iter().filter(|r| r.ended.is_some()).count())
+            .sum::<usize>()
+    };
+    // Killed just after a slow handler's progress (at half the ack wait).
+    let slow_for = |at_least: Duration| {
+        runs.lock()
+            .unwrap()
+            .values()
+            .flatten()
+            .any(|r| r.n == SLOW && r.ended.is_none() && r.started.elapsed() >= at_least)
+    };
+    eventually(30, "a slow message running for 1.1 s", || async {
+        slow_for(Duration::from_millis(1100))
+    })
+    .await;
+    assert!(done() > 0);
+    // The instance taking the messages dies (its task and its connection), mid-handler.
+    let active = instances
+        .iter()
+        .position(|i| i.as_ref().is_some_and(|(_, h)| h.stats().handled > 0))
+        .unwrap();
+    let busy: Vec<_> = instances
+        .iter()
+        .flatten()
+        .filter(|(_, h)| h.stats().handled > 0)
+        .collect();
+    assert_eq!(busy.len(), 1, "one instance at a time takes the messages");
+    let (bus, handle) = instances[active].take().unwrap();
+    handle.abort();
+    drop(bus);
+    // The pin moves at once (as an operator's unpin does), well before the dead instance's
+    // deliveries come back: the standby that takes over must hold the newer messages.
+    f.bus
+        .transport()
+        .jetstream()
+        .get_stream("ORDERS")
+        .await
+        .unwrap()
+        .unpin_consumer("t_ordered", a4co_events::bus::PIN_GROUP)
+        .await
+        .unwrap();
+    // Another joins.
+    instances.push(Some(ordered_instance(&url, 3, &runs).await));
+    let distinct = || {
+        runs.lock()
+            .unwrap()
+            .values()
+            .map(|r| {
+                r.iter()
+                    .filter(|r| r.ended.is_some())
+                    .map(|r| r.n)
+                    .collect::<std::collections::HashSet<_>>()
+                    .len()
+            })
+            .sum::<usize>()
+    };
+    eventually(60, "all handled", || async {
+        distinct() == AGGREGATES * EACH as usize
+    })
+    .await;
+    let runs = runs.lock().unwrap().clone();
+    let mut taken_over = false;
+    for (aggregate, list) in &runs {
+        let ns: Vec<u32> = list.iter().map(|r| r.n).collect();
+        assert!(
+            ns.windows(2).all(|w| w[0] <= w[1]),
+            "{aggregate} out of stream order: {ns:?}"
+        );
+        for pair in list.windows(2) {
+            let (before, after) = (&pair[0], &pair[1]);
+            if before.n == after.n {
+                continue; // a run cut short by the death, then run again
+            }
+            match before.ended {
+                Some(ended) => assert!(
+                    ended <= after.started,
+                    "{aggregate}: {} started before {} ended",
+                    after.n,
+                    before.n
+                ),
+                None => assert_eq!(
+                    before.instance, active,
+                    "only the dead one leaves runs unended"
+                ),
+            }
+        }
+        taken_over |= list.iter().any(|r| r.instance != active);
+    }
+    assert!(taken_over, "another instance took over");
+    for (_, handle) in instances.into_iter().flatten() {
+        handle.shutdown().await;
+    }
+}
