@@ -129,7 +129,11 @@ impl SubscriptionHealth {
     /// Whether every consumer of the subscription is taking messages (a consumer being
     /// re-created, or stopped, is not).
     pub fn is_running(&self) -> bool {
-        self.problem().is_none()
+        self.consumers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .all(|c| c.down.is_none())
     }
 
     /// What is not running, in one line naming the subscription, the stream and why
@@ -837,28 +841,48 @@ async fn settle<T: Transport, H: Handler>(
                 kept: false,
             };
             let key = attempts_key();
-            let status =
-                dead_letter(shared, delivery, info.delivered, fault, &key, &key, None).await;
+            let status = dead_letter(
+                shared,
+                delivery,
+                info.delivered,
+                fault,
+                &key,
+                &key,
+                Vec::new(),
+            )
+            .await;
             return (status, None);
         }
     };
     let event_type = envelope.event_type();
     let event_id = envelope.event_id;
+    // The fault of this (decoded) message, `kept` when its verdict is in the history.
+    let fault = |kind, chain, kept| Fault {
+        kind,
+        chain,
+        event_type: Some(event_type.to_owned()),
+        event_id: Some(event_id.to_string()),
+        kept,
+    };
     if message.subject != event_type {
         // The subject is the type: a body that says otherwise contradicts its routing.
-        let fault = Fault {
-            kind: FaultKind::Undecodable,
-            chain: vec![format!(
-                "{}: the subject is {} but the body says {event_type}",
-                crate::DecodeErrorKind::HeaderMismatch,
-                crate::error::clip(&message.subject)
-            )],
-            event_type: Some(event_type.to_owned()),
-            event_id: Some(event_id.to_string()),
-            kept: false,
-        };
+        let chain = vec![format!(
+            "{}: the subject is {} but the body says {event_type}",
+            crate::DecodeErrorKind::HeaderMismatch,
+            crate::error::clip(&message.subject)
+        )];
         let key = attempts_key();
-        let status = dead_letter(shared, delivery, info.delivered, fault, &key, &key, None).await;
+        let fault = fault(FaultKind::Undecodable, chain, false);
+        let status = dead_letter(
+            shared,
+            delivery,
+            info.delivered,
+            fault,
+            &key,
+            &key,
+            Vec::new(),
+        )
+        .await;
         return (status, None);
     }
     if let Some(target) = message.headers.get(REPLAY_FOR_HEADER)
@@ -920,45 +944,33 @@ async fn settle<T: Transport, H: Handler>(
     };
     if let Some(verdict) = history.last().filter(|a| a.fault.is_some()).cloned() {
         history.pop();
-        let fault = Fault {
-            kind: verdict.fault.unwrap_or(FaultKind::Permanent),
-            chain: vec![verdict.error],
-            event_type: Some(event_type.to_owned()),
-            event_id: Some(event_id.to_string()),
-            kept: true,
-        };
+        let kind = verdict.fault.unwrap_or(FaultKind::Permanent);
         let status = dead_letter(
             shared,
             delivery,
             verdict.attempt,
-            fault,
+            fault(kind, vec![verdict.error], true),
             &done_key(),
             &attempts_key(),
-            Some(history),
+            history,
         )
         .await;
         return (status, Some(event_type));
     }
     if shared.inbox.is_some() && info.delivered >= attempt + NO_OUTCOME_LIMIT {
-        let fault = Fault {
-            kind: FaultKind::NoOutcome,
-            chain: vec![format!(
-                "delivered {} times for {attempt} recorded attempts: the handler crashes or \
-                 hangs the process, or its failures cannot be recorded",
-                info.delivered
-            )],
-            event_type: Some(event_type.to_owned()),
-            event_id: Some(event_id.to_string()),
-            kept: false,
-        };
+        let chain = vec![format!(
+            "delivered {} times for {attempt} recorded attempts: the handler crashes or \
+             hangs the process, or its failures cannot be recorded",
+            info.delivered
+        )];
         let status = dead_letter(
             shared,
             delivery,
             attempt,
-            fault,
+            fault(FaultKind::NoOutcome, chain, false),
             &done_key(),
             &attempts_key(),
-            Some(history),
+            history,
         )
         .await;
         return (status, Some(event_type));
@@ -1016,19 +1028,12 @@ async fn settle<T: Transport, H: Handler>(
                 None
             };
             if let Some(kind) = kind {
-                let fault = Fault {
-                    kind,
-                    chain: error.chain(),
-                    event_type: Some(event_type.to_owned()),
-                    event_id: Some(event_id.to_string()),
-                    kept: false,
-                };
-                let history = (attempt > 1).then_some(history);
+                // `history` holds the failures before this one (read for any redelivery).
                 dead_letter(
                     shared,
                     delivery,
                     attempt,
-                    fault,
+                    fault(kind, error.chain(), false),
                     &done_key(),
                     &attempts_key(),
                     history,
@@ -1070,7 +1075,7 @@ struct Fault {
 }
 
 /// Records the dead letter of failed attempt `attempt`, then terminates the delivery.
-/// `history` holds the failed attempts before it when known (`None`: read them). If the
+/// `history` holds the failed attempts before it (none for undecodable input). If the
 /// record cannot be written, the verdict is kept in the attempt history and the delivery
 /// comes back after a backoff to be written again, its handler not run again: a message
 /// is never dropped unrecorded. A record above 7/8 of the broker's maximum payload (room
@@ -1083,19 +1088,8 @@ async fn dead_letter<T: Transport, H: Handler>(
     fault: Fault,
     done_key: &str,
     attempts_key: &str,
-    history: Option<Vec<Attempt>>,
+    history: Vec<Attempt>,
 ) -> &'static str {
-    let history = match (history, &shared.inbox) {
-        (Some(history), _) => history,
-        (None, Some(inbox)) if attempt > 1 => inbox
-            .attempts(attempts_key)
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|a| a.fault.is_none())
-            .collect(),
-        (None, _) => Vec::new(),
-    };
     let message = delivery.message();
     let info = delivery.info();
     // Decoding fails again on every delivery: no verdict to keep for it.
