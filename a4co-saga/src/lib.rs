@@ -3,12 +3,11 @@
 // Layers, each importing only those above it: errors; the record (state and data traits,
 // what an instance keeps); the `Step` API reactions use; definitions and their builder;
 // the engine (pure: applies a message or a timer to a record); stores; the runtime
-// (the bus and a store around the engine); the fulfillment saga and the NATS store.
+// (the bus and a store around the engine); the NATS store.
 mod clock;
 mod definition;
 mod engine;
 mod error;
-pub mod fulfillment;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod nats;

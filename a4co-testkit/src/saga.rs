@@ -5,23 +5,42 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use a4co_events::catalog::inventory::ReserveStock;
-//! use a4co_events::catalog::order::{CancelOrder, OrderCreated};
-//! use a4co_saga::fulfillment::{self, Phase};
+//! use a4co_events::catalog::order::{CancelOrder, CancellationReason, OrderConfirmed, OrderCreated};
+//! use a4co_saga::{Definition, State};
 //! use a4co_testkit::saga::Scenario;
+//!
+//! #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+//! enum Watch { Waiting, Done, GaveUp }
+//! impl State for Watch {
+//!     const ALL: &'static [Self] = &[Watch::Waiting, Watch::Done, Watch::GaveUp];
+//!     fn name(self) -> &'static str { match self { Watch::Waiting => "waiting", Watch::Done => "done", Watch::GaveUp => "gave-up" } }
+//!     fn is_final(self) -> bool { self != Watch::Waiting }
+//! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! let scenario = Scenario::new(fulfillment::definition(Default::default()).unwrap()).await;
+//! let definition = Definition::<(), Watch>::builder("confirmation-watch", "order-service")
+//!     .starts_with::<OrderCreated>(&[Watch::Waiting], |step, _| {
+//!         step.schedule("give-up", Duration::from_secs(3600));
+//!         Watch::Waiting
+//!     })
+//!     .on::<OrderConfirmed>(Watch::Waiting, &[Watch::Done], |_, _| Watch::Done)
+//!     .on_timeout(Watch::Waiting, "give-up", &[Watch::GaveUp], |step| {
+//!         let cancel = CancelOrder { reason: CancellationReason::PaymentTimeout, refund_required: false, detail: None };
+//!         step.send("cancel", "ord-1", cancel);
+//!         Watch::GaveUp
+//!     })
+//!     .build()
+//!     .unwrap();
+//! let scenario = Scenario::new(definition).await;
 //! let order = a4co_testkit::example_envelope::<OrderCreated>("ord-1").into_any();
 //! scenario.when(&order).await;
-//! assert_eq!(scenario.take_sent_of::<ReserveStock>().len(), 2);
-//! assert_eq!(scenario.state("order-fulfillment/ord-1").await, Some(Phase::Reserving));
+//! assert_eq!(scenario.state("confirmation-watch/ord-1").await, Some(Watch::Waiting));
 //!
-//! // Inventory never answers: the stock timer cancels the order.
-//! scenario.when_time_passes(Duration::from_secs(121)).await;
+//! // Nobody confirms: after an hour the saga cancels the order.
+//! scenario.when_time_passes(Duration::from_secs(3601)).await;
 //! assert_eq!(scenario.take_sent_of::<CancelOrder>().len(), 1);
-//! assert_eq!(scenario.state("order-fulfillment/ord-1").await, Some(Phase::Cancelled));
+//! assert_eq!(scenario.state("confirmation-watch/ord-1").await, Some(Watch::GaveUp));
 //! # }
 //! ```
 
@@ -226,77 +245,81 @@ impl<D: Data, S: State> Scenario<D, S> {
     }
 }
 
-/// How the simulated participants of the fulfillment saga behave.
-#[derive(Clone, Debug, Default)]
-pub struct Behaviour {
-    /// Units on hand per product; a product not listed has none.
-    pub stock: std::collections::HashMap<String, u32>,
-    /// Orders whose payment is declined.
-    pub declined: std::collections::HashSet<String>,
-    /// Orders whose payment is never answered.
-    pub silent_payments: std::collections::HashSet<String>,
-    /// Orders whose confirm command is never answered.
-    pub silent_confirms: std::collections::HashSet<String>,
-    /// Products whose reservations are never answered.
-    pub silent_stock: std::collections::HashSet<String>,
+/// What a stand-in answers to one message: the replies to publish (none: stay silent).
+type Answer = Arc<dyn Fn(&Envelope<AnyMessage>) -> Vec<Envelope<AnyMessage>> + Send + Sync>;
+
+/// Stand-ins for the services a saga talks to, on a real bus: each answers the message
+/// types it takes with a closure (typically through a shared ledger the test reads), once
+/// per message id, as an idempotent service would (a redelivery is answered with the same
+/// replies, not run again). Build one per test:
+///
+/// ```
+/// use a4co_events::catalog::order::{ConfirmOrder, OrderConfirmed};
+/// use a4co_events::{Envelope, Message};
+/// use a4co_testkit::saga::Responders;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = a4co_events::bus::MemoryBus::provisioned().await?;
+/// let responders = Responders::new().on::<ConfirmOrder>("order-sim", |command| {
+///     let confirmed = OrderConfirmed::example();
+///     vec![Envelope::caused_by(command, "order-service", &command.aggregate_id, confirmed).into_any()]
+/// });
+/// let handles = responders.start(&bus).await?;
+/// # drop(handles);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct Responders {
+    /// By service: the message types it takes, with their answers.
+    services: Vec<(String, Vec<(&'static str, Answer)>)>,
 }
 
-/// What the simulated participants did, for assertions.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Ledger {
-    /// Reservations made: (order, product) -> units.
-    pub reserved: std::collections::BTreeMap<(String, String), u32>,
-    /// Reservations released, by reservation id, with how many times a release came.
-    pub released: std::collections::BTreeMap<String, u32>,
-    /// Orders charged, with how many times.
-    pub charged: std::collections::BTreeMap<String, u32>,
-    /// Orders refunded, with how many times.
-    pub refunded: std::collections::BTreeMap<String, u32>,
-    /// Orders confirmed, with how many times.
-    pub confirmed: std::collections::BTreeMap<String, u32>,
-    /// Orders cancelled, with the reason of each cancel command.
-    pub cancelled: std::collections::BTreeMap<String, Vec<String>>,
-    /// Units on hand now, per product.
-    pub stock: std::collections::HashMap<String, u32>,
+impl std::fmt::Debug for Responders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let services: Vec<&str> = self.services.iter().map(|(s, _)| s.as_str()).collect();
+        f.debug_struct("Responders")
+            .field("services", &services)
+            .finish()
+    }
 }
 
-/// Inventory, payment and the order service's command side, simulated in process on a
-/// bus: they answer the fulfillment saga's commands as the real services would (stock that
-/// runs out, declined and unanswered payments) and keep a [`Ledger`]. Each command id is
-/// handled once.
-#[derive(Clone, Debug)]
-pub struct Participants {
-    state: Arc<
-        Mutex<(
-            Behaviour,
-            Ledger,
-            std::collections::HashSet<a4co_events::EventId>,
-        )>,
-    >,
-}
+impl Responders {
+    /// No stand-ins yet.
+    pub fn new() -> Self {
+        Responders::default()
+    }
 
-impl Participants {
-    /// Participants that behave as `behaviour` says.
-    pub fn new(behaviour: Behaviour) -> Self {
-        let ledger = Ledger {
-            stock: behaviour.stock.clone(),
-            ..Ledger::default()
-        };
-        Participants {
-            state: Arc::new(Mutex::new((behaviour, ledger, Default::default()))),
+    /// The stand-in `service` (its consumer's name) answers each message of type `M` with
+    /// what `answer` returns.
+    #[must_use]
+    pub fn on<M>(
+        mut self,
+        service: &str,
+        answer: impl Fn(&Envelope<M>) -> Vec<Envelope<AnyMessage>> + Send + Sync + 'static,
+    ) -> Self
+    where
+        M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
+    {
+        let typed: Answer =
+            Arc::new(
+                move |message: &Envelope<AnyMessage>| match message.clone().downcast::<M>() {
+                    Ok(message) => answer(&message),
+                    Err(_) => Vec::new(),
+                },
+            );
+        match self.services.iter_mut().find(|(s, _)| s == service) {
+            Some((_, answers)) => answers.push((M::TYPE, typed)),
+            None => self
+                .services
+                .push((service.to_owned(), vec![(M::TYPE, typed)])),
         }
+        self
     }
 
-    /// What they did so far.
-    pub fn ledger(&self) -> Ledger {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .1
-            .clone()
-    }
-
-    /// Subscribes them to `bus` (as `inventory-sim`, `payment-sim`, `order-sim`).
+    /// Subscribes every stand-in to `bus` (one durable consumer `<service>_commands` each,
+    /// 64 messages at once) and publishes their answers.
     ///
     /// # Errors
     /// Subscribing failed.
@@ -308,202 +331,49 @@ impl Participants {
         B: a4co_events::bus::Publisher + a4co_events::bus::Subscriber,
     {
         use a4co_events::bus::{HandlerError, Subscription};
-        use a4co_events::catalog::inventory::{ReleaseStock, ReserveStock};
-        use a4co_events::catalog::order::{CancelOrder, ConfirmOrder};
-        use a4co_events::catalog::payment::{ProcessPayment, RefundPayment};
 
         let mut handles = Vec::new();
-        let subscriptions = [
-            Subscription::new("inventory-sim", "commands")
-                .to::<ReserveStock>()
-                .to::<ReleaseStock>(),
-            Subscription::new("payment-sim", "commands")
-                .to::<ProcessPayment>()
-                .to::<RefundPayment>(),
-            Subscription::new("order-sim", "commands")
-                .to::<ConfirmOrder>()
-                .to::<CancelOrder>(),
-        ];
-        for subscription in subscriptions {
-            let me = self.clone();
+        for (service, answers) in &self.services {
+            let mut subscription = Subscription::new(service, "commands").max_in_flight(64);
+            for (event_type, _) in answers {
+                subscription = subscription.subject(*event_type);
+            }
+            let answers = Arc::new(answers.clone());
+            // Each message id answered once; a redelivery gets the same replies again
+            // (same ids: the broker drops what it stored already).
+            let answered: Arc<Mutex<std::collections::HashMap<_, Vec<Envelope<AnyMessage>>>>> =
+                Arc::default();
             let publisher = bus.clone();
             let handle = bus
-                .subscribe(
-                    subscription.max_in_flight(64),
-                    move |message: Envelope<AnyMessage>, _| {
-                        let me = me.clone();
-                        let publisher = publisher.clone();
-                        async move {
-                            if let Some(reply) = me.answer(&message) {
-                                publisher
-                                    .publish(&reply)
-                                    .await
-                                    .map_err(HandlerError::retryable)?;
-                            }
-                            Ok(())
+                .subscribe(subscription, move |message: Envelope<AnyMessage>, _| {
+                    let answers = Arc::clone(&answers);
+                    let answered = Arc::clone(&answered);
+                    let publisher = publisher.clone();
+                    async move {
+                        let replies = answered
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .entry(message.event_id)
+                            .or_insert_with(|| {
+                                answers
+                                    .iter()
+                                    .find(|(t, _)| *t == message.event_type())
+                                    .map(|(_, answer)| answer(&message))
+                                    .unwrap_or_default()
+                            })
+                            .clone();
+                        for reply in &replies {
+                            publisher
+                                .publish(reply)
+                                .await
+                                .map_err(HandlerError::retryable)?;
                         }
-                    },
-                )
+                        Ok(())
+                    }
+                })
                 .await?;
             handles.push(handle);
         }
         Ok(handles)
-    }
-
-    /// The reply to one command, after updating the ledger (`None`: no reply, or a
-    /// command seen before).
-    fn answer(&self, command: &Envelope<AnyMessage>) -> Option<Envelope<AnyMessage>> {
-        use a4co_events::catalog::inventory::{
-            FailedItem, ReleaseReason, StockReleased, StockReservationFailed, StockReserved,
-        };
-        use a4co_events::catalog::order::{OrderCancelled, OrderConfirmed};
-        use a4co_events::catalog::payment::{PaymentFailed, PaymentSucceeded};
-
-        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let (behaviour, ledger, seen) = &mut *guard;
-        if !seen.insert(command.event_id) {
-            return None;
-        }
-        let now = command.occurred_at;
-        let reply = |source: &str, aggregate: &str, data: AnyMessage| {
-            Some(Envelope::caused_by(command, source, aggregate, data))
-        };
-        match &command.data {
-            AnyMessage::ReserveStock(_)
-                if behaviour.silent_stock.contains(&command.aggregate_id) =>
-            {
-                None
-            }
-            AnyMessage::ReserveStock(c) => {
-                let product = command.aggregate_id.clone();
-                let on_hand = ledger.stock.get(&product).copied().unwrap_or(0);
-                if on_hand >= c.quantity {
-                    ledger.stock.insert(product.clone(), on_hand - c.quantity);
-                    *ledger
-                        .reserved
-                        .entry((c.order_id.clone(), product.clone()))
-                        .or_default() += c.quantity;
-                    let data = StockReserved {
-                        order_id: c.order_id.clone(),
-                        artisan_id: "art-sim".to_owned(),
-                        quantity_reserved: c.quantity,
-                        remaining_stock: on_hand - c.quantity,
-                        reservation_expiry: c.expires_at,
-                        reservation_id: format!("res-{}-{product}", c.order_id),
-                        unit_price: a4co_events::Money::eur(100),
-                    };
-                    reply("inventory-service", &product, data.into())
-                } else {
-                    let data = StockReservationFailed {
-                        order_id: c.order_id.clone(),
-                        reason: "insufficient stock".to_owned(),
-                        failed_items: vec![FailedItem {
-                            product_id: product.clone(),
-                            requested_quantity: c.quantity,
-                            available_quantity: on_hand,
-                        }],
-                    };
-                    reply("inventory-service", &product, data.into())
-                }
-            }
-            AnyMessage::ReleaseStock(c) => {
-                let product = command.aggregate_id.clone();
-                *ledger.released.entry(c.reservation_id.clone()).or_default() += 1;
-                let units = ledger
-                    .reserved
-                    .get(&(c.order_id.clone(), product.clone()))
-                    .copied()
-                    .unwrap_or(0);
-                let on_hand = ledger.stock.entry(product.clone()).or_default();
-                *on_hand += units;
-                let data = StockReleased {
-                    order_id: c.order_id.clone(),
-                    reservation_id: c.reservation_id.clone(),
-                    quantity_released: units.max(1),
-                    reason: ReleaseReason::OrderCancelled,
-                    new_available_stock: *on_hand,
-                    released_at: now,
-                };
-                reply("inventory-service", &product, data.into())
-            }
-            AnyMessage::ProcessPayment(c) => {
-                if behaviour.silent_payments.contains(&c.order_id) {
-                    return None;
-                }
-                let payment = format!("pay-{}", c.order_id);
-                if behaviour.declined.contains(&c.order_id) {
-                    let data = PaymentFailed {
-                        order_id: c.order_id.clone(),
-                        error_code: "card-declined".to_owned(),
-                        error_message: "declined by the simulated gateway".to_owned(),
-                        gateway_error_code: None,
-                        retryable: false,
-                        failed_at: now,
-                        attempt_number: 1,
-                        max_attempts: 1,
-                    };
-                    return reply("payment-service", &payment, data.into());
-                }
-                *ledger.charged.entry(c.order_id.clone()).or_default() += 1;
-                let zero = a4co_events::Money::eur(0);
-                let data = PaymentSucceeded {
-                    order_id: c.order_id.clone(),
-                    transaction_id: format!("txn-{}", c.order_id),
-                    gateway_transaction_id: format!("sim-{}", c.order_id),
-                    amount: c.amount,
-                    processed_at: now,
-                    payment_gateway: "sim".to_owned(),
-                    gateway_fee: zero,
-                    marketplace_fee: zero,
-                    artisan_amount: c.amount,
-                };
-                reply("payment-service", &payment, data.into())
-            }
-            AnyMessage::RefundPayment(c) => {
-                *ledger.refunded.entry(c.order_id.clone()).or_default() += 1;
-                None
-            }
-            AnyMessage::ConfirmOrder(_)
-                if behaviour.silent_confirms.contains(&command.aggregate_id) =>
-            {
-                None
-            }
-            AnyMessage::ConfirmOrder(_) => {
-                *ledger
-                    .confirmed
-                    .entry(command.aggregate_id.clone())
-                    .or_default() += 1;
-                let data = OrderConfirmed {
-                    confirmed_at: now,
-                    estimated_delivery_date: now,
-                    payment_reference: "sim".to_owned(),
-                    payment_id: None,
-                    tracking_number: None,
-                    artisan_notified: false,
-                };
-                reply("order-service", &command.aggregate_id, data.into())
-            }
-            AnyMessage::CancelOrder(c) => {
-                let reason = serde_json::to_value(c.reason)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                ledger
-                    .cancelled
-                    .entry(command.aggregate_id.clone())
-                    .or_default()
-                    .push(reason);
-                let data = OrderCancelled {
-                    reason: c.reason,
-                    cancelled_at: now,
-                    refund_required: c.refund_required,
-                    refund_amount: None,
-                    cancelled_by: "system".to_owned(),
-                    compensation_actions: Vec::new(),
-                };
-                reply("order-service", &command.aggregate_id, data.into())
-            }
-            _ => None,
-        }
     }
 }

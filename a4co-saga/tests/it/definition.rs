@@ -1,9 +1,6 @@
 //! Definitions: what build() rejects, and the diagram.
 
-use std::time::Duration;
-
 use a4co_events::catalog::order::{OrderConfirmed, OrderCreated};
-use a4co_saga::fulfillment::{self, Settings};
 use a4co_saga::{Definition, State};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -136,48 +133,6 @@ fn bad_names_are_rejected() {
         .unwrap_err()
         .problem;
     assert!(p.contains("must be non-empty"), "{p}");
-}
-
-#[test]
-fn fulfillment_settings_are_checked() {
-    let e = fulfillment::definition(Settings {
-        payment_timeout: Duration::from_secs(3600),
-        ..Settings::default()
-    })
-    .unwrap_err();
-    assert!(
-        e.problem
-            .contains("payment_timeout must be shorter than reservation_ttl"),
-        "{e}"
-    );
-    let e = fulfillment::definition(Settings {
-        stock_timeout: Duration::ZERO,
-        ..Settings::default()
-    })
-    .unwrap_err();
-    assert!(e.problem.contains("above zero"), "{e}");
-}
-
-#[test]
-fn the_fulfillment_diagram_matches_docs() {
-    let diagram = fulfillment::definition(Settings::default())
-        .unwrap()
-        .mermaid();
-    assert!(diagram.starts_with("stateDiagram-v2\n"));
-    assert!(
-        diagram.contains("[*] --> reserving: order.created"),
-        "{diagram}"
-    );
-    assert!(
-        diagram.contains("paying --> awaiting_late_payment: timeout payment"),
-        "{diagram}"
-    );
-    assert!(diagram.contains("confirmed --> [*]"), "{diagram}");
-    let docs = include_str!("../../../docs/saga.md");
-    assert!(
-        docs.contains(&diagram),
-        "docs/saga.md must hold the fulfillment diagram as the code draws it:\n{diagram}"
-    );
 }
 
 #[tokio::test]

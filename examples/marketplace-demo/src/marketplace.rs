@@ -51,7 +51,7 @@ pub struct Settings {
     /// The simulated payment gateway.
     pub gateway: Gateway,
     /// The fulfillment saga's timings.
-    pub saga: a4co_saga::fulfillment::Settings,
+    pub saga: order_service::fulfillment::Settings,
     /// inventory-service's settings.
     pub inventory: inventory_service::Settings,
 }
@@ -62,7 +62,7 @@ impl Settings {
         Settings {
             secret,
             gateway: Gateway::default(),
-            saga: a4co_saga::fulfillment::Settings::default(),
+            saga: order_service::fulfillment::Settings::default(),
             inventory: inventory_service::Settings::default(),
         }
     }

@@ -3,9 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::fulfillment::Settings;
 use a4co_events::bus::nats::Config as NatsConfig;
 use a4co_http::auth::Secret;
-use a4co_saga::fulfillment::Settings;
 use service_kit::{ConfigError, Env};
 
 /// Everything the service reads at start-up.

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
+use crate::fulfillment::{self, Settings};
 use a4co_events::bus::{HandlerError, Publisher, Subscriber, Subscription};
 use a4co_events::catalog::order::{
     CancelOrder, ConfirmOrder, OrderCancelled, OrderConfirmed, OrderStatus,
 };
 use a4co_events::service::{AnyBus, Workers};
 use a4co_events::{AnyMessage, Envelope};
-use a4co_saga::fulfillment::{self, Settings};
 use a4co_saga::{Runtime, Store};
 use chrono::Utc;
 use service_kit::ConfigError;

@@ -1,7 +1,7 @@
 //! **order-service**, the a4co reference service for orders: it takes orders over REST,
 //! checks them synchronously with inventory and payment (a4co-http, design-v2 timeouts,
 //! service JWT), publishes `order.created`, runs the order fulfillment saga
-//! ([`a4co_saga::fulfillment`]), and keeps each order's state in step with the saga's
+//! ([`fulfillment`]), and keeps each order's state in step with the saga's
 //! commands.
 //!
 //! Run it with `cargo run -p example-order-service` (in memory), or with
@@ -39,6 +39,7 @@
 //! ```
 
 mod config;
+pub mod fulfillment;
 mod handlers;
 pub mod http;
 mod place;
@@ -122,7 +123,7 @@ impl Clients {
         let build = |target: &str, url: &str, route: &str| {
             let mut builder = Client::builder(target, url)
                 .source(NAME)
-                .timeout(a4co_http::design_timeout(target, route));
+                .timeout(service_kit::timeouts::design_timeout(target, route));
             if let Some(issuer) = &issuer {
                 builder = builder.service_auth(issuer.clone());
             }

@@ -17,11 +17,13 @@
 //! | [`bus`] | [`bus::reply_to`]: the answer to a message, with an id derived from it |
 //! | [`ops`] | logs, the Prometheus registry, `/health`, `/metrics`, serving with graceful shutdown |
 //! | [`api`] | [`ApiError`] and [`Body`]: REST errors as JSON with a status that says who must act |
+//! | [`timeouts`] | design-v2's per-call timeouts of the synchronous call matrix |
 
 pub mod api;
 pub mod bus;
 pub mod config;
 pub mod ops;
+pub mod timeouts;
 
 pub use api::{ApiError, Body};
 pub use config::{ConfigError, Env};

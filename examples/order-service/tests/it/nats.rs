@@ -8,11 +8,13 @@ use a4co_events::bus::nats::{Config, NatsBus};
 use a4co_events::bus::{Publisher, SubscriptionHandle};
 use a4co_events::catalog::order::{OrderCreated, OrderItem};
 use a4co_events::{Envelope, Message, Money};
-use a4co_saga::fulfillment::{self, Fulfillment, Phase};
 use a4co_saga::nats::KvStore;
 use a4co_saga::{Running, Runtime, VirtualClock};
 use a4co_testkit::nats::NatsServer;
-use a4co_testkit::saga::{Behaviour, Participants, scenario_start};
+use a4co_testkit::saga::scenario_start;
+use order_service::fulfillment::{self, Fulfillment, Phase};
+
+use crate::participants::{Behaviour, Participants};
 
 type Fr = Runtime<Fulfillment, Phase, NatsBus, KvStore>;
 

@@ -11,7 +11,7 @@
 //! saves it together with its commands in one JetStream atomic batch (the store design the
 //! issue asked to measure).
 //!
-//! Run with `cargo bench -p a4co-saga --bench saga` (`A4CO_BENCH_N` orders per run,
+//! Run with `cargo bench -p example-order-service --bench saga` (`A4CO_BENCH_N` orders per run,
 //! default 2000; `A4CO_BENCH_IN_FLIGHT`, default 64; `A4CO_BENCH_ROUNDS`, default 3;
 //! `A4CO_BENCH_NATS=0` for the in-memory part only). Rounds rotate which flow goes first;
 //! peaks are medians. Each run also reports the CPU per order of this process and
@@ -29,10 +29,10 @@ use a4co_events::catalog::inventory::{ReserveStock, StockReserved};
 use a4co_events::catalog::order::{ConfirmOrder, OrderConfirmed, OrderCreated, OrderItem};
 use a4co_events::catalog::payment::{PaymentSucceeded, ProcessPayment};
 use a4co_events::{AnyMessage, Envelope, Message, Money};
-use a4co_saga::fulfillment::{self, Fulfillment, Phase};
 use a4co_saga::{MemoryStore, Runtime};
 use async_nats::jetstream::{self, consumer::pull, kv, stream};
 use futures::StreamExt as _;
+use order_service::fulfillment::{self, Fulfillment, Phase};
 use tokio::sync::Semaphore;
 
 fn order(i: usize) -> Envelope<OrderCreated> {

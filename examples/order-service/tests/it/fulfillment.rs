@@ -6,9 +6,9 @@ use a4co_events::catalog::inventory::{ReleaseStock, ReserveStock};
 use a4co_events::catalog::order::{CancelOrder, CancellationReason, ConfirmOrder};
 use a4co_events::catalog::payment::{ProcessPayment, RefundPayment};
 use a4co_events::{AnyMessage, Envelope, Money};
-use a4co_saga::fulfillment::{self, Fulfillment, LineStatus, Phase};
 use a4co_saga::{Applied, step_message_id};
 use a4co_testkit::saga::{Scenario, scenario_start};
+use order_service::fulfillment::{self, Fulfillment, LineStatus, Phase};
 
 use crate::support::*;
 

@@ -16,9 +16,9 @@ use a4co_events::catalog::payment::{
     PaymentFailed, PaymentSucceeded, ProcessPayment, RefundPayment,
 };
 use a4co_events::{AnyMessage, Envelope, Message, Money};
-use a4co_saga::fulfillment::{self, Fulfillment, Phase};
 use a4co_saga::{Applied, State};
 use a4co_testkit::saga::Scenario;
+use order_service::fulfillment::{self, Fulfillment, Phase};
 use proptest::prelude::*;
 
 const SAGA: &str = "order-fulfillment/ord-p";
