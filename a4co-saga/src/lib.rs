@@ -8,6 +8,7 @@ mod clock;
 mod definition;
 mod engine;
 mod error;
+mod metrics;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod nats;
@@ -23,7 +24,7 @@ pub use error::{DefinitionError, ReactionError, RuntimeError, StoreError};
 pub use record::{Data, Instance, State};
 pub use runtime::{Running, Runtime};
 pub use step::Step;
-pub use store::{MemoryStore, Store};
+pub use store::{MemoryStore, SetAside, Store};
 
 use a4co_events::EventId;
 

@@ -1,6 +1,7 @@
 //! Instances on JetStream KV: one entry per instance (`<saga>/<correlation id>`), saved
 //! with compare-and-swap on the entry's revision; a second bucket indexes due timers by
-//! the second they run out, so a tick lists only the seconds since the last one.
+//! the second they run out, so a tick lists only the seconds since the last one, and
+//! notes the records set aside (`aside.<instance>`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -11,7 +12,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::error::StoreError;
-use crate::store::{Due, Index, Store, Stored};
+use crate::store::{Due, Index, SetAside, Store, Stored};
 
 /// The bucket of instances.
 pub const INSTANCES_BUCKET: &str = "a4co-sagas";
@@ -40,6 +41,9 @@ pub struct KvStore {
 struct Sweep {
     /// The second up to which entries were listed (`None`: nothing yet, list all).
     until: Option<i64>,
+    /// Entries listed as due whose instance was not yet handled ([`Store::fired`]), by
+    /// instance: listed again with every tick until it is, since the listing moved on.
+    outstanding: HashMap<String, Vec<String>>,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -285,12 +289,24 @@ impl Store for KvStore {
                 listed.entry(key).or_default().push(name);
             }
         }
-        let mut due: Vec<Due> = listed
-            .into_iter()
-            .map(|(key, entries)| Due { key, entries })
+        let mut sweep = self.sweep();
+        for (key, entries) in listed {
+            let known = sweep.outstanding.entry(key).or_default();
+            for entry in entries {
+                if !known.contains(&entry) {
+                    known.push(entry);
+                }
+            }
+        }
+        let mut due: Vec<Due> = sweep
+            .outstanding
+            .iter()
+            .map(|(key, entries)| Due {
+                key: key.clone(),
+                entries: entries.clone(),
+            })
             .collect();
         due.sort_by(|a, b| a.key.cmp(&b.key));
-        let mut sweep = self.sweep();
         // Next time from this second on (entries due later in it are listed again), unless
         // a save moved the start back meanwhile.
         sweep.until = Some(match (from, sweep.until) {
@@ -314,6 +330,13 @@ impl Store for KvStore {
                 .await
                 .map_err(|e| unavailable(&format!("dropping timer entry {name}"), e))?;
         }
+        let mut sweep = self.sweep();
+        if let Some(left) = sweep.outstanding.get_mut(&due.key) {
+            left.retain(|e| !due.entries.contains(e));
+            if left.is_empty() {
+                sweep.outstanding.remove(&due.key);
+            }
+        }
         Ok(())
     }
 
@@ -331,6 +354,39 @@ impl Store for KvStore {
         let mut keys: Vec<String> = names.iter().filter_map(|n| decode(n)).collect();
         keys.sort();
         Ok(keys)
+    }
+
+    async fn put_aside(&self, aside: SetAside) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(&aside).map_err(|e| unavailable("setting aside", e))?;
+        let name = format!("aside.{}", encode(&aside.key));
+        match self.timers.create(&name, Bytes::from(value)).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(unavailable(&format!("setting {} aside", aside.key), e)),
+        }
+    }
+
+    async fn set_aside(&self) -> Result<Vec<SetAside>, StoreError> {
+        let names = self
+            .list(vec![format!("$KV.{TIMERS_BUCKET}.aside.>")])
+            .await?;
+        let mut aside = Vec::with_capacity(names.len());
+        for name in names {
+            let Some(value) = self
+                .timers
+                .get(&name)
+                .await
+                .map_err(|e| unavailable("listing records set aside", e))?
+            else {
+                continue;
+            };
+            match serde_json::from_slice::<SetAside>(&value) {
+                Ok(entry) => aside.push(entry),
+                Err(e) => tracing::warn!(entry = %name, error = %e, "an unreadable set-aside note"),
+            }
+        }
+        aside.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(aside)
     }
 }
 

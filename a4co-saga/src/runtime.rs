@@ -18,7 +18,7 @@ use crate::definition::Definition;
 use crate::engine::{Applied, apply, fire_due};
 use crate::error::{RuntimeError, StoreError};
 use crate::record::{Data, Instance, State};
-use crate::store::{Index, Store};
+use crate::store::{Due, Index, SetAside, Store};
 
 /// How many times a save is retried against concurrent replicas before giving up (the
 /// message is then retried by the bus).
@@ -96,6 +96,9 @@ struct Inner<D, S, B, St> {
     lost_publishes: Arc<AtomicU32>,
     cache: Arc<Cache<D, S>>,
     unflushed: Arc<Mutex<HashMap<String, Unflushed>>>,
+    /// Instances whose saved messages could not be published (the broker was away): the
+    /// timer task publishes them every tick until it can.
+    stranded: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
 /// Messages published from a saved outbox whose record still lists them: the instance's
@@ -143,6 +146,7 @@ where
                     entries: Mutex::default(),
                 }),
                 unflushed: Arc::default(),
+                stranded: Arc::default(),
             }),
         }
     }
@@ -180,8 +184,10 @@ where
     }
 
     /// For crash tests: the next `n` instances saved skip publishing their messages, as if
-    /// the process died right after the save. [`Runtime::resend_pending`] (run at start)
-    /// sends them.
+    /// the process died right after the save. A started runtime then leaves the message it
+    /// was handling unacknowledged (the bus delivers it again, and that delivery publishes
+    /// them); [`Runtime::handle`] returns as if it had published, and
+    /// [`Runtime::resend_pending`] sends them.
     #[cfg(feature = "testing")]
     #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
     pub fn lose_next_publishes(&self, n: u32) {
@@ -196,15 +202,50 @@ where
         Ok(self.load(saga_id).await?.map(|(i, _)| i))
     }
 
+    /// The stored instance. One that cannot be read is set aside (logged, counted, listed
+    /// by [`Runtime::set_aside`]) and reported as [`StoreError::Corrupt`].
     async fn load(&self, key: &str) -> Result<Option<(Instance<D, S>, u64)>, StoreError> {
         let Some(stored) = self.inner.store.load(key).await? else {
             return Ok(None);
         };
-        let instance = serde_json::from_slice(&stored.record).map_err(|e| StoreError::Corrupt {
-            key: key.to_owned(),
-            reason: e.to_string(),
-        })?;
-        Ok(Some((instance, stored.revision)))
+        match serde_json::from_slice(&stored.record) {
+            Ok(instance) => Ok(Some((instance, stored.revision))),
+            Err(e) => {
+                let reason = e.to_string();
+                self.put_aside(key, &reason).await?;
+                Err(StoreError::Corrupt {
+                    key: key.to_owned(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    async fn put_aside(&self, key: &str, reason: &str) -> Result<(), StoreError> {
+        tracing::error!(saga_id = %key, reason, "a saga record cannot be read: set aside (its messages are dead-lettered, its timers no longer fire); repair or delete it");
+        crate::metrics::set_aside(self.inner.definition.name());
+        self.inner
+            .store
+            .put_aside(SetAside {
+                key: key.to_owned(),
+                reason: reason.to_owned(),
+                at: self.inner.clock.now(),
+            })
+            .await
+    }
+
+    /// How many instances hold messages this runtime saved but the broker refused: it sends
+    /// them again every tick until they go out (for health checks and tests).
+    pub fn waiting_outboxes(&self) -> usize {
+        self.stranded().len()
+    }
+
+    /// The records of this runtime's store that cannot be read and were set aside.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn set_aside(&self) -> Result<Vec<SetAside>, StoreError> {
+        self.inner.store.set_aside().await
     }
 
     async fn save(
@@ -242,6 +283,13 @@ where
         Ok(revision)
     }
 
+    fn stranded(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.inner
+            .stranded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn unflushed(&self) -> std::sync::MutexGuard<'_, HashMap<String, Unflushed>> {
         self.inner
             .unflushed
@@ -258,16 +306,18 @@ where
     /// The store's or the bus's (the message should be retried), a reaction breaking the
     /// definition (it should be dead-lettered), or endless conflicts.
     pub async fn handle(&self, message: &Envelope<AnyMessage>) -> Result<Applied, RuntimeError> {
-        self.handle_with(message, Emptying::Now).await
+        Ok(self.handle_with(message, Emptying::Now).await?.0)
     }
 
+    /// As [`Runtime::handle`]; also says whether what was saved was published (`false`
+    /// only under the test hook `Runtime::lose_next_publishes`).
     async fn handle_with(
         &self,
         message: &Envelope<AnyMessage>,
         emptying: Emptying,
-    ) -> Result<Applied, RuntimeError> {
+    ) -> Result<(Applied, bool), RuntimeError> {
         let Some(key) = self.inner.definition.instance_id(message) else {
-            return Ok(Applied::Unexpected);
+            return Ok((Applied::Unexpected, true));
         };
         // First a guess, without a read: the instance as this runtime last saved it, or
         // none yet (right for a message that starts a saga). A wrong guess costs a load.
@@ -303,21 +353,24 @@ where
                     if let (Some(instance), Some(revision)) = (instance, revision)
                         && !instance.ledger.outbox.is_empty()
                     {
-                        self.publish_outbox(&key, instance, revision, emptying)
+                        let sent = self
+                            .publish_outbox(&key, instance, revision, emptying)
                             .await?;
+                        return Ok((applied, sent));
                     }
-                    return Ok(applied);
+                    return Ok((applied, true));
                 }
-                Applied::NotStarted => return Ok(applied),
+                Applied::NotStarted => return Ok((applied, true)),
             }
             let Some(mut instance) = instance else {
-                return Ok(applied);
+                return Ok((applied, true));
             };
             match self.save(&key, &mut instance, revision).await {
                 Ok(revision) => {
-                    self.publish_outbox(&key, instance, revision, emptying)
+                    let sent = self
+                        .publish_outbox(&key, instance, revision, emptying)
                         .await?;
-                    return Ok(Applied::Changed);
+                    return Ok((Applied::Changed, sent));
                 }
                 // Saved elsewhere since this runtime's last save: load it.
                 Err(StoreError::Conflict(_)) if guessed => {}
@@ -336,16 +389,19 @@ where
     /// Publishes an instance's outbox, then removes what was published from the stored
     /// record (compare-and-swap; a conflict reloads and removes by id), at once or
     /// deferred. The instance, as saved, is then remembered for the saga's next message.
+    ///
+    /// Returns `false` when the test hook `Runtime::lose_next_publishes` dropped the
+    /// messages (a crash: the caller must not acknowledge what it handled).
     async fn publish_outbox(
         &self,
         key: &str,
         mut instance: Instance<D, S>,
         mut revision: u64,
         emptying: Emptying,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<bool, RuntimeError> {
         if instance.ledger.outbox.is_empty() {
             self.inner.cache.put(key, instance, revision);
-            return Ok(());
+            return Ok(true);
         }
         let lost = self
             .inner
@@ -354,7 +410,7 @@ where
             .is_ok();
         if lost {
             tracing::warn!(saga_id = %key, "test crash: the saved messages are not published");
-            return Ok(());
+            return Ok(false);
         }
         // All at once, then every acknowledgement.
         let publishes = instance
@@ -362,9 +418,13 @@ where
             .outbox
             .iter()
             .map(|outgoing| self.inner.bus.publish_raw(outgoing.to_raw()));
-        for ack in futures::future::join_all(publishes).await {
-            ack?;
+        let acks = futures::future::join_all(publishes).await;
+        if let Some(Err(e)) = acks.into_iter().find(Result::is_err) {
+            // Saved, not sent: the timer task sends it once the broker is back.
+            self.stranded().insert(key.to_owned());
+            return Err(e.into());
         }
+        self.stranded().remove(key);
         let sent: Vec<EventId> = instance.ledger.outbox.iter().map(|o| o.event_id).collect();
         if emptying == Emptying::Deferred {
             instance.ledger.outbox.clear();
@@ -377,7 +437,7 @@ where
                     sent,
                 },
             );
-            return Ok(());
+            return Ok(true);
         }
         for _ in 0..MAX_CONFLICTS {
             instance
@@ -387,14 +447,14 @@ where
             match self.save(key, &mut instance, Some(revision)).await {
                 Ok(revision) => {
                     self.inner.cache.put(key, instance, revision);
-                    return Ok(());
+                    return Ok(true);
                 }
                 Err(StoreError::Conflict(_)) => match self.load(key).await? {
                     Some((fresh, r)) => {
                         instance = fresh;
                         revision = r;
                     }
-                    None => return Ok(()),
+                    None => return Ok(true),
                 },
                 Err(e) => return Err(e.into()),
             }
@@ -403,51 +463,107 @@ where
     }
 
     /// Fires the timers due now, each once across replicas (the save that removes a timer
-    /// is compare-and-swap), and publishes what their reactions send. Returns how many
-    /// instances changed.
+    /// is compare-and-swap), and publishes what their reactions send. Each instance is
+    /// handled on its own: one that fails (a store or broker away, a reaction that breaks
+    /// the definition) is logged and tried again next tick, and the others fire; one whose
+    /// record cannot be read is set aside. Returns how many instances changed.
     ///
     /// # Errors
-    /// As [`Runtime::handle`].
+    /// Listing the due timers failed.
     pub async fn fire_due_timers(&self) -> Result<usize, RuntimeError> {
         let now = self.inner.clock.now();
         let mut fired = 0;
         for due in self.inner.store.due(now).await? {
-            let key = due.key.clone();
-            let mut attempts = 0;
-            let mut next = None;
-            loop {
-                attempts += 1;
-                let Some((mut instance, revision)) = self.load(&key).await? else {
-                    break;
-                };
-                let changed = fire_due(&self.inner.definition, &mut instance, now).await?;
-                next = instance.next_timer();
-                if !changed {
-                    // Fired already (by another replica, or before a crash that stopped the
-                    // publish): finish publishing what it saved.
-                    self.publish_outbox(&key, instance, revision, Emptying::Now)
-                        .await?;
-                    break;
-                }
-                match self.save(&key, &mut instance, Some(revision)).await {
-                    Ok(revision) => {
-                        fired += 1;
-                        // The save indexed the timers it left.
-                        next = None;
-                        self.publish_outbox(&key, instance, revision, Emptying::Now)
-                            .await?;
-                        break;
-                    }
-                    Err(StoreError::Conflict(_)) if attempts < MAX_CONFLICTS => {}
-                    Err(StoreError::Conflict(_)) => {
-                        return Err(RuntimeError::Contention(key, MAX_CONFLICTS));
-                    }
-                    Err(e) => return Err(e.into()),
+            match self.fire_one(&due, now).await {
+                Ok(changed) => fired += usize::from(changed),
+                Err(e) => {
+                    tracing::warn!(saga_id = %due.key, error = %e, "firing this instance's timers failed; trying it again next tick");
                 }
             }
-            self.inner.store.fired(&due, next).await?;
         }
         Ok(fired)
+    }
+
+    /// Fires the due timers of one listed instance; its index entries go once what they
+    /// set off is saved and published.
+    async fn fire_one(
+        &self,
+        due: &Due,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, RuntimeError> {
+        let key = &due.key;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (mut instance, revision) = match self.load(key).await {
+                Ok(Some(loaded)) => loaded,
+                Ok(None) => break,
+                // Set aside by `load`: its entries go, nothing fires.
+                Err(StoreError::Corrupt { .. }) => break,
+                Err(e) => return Err(e.into()),
+            };
+            let changed = fire_due(&self.inner.definition, &mut instance, now).await?;
+            if !changed {
+                // Fired already (by another replica, or before a crash that stopped the
+                // publish): finish publishing what it saved.
+                let next = instance.next_timer();
+                if !self
+                    .publish_outbox(key, instance, revision, Emptying::Now)
+                    .await?
+                {
+                    return Ok(false);
+                }
+                self.inner.store.fired(due, next).await?;
+                return Ok(false);
+            }
+            match self.save(key, &mut instance, Some(revision)).await {
+                Ok(revision) => {
+                    // The save indexed the timers it left.
+                    let sent = self
+                        .publish_outbox(key, instance, revision, Emptying::Now)
+                        .await?;
+                    if sent {
+                        self.inner.store.fired(due, None).await?;
+                    }
+                    return Ok(true);
+                }
+                Err(StoreError::Conflict(_)) if attempts < MAX_CONFLICTS => {}
+                Err(StoreError::Conflict(_)) => {
+                    return Err(RuntimeError::Contention(key.clone(), MAX_CONFLICTS));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.inner.store.fired(due, None).await?;
+        Ok(false)
+    }
+
+    /// Publishes the outboxes whose publish failed (the broker was away), now that it may
+    /// be back. Those that fail again wait for the next call.
+    async fn resend_stranded(&self) {
+        let keys: Vec<String> = self.stranded().iter().cloned().collect();
+        for key in keys {
+            let outcome = match self.load(&key).await {
+                Ok(Some((instance, revision))) => self
+                    .publish_outbox(&key, instance, revision, Emptying::Now)
+                    .await
+                    .map(drop),
+                Ok(None) | Err(StoreError::Corrupt { .. }) => {
+                    self.stranded().remove(&key);
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            };
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(saga_id = %key, "saved messages sent after the broker came back");
+                }
+                Err(e) => {
+                    tracing::debug!(saga_id = %key, error = %e, "saved messages still not sent; next tick");
+                    break;
+                }
+            }
+        }
     }
 
     /// Empties the records whose published messages were left for their next save, once
@@ -504,6 +620,12 @@ where
     /// Their ids are fixed, so the broker drops any that did go out. Returns how many
     /// instances had some.
     ///
+    /// A started runtime does not need it: a message being handled when the process died
+    /// is delivered again (and finishes the publish), a timer's index entry stays until
+    /// what it set off is published, and an outbox the broker refused is sent again every
+    /// tick. It lists every instance on stores without an index of outboxes
+    /// ([`crate::nats::KvStore`]): a recovery tool, for the in-memory store of tests.
+    ///
     /// # Errors
     /// As [`Runtime::handle`].
     pub async fn resend_pending(&self) -> Result<usize, RuntimeError> {
@@ -514,22 +636,24 @@ where
                 && !instance.ledger.outbox.is_empty()
             {
                 tracing::info!(saga_id = %key, messages = instance.ledger.outbox.len(), "re-sending saved messages");
-                self.publish_outbox(&key, instance, revision, Emptying::Now)
-                    .await?;
-                resent += 1;
+                if self
+                    .publish_outbox(&key, instance, revision, Emptying::Now)
+                    .await?
+                {
+                    resent += 1;
+                }
             }
         }
         Ok(resent)
     }
 
-    /// Starts the saga: re-sends what a previous run saved but did not publish, subscribes
-    /// to its messages (a durable consumer `<service>_<saga>` shared by replicas), and looks
-    /// for due timers every tick.
+    /// Starts the saga: subscribes to its messages (a durable consumer `<service>_<saga>`
+    /// shared by replicas), and every tick fires due timers and sends outboxes the broker
+    /// refused. It reads no instance up front.
     ///
     /// # Errors
-    /// Subscribing failed, or the store could not be read.
+    /// Subscribing failed.
     pub async fn start(&self) -> Result<Running, RuntimeError> {
-        self.resend_pending().await?;
         let definition = &self.inner.definition;
         // No bus inbox: instances remember the messages they processed.
         let mut subscription = Subscription::new(definition.service(), definition.name())
@@ -549,12 +673,18 @@ where
                 let runtime = runtime.clone();
                 async move {
                     match runtime.handle_with(&message, Emptying::Deferred).await {
-                        Ok(Applied::NotStarted) => Err(HandlerError::retryable(format!(
+                        Ok((_, false)) => Err(HandlerError::retryable(
+                            "test crash between save and publish: not acknowledged",
+                        )),
+                        Ok((Applied::NotStarted, _)) => Err(HandlerError::retryable(format!(
                             "{} arrived before its saga started",
                             message.event_type()
                         ))),
                         Ok(_) => Ok(()),
-                        Err(e @ RuntimeError::Reaction(_)) => Err(HandlerError::permanent(e)),
+                        Err(
+                            e @ (RuntimeError::Reaction(_)
+                            | RuntimeError::Store(StoreError::Corrupt { .. })),
+                        ) => Err(HandlerError::permanent(e)),
                         Err(e) => Err(HandlerError::retryable(e)),
                     }
                 }
@@ -578,8 +708,9 @@ where
                     }
                     futures::future::Either::Right(_) => {
                         if let Err(e) = runtime.fire_due_timers().await {
-                            tracing::warn!(error = %e, "firing due timers failed; trying again next tick");
+                            tracing::warn!(error = %e, "listing due timers failed; trying again next tick");
                         }
+                        runtime.resend_stranded().await;
                         if let Err(e) = runtime.flush_published(FLUSH_AFTER).await {
                             tracing::warn!(error = %e, "emptying published outboxes failed; trying again next tick");
                         }

@@ -43,6 +43,23 @@ pub struct Due {
     pub entries: Vec<String>,
 }
 
+/// A record set aside because it cannot be read: kept as it is for repair, no longer
+/// visited by timers; a message for it is dead-lettered with the reason.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetAside {
+    /// The instance's key (`order-fulfillment/ord-1`).
+    pub key: String,
+    /// Why it cannot be read.
+    pub reason: String,
+    /// When it was set aside.
+    #[serde(
+        serialize_with = "a4co_events::time::utc",
+        deserialize_with = "a4co_events::time::de_utc"
+    )]
+    pub at: DateTime<Utc>,
+}
+
 /// Instances keyed by `<saga>/<correlation id>`, saved with compare-and-swap.
 pub trait Store: Clone + Send + Sync + 'static {
     /// The instance under `key`, if any.
@@ -78,8 +95,16 @@ pub trait Store: Clone + Send + Sync + 'static {
         async { Ok(()) }
     }
 
-    /// The keys of instances with unpublished messages.
+    /// The keys of instances with unpublished messages. A full listing on stores without
+    /// an index of them ([`crate::nats::KvStore`]): for recovery tools, not for start-up.
     fn pending(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Notes that the record under `key` cannot be read (`aside.reason`): it stays as it is,
+    /// and [`Store::set_aside`] lists it. Idempotent.
+    fn put_aside(&self, aside: SetAside) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The records set aside, by key.
+    fn set_aside(&self) -> impl Future<Output = Result<Vec<SetAside>, StoreError>> + Send;
 }
 
 #[derive(Debug)]
@@ -94,6 +119,7 @@ struct Entry {
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStore {
     entries: Arc<Mutex<HashMap<String, Entry>>>,
+    aside: Arc<Mutex<std::collections::BTreeMap<String, SetAside>>>,
 }
 
 impl MemoryStore {
@@ -117,6 +143,23 @@ impl MemoryStore {
         let mut keys: Vec<String> = self.lock().keys().cloned().collect();
         keys.sort();
         keys
+    }
+
+    /// Overwrites the record under `key` with `bytes`, whatever they are (for tests of
+    /// records that cannot be read).
+    pub fn corrupt(&self, key: &str, bytes: Bytes) {
+        let mut entries = self.lock();
+        let (revision, index) = entries
+            .get(key)
+            .map_or((0, Index::default()), |e| (e.revision, e.index));
+        entries.insert(
+            key.to_owned(),
+            Entry {
+                record: bytes,
+                revision: revision + 1,
+                index,
+            },
+        );
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -179,5 +222,28 @@ impl Store for MemoryStore {
             .collect();
         keys.sort();
         Ok(keys)
+    }
+
+    async fn put_aside(&self, aside: SetAside) -> Result<(), StoreError> {
+        if let Some(entry) = self.lock().get_mut(&aside.key) {
+            // Timers no longer visit it.
+            entry.index.next_timer = None;
+        }
+        self.aside
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(aside.key.clone())
+            .or_insert(aside);
+        Ok(())
+    }
+
+    async fn set_aside(&self) -> Result<Vec<SetAside>, StoreError> {
+        Ok(self
+            .aside
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect())
     }
 }

@@ -1,4 +1,5 @@
-//! Integration tests of a4co-saga: definitions and their checks, steps' HTTP calls. The
+//! Integration tests of a4co-saga: definitions and their checks, steps' HTTP calls, the
+//! runtime over a real nats-server under failures. The
 //! order fulfillment saga's tests live with it, in examples/order-service.
 
 // A failing unwrap is a failing test, with its location; helpers outside #[test] use it too.
@@ -6,4 +7,5 @@
 
 mod definition;
 mod http;
+mod runtime;
 mod support;

@@ -1,0 +1,239 @@
+//! The runtime over a real nats-server (`KvStore`): timers fire per instance whatever one of
+//! them does, a record that cannot be read is set aside while the rest runs, and outboxes
+//! the broker refused go out once it is back.
+
+use std::time::Duration;
+
+use a4co_events::bus::nats::{Config, NatsBus};
+use a4co_events::bus::Subscription;
+use a4co_events::catalog::order::{CancelOrder, CancellationReason, OrderConfirmed, OrderCreated};
+use a4co_events::{Envelope, Message};
+use a4co_saga::nats::KvStore;
+use a4co_saga::store::Index;
+use a4co_saga::{Definition, Runtime, RuntimeError, State, Store as _, StoreError, VirtualClock};
+use a4co_testkit::bus::Collector;
+use a4co_testkit::nats::NatsServer;
+use a4co_testkit::saga::scenario_start;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+enum Watch {
+    Waiting,
+    Done,
+}
+
+impl State for Watch {
+    const ALL: &'static [Self] = &[Watch::Waiting, Watch::Done];
+    fn name(self) -> &'static str {
+        match self {
+            Watch::Waiting => "waiting",
+            Watch::Done => "done",
+        }
+    }
+    fn is_final(self) -> bool {
+        self == Watch::Done
+    }
+}
+
+const GIVE_UP: Duration = Duration::from_secs(60);
+
+/// Waits for an order's confirmation; gives up after a minute and cancels it. An order
+/// whose id says `bad` breaks the definition when its timer fires (a cancel with no
+/// aggregate, which every consumer would dead-letter).
+fn watch() -> Definition<(), Watch> {
+    Definition::<(), Watch>::builder("watch", "order-service")
+        .starts_with::<OrderCreated>(&[Watch::Waiting], |step, _| {
+            step.schedule("give-up", GIVE_UP);
+            Watch::Waiting
+        })
+        .on::<OrderConfirmed>(Watch::Waiting, &[Watch::Done], |_, _| Watch::Done)
+        .on_timeout(Watch::Waiting, "give-up", &[Watch::Done], |step| {
+            let order = step.saga_id().rsplit('/').next().unwrap().to_owned();
+            let aggregate = if order.contains("bad") {
+                String::new()
+            } else {
+                order
+            };
+            let cancel = CancelOrder {
+                reason: CancellationReason::PaymentTimeout,
+                refund_required: false,
+                detail: None,
+            };
+            step.send("cancel", aggregate, cancel);
+            Watch::Done
+        })
+        .build()
+        .unwrap()
+}
+
+async fn connect(url: &str) -> NatsBus {
+    let config = Config::new(url).ack_timeout(Duration::from_secs(2));
+    let bus = NatsBus::connect(config).await.unwrap();
+    bus.provision().await.unwrap();
+    bus
+}
+
+fn created(order: &str) -> Envelope<a4co_events::AnyMessage> {
+    Envelope::new("order-service", order, OrderCreated::example()).into_any()
+}
+
+type Watcher = Runtime<(), Watch, NatsBus, KvStore>;
+
+async fn state(runtime: &Watcher, order: &str) -> Option<Watch> {
+    runtime
+        .instance(&format!("watch/{order}"))
+        .await
+        .unwrap()
+        .map(|i| i.state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_instance_does_not_keep_the_others_from_firing() {
+    let server = NatsServer::start();
+    let bus = connect(&server.url()).await;
+    let clock = VirtualClock::at(scenario_start());
+    let store = KvStore::open(bus.transport()).await.unwrap();
+    let runtime = Runtime::new(watch(), bus.clone(), store).clock(clock.clone());
+    for order in ["ord-a", "ord-bad", "ord-c"] {
+        runtime.handle(&created(order)).await.unwrap();
+    }
+    clock.advance(GIVE_UP + Duration::from_secs(1));
+    // ord-bad fails; ord-a before it and ord-c after it fire all the same.
+    assert_eq!(runtime.fire_due_timers().await.unwrap(), 2);
+    assert_eq!(state(&runtime, "ord-a").await, Some(Watch::Done));
+    assert_eq!(state(&runtime, "ord-c").await, Some(Watch::Done));
+    assert_eq!(state(&runtime, "ord-bad").await, Some(Watch::Waiting));
+
+    // The listing moved on past ord-bad's second: a timer due later still fires, and
+    // ord-bad is tried again (and fails again) each tick.
+    runtime.handle(&created("ord-d")).await.unwrap();
+    clock.advance(GIVE_UP + Duration::from_secs(1));
+    assert_eq!(runtime.fire_due_timers().await.unwrap(), 1);
+    assert_eq!(state(&runtime, "ord-d").await, Some(Watch::Done));
+    assert_eq!(state(&runtime, "ord-bad").await, Some(Watch::Waiting));
+    assert_eq!(runtime.fire_due_timers().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_cannot_be_read_is_set_aside_and_the_rest_runs() {
+    let server = NatsServer::start();
+    let bus = connect(&server.url()).await;
+    let clock = VirtualClock::at(scenario_start());
+    let store = KvStore::open(bus.transport()).await.unwrap();
+    let runtime = Runtime::new(watch(), bus.clone(), store.clone())
+        .clock(clock.clone())
+        .tick(Duration::from_millis(20));
+    for order in ["ord-a", "ord-b", "ord-c"] {
+        runtime.handle(&created(order)).await.unwrap();
+    }
+    // ord-b's record is overwritten with bytes that are no instance; its timer entry stays.
+    let stored = store.load("watch/ord-b").await.unwrap().unwrap();
+    store
+        .save(
+            "watch/ord-b",
+            bytes::Bytes::from_static(b"{\"state\": 7"),
+            Some(stored.revision),
+            Index::default(),
+        )
+        .await
+        .unwrap();
+
+    // Start reads no instance up front: the corrupt one does not stop it.
+    let cancels = Collector::start(
+        &bus,
+        Subscription::new("test", "cancels").to::<CancelOrder>(),
+    )
+    .await;
+    let running = runtime.start().await.unwrap();
+    clock.advance(GIVE_UP + Duration::from_secs(1));
+    let sent = cancels.wait_for(2, Duration::from_secs(10)).await;
+    let mut orders: Vec<&str> = sent.iter().map(|m| m.aggregate_id.as_str()).collect();
+    orders.sort_unstable();
+    assert_eq!(orders, ["ord-a", "ord-c"]);
+
+    let aside = runtime.set_aside().await.unwrap();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(aside[0].key, "watch/ord-b");
+    assert!(aside[0].reason.contains("line 1"), "{}", aside[0].reason);
+    // A message for it is refused with the reason (a started runtime dead-letters it); the
+    // record stays as it was, for repair.
+    let confirmed = Envelope::new("order-service", "ord-b", OrderConfirmed::example()).into_any();
+    let refused = runtime.handle(&confirmed).await.unwrap_err();
+    assert!(
+        matches!(refused, RuntimeError::Store(StoreError::Corrupt { ref key, .. }) if key == "watch/ord-b"),
+        "{refused}"
+    );
+    assert_eq!(
+        store
+            .load("watch/ord-b")
+            .await
+            .unwrap()
+            .unwrap()
+            .record
+            .as_ref(),
+        b"{\"state\": 7"
+    );
+    assert_eq!(runtime.set_aside().await.unwrap().len(), 1, "noted once");
+    running.shutdown().await;
+    cancels.stop().await;
+}
+
+/// The broker the bus talks to goes away while a timer fires: the instance is saved with
+/// its command (the store is on another server), the publish fails. Once the broker is
+/// back the runtime sends it by itself: no message, no timer, no restart needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_stranded_by_an_outage_is_sent_once_the_broker_is_back() {
+    let mut broker = NatsServer::start();
+    let records = NatsServer::start();
+    let bus = connect(&broker.url()).await;
+    let store = KvStore::open(connect(&records.url()).await.transport())
+        .await
+        .unwrap();
+    let clock = VirtualClock::at(scenario_start());
+    let runtime = Runtime::new(watch(), bus.clone(), store)
+        .clock(clock.clone())
+        .tick(Duration::from_millis(20));
+    runtime.handle(&created("ord-1")).await.unwrap();
+    let running = runtime.start().await.unwrap();
+
+    broker.kill();
+    clock.advance(GIVE_UP + Duration::from_secs(1));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while runtime.waiting_outboxes() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the publish never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let instance = runtime.instance("watch/ord-1").await.unwrap().unwrap();
+    assert_eq!(instance.state, Watch::Done);
+    assert_eq!(instance.outbox().len(), 1, "saved, not sent");
+
+    broker.resume();
+    let cancels = Collector::start(
+        &bus,
+        Subscription::new("test", "cancels").to::<CancelOrder>(),
+    )
+    .await;
+    let sent = cancels.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(sent.len(), 1, "the stranded command was never sent");
+    assert_eq!(sent[0].aggregate_id, "ord-1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while runtime.waiting_outboxes() > 0
+        || !runtime
+            .instance("watch/ord-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .outbox()
+            .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outbox was never emptied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.shutdown().await;
+    cancels.stop().await;
+}
