@@ -30,6 +30,8 @@ const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 #[derive(Clone, Debug)]
 pub struct KvStore {
     instances: kv::Store,
+    js: jetstream::Context,
+    finished_retention: std::time::Duration,
     timers: kv::Store,
     timers_stream: jetstream::stream::Stream,
     client: async_nats::Client,
@@ -85,6 +87,12 @@ fn decode(key: &str) -> Option<String> {
 /// otherwise: 30 days.
 pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
+/// How long a finished instance is kept, unless [`KvStore::retain_finished`] says
+/// otherwise: 7 days (a message that reaches it meanwhile is recognised: a duplicate, or
+/// one a finished saga answers).
+pub const DEFAULT_FINISHED_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
+
 impl KvStore {
     /// Opens (creating if missing) the two buckets, file-stored, with the transport's
     /// replicas (drift on existing ones is reported, see [`NatsTransport::key_value`]),
@@ -114,7 +122,10 @@ impl KvStore {
         }
         let js = transport.jetstream();
         let open = async |name: &str, description: &str| {
-            let spec = BucketSpec::new(name, description).max_age(retention);
+            let mut spec = BucketSpec::new(name, description).max_age(retention);
+            if name == INSTANCES_BUCKET {
+                spec = spec.message_ttl();
+            }
             transport
                 .key_value(&spec)
                 .await
@@ -129,11 +140,62 @@ impl KvStore {
             .map_err(|e| unavailable("opening the timer index", e))?;
         Ok(KvStore {
             instances,
+            js: js.clone(),
+            finished_retention: DEFAULT_FINISHED_RETENTION.min(retention),
             timers,
             timers_stream,
             client: transport.client().clone(),
             sweep: Arc::default(),
         })
+    }
+
+    /// Keeps a finished instance `retention` after it finished (default
+    /// [`DEFAULT_FINISHED_RETENTION`], never longer than the bucket's retention), then drops
+    /// it: long enough for any message still on its way to it.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidConfig`] for a retention under one second.
+    pub fn retain_finished(mut self, retention: std::time::Duration) -> Result<Self, StoreError> {
+        if retention < std::time::Duration::from_secs(1) {
+            return Err(StoreError::InvalidConfig(format!(
+                "a finished-instance retention of {retention:?} is too short: JetStream keeps entries whole seconds; use 1 s or more"
+            )));
+        }
+        self.finished_retention = retention;
+        Ok(self)
+    }
+
+    /// Saves a finished instance's record with its own lifetime (`Nats-TTL`), compare-and-swap
+    /// on `expected` (`None`: only if there is none).
+    async fn save_finished(
+        &self,
+        key: &str,
+        record: Bytes,
+        expected: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            expected.unwrap_or(0).to_string(),
+        );
+        headers.insert(
+            "Nats-TTL",
+            self.finished_retention.as_secs().max(1).to_string(),
+        );
+        let subject = format!("$KV.{INSTANCES_BUCKET}.{}", encode(key));
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, record)
+            .await
+            .map_err(|e| unavailable(&format!("saving {key}"), e))?
+            .await;
+        match ack {
+            Ok(ack) => Ok(ack.sequence),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                Err(StoreError::Conflict(key.to_owned()))
+            }
+            Err(e) => Err(unavailable(&format!("saving {key}"), e)),
+        }
     }
 
     /// Writes the index entry for `key`'s timer at `at`.
@@ -241,6 +303,9 @@ impl Store for KvStore {
         // costs a look at the instance; the other order could lose a timer.
         if let Some(at) = index.new_entry {
             self.put_entry(key, at).await?;
+        }
+        if index.finished {
+            return self.save_finished(key, record, expected).await;
         }
         match expected {
             None => self.instances.create(&encoded, record).await.map_err(|e| {

@@ -271,6 +271,7 @@ where
             next_timer,
             new_entry,
             pending: !instance.ledger.outbox.is_empty(),
+            finished: instance.is_finished(),
         };
         let revision = self
             .inner

@@ -32,6 +32,9 @@ pub struct Index {
     pub new_entry: Option<DateTime<Utc>>,
     /// Whether its outbox holds messages not yet published.
     pub pending: bool,
+    /// Whether it is finished: a store keeps it for its finished-instance retention, then
+    /// drops it.
+    pub finished: bool,
 }
 
 /// An instance with a timer due, as [`Store::due`] lists it.
@@ -112,6 +115,8 @@ struct Entry {
     record: Bytes,
     revision: u64,
     index: Index,
+    /// When it was saved finished.
+    finished: Option<std::time::Instant>,
 }
 
 /// Instances in memory, for tests and the demo. Clones share the instances, so a
@@ -120,12 +125,21 @@ struct Entry {
 pub struct MemoryStore {
     entries: Arc<Mutex<HashMap<String, Entry>>>,
     aside: Arc<Mutex<std::collections::BTreeMap<String, SetAside>>>,
+    finished_retention: Option<std::time::Duration>,
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         MemoryStore::default()
+    }
+
+    /// Drops a finished instance `retention` after it finished (checked as the runtime
+    /// looks for due timers); by default finished instances stay.
+    #[must_use]
+    pub fn retain_finished(mut self, retention: std::time::Duration) -> Self {
+        self.finished_retention = Some(retention);
+        self
     }
 
     /// How many instances it holds.
@@ -158,6 +172,7 @@ impl MemoryStore {
                 record: bytes,
                 revision: revision + 1,
                 index,
+                finished: None,
             },
         );
     }
@@ -194,14 +209,18 @@ impl Store for MemoryStore {
                 record,
                 revision,
                 index,
+                finished: index.finished.then(std::time::Instant::now),
             },
         );
         Ok(revision)
     }
 
     async fn due(&self, now: DateTime<Utc>) -> Result<Vec<Due>, StoreError> {
-        let mut due: Vec<Due> = self
-            .lock()
+        let mut entries = self.lock();
+        if let Some(retention) = self.finished_retention {
+            entries.retain(|_, e| e.finished.is_none_or(|at| at.elapsed() < retention));
+        }
+        let mut due: Vec<Due> = entries
             .iter()
             .filter(|(_, e)| e.index.next_timer.is_some_and(|t| t <= now))
             .map(|(k, _)| Due {

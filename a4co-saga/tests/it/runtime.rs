@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use a4co_events::bus::nats::{Config, NatsBus};
 use a4co_events::bus::Subscription;
+use a4co_events::bus::nats::{Config, NatsBus};
 use a4co_events::catalog::order::{CancelOrder, CancellationReason, OrderConfirmed, OrderCreated};
 use a4co_events::{Envelope, Message};
 use a4co_saga::nats::KvStore;
@@ -236,4 +236,36 @@ async fn an_outbox_stranded_by_an_outage_is_sent_once_the_broker_is_back() {
     }
     running.shutdown().await;
     cancels.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_instances_leave_after_their_retention_and_the_others_stay() {
+    let server = NatsServer::start();
+    let bus = connect(&server.url()).await;
+    let store = KvStore::open(bus.transport())
+        .await
+        .unwrap()
+        .retain_finished(Duration::from_secs(1))
+        .unwrap();
+    let runtime = Runtime::new(watch(), bus.clone(), store.clone());
+    for order in ["ord-open", "ord-done"] {
+        runtime.handle(&created(order)).await.unwrap();
+    }
+    let confirmed = Envelope::new("order-service", "ord-done", OrderConfirmed::example());
+    runtime.handle(&confirmed.into_any()).await.unwrap();
+    assert_eq!(state(&runtime, "ord-done").await, Some(Watch::Done));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while store.load("watch/ord-done").await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still kept after 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state(&runtime, "ord-open").await, Some(Watch::Waiting));
+    let err = store
+        .clone()
+        .retain_finished(Duration::from_millis(200))
+        .unwrap_err();
+    assert!(err.to_string().contains("too short"), "{err}");
 }

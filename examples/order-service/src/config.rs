@@ -22,7 +22,8 @@ pub struct Config {
     pub payment_url: String,
     /// The saga's timings in seconds: `ORDER_RESERVATION_TTL_SECS` (1800),
     /// `ORDER_STOCK_TIMEOUT_SECS` (120), `ORDER_PAYMENT_TIMEOUT_SECS` (300),
-    /// `ORDER_LATE_PAYMENT_WINDOW_SECS` (3600).
+    /// `ORDER_LATE_PAYMENT_WINDOW_SECS` (3600), `ORDER_SAGA_RETENTION_SECS` (604800: how
+    /// long a finished instance is kept).
     pub saga: Settings,
     /// `SERVICE_JWT_SECRET`, required.
     pub secret: Secret,
@@ -52,6 +53,7 @@ impl Config {
                 "ORDER_LATE_PAYMENT_WINDOW_SECS",
                 defaults.late_payment_window,
             )?,
+            finished_retention: secs("ORDER_SAGA_RETENTION_SECS", defaults.finished_retention)?,
         };
         if saga.payment_timeout >= saga.reservation_ttl {
             return Err(ConfigError::new(

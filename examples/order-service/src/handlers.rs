@@ -172,12 +172,14 @@ impl Orders<AnyBus> {
     pub async fn start(&self, bus: &AnyBus, settings: Settings) -> Result<Workers, ConfigError> {
         match bus {
             AnyBus::Memory(_) => {
-                self.start_with(a4co_saga::MemoryStore::new(), settings)
-                    .await
+                let store =
+                    a4co_saga::MemoryStore::new().retain_finished(settings.finished_retention);
+                self.start_with(store, settings).await
             }
             AnyBus::Nats(nats) => {
                 let store = a4co_saga::nats::KvStore::open(nats.transport())
                     .await
+                    .and_then(|store| store.retain_finished(settings.finished_retention))
                     .map_err(|e| ConfigError::new(format!("saga store: {e}")))?;
                 self.start_with(store, settings).await
             }

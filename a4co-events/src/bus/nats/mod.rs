@@ -61,6 +61,10 @@ pub struct BucketSpec {
     pub history: i64,
     /// How long an entry lives after its last write; zero keeps it until deleted.
     pub max_age: Duration,
+    /// Whether a write may set its own shorter lifetime (JetStream's per-message TTL, the
+    /// `Nats-TTL` header). Turned on in an existing bucket that lacks it (it cannot be
+    /// turned off).
+    pub message_ttl: bool,
 }
 
 impl BucketSpec {
@@ -71,6 +75,7 @@ impl BucketSpec {
             description: description.into(),
             history: 1,
             max_age: Duration::ZERO,
+            message_ttl: false,
         }
     }
 
@@ -78,6 +83,13 @@ impl BucketSpec {
     #[must_use]
     pub fn max_age(mut self, max_age: Duration) -> Self {
         self.max_age = max_age;
+        self
+    }
+
+    /// Writes may set their own lifetime (see [`BucketSpec::message_ttl`]).
+    #[must_use]
+    pub fn message_ttl(mut self) -> Self {
+        self.message_ttl = true;
         self
     }
 }
@@ -287,6 +299,9 @@ impl NatsTransport {
                 for line in &drift {
                     tracing::warn!(bucket = %spec.name, drift = %line, "bucket differs from the expected settings");
                 }
+                if spec.message_ttl && !c.allow_message_ttl {
+                    self.allow_message_ttl(&stream).await?;
+                }
                 Ok((
                     store,
                     Provisioned {
@@ -324,6 +339,9 @@ impl NatsTransport {
                         )
                         .with_source(e)
                     })?;
+                if spec.message_ttl {
+                    self.allow_message_ttl(&stream).await?;
+                }
                 Ok((
                     store,
                     Provisioned {
@@ -334,6 +352,32 @@ impl NatsTransport {
                 ))
             }
         }
+    }
+
+    /// Lets writes to `stream` set their own lifetime (`Nats-TTL`).
+    async fn allow_message_ttl(&self, stream: &str) -> Result<(), ProvisionError> {
+        let failed = |e: &dyn std::fmt::Display| {
+            ProvisionError::new(
+                ProvisionErrorKind::Unavailable,
+                format!("allowing per-message TTLs on {stream}: {e}"),
+            )
+        };
+        let mut config = self
+            .js
+            .get_stream(stream)
+            .await
+            .map_err(|e| failed(&e))?
+            .cached_info()
+            .config
+            .clone();
+        if !config.allow_message_ttl {
+            config.allow_message_ttl = true;
+            self.js
+                .update_stream(config)
+                .await
+                .map_err(|e| failed(&e))?;
+        }
+        Ok(())
     }
 
     /// The underlying client, for what the bus does not cover.

@@ -183,6 +183,9 @@ pub struct Settings {
     pub payment_timeout: Duration,
     /// How long after a payment timeout a late success is still refunded (default 1 hour).
     pub late_payment_window: Duration,
+    /// How long a finished instance is kept in the store before it leaves (default 7
+    /// days): a message reaching it meanwhile is still recognised.
+    pub finished_retention: Duration,
 }
 
 impl Default for Settings {
@@ -192,6 +195,7 @@ impl Default for Settings {
             stock_timeout: Duration::from_secs(2 * 60),
             payment_timeout: Duration::from_secs(5 * 60),
             late_payment_window: Duration::from_secs(3600),
+            finished_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
