@@ -421,12 +421,12 @@ impl Store for KvStore {
         Ok(keys)
     }
 
-    async fn put_aside(&self, aside: SetAside) -> Result<(), StoreError> {
+    async fn put_aside(&self, aside: SetAside) -> Result<bool, StoreError> {
         let value = serde_json::to_vec(&aside).map_err(|e| unavailable("setting aside", e))?;
         let name = format!("aside.{}", encode(&aside.key));
         match self.timers.create(&name, Bytes::from(value)).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(unavailable(&format!("setting {} aside", aside.key), e)),
         }
     }

@@ -221,17 +221,20 @@ where
         }
     }
 
+    /// Sets a record aside; logged at error level and counted once, when first noted.
     async fn put_aside(&self, key: &str, reason: &str) -> Result<(), StoreError> {
-        tracing::error!(saga_id = %key, reason, "a saga record cannot be read: set aside (its messages are dead-lettered, its timers no longer fire); repair or delete it");
-        crate::metrics::set_aside(self.inner.definition.name());
-        self.inner
-            .store
-            .put_aside(SetAside {
-                key: key.to_owned(),
-                reason: reason.to_owned(),
-                at: self.inner.clock.now(),
-            })
-            .await
+        let aside = SetAside {
+            key: key.to_owned(),
+            reason: reason.to_owned(),
+            at: self.inner.clock.now(),
+        };
+        if self.inner.store.put_aside(aside).await? {
+            tracing::error!(saga_id = %key, reason, "a saga record cannot be read: set aside (its messages are dead-lettered, its timers no longer fire); repair or delete it");
+            crate::metrics::set_aside(self.inner.definition.name());
+        } else {
+            tracing::debug!(saga_id = %key, "a message or timer for a record set aside");
+        }
+        Ok(())
     }
 
     /// How many instances hold messages this runtime saved but the broker refused: it sends

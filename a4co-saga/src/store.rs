@@ -103,8 +103,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn pending(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
     /// Notes that the record under `key` cannot be read (`aside.reason`): it stays as it is,
-    /// and [`Store::set_aside`] lists it. Idempotent.
-    fn put_aside(&self, aside: SetAside) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// and [`Store::set_aside`] lists it. Idempotent: returns whether the note is new.
+    fn put_aside(&self, aside: SetAside) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// The records set aside, by key.
     fn set_aside(&self) -> impl Future<Output = Result<Vec<SetAside>, StoreError>> + Send;
@@ -157,24 +157,6 @@ impl MemoryStore {
         let mut keys: Vec<String> = self.lock().keys().cloned().collect();
         keys.sort();
         keys
-    }
-
-    /// Overwrites the record under `key` with `bytes`, whatever they are (for tests of
-    /// records that cannot be read).
-    pub fn corrupt(&self, key: &str, bytes: Bytes) {
-        let mut entries = self.lock();
-        let (revision, index) = entries
-            .get(key)
-            .map_or((0, Index::default()), |e| (e.revision, e.index));
-        entries.insert(
-            key.to_owned(),
-            Entry {
-                record: bytes,
-                revision: revision + 1,
-                index,
-                finished: None,
-            },
-        );
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -243,17 +225,17 @@ impl Store for MemoryStore {
         Ok(keys)
     }
 
-    async fn put_aside(&self, aside: SetAside) -> Result<(), StoreError> {
+    async fn put_aside(&self, aside: SetAside) -> Result<bool, StoreError> {
         if let Some(entry) = self.lock().get_mut(&aside.key) {
             // Timers no longer visit it.
             entry.index.next_timer = None;
         }
-        self.aside
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(aside.key.clone())
-            .or_insert(aside);
-        Ok(())
+        let mut noted = self.aside.lock().unwrap_or_else(PoisonError::into_inner);
+        if noted.contains_key(&aside.key) {
+            return Ok(false);
+        }
+        noted.insert(aside.key.clone(), aside);
+        Ok(true)
     }
 
     async fn set_aside(&self) -> Result<Vec<SetAside>, StoreError> {
