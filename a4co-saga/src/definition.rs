@@ -227,6 +227,10 @@ impl<D: Data, S: State> Builder<D, S> {
 
     /// In state `from`, a message of type `M` runs `react`, which moves the instance to one
     /// of `to` (staying in `from` counts only if `to` lists it).
+    ///
+    /// `from` may be a final state: a finished saga then still answers that message (a
+    /// payment that reaches a cancelled order is refunded), and stays finished (`to` may
+    /// list final states only). Any other message reaching it is acknowledged and logged.
     pub fn on<M>(
         mut self,
         from: S,
@@ -324,8 +328,9 @@ impl<D: Data, S: State> Builder<D, S> {
     ///
     /// # Errors
     /// A [`DefinitionError`] naming the problem: no start, a state that reacts twice to the
-    /// same trigger, a final state that reacts, a reaction with no target state, a state
-    /// reachable from the start that can never reach a final state, a name unfit for ids.
+    /// same trigger, a final state that reacts to a timer or leads out of the final states,
+    /// a reaction with no target state, a state reachable from the start that can never
+    /// reach a final state, a name unfit for ids.
     pub fn build(self) -> Result<Definition<D, S>, DefinitionError> {
         let err = |what: String| {
             Err(DefinitionError {
@@ -359,11 +364,21 @@ impl<D: Data, S: State> Builder<D, S> {
             if let Some(s) = r.from
                 && s.is_final()
             {
-                return err(format!(
-                    "final state {} reacts to {}: a finished saga takes no more messages",
-                    s.name(),
-                    r.trigger
-                ));
+                if let Trigger::Timeout(_) = r.trigger {
+                    return err(format!(
+                        "final state {} reacts to {}: a finished saga has no timers",
+                        s.name(),
+                        r.trigger
+                    ));
+                }
+                if let Some(next) = r.to.iter().find(|to| !to.is_final()) {
+                    return err(format!(
+                        "final state {} on {} leads to {}: a finished saga stays finished",
+                        s.name(),
+                        r.trigger,
+                        next.name()
+                    ));
+                }
             }
         }
         // Every state the saga can reach must still be able to finish.

@@ -19,7 +19,8 @@ pub enum Applied {
     Changed,
     /// The message was processed before: nothing to do.
     Duplicate,
-    /// The instance is finished: the message is acknowledged and logged.
+    /// The instance is finished and its state does not react to the message: acknowledged
+    /// and logged.
     Finished,
     /// The current state does not react to this message: acknowledged and logged.
     Unexpected,
@@ -118,7 +119,11 @@ pub(crate) async fn apply<D: Data, S: State>(
         Some(i) if i.ledger.processed.contains(&message.event_id) => {
             return Ok((Applied::Duplicate, Some(i)));
         }
-        Some(i) if i.state.is_final() => return Ok((Applied::Finished, Some(i))),
+        // A finished saga reacts only where its definition says so (to give back what a
+        // late message took); it stays finished.
+        Some(i) if i.state.is_final() && definition.reaction(Some(i.state), trigger).is_none() => {
+            return Ok((Applied::Finished, Some(i)));
+        }
         Some(i) => i,
         None => {
             if definition.reaction(None, trigger).is_none() {

@@ -33,8 +33,7 @@ pub struct KvStore {
     js: jetstream::Context,
     finished_retention: std::time::Duration,
     timers: kv::Store,
-    timers_stream: jetstream::stream::Stream,
-    client: async_nats::Client,
+    transport: NatsTransport,
     sweep: Arc<Mutex<Sweep>>,
 }
 
@@ -134,17 +133,12 @@ impl KvStore {
         };
         let instances = open(INSTANCES_BUCKET, "a4co saga instances").await?;
         let timers = open(TIMERS_BUCKET, "a4co saga timers, by due time").await?;
-        let timers_stream = js
-            .get_stream(format!("KV_{TIMERS_BUCKET}"))
-            .await
-            .map_err(|e| unavailable("opening the timer index", e))?;
         Ok(KvStore {
             instances,
             js: js.clone(),
             finished_retention: DEFAULT_FINISHED_RETENTION.min(retention),
             timers,
-            timers_stream,
-            client: transport.client().clone(),
+            transport: transport.clone(),
             sweep: Arc::default(),
         })
     }
@@ -223,56 +217,12 @@ impl KvStore {
         self.sweep.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The index entries (names after `due.`) under the given subject filters, as they
-    /// stand: an ordered, headers-only consumer, last message per subject.
-    async fn list(&self, filters: Vec<String>) -> Result<Vec<String>, StoreError> {
-        // A push listing can lose a message it sent before the subscription was up, and
-        // then waits for ever: bounded, a tick later it lists again.
-        tokio::time::timeout(LIST_TIMEOUT, self.list_once(filters))
+    /// The index entries (names after `due.`) under the given key patterns, as they stand.
+    async fn list(&self, patterns: &[&str]) -> Result<Vec<String>, StoreError> {
+        self.transport
+            .kv_keys(&self.timers, patterns, LIST_TIMEOUT)
             .await
-            .map_err(|_| unavailable("listing timers", format!("no end within {LIST_TIMEOUT:?}")))?
-    }
-
-    async fn list_once(&self, filters: Vec<String>) -> Result<Vec<String>, StoreError> {
-        use futures::StreamExt as _;
-        let prefix = format!("$KV.{TIMERS_BUCKET}.");
-        let js = self.timers_stream.clone();
-        let consumer = js
-            .create_consumer(jetstream::consumer::push::OrderedConfig {
-                deliver_subject: self.client.new_inbox(),
-                filter_subjects: filters,
-                headers_only: true,
-                deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
-                replay_policy: jetstream::consumer::ReplayPolicy::Instant,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| unavailable("listing timers", e))?;
-        let pending = consumer.cached_info().num_pending;
-        let mut names = Vec::new();
-        if pending == 0 {
-            return Ok(names);
-        }
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| unavailable("listing timers", e))?;
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| unavailable("listing timers", e))?;
-            let removed = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("KV-Operation"))
-                .is_some_and(|op| op.as_str() != "PUT");
-            if !removed && let Some(name) = message.subject.as_str().strip_prefix(&prefix) {
-                names.push(name.to_owned());
-            }
-            let left = message.info().map(|i| i.pending).unwrap_or(0);
-            if left == 0 {
-                break;
-            }
-        }
-        Ok(names)
+            .map_err(|e| unavailable("listing timers", e))
     }
 }
 
@@ -336,11 +286,12 @@ impl Store for KvStore {
         let filters = match from {
             Some(from) if now_second - from <= MAX_SECONDS_LISTED => (from.min(now_second)
                 ..=now_second)
-                .map(|second| format!("$KV.{TIMERS_BUCKET}.due.{second}.>"))
+                .map(|second| format!("due.{second}.>"))
                 .collect(),
-            _ => vec![format!("$KV.{TIMERS_BUCKET}.due.>")],
+            _ => vec!["due.>".to_owned()],
         };
-        let names = self.list(filters).await?;
+        let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
+        let names = self.list(&filters).await?;
         let mut listed: HashMap<String, Vec<String>> = HashMap::new();
         for name in names {
             let parsed = name.strip_prefix("due.").and_then(|rest| {
@@ -389,7 +340,8 @@ impl Store for KvStore {
         for name in &due.entries {
             // Removed from the stream, not marked deleted: listings stay the size of what
             // is still to come.
-            self.timers_stream
+            self.timers
+                .stream
                 .purge()
                 .filter(format!("$KV.{TIMERS_BUCKET}.{name}"))
                 .await
@@ -432,9 +384,7 @@ impl Store for KvStore {
     }
 
     async fn set_aside(&self) -> Result<Vec<SetAside>, StoreError> {
-        let names = self
-            .list(vec![format!("$KV.{TIMERS_BUCKET}.aside.>")])
-            .await?;
+        let names = self.list(&["aside.>"]).await?;
         let mut aside = Vec::with_capacity(names.len());
         for name in names {
             let Some(value) = self

@@ -21,7 +21,8 @@ pub trait State:
     const ALL: &'static [Self];
     /// The state's name in diagrams and logs (`reserving-stock`).
     fn name(self) -> &'static str;
-    /// Whether the saga ends here: a final state reacts to nothing.
+    /// Whether the saga ends here: a final state has no timers, and reacts only to the
+    /// messages its definition answers after the end, staying final.
     fn is_final(self) -> bool;
 }
 

@@ -105,6 +105,7 @@ message!(PaymentSucceeded {
     publishers: ["payment-service"],
     subscribers: &[
         "order-service",
+        "inventory-service",
         "loyalty-service",
         "notification-service",
         "accounting-service"
@@ -256,6 +257,16 @@ pub struct ProcessPayment {
     /// The customer's stored payment method (an id of the user service), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_method_id: Option<String>,
+    /// After this instant the charge must not be attempted: the payment service answers
+    /// `payment.failed` (`payment-expired`) instead. The saga stops waiting then, so a
+    /// command delivered late never charges an order already given up on. Absent: no
+    /// limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        serialize_with = "crate::time::opt_utc",
+        deserialize_with = "crate::time::de_opt_utc"
+    )]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 message!(ProcessPayment {
@@ -272,6 +283,7 @@ message!(ProcessPayment {
         amount: Money::eur(5900),
         payment_method: PaymentMethod::Card,
         payment_method_id: Some("pm-card-0042".into()),
+        expires_at: Some(example_time(360)),
     },
 });
 

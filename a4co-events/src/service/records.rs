@@ -15,15 +15,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 #[cfg(feature = "nats")]
 use async_nats::jetstream::kv;
 use bytes::Bytes;
-#[cfg(feature = "nats")]
-use futures::TryStreamExt as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 #[cfg(feature = "nats")]
 use super::AnyBus;
 #[cfg(feature = "nats")]
-use crate::bus::nats::BucketSpec;
+use crate::bus::nats::{BucketSpec, NatsTransport};
 
 /// A record and the revision it was read at.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,7 +59,7 @@ pub enum RecordsError {
 enum Inner {
     Memory(Arc<Mutex<BTreeMap<String, (Bytes, u64)>>>),
     #[cfg(feature = "nats")]
-    Nats(Box<kv::Store>),
+    Nats(Box<(kv::Store, NatsTransport)>),
 }
 
 /// JSON records with compare-and-swap; a cheap `Clone` handle.
@@ -72,6 +70,10 @@ pub struct Records {
 
 /// How many times [`Records::modify`] retries a write that lost a race.
 const MAX_CONFLICTS: usize = 64;
+
+/// How long one listing of keys may take on NATS.
+#[cfg(feature = "nats")]
+const LIST_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Records {
     /// Empty records in memory.
@@ -101,7 +103,7 @@ impl Records {
             .await
             .map_err(|e| RecordsError::Unavailable(format!("bucket {bucket}: {e}")))?;
         Ok(Records {
-            inner: Inner::Nats(Box::new(store)),
+            inner: Inner::Nats(Box::new((store, bus.transport().clone()))),
         })
     }
 
@@ -117,7 +119,8 @@ impl Records {
         let raw = match &self.inner {
             Inner::Memory(map) => lock(map).get(key).cloned(),
             #[cfg(feature = "nats")]
-            Inner::Nats(store) => store
+            Inner::Nats(nats) => nats
+                .0
                 .entry(key)
                 .await
                 .map_err(|e| RecordsError::Unavailable(e.to_string()))?
@@ -159,15 +162,15 @@ impl Records {
                 Ok(revision)
             }
             #[cfg(feature = "nats")]
-            Inner::Nats(store) => match expected {
-                None => store.create(key, bytes).await.map_err(|e| {
+            Inner::Nats(nats) => match expected {
+                None => nats.0.create(key, bytes).await.map_err(|e| {
                     if e.kind() == kv::CreateErrorKind::AlreadyExists {
                         RecordsError::Conflict(key.to_owned())
                     } else {
                         RecordsError::Unavailable(e.to_string())
                     }
                 }),
-                Some(revision) => store.update(key, bytes, revision).await.map_err(|e| {
+                Some(revision) => nats.0.update(key, bytes, revision).await.map_err(|e| {
                     if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
                         RecordsError::Conflict(key.to_owned())
                     } else {
@@ -208,8 +211,38 @@ impl Records {
         Err(RecordsError::Conflict(key.to_owned()))
     }
 
-    /// Every record whose key starts with `prefix`, by key (for small sets: listings, the
-    /// demo's summary).
+    /// The keys that start with `prefix`, sorted. On NATS the cost follows the matching
+    /// keys when `prefix` is empty or ends with `.` (a subject filter picks them); any other
+    /// prefix lists every key of the bucket.
+    ///
+    /// # Errors
+    /// [`RecordsError::Unavailable`] when the store cannot be reached.
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, RecordsError> {
+        match &self.inner {
+            Inner::Memory(map) => Ok(lock(map)
+                .range(prefix.to_owned()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, _)| k.clone())
+                .collect()),
+            #[cfg(feature = "nats")]
+            Inner::Nats(nats) => {
+                let (store, transport) = &**nats;
+                let pattern = if prefix.is_empty() || prefix.ends_with('.') {
+                    format!("{prefix}>")
+                } else {
+                    ">".to_owned()
+                };
+                let keys = transport
+                    .kv_keys(store, &[&pattern], LIST_WITHIN)
+                    .await
+                    .map_err(|e| RecordsError::Unavailable(e.to_string()))?;
+                Ok(keys.into_iter().filter(|k| k.starts_with(prefix)).collect())
+            }
+        }
+    }
+
+    /// Every record whose key starts with `prefix`, by key: [`Records::keys`], then each
+    /// record (one that went meanwhile is left out).
     ///
     /// # Errors
     /// As [`Records::get`].
@@ -217,39 +250,37 @@ impl Records {
         &self,
         prefix: &str,
     ) -> Result<Vec<(String, T)>, RecordsError> {
-        let entries: Vec<(String, Bytes)> = match &self.inner {
-            Inner::Memory(map) => lock(map)
-                .range(prefix.to_owned()..)
-                .take_while(|(k, _)| k.starts_with(prefix))
-                .map(|(k, (bytes, _))| (k.clone(), bytes.clone()))
-                .collect(),
-            #[cfg(feature = "nats")]
-            Inner::Nats(store) => {
-                let keys: Vec<String> = match store.keys().await {
-                    Ok(keys) => keys
-                        .try_collect()
-                        .await
-                        .map_err(|e| RecordsError::Unavailable(e.to_string()))?,
-                    Err(e) => return Err(RecordsError::Unavailable(e.to_string())),
-                };
-                let mut entries = Vec::with_capacity(keys.len());
-                for key in keys.into_iter().filter(|k| k.starts_with(prefix)) {
-                    if let Some(bytes) = store
-                        .get(&key)
-                        .await
-                        .map_err(|e| RecordsError::Unavailable(e.to_string()))?
-                    {
-                        entries.push((key, bytes));
-                    }
-                }
-                entries.sort_by(|a, b| a.0.cmp(&b.0));
-                entries
+        let mut entries = Vec::new();
+        for key in self.keys(prefix).await? {
+            if let Some(found) = self.get::<T>(&key).await? {
+                entries.push((key, found.value));
             }
-        };
-        entries
-            .into_iter()
-            .map(|(key, bytes)| decode(&key, &bytes).map(|value| (key, value)))
-            .collect()
+        }
+        Ok(entries)
+    }
+
+    /// Removes the record under `key` with its history, leaving no marker behind (a
+    /// listing does not pay for removed records). Removing a missing record does nothing.
+    ///
+    /// # Errors
+    /// [`RecordsError::InvalidKey`], [`RecordsError::Unavailable`].
+    pub async fn remove(&self, key: &str) -> Result<(), RecordsError> {
+        check_key(key)?;
+        match &self.inner {
+            Inner::Memory(map) => {
+                lock(map).remove(key);
+                Ok(())
+            }
+            #[cfg(feature = "nats")]
+            Inner::Nats(nats) => nats
+                .0
+                .stream
+                .purge()
+                .filter(format!("{}{key}", nats.0.prefix))
+                .await
+                .map(|_| ())
+                .map_err(|e| RecordsError::Unavailable(format!("removing {key}: {e}"))),
+        }
     }
 }
 

@@ -105,16 +105,32 @@ fn a_state_that_can_never_finish_is_rejected() {
 }
 
 #[test]
-fn a_final_state_that_reacts_and_a_reaction_without_target_are_rejected() {
+fn a_final_state_that_leaves_or_times_out_and_a_reaction_without_target_are_rejected() {
     let p = problem(
         builder()
             .starts_with::<OrderCreated>(&[S::End], |_, _| S::End)
-            .on::<OrderConfirmed>(S::End, &[S::End], |_, _| S::End)
+            .on::<OrderConfirmed>(S::End, &[S::A], |_, _| S::A)
+            .on::<OrderConfirmed>(S::A, &[S::End], |_, _| S::End)
             .build(),
     );
+    assert_eq!(
+        p,
+        "final state end on order.confirmed leads to a: a finished saga stays finished"
+    );
+    let p = problem(
+        builder()
+            .starts_with::<OrderCreated>(&[S::End], |_, _| S::End)
+            .on_timeout(S::End, "t", &[S::End], |_| S::End)
+            .build(),
+    );
+    assert!(p.starts_with("final state end reacts to timeout t"), "{p}");
+    // Answering a late message and staying finished is allowed.
     assert!(
-        p.starts_with("final state end reacts to order.confirmed"),
-        "{p}"
+        builder()
+            .starts_with::<OrderCreated>(&[S::End], |_, _| S::End)
+            .on::<OrderConfirmed>(S::End, &[S::End], |_, _| S::End)
+            .build()
+            .is_ok()
     );
     let p = problem(
         builder()

@@ -19,8 +19,19 @@ pub struct Reservation {
     pub reservation_id: String,
     /// Units held.
     pub quantity: u32,
-    /// When the hold lapses.
+    /// When the hold lapses, unless it is pinned.
     pub expires_at: DateTime<Utc>,
+    /// The order is paid: the hold no longer lapses; it ends by the order's confirmation
+    /// (commit) or cancellation (release).
+    #[serde(default)]
+    pub pinned: bool,
+}
+
+impl Reservation {
+    /// Whether the hold has lapsed at `now`.
+    pub fn lapsed(&self, now: DateTime<Utc>) -> bool {
+        !self.pinned && self.expires_at <= now
+    }
 }
 
 /// A product's stock record.
@@ -60,6 +71,10 @@ pub struct OrderHolds {
     pub products: Vec<String>,
     /// Products whose hold is over.
     pub closed: Vec<String>,
+    /// Holds that lapsed (released by the sweep), by product: a confirmation that finds
+    /// them announces the lapse again, so the saga can give the order up.
+    #[serde(default)]
+    pub lapsed: BTreeMap<String, Reservation>,
 }
 
 impl OrderHolds {
@@ -137,6 +152,7 @@ impl Product {
             reservation_id: format!("res-{order_id}-{}", self.product_id),
             quantity,
             expires_at,
+            pinned: false,
         };
         self.reservations
             .insert(order_id.to_owned(), reservation.clone());
@@ -156,13 +172,25 @@ impl Product {
         Some(committed)
     }
 
-    /// Orders whose hold lapsed at `now`.
+    /// Orders whose hold lapsed at `now` (pinned holds never do).
     pub fn expired(&self, now: DateTime<Utc>) -> Vec<String> {
         self.reservations
             .iter()
-            .filter(|(_, r)| r.expires_at <= now)
+            .filter(|(_, r)| r.lapsed(now))
             .map(|(order, _)| order.clone())
             .collect()
+    }
+
+    /// Pins the order's hold (the order is paid); `false` when there is none to pin or it
+    /// is pinned already.
+    pub fn pin(&mut self, order_id: &str) -> bool {
+        match self.reservations.get_mut(order_id) {
+            Some(held) if !held.pinned => {
+                held.pinned = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Adds (or, negative, removes) units on hand. Reserved units cannot be removed.
@@ -239,11 +267,15 @@ mod tests {
     }
 
     #[test]
-    fn lapsed_holds_are_listed() {
+    fn lapsed_holds_are_listed_and_pinned_ones_never_lapse() {
         let now = Utc::now();
         let mut p = bowl(3);
         p.reserve("old", 1, now - Duration::seconds(1));
         p.reserve("new", 1, now + Duration::minutes(5));
         assert_eq!(p.expired(now), vec!["old".to_owned()]);
+        assert!(p.pin("old"));
+        assert!(!p.pin("old"), "pinned once");
+        assert!(!p.pin("none"), "nothing to pin");
+        assert!(p.expired(now + Duration::days(30)) == vec!["new".to_owned()]);
     }
 }

@@ -9,6 +9,7 @@ use a4co_events::catalog::inventory::{
     StockReserved,
 };
 use a4co_events::catalog::order::OrderConfirmed;
+use a4co_events::catalog::payment::PaymentSucceeded;
 use a4co_events::service::{RecordsError, Workers};
 use a4co_events::{AnyMessage, Envelope, EventId};
 use chrono::{DateTime, Utc};
@@ -24,8 +25,9 @@ fn order_key(order_id: &str) -> String {
 }
 
 impl<B: Publisher + Subscriber> Inventory<B> {
-    /// Subscribes to the saga's commands and to confirmed orders, and starts looking for
-    /// lapsed reservations every [`crate::Settings::sweep_interval`].
+    /// Subscribes to the saga's commands, to confirmed orders and to payments (a paid
+    /// order's holds are pinned: they no longer lapse), and starts looking for lapsed
+    /// reservations every [`crate::Settings::sweep_interval`].
     ///
     /// # Errors
     /// Subscribing failed.
@@ -38,7 +40,10 @@ impl<B: Publisher + Subscriber> Inventory<B> {
         let orders = Subscription::new(NAME, "orders")
             .to::<OrderConfirmed>()
             .ack_wait(self.settings.ack_wait);
-        for subscription in [commands, orders] {
+        let payments = Subscription::new(NAME, "payments")
+            .to::<PaymentSucceeded>()
+            .ack_wait(self.settings.ack_wait);
+        for subscription in [commands, orders, payments] {
             let me = self.clone();
             let handle = self
                 .bus
@@ -69,6 +74,7 @@ impl<B: Publisher + Subscriber> Inventory<B> {
             AnyMessage::ReserveStock(command) => self.reserve(message, command).await,
             AnyMessage::ReleaseStock(command) => self.release(message, command).await,
             AnyMessage::OrderConfirmed(_) => self.commit(&message.aggregate_id).await,
+            AnyMessage::PaymentSucceeded(paid) => self.pin(&paid.order_id).await,
             _ => {
                 tracing::debug!(r#type = message.event_type(), "not for inventory");
                 Ok(())
@@ -216,11 +222,11 @@ impl<B: Publisher + Subscriber> Inventory<B> {
             )));
         }
         // Every hold of the order is over, in one write, before the products change.
-        let products = self
+        let (products, lapsed) = self
             .records
             .modify(&order_key(order_id), |current: Option<&OrderHolds>| {
                 let Some(current) = current else {
-                    return (None, Vec::new());
+                    return (None, (Vec::new(), std::collections::BTreeMap::new()));
                 };
                 let mut holds = current.clone();
                 for product in &current.products {
@@ -229,7 +235,10 @@ impl<B: Publisher + Subscriber> Inventory<B> {
                     }
                 }
                 let changed = holds.closed.len() != current.closed.len();
-                (changed.then_some(holds), current.products.clone())
+                (
+                    changed.then_some(holds),
+                    (current.products.clone(), current.lapsed.clone()),
+                )
             })
             .await?;
         for product_id in products {
@@ -252,7 +261,78 @@ impl<B: Publisher + Subscriber> Inventory<B> {
                     .map_err(HandlerError::retryable)?;
             }
         }
+        // A hold that lapsed before the confirmation committed nothing: the lapse is
+        // announced again, so the saga gives the order up and refunds it even if the first
+        // announcement never reached it (its reaction is idempotent).
+        for (product_id, reservation) in &lapsed {
+            let available = self.product(product_id).await?.map_or(0, |p| p.available());
+            tracing::warn!(order = %order_id, product = %product_id, "a confirmed order's hold had lapsed; announcing the lapse again");
+            self.announce_lapse(
+                order_id,
+                product_id,
+                reservation,
+                available,
+                "lapse-at-commit",
+            )
+            .await?;
+        }
         Ok(())
+    }
+
+    /// Pins the holds of a paid order: they no longer lapse (the order's confirmation
+    /// commits them, its cancellation releases them).
+    async fn pin(&self, order_id: &str) -> Result<(), HandlerError> {
+        if !is_valid_id(order_id) {
+            return Err(HandlerError::permanent(format!(
+                "order {order_id:?} is not a valid id"
+            )));
+        }
+        let Some(holds) = self.records.get::<OrderHolds>(&order_key(order_id)).await? else {
+            return Ok(());
+        };
+        let holds = holds.value;
+        for product_id in holds.products.iter().filter(|p| !holds.is_closed(p)) {
+            self.records
+                .modify(&product_key(product_id), |current: Option<&Product>| {
+                    let Some(current) = current else {
+                        return (None, ());
+                    };
+                    let mut next = current.clone();
+                    (next.pin(order_id).then_some(next), ())
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `inventory.stock_released` (`reservation-expired`) for a lapsed hold,
+    /// under an id derived from the reservation and `occasion` (`expired` by the sweep,
+    /// `lapse-at-commit` by a confirmation): each occasion stores one event however often
+    /// it is repeated.
+    async fn announce_lapse(
+        &self,
+        order_id: &str,
+        product_id: &str,
+        reservation: &Reservation,
+        available: u32,
+        occasion: &str,
+    ) -> Result<(), HandlerError> {
+        let data = released_event(
+            order_id,
+            reservation,
+            ReleaseReason::ReservationExpired,
+            available,
+            Utc::now(),
+        );
+        let envelope = Envelope::new(NAME, product_id, data).with_event_id(EventId::deterministic(
+            &reservation.reservation_id,
+            occasion,
+        ));
+        self.bus
+            .publish(&envelope)
+            .await
+            .map(|_| ())
+            .map_err(HandlerError::retryable)
     }
 
     /// Releases every reservation lapsed at `now` and publishes `inventory.stock_released`
@@ -279,9 +359,15 @@ impl<B: Publisher + Subscriber> Inventory<B> {
                             return (None, Vec::new());
                         };
                         let mut next = current.clone();
+                        // Pinned meanwhile (the order got paid): kept.
                         let released: Vec<_> = lapsed
                             .iter()
+                            .filter(|order| {
+                                next.reservations.get(*order).is_some_and(|r| r.lapsed(now))
+                            })
                             .cloned()
+                            .collect::<Vec<_>>()
+                            .into_iter()
                             .filter_map(|order| next.release(&order).map(|r| (order, r)))
                             .collect();
                         let available = next.available();
@@ -294,20 +380,26 @@ impl<B: Publisher + Subscriber> Inventory<B> {
                 )
                 .await?;
             for (order, reservation, available) in released {
-                let data = released_event(
+                self.records
+                    .modify(&order_key(&order), |current: Option<&OrderHolds>| {
+                        let mut holds = current.cloned().unwrap_or_default();
+                        let known = holds.lapsed.contains_key(&product.product_id);
+                        if !known {
+                            holds
+                                .lapsed
+                                .insert(product.product_id.clone(), reservation.clone());
+                        }
+                        ((!known).then_some(holds), ())
+                    })
+                    .await?;
+                self.announce_lapse(
                     &order,
+                    &product.product_id,
                     &reservation,
-                    ReleaseReason::ReservationExpired,
                     available,
-                    now,
-                );
-                let envelope = Envelope::new(NAME, &product.product_id, data).with_event_id(
-                    EventId::deterministic(&reservation.reservation_id, "expired"),
-                );
-                self.bus
-                    .publish(&envelope)
-                    .await
-                    .map_err(HandlerError::retryable)?;
+                    "expired",
+                )
+                .await?;
                 tracing::info!(order = %order, product = %product.product_id, "a reservation lapsed; released");
                 count += 1;
             }

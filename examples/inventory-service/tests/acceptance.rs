@@ -10,6 +10,7 @@ use a4co_events::catalog::inventory::{
     StockReservationFailed, StockReserved,
 };
 use a4co_events::catalog::order::OrderConfirmed;
+use a4co_events::catalog::payment::PaymentSucceeded;
 use a4co_events::service::{AnyBus, Records};
 use a4co_events::{AnyMessage, Envelope, Message, Money};
 use a4co_http::Client;
@@ -306,7 +307,121 @@ async fn a_confirmed_order_keeps_its_units_and_a_lapsed_hold_comes_back() {
         (product.on_hand, product.reserved(), product.sold),
         (6, 0, 4)
     );
+    // A confirmation of the order whose hold lapsed commits nothing and announces the
+    // lapse again, so its saga can give the order up; a redelivery of it, not again.
+    let late = Envelope::new("order-service", "o-lapsed", OrderConfirmed::example());
+    bus.publish(&late).await.ok();
+    let again = late.clone().with_event_id(a4co_events::EventId::new());
+    let again_id = again.event_id;
+    bus.publish(&again).await.ok();
+    bus.consumed::<OrderConfirmed>()
+        .matching(move |e| e.event_id == again_id)
+        .await;
+    let lapses: Vec<_> = bus
+        .all_published()
+        .into_iter()
+        .filter_map(|e| e.downcast::<StockReleased>().ok())
+        .map(|e| (e.data.order_id, e.data.reason))
+        .collect();
+    let lapse = ("o-lapsed".to_owned(), ReleaseReason::ReservationExpired);
+    assert_eq!(lapses, [lapse.clone(), lapse]);
+    let product = bowl(&inventory).await;
+    assert_eq!((product.on_hand, product.sold), (6, 4), "nothing committed");
     workers.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_paid_orders_hold_outlives_its_ttl_and_a_late_confirmation_commits_it_over_nats() {
+    let server = NatsServer::start();
+    let bus = AnyBus::connect(Some(&server.url()), "inventory-test", 1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let records = Records::open(&bus, "inventory")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let inventory = Inventory::new(bus.clone(), records, Settings::default());
+    inventory
+        .put_product(ProductDetails::new(
+            "bowl",
+            "Cuenco",
+            "art-tito",
+            "ceramics",
+            Money::eur(3400),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    inventory
+        .restock("bowl", 10, "test")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let answers = Collector::start(
+        &bus,
+        Subscription::new("test", "answers")
+            .to::<StockReserved>()
+            .to::<StockReleased>(),
+    )
+    .await;
+    let workers = inventory.start().await.unwrap_or_else(|e| panic!("{e}"));
+    for (order, units) in [("o-paid", 4), ("o-unpaid", 3)] {
+        bus.publish(&reserve(order, units))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert_eq!(answers.wait_for(2, Duration::from_secs(20)).await.len(), 2);
+    let paid = PaymentSucceeded {
+        order_id: "o-paid".into(),
+        ..PaymentSucceeded::example()
+    };
+    bus.publish(&Envelope::new("payment-service", "txn-o-paid", paid))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !bowl(&inventory).await.reservations["o-paid"].pinned {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the paid hold was never pinned"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Both holds are past their 30 minutes: only the unpaid one lapses.
+    let later = Utc::now() + chrono::Duration::minutes(31);
+    assert_eq!(inventory.release_lapsed(later).await.ok(), Some(1));
+    let seen = answers.wait_for(3, Duration::from_secs(20)).await;
+    let lapsed: Vec<_> = seen
+        .iter()
+        .filter_map(|e| match &e.data {
+            AnyMessage::StockReleased(r) => Some((r.order_id.as_str(), r.reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lapsed, [("o-unpaid", ReleaseReason::ReservationExpired)]);
+    assert_eq!(inventory.release_lapsed(later).await.ok(), Some(0));
+
+    // The paid order's confirmation comes late: its units are still there to commit.
+    let confirmed = Envelope::new("order-service", "o-paid", OrderConfirmed::example());
+    bus.publish(&confirmed)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let product = bowl(&inventory).await;
+        if product.sold == 4 {
+            assert_eq!(
+                (product.on_hand, product.reserved(), product.available()),
+                (6, 0, 6),
+                "the paid units left the stock; the lapsed ones came back"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never committed: {product:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    workers.shutdown().await;
+    answers.stop().await;
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::fulfillment::{self, Settings};
 use a4co_events::bus::{HandlerError, Publisher, Subscriber, Subscription};
 use a4co_events::catalog::order::{
-    CancelOrder, ConfirmOrder, OrderCancelled, OrderConfirmed, OrderStatus,
+    CancelOrder, CancellationReason, ConfirmOrder, OrderCancelled, OrderConfirmed, OrderStatus,
 };
 use a4co_events::service::{AnyBus, Workers};
 use a4co_events::{AnyMessage, Envelope};
@@ -17,10 +17,16 @@ use service_kit::ConfigError;
 use service_kit::bus::reply_to;
 use tracing::Instrument as _;
 
-use crate::{Cancellation, NAME, Order, Orders, order_key};
+use crate::{Cancellation, NAME, Order, Orders, order_key, outbox_key};
 
 /// How often orders saved but not announced are published again.
 const OUTBOX_EVERY: Duration = Duration::from_secs(10);
+/// How old an unannounced order must be before the outbox announces it (younger ones are
+/// being placed).
+const ANNOUNCE_AFTER: chrono::Duration = chrono::Duration::seconds(2);
+/// How old the marker of an order never saved must be before the outbox drops it (older
+/// than any placement, retries included, can take).
+const ORPHAN_AFTER: chrono::Duration = chrono::Duration::minutes(10);
 
 impl<B: Publisher + Subscriber> Orders<B> {
     /// Starts the fulfillment saga (instances in `store`), the command handler and the
@@ -68,7 +74,9 @@ impl<B: Publisher + Subscriber> Orders<B> {
         let me = self.clone();
         workers.every(OUTBOX_EVERY, move || {
             let me = me.clone();
-            async move { me.announce_pending().await }
+            async move {
+                me.announce_pending().await;
+            }
         });
         Ok(workers)
     }
@@ -81,14 +89,20 @@ impl<B: Publisher + Subscriber> Orders<B> {
             AnyMessage::CancelOrder(_) => OrderStatus::Cancelled,
             _ => return Ok(()),
         };
-        let (moved, total) = self
+        let (moved, total, now_status) = self
             .records
             .modify(&order_key(order_id), |current: Option<&Order>| {
                 let Some(current) = current else {
-                    return (None, (false, None));
+                    return (None, (false, None, None));
                 };
-                if current.status != OrderStatus::Pending {
-                    return (None, (false, Some(current.total)));
+                // A confirmed order is still cancelled when the saga finds its stock gone
+                // (a hold that lapsed before the commit); nothing else moves it again.
+                let stock_gone = matches!(&message.data, AnyMessage::CancelOrder(c)
+                    if c.reason == CancellationReason::InventoryUnavailable);
+                let movable = current.status == OrderStatus::Pending
+                    || (stock_gone && current.status == OrderStatus::Confirmed);
+                if !movable {
+                    return (None, (false, Some(current.total), Some(current.status)));
                 }
                 let mut next = current.clone();
                 next.status = status;
@@ -103,11 +117,27 @@ impl<B: Publisher + Subscriber> Orders<B> {
                     }
                     _ => {}
                 }
-                (Some(next), (true, Some(current.total)))
+                (Some(next), (true, Some(current.total), Some(status)))
             })
             .await?;
-        if moved {
-            tracing::info!(order = %order_id, status = ?status, "order moved");
+        match now_status {
+            // An order announced by another producer: the saga's decision is announced
+            // all the same, so its participants hear it.
+            None => {
+                tracing::info!(order = %order_id, command = message.event_type(), "no such order here; answering for the saga");
+            }
+            // Moved by an earlier delivery: answered again below, so the saga hears.
+            Some(s) if s == status => {
+                if moved {
+                    tracing::info!(order = %order_id, status = ?status, "order moved");
+                }
+            }
+            // Moved elsewhere meanwhile (a customer's cancellation, say): that move was
+            // announced; announcing this one too would contradict it.
+            Some(other) => {
+                tracing::warn!(order = %order_id, status = ?other, command = message.event_type(), "the order has moved on; the command changes nothing");
+                return Ok(());
+            }
         }
         let answer: AnyMessage = match &message.data {
             AnyMessage::ConfirmOrder(c) => OrderConfirmed {
@@ -144,21 +174,56 @@ impl<B: Publisher + Subscriber> Orders<B> {
         Ok(())
     }
 
-    /// Publishes `order.created` for orders saved but not announced (a publish that failed).
-    async fn announce_pending(&self) {
-        let orders = match self.all().await {
-            Ok(orders) => orders,
+    /// One round of the outbox (it runs every 10 s once started): publishes `order.created`
+    /// for orders saved but not announced (a publish that failed) and returns how many it
+    /// announced. It reads the outbox markers only, so its cost follows the orders waiting,
+    /// not the orders ever placed.
+    pub async fn announce_pending(&self) -> usize {
+        let keys = match self.records.keys("outbox.").await {
+            Ok(keys) => keys,
             Err(e) => {
-                tracing::warn!(error = %e, "the outbox cannot list orders; next time");
-                return;
+                tracing::warn!(error = %e, "the outbox cannot list its markers; next time");
+                return 0;
             }
         };
-        let settled = Utc::now() - chrono::Duration::seconds(2);
-        for order in orders
-            .iter()
-            .filter(|o| !o.announced && o.created_at < settled)
+        let now = Utc::now();
+        let mut announced = 0;
+        for key in keys {
+            let order_id = &key["outbox.".len()..];
+            match self.order(order_id).await {
+                Ok(Some(order)) if order.announced => self.forget_outbox(order_id).await,
+                // A placement under way announces its order itself.
+                Ok(Some(order)) if order.created_at < now - ANNOUNCE_AFTER => {
+                    if self.announce(&order).await {
+                        announced += 1;
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => self.drop_orphan(&key, now).await,
+                Err(e) => {
+                    tracing::warn!(order = %order_id, error = %e, "the outbox cannot read the order; next time")
+                }
+            }
+        }
+        announced
+    }
+
+    /// Drops the marker of an order never saved (a placement that failed before the save
+    /// and was not retried) once no retry can be under way.
+    async fn drop_orphan(&self, key: &str, now: chrono::DateTime<Utc>) {
+        let marked = self.records.get::<chrono::DateTime<Utc>>(key).await;
+        if let Ok(Some(at)) = marked
+            && at.value < now - ORPHAN_AFTER
         {
-            let _announced = self.announce(order).await;
+            let _ = self.records.remove(key).await;
+        }
+    }
+
+    /// Drops the outbox marker of an announced order (a failure leaves it for the next
+    /// outbox round, which drops it then).
+    pub(crate) async fn forget_outbox(&self, order_id: &str) {
+        if let Err(e) = self.records.remove(&outbox_key(order_id)).await {
+            tracing::debug!(order = %order_id, error = %e, "outbox marker left for the next round");
         }
     }
 }

@@ -27,7 +27,6 @@ impl From<PlaceError> for ApiError {
                 ApiError::unprocessable(code, message)
             }
             PlaceError::Unavailable(_) => ApiError::unavailable(message),
-            PlaceError::InProgress => ApiError::conflict("in-progress", message),
         }
     }
 }

@@ -157,8 +157,15 @@ fn order_key(order_id: &str) -> String {
     format!("order.{order_id}")
 }
 
-fn customer_key(customer_id: &str) -> String {
-    format!("customer.{customer_id}")
+/// The customer-index entry of one order: one small record per order, so no record grows
+/// with a customer's history, and a listing reads only that customer's keys.
+fn customer_key(customer_id: &str, order_id: &str) -> String {
+    format!("customer.{customer_id}.{order_id}")
+}
+
+/// The outbox marker of an order saved but not yet announced.
+fn outbox_key(order_id: &str) -> String {
+    format!("outbox.{order_id}")
 }
 
 impl<B> Orders<B> {
@@ -183,23 +190,21 @@ impl<B> Orders<B> {
             .map(|v| v.value))
     }
 
-    /// The customer's orders, newest first.
+    /// The customer's orders, newest first (an index entry whose order was never saved,
+    /// a placement cut short, is skipped).
     ///
     /// # Errors
     /// The store failed.
     pub async fn orders_of(&self, customer_id: &str) -> Result<Vec<Order>, RecordsError> {
-        let ids = self
-            .records
-            .get::<Vec<String>>(&customer_key(customer_id))
-            .await?
-            .map(|v| v.value)
-            .unwrap_or_default();
-        let mut orders = Vec::with_capacity(ids.len());
-        for id in ids.iter().rev() {
-            if let Some(order) = self.order(id).await? {
+        let prefix = customer_key(customer_id, "");
+        let keys = self.records.keys(&prefix).await?;
+        let mut orders = Vec::with_capacity(keys.len());
+        for key in &keys {
+            if let Some(order) = self.order(&key[prefix.len()..]).await? {
                 orders.push(order);
             }
         }
+        orders.sort_by_key(|o| std::cmp::Reverse(o.created_at));
         Ok(orders)
     }
 

@@ -12,7 +12,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use service_kit::is_valid_id;
 
-use crate::{NAME, Order, Orders, customer_key, order_key};
+use crate::{NAME, Order, Orders, customer_key, order_key, outbox_key};
 
 /// The most lines one order may have.
 pub const MAX_ITEMS: usize = 50;
@@ -73,12 +73,11 @@ pub enum PlaceError {
         /// Payment's words.
         message: String,
     },
-    /// A dependency did not answer (503): try again later.
+    /// A dependency did not answer (503): try again later. Retried with the same
+    /// idempotency key, the request completes the order if this one got as far as
+    /// claiming the key.
     #[error("{0}")]
     Unavailable(String),
-    /// The idempotency key is being used by a request still under way (409).
-    #[error("a request with this Idempotency-Key is still being processed")]
-    InProgress,
 }
 
 impl From<RecordsError> for PlaceError {
@@ -142,7 +141,9 @@ impl PlaceOrder {
 impl<B: Publisher + Subscriber> Orders<B> {
     /// Places an order: checks it, prices it with inventory's answers, pre-validates the
     /// payment method, saves it and publishes `order.created`. With an `idempotency_key`,
-    /// repeating the call returns the first order (`false`: not new).
+    /// repeating the call returns the first order (`false`: not new), and completes it
+    /// when the first call failed after claiming the key (the claim holds the whole
+    /// order), so no retry ever waits on a request that is gone.
     ///
     /// # Errors
     /// [`PlaceError`], one variant per answer a caller needs.
@@ -160,8 +161,8 @@ impl<B: Publisher + Subscriber> Orders<B> {
                     "Idempotency-Key must be 1 to 64 letters, digits, - or _".into(),
                 ));
             }
-            if let Some(first) = self.records.get::<String>(key).await? {
-                return self.placed_before(&first.value).await;
+            if let Some(first) = self.records.get::<Order>(key).await? {
+                return self.placed_before(first.value).await;
             }
         }
 
@@ -208,21 +209,6 @@ impl<B: Publisher + Subscriber> Orders<B> {
 
         self.validate_payment(&request, total).await?;
 
-        // The key is claimed once the order is sure to be taken: a refused request leaves
-        // it free for a corrected retry.
-        if let Some(key) = &key {
-            let claimed = self
-                .records
-                .modify(key, |first: Option<&String>| match first {
-                    Some(first) => (None, first.clone()),
-                    None => (Some(order_id.clone()), order_id.clone()),
-                })
-                .await?;
-            if claimed != order_id {
-                return self.placed_before(&claimed).await;
-            }
-        }
-
         let now = Utc::now();
         let order = Order {
             order_id: order_id.clone(),
@@ -238,27 +224,59 @@ impl<B: Publisher + Subscriber> Orders<B> {
             updated_at: now,
             announced: false,
         };
-        self.records
-            .put(&order_key(&order_id), &order, None)
-            .await?;
-        self.records
-            .modify(
-                &customer_key(&order.customer_id),
-                |ids: Option<&Vec<String>>| {
-                    let mut ids = ids.cloned().unwrap_or_default();
-                    ids.push(order_id.clone());
-                    (Some(ids), ())
-                },
-            )
-            .await?;
+        // The key is claimed once the order is sure to be taken (a refused request leaves
+        // it free for a corrected retry), with the whole order: a retry finishes it.
+        if let Some(key) = &key {
+            let claimed = self
+                .records
+                .modify(key, |first: Option<&Order>| match first {
+                    Some(first) => (None, first.clone()),
+                    None => (Some(order.clone()), order.clone()),
+                })
+                .await?;
+            if claimed.order_id != order_id {
+                return self.placed_before(claimed).await;
+            }
+        }
+        self.save(&order).await?;
         let mut order = order;
         order.announced = self.announce(&order).await;
         Ok((order, true))
     }
 
-    /// The order a repeated request placed first (announced again if it is not yet).
-    async fn placed_before(&self, order_id: &str) -> Result<(Order, bool), PlaceError> {
-        let mut order = self.order(order_id).await?.ok_or(PlaceError::InProgress)?;
+    /// Writes a new order: its customer-index entry and outbox marker first, then the order
+    /// itself, the write that places it. A failure before that last write leaves no order
+    /// (the caller answers 503 truthfully); one after it cannot happen. Each write keeps
+    /// what is there, so repeating `save` (a retry with the idempotency key) is safe.
+    async fn save(&self, order: &Order) -> Result<(), RecordsError> {
+        let keys = [
+            customer_key(&order.customer_id, &order.order_id),
+            outbox_key(&order.order_id),
+        ];
+        for key in &keys {
+            self.create(key, &order.created_at).await?;
+        }
+        self.create(&order_key(&order.order_id), order).await
+    }
+
+    /// Writes `value` under `key` unless a record is there already.
+    async fn create<T: Serialize>(&self, key: &str, value: &T) -> Result<(), RecordsError> {
+        match self.records.put(key, value, None).await {
+            Ok(_) | Err(RecordsError::Conflict(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The order a repeated request placed first: as stored, or saved now when the first
+    /// request stopped short of it; announced if it is not yet.
+    async fn placed_before(&self, first: Order) -> Result<(Order, bool), PlaceError> {
+        let mut order = match self.order(&first.order_id).await? {
+            Some(order) => order,
+            None => {
+                self.save(&first).await?;
+                first
+            }
+        };
         order.announced = self.announce(&order).await;
         Ok((order, false))
     }
@@ -299,8 +317,8 @@ impl<B: Publisher + Subscriber> Orders<B> {
         }
     }
 
-    /// Publishes `order.created` for an order not yet announced, and records that it is;
-    /// returns whether it is. Its id is derived from the order's, so announcing twice stores
+    /// Publishes `order.created` for an order not yet announced, records that it is and
+    /// drops its outbox marker; returns whether it is. Its id is derived from the order's, so announcing twice stores
     /// one event. A failure is logged; the outbox tries again.
     pub(crate) async fn announce(&self, order: &Order) -> bool {
         if order.announced {
@@ -336,8 +354,11 @@ impl<B: Publisher + Subscriber> Orders<B> {
                 },
             )
             .await;
-        if let Err(e) = marked {
-            tracing::warn!(order = %order.order_id, error = %e, "order.created published, not yet marked");
+        match marked {
+            Ok(()) => self.forget_outbox(&order.order_id).await,
+            Err(e) => {
+                tracing::warn!(order = %order.order_id, error = %e, "order.created published, not yet marked");
+            }
         }
         true
     }

@@ -1,6 +1,7 @@
 //! The saga's payment commands. A charge is recorded before and after the gateway call;
 //! the gateway call itself is idempotent by order, so a redelivery, a crash between the
-//! call and the record, or two instances handling the same command charge once.
+//! call and the record, or two instances handling the same command charge once. A command
+//! past its `expiresAt` charges nothing: it is answered `payment.failed` (`payment-expired`).
 
 use a4co_events::bus::{HandlerError, Publisher, Subscriber, Subscription};
 use a4co_events::catalog::payment::{
@@ -9,12 +10,15 @@ use a4co_events::catalog::payment::{
 };
 use a4co_events::service::Workers;
 use a4co_events::{AnyMessage, Envelope, Money};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use service_kit::bus::reply_to;
 use service_kit::is_valid_id;
 use tracing::Instrument as _;
 
 use crate::{Charge, NAME, Payment, Payments, Refund, Status, payment_key};
+
+/// The `payment.failed` code of a command that expired before it was charged.
+pub const EXPIRED: &str = "payment-expired";
 
 impl<B: Publisher + Subscriber> Payments<B> {
     /// Subscribes to the saga's payment commands.
@@ -63,6 +67,7 @@ impl<B: Publisher + Subscriber> Payments<B> {
             )));
         }
         let now = Utc::now();
+        let expired = || command.expires_at.is_some_and(|at| Utc::now() >= at);
         let payment = self
             .records
             .modify(
@@ -70,13 +75,23 @@ impl<B: Publisher + Subscriber> Payments<B> {
                 |current: Option<&Payment>| match current {
                     Some(existing) => (None, existing.clone()),
                     None => {
+                        // A command that arrives after its expiry charges nothing.
+                        let status = if expired() {
+                            Status::Failed {
+                                code: EXPIRED.to_owned(),
+                                message: "the payment command expired before it was charged"
+                                    .to_owned(),
+                            }
+                        } else {
+                            Status::Initiated
+                        };
                         let fresh = Payment {
                             payment_id: format!("txn-{order_id}"),
                             order_id: order_id.clone(),
                             customer_id: command.customer_id.clone(),
                             amount: command.amount,
                             payment_method_id: command.payment_method_id.clone(),
-                            status: Status::Initiated,
+                            status,
                             refund: None,
                             initiated_at: now,
                         };
@@ -97,7 +112,7 @@ impl<B: Publisher + Subscriber> Payments<B> {
             };
             self.publish(message, &payment.payment_id, initiated.into(), "initiated")
                 .await?;
-            let charge = self.charge(&payment).await?;
+            let charge = self.charge(&payment, command.expires_at).await?;
             self.records
                 .modify(&payment_key(order_id), |current: Option<&Payment>| {
                     let Some(current) = current else {
@@ -171,18 +186,30 @@ impl<B: Publisher + Subscriber> Payments<B> {
     }
 
     /// Charges through the gateway under the order's key: a second charge of the same key
-    /// returns the first answer.
-    async fn charge(&self, payment: &Payment) -> Result<Charge, HandlerError> {
+    /// returns the first answer. Past `expires_at`, a charge not yet made is declined
+    /// (`payment-expired`) without reaching the gateway.
+    async fn charge(
+        &self,
+        payment: &Payment,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<Charge, HandlerError> {
         let key = format!("gateway.a4co-{}", payment.order_id);
         if let Some(done) = self.records.get::<Charge>(&key).await? {
             return Ok(done.value);
         }
-        tokio::time::sleep(self.gateway.latency).await;
-        let answer = self.gateway.decide(
-            &payment.order_id,
-            payment.amount.amount_minor,
-            payment.payment_method_id.as_deref(),
-        );
+        let answer = if expires_at.is_some_and(|at| Utc::now() >= at) {
+            Charge::Declined {
+                code: EXPIRED.to_owned(),
+                message: "the payment command expired before it was charged".to_owned(),
+            }
+        } else {
+            tokio::time::sleep(self.gateway.latency).await;
+            self.gateway.decide(
+                &payment.order_id,
+                payment.amount.amount_minor,
+                payment.payment_method_id.as_deref(),
+            )
+        };
         let charge = self
             .records
             .modify(&key, |current: Option<&Charge>| match current {

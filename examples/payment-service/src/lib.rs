@@ -40,6 +40,8 @@ mod gateway;
 mod handlers;
 pub mod http;
 
+pub use handlers::EXPIRED;
+
 use a4co_events::Money;
 use a4co_events::service::{Records, RecordsError};
 use chrono::{DateTime, Utc};

@@ -30,6 +30,7 @@ fn pay(order: &str, method_id: &str) -> Envelope<ProcessPayment> {
         amount: Money::eur(5900),
         payment_method: PaymentMethod::Card,
         payment_method_id: Some(method_id.to_owned()),
+        expires_at: None,
     };
     Envelope::new("order-service", order, command)
 }
@@ -273,5 +274,70 @@ async fn two_instances_on_nats_charge_each_order_once() {
     for w in workers {
         w.shutdown().await;
     }
+    outcomes.stop().await;
+}
+
+#[tokio::test]
+async fn a_command_past_its_expiry_charges_nothing_over_nats() {
+    let server = NatsServer::start();
+    let bus = AnyBus::connect(Some(&server.url()), "payment-test", 1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let records = Records::open(&bus, "payments")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let payments = Payments::new(bus.clone(), records, gateway());
+    let workers = payments.start().await.unwrap_or_else(|e| panic!("{e}"));
+    let outcomes = Collector::start(
+        &bus,
+        Subscription::new("test", "outcomes")
+            .to::<PaymentSucceeded>()
+            .to::<PaymentFailed>(),
+    )
+    .await;
+    let now = chrono::Utc::now();
+    for (order, expires_at) in [
+        ("ord-late", Some(now - chrono::Duration::seconds(1))),
+        ("ord-in-time", Some(now + chrono::Duration::minutes(5))),
+    ] {
+        let mut command = pay(order, "pm-card-1");
+        command.data.expires_at = expires_at;
+        bus.publish(&command)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let seen = outcomes
+        .wait_for(2, std::time::Duration::from_secs(20))
+        .await;
+    let answers: std::collections::BTreeMap<String, String> = seen
+        .iter()
+        .map(|e| match &e.data {
+            AnyMessage::PaymentSucceeded(p) => (p.order_id.clone(), "succeeded".to_owned()),
+            AnyMessage::PaymentFailed(p) => (p.order_id.clone(), p.error_code.clone()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            ("ord-in-time".to_owned(), "succeeded".to_owned()),
+            ("ord-late".to_owned(), payment_service::EXPIRED.to_owned()),
+        ]
+        .into_iter()
+        .collect()
+    );
+    let charged: Vec<String> = payments
+        .gateway_charges()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(
+        charged,
+        ["gateway.a4co-ord-in-time"],
+        "the expired command reached no gateway"
+    );
+    workers.shutdown().await;
     outcomes.stop().await;
 }

@@ -380,6 +380,72 @@ impl NatsTransport {
         Ok(())
     }
 
+    /// The live keys of the KV bucket `store` that match one of the key patterns
+    /// (`outbox.>`, `due.1700000000.>`; `*` and `>` as in subjects), sorted. One
+    /// headers-only ordered consumer reads the last entry of each matching key, so the cost
+    /// follows the matching keys (plus removal markers not yet expired), not the bucket's
+    /// other keys or its history. A listing that does not end within `within` (a push
+    /// consumer can lose its first message) fails; list again.
+    ///
+    /// # Errors
+    /// [`ConsumeErrorKind::Other`] when the server refuses or the listing times out.
+    pub async fn kv_keys(
+        &self,
+        store: &kv::Store,
+        patterns: &[&str],
+        within: Duration,
+    ) -> Result<Vec<String>, ConsumeError> {
+        let failed = |e: &dyn std::fmt::Display| {
+            ConsumeError::new(
+                ConsumeErrorKind::Other,
+                format!("listing keys {patterns:?} of bucket {}: {e}", store.name),
+            )
+        };
+        let listing = async {
+            use futures::StreamExt as _;
+            let consumer = store
+                .stream
+                .create_consumer(jetstream::consumer::push::OrderedConfig {
+                    deliver_subject: self.client.new_inbox(),
+                    filter_subjects: patterns
+                        .iter()
+                        .map(|p| format!("{}{p}", store.prefix))
+                        .collect(),
+                    headers_only: true,
+                    deliver_policy: DeliverPolicy::LastPerSubject,
+                    replay_policy: jetstream::consumer::ReplayPolicy::Instant,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| failed(&e))?;
+            let mut keys = Vec::new();
+            if consumer.cached_info().num_pending == 0 {
+                return Ok(keys);
+            }
+            let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
+            while let Some(message) = messages.next().await {
+                let message = message.map_err(|e| failed(&e))?;
+                let removed = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("KV-Operation"))
+                    .is_some_and(|op| op.as_str() != "PUT");
+                if !removed && let Some(key) = message.subject.as_str().strip_prefix(&store.prefix)
+                {
+                    keys.push(key.to_owned());
+                }
+                if message.info().map(|i| i.pending).unwrap_or(0) == 0 {
+                    break;
+                }
+            }
+            keys.sort();
+            Ok(keys)
+        };
+        tokio::time::timeout(within, listing)
+            .await
+            .map_err(|_| failed(&format!("no end within {within:?}")))?
+    }
+
     /// The underlying client, for what the bus does not cover.
     pub fn client(&self) -> &async_nats::Client {
         &self.client

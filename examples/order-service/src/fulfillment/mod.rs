@@ -16,7 +16,14 @@
 //! - A cancellation by the order service while paying or confirming releases the stock and
 //!   refunds a payment already taken.
 //! - Reservations ask to be held for 30 minutes by default; the payment timer must run out
-//!   before they lapse.
+//!   before they lapse, and the payment command expires with it (`expiresAt`: the payment
+//!   service charges nothing after). Inventory keeps a paid order's holds until the order
+//!   is confirmed; a hold that lapsed all the same (`inventory.stock_released`,
+//!   `reservation-expired`) cancels the order, paid or even confirmed, refunding the
+//!   payment.
+//! - A payment success that reaches a cancelled saga, at any age, or a second payment a
+//!   paid one did not ask for, is refunded (the finished saga answers it and stays
+//!   finished).
 //!
 //! It sends catalog commands only: `inventory.cmd.reserve_stock`,
 //! `inventory.cmd.release_stock`, `payment.cmd.process`, `payment.cmd.refund`,
@@ -26,7 +33,7 @@ use std::time::Duration;
 
 use a4co_events::Money;
 use a4co_events::catalog::inventory::{
-    ReleaseReason, ReleaseStock, StockReservationFailed, StockReserved,
+    ReleaseReason, ReleaseStock, StockReleased, StockReservationFailed, StockReserved,
 };
 use a4co_events::catalog::order::{CancelOrder, CancellationReason};
 use a4co_events::catalog::payment::{PaymentFailed, PaymentSucceeded};
@@ -35,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use a4co_saga::{Definition, DefinitionError, State, Step};
 
 mod confirmation;
+mod late;
 mod payment;
 mod stock;
 
@@ -159,6 +167,9 @@ pub struct Fulfillment {
     pub detail: Option<String>,
     /// A refund sent for a payment that arrived after the cancellation.
     pub refunded_late_payment: bool,
+    /// The payments refunded because the saga did not keep them (late, or a second one).
+    #[serde(default)]
+    pub refunded: Vec<String>,
 }
 
 impl Fulfillment {
@@ -270,11 +281,13 @@ pub fn definition(settings: Settings) -> Result<Definition<Fulfillment, Phase>, 
     let builder = Definition::<Fulfillment, Phase>::builder(NAME, crate::NAME)
         .correlate::<StockReserved>(|m| m.order_id.clone())
         .correlate::<StockReservationFailed>(|m| m.order_id.clone())
+        .correlate::<StockReleased>(|m| m.order_id.clone())
         .correlate::<PaymentSucceeded>(|m| m.order_id.clone())
         .correlate::<PaymentFailed>(|m| m.order_id.clone());
     let builder = stock::reactions(builder, &settings);
     let builder = payment::reactions(builder, &settings);
-    confirmation::reactions(builder).build()
+    let builder = confirmation::reactions(builder);
+    late::reactions(builder).build()
 }
 
 /// The command that releases `reserved`.

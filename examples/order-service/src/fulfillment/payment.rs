@@ -5,6 +5,7 @@ use a4co_events::catalog::order::{ConfirmOrder, OrderCancelled};
 use a4co_events::catalog::payment::{PaymentFailed, PaymentSucceeded, RefundPayment};
 use a4co_saga::Builder;
 
+use super::late::refund_unasked;
 use super::{
     Charge, Fulfillment, LATE_PAYMENT_TIMER, PAYMENT_TIMER, Phase, Settings, cancel_order,
     release_all,
@@ -70,15 +71,7 @@ pub(super) fn reactions(
         })
         .on::<PaymentSucceeded>(AwaitingLatePayment, &[Cancelled], |step, paid| {
             step.cancel(LATE_PAYMENT_TIMER);
-            let order = step.data.order_id.clone();
-            let refund = RefundPayment {
-                payment_id: paid.data.transaction_id.clone(),
-                order_id: order.clone(),
-                amount: paid.data.amount,
-                reason: "payment arrived after the order was cancelled".to_owned(),
-            };
-            step.send("refund-late-payment", order, refund);
-            step.data.refunded_late_payment = true;
+            refund_unasked(step, &paid, "payment arrived after the order was cancelled");
             Cancelled
         })
         .on::<PaymentFailed>(AwaitingLatePayment, &[Cancelled], |step, _| {

@@ -25,6 +25,7 @@ pub(super) fn reactions(
         ..
     } = *settings;
     let ttl = chrono::Duration::from_std(reservation_ttl).unwrap_or(chrono::Duration::MAX);
+    let payment_wait = chrono::Duration::from_std(payment_timeout).unwrap_or(chrono::Duration::MAX);
     builder
         .starts_with::<OrderCreated>(&[Reserving, Cancelled], move |step, order| {
             let data = &mut step.data;
@@ -87,6 +88,7 @@ pub(super) fn reactions(
                 amount: data.total.unwrap_or_else(|| Money::eur(0)),
                 payment_method: PaymentMethod::Card,
                 payment_method_id: data.payment_method_id.clone(),
+                expires_at: step.now().checked_add_signed(payment_wait),
             };
             let order = data.order_id.clone();
             step.send("pay", order, pay);

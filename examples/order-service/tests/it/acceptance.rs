@@ -32,6 +32,23 @@ struct Shop {
 
 async fn shop() -> Shop {
     let bus = RecordingBus::new().await;
+    let (inventory, payments, clients) = participants(&bus).await;
+    let orders = Orders::new(bus.clone(), Records::memory(), clients);
+    let api = in_process("order-service", orders.router(), "customer", &[]);
+    Shop {
+        bus,
+        orders,
+        inventory,
+        payments,
+        api,
+    }
+}
+
+/// Inventory (oil: 50 units, bowl: 2, at 12.50 €) and payment on `bus`, and order-service's
+/// clients calling them in process.
+pub(crate) async fn participants(
+    bus: &RecordingBus,
+) -> (Inventory<RecordingBus>, Payments<RecordingBus>, Clients) {
     let verifier = Verifier::new(&test_secret());
     let inventory = Inventory::new(
         bus.clone(),
@@ -69,18 +86,10 @@ async fn shop() -> Shop {
         inventory: as_order_service("inventory-service", inventory.router(&verifier)),
         payment: as_order_service("payment-service", payments.router(&verifier)),
     };
-    let orders = Orders::new(bus.clone(), Records::memory(), clients);
-    let api = in_process("order-service", orders.router(), "customer", &[]);
-    Shop {
-        bus,
-        orders,
-        inventory,
-        payments,
-        api,
-    }
+    (inventory, payments, clients)
 }
 
-fn order_body(product: &str, quantity: u32, method_id: &str) -> serde_json::Value {
+pub(crate) fn order_body(product: &str, quantity: u32, method_id: &str) -> serde_json::Value {
     json!({
         "customerId": "cust-7",
         "items": [{"productId": product, "quantity": quantity}],
@@ -308,6 +317,28 @@ async fn orders_follow_the_saga() {
     assert_eq!(
         orders.order(&id).await.ok().flatten().map(|o| o.status),
         Some(OrderStatus::Confirmed)
+    );
+    // Unless the saga found its stock gone after all (a hold that lapsed before the
+    // commit): then it is cancelled, and the customer told by `order.cancelled`.
+    let gone = CancelOrder {
+        reason: CancellationReason::InventoryUnavailable,
+        refund_required: true,
+        detail: Some("the stock held was released".to_owned()),
+    };
+    bus.publish(&Envelope::new("order-service", &id, gone))
+        .await
+        .ok();
+    let told = bus
+        .published::<OrderCancelled>()
+        .matching({
+            let id = id.clone();
+            move |e| e.aggregate_id == id
+        })
+        .await;
+    assert!(told.data.refund_required);
+    assert_eq!(
+        orders.order(&id).await.ok().flatten().map(|o| o.status),
+        Some(OrderStatus::Cancelled)
     );
     bus.assert_nothing_dead_lettered().await;
     for w in [workers, inventory_workers, payment_workers] {

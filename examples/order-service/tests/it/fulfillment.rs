@@ -261,7 +261,155 @@ async fn a_reply_before_its_saga_started_is_retried_and_one_after_it_finished_is
     ])
     .await;
     assert_eq!(s.state(SAGA).await, Some(Phase::Cancelled));
-    assert_eq!(s.when(&paid(ORDER)).await, Applied::Finished);
+    assert_eq!(s.when(&confirmed(ORDER)).await, Applied::Finished);
+    assert!(s.take_sent_of::<ConfirmOrder>().is_empty());
+}
+
+#[tokio::test]
+async fn a_payment_success_reaching_a_cancelled_saga_at_any_age_is_refunded_once() {
+    for cancelled_after in ["stock", "payment-failure", "window", "customer"] {
+        let s = if cancelled_after == "stock" {
+            let s = scenario().await;
+            s.given([
+                &order_created(ORDER),
+                &reserved(ORDER, OIL),
+                &reservation_failed(ORDER, BOWL),
+            ])
+            .await;
+            s
+        } else {
+            paying().await
+        };
+        match cancelled_after {
+            "payment-failure" => {
+                s.when(&payment_failed(ORDER)).await;
+            }
+            // Past the payment timeout, then the whole late-payment window.
+            "window" => {
+                s.when_time_passes(Duration::from_secs(301)).await;
+                s.when_time_passes(Duration::from_secs(3601)).await;
+            }
+            "customer" => {
+                s.when(&cancelled_by_customer(ORDER)).await;
+                s.when_time_passes(Duration::from_secs(3601)).await;
+            }
+            _ => {}
+        }
+        assert_eq!(
+            s.state(SAGA).await,
+            Some(Phase::Cancelled),
+            "{cancelled_after}"
+        );
+        // Days later, within the store's retention of finished sagas.
+        s.when_time_passes(Duration::from_secs(6 * 24 * 3600)).await;
+        s.take_sent();
+        let success = paid(ORDER);
+        assert_eq!(
+            s.when(&success).await,
+            Applied::Changed,
+            "{cancelled_after}"
+        );
+        let refund = s.take_sent_of::<RefundPayment>();
+        assert_eq!(refund.len(), 1, "{cancelled_after}");
+        assert_eq!(
+            (refund[0].data.payment_id.as_str(), refund[0].data.amount),
+            ("txn-ord-1", Money::eur(5900))
+        );
+        assert_eq!(
+            s.state(SAGA).await,
+            Some(Phase::Cancelled),
+            "stays finished"
+        );
+        // The same payment announced again (another id), or redelivered: refunded once.
+        s.when(&paid(ORDER)).await;
+        assert_eq!(s.when(&success).await, Applied::Duplicate);
+        assert!(s.take_sent().is_empty(), "{cancelled_after}");
+    }
+}
+
+#[tokio::test]
+async fn a_payment_the_saga_kept_is_not_refunded_and_a_second_one_is() {
+    let s = paying().await;
+    s.given([&paid(ORDER), &confirmed(ORDER)]).await;
+    assert_eq!(s.state(SAGA).await, Some(Phase::Confirmed));
+    s.take_sent();
+    s.when(&paid(ORDER)).await;
+    assert!(s.take_sent().is_empty(), "the order's own charge is kept");
+    let mut second = paid(ORDER);
+    if let AnyMessage::PaymentSucceeded(p) = &mut second.data {
+        p.transaction_id = "txn-second".to_owned();
+    }
+    s.when(&second).await;
+    let refund = s.take_sent_of::<RefundPayment>();
+    assert_eq!(refund.len(), 1);
+    assert_eq!(refund[0].data.payment_id, "txn-second");
+    assert_eq!(s.state(SAGA).await, Some(Phase::Confirmed));
+}
+
+#[tokio::test]
+async fn a_hold_lapsing_after_payment_refunds_and_cancels_even_a_confirmed_order() {
+    for confirmed_first in [false, true] {
+        let s = paying().await;
+        s.when(&paid(ORDER)).await;
+        if confirmed_first {
+            s.when(&confirmed(ORDER)).await;
+            assert_eq!(s.state(SAGA).await, Some(Phase::Confirmed));
+        }
+        s.take_sent();
+        // Another order's lapse, or a release the saga asked for, changes nothing.
+        s.when(&hold_lapsed("ord-other", OIL)).await;
+        assert!(s.take_sent().is_empty());
+
+        s.when(&hold_lapsed(ORDER, OIL)).await;
+        let sent = s.take_sent();
+        assert_eq!(
+            types(&sent),
+            [
+                "payment.cmd.refund",
+                "inventory.cmd.release_stock",
+                "inventory.cmd.release_stock",
+                "order.cmd.cancel"
+            ],
+            "confirmed first: {confirmed_first}"
+        );
+        let cancel = sent[3].clone().downcast::<CancelOrder>().unwrap();
+        assert_eq!(cancel.data.reason, CancellationReason::InventoryUnavailable);
+        assert!(cancel.data.refund_required);
+        assert_eq!(s.state(SAGA).await, Some(Phase::Cancelled));
+        // The lapse announced again (a confirmation that found no hold): nothing more.
+        s.when(&hold_lapsed(ORDER, OIL)).await;
+        assert!(s.take_sent().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_hold_lapsing_while_paying_cancels_and_the_payment_command_expires_with_the_wait() {
+    let s = scenario().await;
+    s.given([&order_created(ORDER), &reserved(ORDER, OIL)])
+        .await;
+    s.when(&reserved(ORDER, BOWL)).await;
+    let pay = s.take_sent_of::<ProcessPayment>();
+    assert_eq!(
+        pay[0].data.expires_at,
+        Some(scenario_start() + chrono::Duration::minutes(5)),
+        "the command expires when the saga stops waiting"
+    );
+    s.take_sent();
+    s.when(&hold_lapsed(ORDER, BOWL)).await;
+    let sent = s.take_sent();
+    assert_eq!(
+        types(&sent),
+        [
+            "inventory.cmd.release_stock",
+            "inventory.cmd.release_stock",
+            "order.cmd.cancel"
+        ]
+    );
+    assert_eq!(s.state(SAGA).await, Some(Phase::Cancelled));
+    assert!(s.instance(SAGA).await.unwrap().timers().next().is_none());
+    // The payment still succeeds: refunded.
+    s.when(&paid(ORDER)).await;
+    assert_eq!(s.take_sent_of::<RefundPayment>().len(), 1);
 }
 
 #[tokio::test]

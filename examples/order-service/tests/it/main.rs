@@ -10,5 +10,6 @@ mod definition;
 mod fulfillment;
 mod nats;
 mod participants;
+mod placing;
 mod properties;
 mod support;

@@ -1,6 +1,8 @@
 //! Messages the participants of the fulfillment saga answer with.
 
-use a4co_events::catalog::inventory::{FailedItem, StockReservationFailed, StockReserved};
+use a4co_events::catalog::inventory::{
+    FailedItem, ReleaseReason, StockReleased, StockReservationFailed, StockReserved,
+};
 use a4co_events::catalog::order::{
     CancellationReason, OrderCancelled, OrderConfirmed, OrderCreated,
 };
@@ -67,4 +69,15 @@ pub(crate) fn cancelled_by_customer(order: &str) -> Envelope<AnyMessage> {
         ..OrderCancelled::example()
     };
     Envelope::new("order-service", order, data).into_any()
+}
+
+/// Inventory's announcement that the order's hold on `product` lapsed.
+pub(crate) fn hold_lapsed(order: &str, product: &str) -> Envelope<AnyMessage> {
+    let data = StockReleased {
+        order_id: order.to_owned(),
+        reservation_id: format!("res-{order}-{product}"),
+        reason: ReleaseReason::ReservationExpired,
+        ..StockReleased::example()
+    };
+    Envelope::new("inventory-service", product, data).into_any()
 }
