@@ -6,8 +6,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use a4co_events::bus::PublishErrorKind;
 use a4co_events::bus::nats::{BucketSpec, NatsTransport};
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
@@ -30,7 +31,6 @@ const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 #[derive(Clone, Debug)]
 pub struct KvStore {
     instances: kv::Store,
-    js: jetstream::Context,
     finished_retention: std::time::Duration,
     timers: kv::Store,
     transport: NatsTransport,
@@ -119,7 +119,6 @@ impl KvStore {
                 "a retention of {retention:?} is too short: JetStream keeps entries whole seconds; use 1 s or more"
             )));
         }
-        let js = transport.jetstream();
         let open = async |name: &str, description: &str| {
             let mut spec = BucketSpec::new(name, description).max_age(retention);
             if name == INSTANCES_BUCKET {
@@ -135,7 +134,6 @@ impl KvStore {
         let timers = open(TIMERS_BUCKET, "a4co saga timers, by due time").await?;
         Ok(KvStore {
             instances,
-            js: js.clone(),
             finished_retention: DEFAULT_FINISHED_RETENTION.min(retention),
             timers,
             transport: transport.clone(),
@@ -167,29 +165,19 @@ impl KvStore {
         record: Bytes,
         expected: Option<u64>,
     ) -> Result<u64, StoreError> {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            "Nats-Expected-Last-Subject-Sequence",
-            expected.unwrap_or(0).to_string(),
-        );
-        headers.insert(
-            "Nats-TTL",
-            self.finished_retention.as_secs().max(1).to_string(),
-        );
-        let subject = format!("$KV.{INSTANCES_BUCKET}.{}", encode(key));
-        let ack = self
-            .js
-            .publish_with_headers(subject, headers, record)
+        self.transport
+            .kv_put_expiring(
+                &self.instances,
+                &encode(key),
+                record,
+                expected,
+                self.finished_retention,
+            )
             .await
-            .map_err(|e| unavailable(&format!("saving {key}"), e))?
-            .await;
-        match ack {
-            Ok(ack) => Ok(ack.sequence),
-            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
-                Err(StoreError::Conflict(key.to_owned()))
-            }
-            Err(e) => Err(unavailable(&format!("saving {key}"), e)),
-        }
+            .map_err(|e| match e.kind() {
+                PublishErrorKind::Conflict => StoreError::Conflict(key.to_owned()),
+                _ => unavailable(&format!("saving {key}"), e),
+            })
     }
 
     /// Writes the index entry for `key`'s timer at `at`.

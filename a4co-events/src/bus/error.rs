@@ -99,6 +99,9 @@ kinds!(
         ConnectionLost => "connection lost",
         /// The broker refused the message (too large, a failed expectation, ...).
         Rejected => "rejected",
+        /// A compare-and-swap write lost: the key is no longer at the revision expected
+        /// (someone wrote it since it was read). Read it again and retry.
+        Conflict => "conflict",
         /// The server does not allow this connection's user to publish to the subject
         /// (its permissions); sending it again will fail again.
         PermissionDenied => "permission denied",

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 #[cfg(feature = "nats")]
 use async_nats::jetstream::kv;
@@ -55,9 +56,12 @@ pub enum RecordsError {
     Unavailable(String),
 }
 
+/// A record in memory: its bytes, revision, and when it expires (if it does).
+type MemoryEntry = (Bytes, u64, Option<Instant>);
+
 #[derive(Clone, Debug)]
 enum Inner {
-    Memory(Arc<Mutex<BTreeMap<String, (Bytes, u64)>>>),
+    Memory(Arc<Mutex<BTreeMap<String, MemoryEntry>>>),
     #[cfg(feature = "nats")]
     Nats(Box<(kv::Store, NatsTransport)>),
 }
@@ -66,6 +70,8 @@ enum Inner {
 #[derive(Clone, Debug)]
 pub struct Records {
     inner: Inner,
+    /// Lifetimes by key prefix (see [`Records::expire`]).
+    lifetimes: Arc<[(String, Duration)]>,
 }
 
 /// How many times [`Records::modify`] retries a write that lost a race.
@@ -73,18 +79,47 @@ const MAX_CONFLICTS: usize = 64;
 
 /// How long one listing of keys may take on NATS.
 #[cfg(feature = "nats")]
-const LIST_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+const LIST_WITHIN: Duration = Duration::from_secs(5);
 
 impl Records {
     /// Empty records in memory.
     pub fn memory() -> Self {
         Records {
             inner: Inner::Memory(Arc::default()),
+            lifetimes: Arc::new([]),
         }
     }
 
+    /// Records under `prefix` live `ttl` after their last write, then leave (a record
+    /// written again lives on); the others stay until removed. For what has a natural
+    /// end: idempotency keys, inbox-like notes, logs kept for a while. On NATS the server
+    /// drops them (per-message TTL, whole seconds); in memory they read as absent.
+    ///
+    /// # Panics
+    /// Never; a `ttl` under one second counts as one second.
+    #[must_use]
+    pub fn expire(self, prefix: &str, ttl: Duration) -> Self {
+        let mut lifetimes = self.lifetimes.to_vec();
+        lifetimes.retain(|(p, _)| p != prefix);
+        lifetimes.push((prefix.to_owned(), ttl.max(Duration::from_secs(1))));
+        Records {
+            inner: self.inner,
+            lifetimes: lifetimes.into(),
+        }
+    }
+
+    /// The lifetime of a record under `key`, if it has one (the longest prefix wins).
+    fn lifetime(&self, key: &str) -> Option<Duration> {
+        self.lifetimes
+            .iter()
+            .filter(|(prefix, _)| key.starts_with(prefix.as_str()))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, ttl)| *ttl)
+    }
+
     /// The records of `bucket`: a JetStream KV bucket when `bus` is NATS (created if
-    /// missing, file storage, the connection's replicas; drift reported, see
+    /// missing, file storage, the connection's replicas, per-message lifetimes allowed;
+    /// drift reported, see
     /// [`NatsTransport::key_value`](crate::bus::nats::NatsTransport::key_value)), else empty
     /// records in memory.
     ///
@@ -96,7 +131,7 @@ impl Records {
         let AnyBus::Nats(bus) = bus else {
             return Ok(Records::memory());
         };
-        let spec = BucketSpec::new(bucket, "a4co service records");
+        let spec = BucketSpec::new(bucket, "a4co service records").message_ttl();
         let (store, _) = bus
             .transport()
             .key_value(&spec)
@@ -104,6 +139,7 @@ impl Records {
             .map_err(|e| RecordsError::Unavailable(format!("bucket {bucket}: {e}")))?;
         Ok(Records {
             inner: Inner::Nats(Box::new((store, bus.transport().clone()))),
+            lifetimes: Arc::new([]),
         })
     }
 
@@ -117,7 +153,9 @@ impl Records {
     ) -> Result<Option<Versioned<T>>, RecordsError> {
         check_key(key)?;
         let raw = match &self.inner {
-            Inner::Memory(map) => lock(map).get(key).cloned(),
+            Inner::Memory(map) => {
+                live(&mut lock(map), key).map(|(bytes, revision, _)| (bytes, revision))
+            }
             #[cfg(feature = "nats")]
             Inner::Nats(nats) => nats
                 .0
@@ -153,13 +191,28 @@ impl Records {
         match &self.inner {
             Inner::Memory(map) => {
                 let mut map = lock(map);
-                let current = map.get(key).map(|(_, revision)| *revision);
+                let current = live(&mut map, key).map(|(_, revision, _)| revision);
                 if current != expected {
                     return Err(RecordsError::Conflict(key.to_owned()));
                 }
                 let revision = current.unwrap_or(0) + 1;
-                map.insert(key.to_owned(), (bytes, revision));
+                let expires = self.lifetime(key).map(|ttl| Instant::now() + ttl);
+                map.insert(key.to_owned(), (bytes, revision, expires));
                 Ok(revision)
+            }
+            #[cfg(feature = "nats")]
+            Inner::Nats(nats) if self.lifetime(key).is_some() => {
+                let (store, transport) = &**nats;
+                let ttl = self.lifetime(key).unwrap_or_default();
+                transport
+                    .kv_put_expiring(store, key, bytes, expected, ttl)
+                    .await
+                    .map_err(|e| match e.kind() {
+                        crate::bus::PublishErrorKind::Conflict => {
+                            RecordsError::Conflict(key.to_owned())
+                        }
+                        _ => RecordsError::Unavailable(e.to_string()),
+                    })
             }
             #[cfg(feature = "nats")]
             Inner::Nats(nats) => match expected {
@@ -219,11 +272,15 @@ impl Records {
     /// [`RecordsError::Unavailable`] when the store cannot be reached.
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>, RecordsError> {
         match &self.inner {
-            Inner::Memory(map) => Ok(lock(map)
-                .range(prefix.to_owned()..)
-                .take_while(|(k, _)| k.starts_with(prefix))
-                .map(|(k, _)| k.clone())
-                .collect()),
+            Inner::Memory(map) => {
+                let now = Instant::now();
+                Ok(lock(map)
+                    .range(prefix.to_owned()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .filter(|(_, (_, _, expires))| expires.is_none_or(|at| at > now))
+                    .map(|(k, _)| k.clone())
+                    .collect())
+            }
             #[cfg(feature = "nats")]
             Inner::Nats(nats) => {
                 let (store, transport) = &**nats;
@@ -303,6 +360,17 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, RecordsErro
         key: key.to_owned(),
         source,
     })
+}
+
+/// The entry under `key` unless it expired (then it is dropped).
+fn live(map: &mut BTreeMap<String, MemoryEntry>, key: &str) -> Option<MemoryEntry> {
+    match map.get(key) {
+        Some((_, _, Some(at))) if *at <= Instant::now() => {
+            map.remove(key);
+            None
+        }
+        found => found.cloned(),
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -100,6 +100,57 @@ async fn kv_records_settle_races_and_outlive_the_handle() {
     assert_eq!(c.get::<u32>("stock.sku-1").await.unwrap().unwrap().value, 9);
 }
 
+/// Records under an expiring prefix leave on their own; listings read one prefix; a
+/// removed or expired record can be created again.
+async fn expiring_records_leave_and_listings_follow_the_prefix(records: Records) {
+    let records = records.expire("idem.", Duration::from_secs(1));
+    let first = records.put("idem.a", &1_u32, None).await.unwrap();
+    assert!(matches!(
+        records.put("idem.a", &2_u32, None).await,
+        Err(RecordsError::Conflict(_))
+    ));
+    records.put("idem.a", &2_u32, Some(first)).await.unwrap();
+    assert!(matches!(
+        records.put("idem.a", &3_u32, Some(first)).await,
+        Err(RecordsError::Conflict(_))
+    ));
+    records.put("keep.b", &1_u32, None).await.unwrap();
+    records.put("keep.c", &1_u32, None).await.unwrap();
+    assert_eq!(records.keys("idem.").await.unwrap(), ["idem.a"]);
+    assert_eq!(records.keys("keep.").await.unwrap(), ["keep.b", "keep.c"]);
+    assert_eq!(records.keys("").await.unwrap().len(), 3);
+
+    records.remove("keep.b").await.unwrap();
+    records.remove("keep.missing").await.unwrap();
+    assert_eq!(records.keys("keep.").await.unwrap(), ["keep.c"]);
+    assert!(records.get::<u32>("keep.b").await.unwrap().is_none());
+    records.put("keep.b", &5_u32, None).await.unwrap();
+
+    eventually(10, "the expiring record leaves", || async {
+        records.get::<u32>("idem.a").await.unwrap().is_none()
+    })
+    .await;
+    assert!(records.keys("idem.").await.unwrap().is_empty());
+    records.put("idem.a", &7_u32, None).await.unwrap();
+    let kept = records.all::<u32>("keep.").await.unwrap();
+    assert_eq!(kept, [("keep.b".to_owned(), 5), ("keep.c".to_owned(), 1)]);
+}
+
+#[tokio::test]
+async fn memory_records_expire_and_list_by_prefix() {
+    expiring_records_leave_and_listings_follow_the_prefix(Records::memory()).await;
+}
+
+#[tokio::test]
+async fn kv_records_expire_and_list_by_prefix() {
+    let server = NatsServer::start();
+    let bus = AnyBus::connect(Some(&server.url()), "records-test", 1)
+        .await
+        .unwrap();
+    let records = Records::open(&bus, "records_ttl").await.unwrap();
+    expiring_records_leave_and_listings_follow_the_prefix(records).await;
+}
+
 #[tokio::test]
 async fn records_opened_on_the_memory_bus_live_in_memory() {
     let bus = AnyBus::connect(None, "records-test", 1).await.unwrap();

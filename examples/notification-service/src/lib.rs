@@ -64,6 +64,14 @@ pub const NAME: &str = "notification-service";
 /// the order instead (its `order.created` may never come).
 const WAIT_FOR_CUSTOMER_ATTEMPTS: u64 = 3;
 
+/// How long notifications, their indexes and the order-to-customer notes are kept.
+pub const KEPT: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// The records this service keeps, each for [`KEPT`]: `notification.<ms>.<event id>`
+/// (what was sent, `<ms>` when the event occurred), `to.<recipient>.<ms>.<event id>` and
+/// `about.<order>.<ms>.<event id>` (indexes), `customer-of.<order>`.
+const KEPT_PREFIXES: [&str; 4] = ["notification.", "to.", "about.", "customer-of."];
+
 /// A notification, as sent (to the log) and as served.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -113,8 +121,11 @@ pub struct Notifications<B> {
 }
 
 impl<B: Publisher + Subscriber> Notifications<B> {
-    /// The service on `bus`, keeping notifications in `records`.
+    /// The service on `bus`, keeping notifications in `records` for [`KEPT`].
     pub fn new(bus: B, records: Records) -> Self {
+        let records = KEPT_PREFIXES
+            .iter()
+            .fold(records, |records, prefix| records.expire(prefix, KEPT));
         Notifications { bus, records }
     }
 
@@ -171,7 +182,13 @@ impl<B: Publisher + Subscriber> Notifications<B> {
         let Some(draft) = render::draft(event) else {
             return Ok(());
         };
-        let key = format!("notification.{}", event.event_id);
+        // Keys sort by when the event occurred: listings read newest first.
+        let stamp = format!(
+            "{:013}.{}",
+            event.occurred_at.timestamp_millis().max(0),
+            event.event_id
+        );
+        let key = format!("notification.{stamp}");
         let recipient = self.recipient(&draft, delivery.attempt).await?;
         let notification = Notification {
             notification_id: format!("ntf-{}", event.event_id),
@@ -185,6 +202,17 @@ impl<B: Publisher + Subscriber> Notifications<B> {
             order_id: draft.order_id,
             sent_at: Utc::now(),
         };
+        // The indexes first: a notification is never listed less than it was sent.
+        let mut indexes = vec![format!("to.{}.{stamp}", key_token(&notification.recipient))];
+        if let Some(order) = notification.order_id.as_deref().filter(|o| is_valid_id(o)) {
+            indexes.push(format!("about.{order}.{stamp}"));
+        }
+        for index in &indexes {
+            match self.records.put(index, &(), None).await {
+                Ok(_) | Err(RecordsError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let (sent, first) = self
             .records
             .modify(&key, |existing: Option<&Notification>| match existing {
@@ -245,24 +273,49 @@ impl<B: Publisher + Subscriber> Notifications<B> {
         }
     }
 
-    /// Notifications sent, newest first.
+    /// Notifications sent in the last [`KEPT`], newest first (by when their event
+    /// occurred), at most `filter.limit`. A recipient or order filter reads that
+    /// recipient's or order's index only; records are read, newest first, until the limit
+    /// is reached.
     ///
     /// # Errors
     /// The store failed.
     pub async fn list(&self, filter: &Filter) -> Result<Vec<Notification>, RecordsError> {
-        let mut all: Vec<Notification> = self
-            .records
-            .all::<Notification>("notification.")
-            .await?
-            .into_iter()
-            .map(|(_, n)| n)
-            .filter(|n| filter.recipient.as_ref().is_none_or(|r| *r == n.recipient))
-            .filter(|n| filter.order_id.is_none() || filter.order_id == n.order_id)
-            .filter(|n| filter.template.as_ref().is_none_or(|t| *t == n.template))
-            .collect();
-        all.sort_by_key(|n| std::cmp::Reverse(n.sent_at));
-        all.truncate(filter.limit.unwrap_or(100).min(1000));
-        Ok(all)
+        let limit = filter.limit.unwrap_or(100).min(1000);
+        let index = match (&filter.recipient, &filter.order_id) {
+            (Some(recipient), _) => Some(format!("to.{}.", key_token(recipient))),
+            (None, Some(order)) if is_valid_id(order) => Some(format!("about.{order}.")),
+            (None, Some(_)) => return Ok(Vec::new()),
+            (None, None) => None,
+        };
+        let mut keys: Vec<String> = match &index {
+            Some(prefix) => self
+                .records
+                .keys(prefix)
+                .await?
+                .iter()
+                .map(|k| format!("notification.{}", &k[prefix.len()..]))
+                .collect(),
+            None => self.records.keys("notification.").await?,
+        };
+        keys.reverse();
+        let mut found = Vec::new();
+        for key in keys {
+            if found.len() == limit {
+                break;
+            }
+            let Some(n) = self.records.get::<Notification>(&key).await? else {
+                continue;
+            };
+            let n = n.value;
+            if filter.recipient.as_ref().is_none_or(|r| *r == n.recipient)
+                && (filter.order_id.is_none() || filter.order_id == n.order_id)
+                && filter.template.as_ref().is_none_or(|t| *t == n.template)
+            {
+                found.push(n);
+            }
+        }
+        Ok(found)
     }
 
     /// How many notifications were sent, by template.
@@ -309,4 +362,19 @@ pub async fn run(env: Env) -> Result<(), service_kit::ConfigError> {
     let workers = notifications.start().await?;
     let router = notifications.router(&Verifier::new(&config.secret));
     service_kit::ops::serve_until_signal(NAME, config.http_addr, bus, router, workers).await
+}
+
+/// `text` as one key token: letters, digits, `-` and `_` as they are, every other byte as
+/// `=` and two hex digits (so `order:ord-1` is `order=3Aord-1`).
+fn key_token(text: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "={b:02X}");
+        }
+    }
+    out
 }

@@ -133,3 +133,93 @@ async fn an_event_whose_customer_never_shows_goes_to_the_order() {
     );
     workers.shutdown().await;
 }
+
+/// Messages the server sent to its clients so far (`/varz` `out_msgs`).
+fn sent_by(server: &a4co_testkit::nats::NatsServer) -> u64 {
+    let (_, body) = server.monitor("/varz").unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()["out_msgs"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no out_msgs in /varz: {body}"))
+}
+
+#[tokio::test]
+async fn a_recipients_listing_reads_that_recipients_notifications_only_over_nats() {
+    const OTHERS: usize = 300;
+    let server = a4co_testkit::nats::NatsServer::start();
+    let bus = a4co_events::service::AnyBus::connect(Some(&server.url()), "notification-test", 1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let records = Records::open(&bus, "notifications")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let notifications = Notifications::new(bus.clone(), records);
+    let workers = notifications
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let start = chrono::Utc::now() - chrono::Duration::hours(1);
+    for i in 0..OTHERS + 3 {
+        let customer = if i % 100 == 7 {
+            "cust-x".to_owned()
+        } else {
+            format!("cust-{i}")
+        };
+        let created = OrderCreated {
+            customer_id: customer,
+            ..OrderCreated::example()
+        };
+        let event = Envelope::new("order-service", format!("ord-{i}"), created)
+            .with_occurred_at(start + chrono::Duration::seconds(i64::try_from(i).unwrap_or(0)));
+        bus.publish(&event).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = notifications
+            .list(&Filter {
+                limit: Some(1000),
+                ..Filter::default()
+            })
+            .await
+            .unwrap_or_default();
+        if all.len() == OTHERS + 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} notifications",
+            all.len(),
+            OTHERS + 3
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let before = sent_by(&server);
+    let mine = notifications
+        .list(&Filter {
+            recipient: Some("cust-x".into()),
+            ..Filter::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cost = sent_by(&server) - before;
+    let orders: Vec<_> = mine.iter().filter_map(|n| n.order_id.as_deref()).collect();
+    assert_eq!(orders, ["ord-207", "ord-107", "ord-7"], "newest first");
+    assert!(
+        cost < 30,
+        "listing 3 notifications among {OTHERS} others sent {cost} messages"
+    );
+    // Unfiltered, with a limit: the newest, by when their event occurred.
+    let newest = notifications
+        .list(&Filter {
+            limit: Some(2),
+            ..Filter::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let orders: Vec<_> = newest
+        .iter()
+        .filter_map(|n| n.order_id.as_deref())
+        .collect();
+    assert_eq!(orders, ["ord-302", "ord-301"]);
+    workers.shutdown().await;
+}

@@ -201,7 +201,7 @@ impl<B: Publisher + Subscriber> Orders<B> {
                 Ok(Some(_)) => {}
                 Ok(None) => self.drop_orphan(&key, now).await,
                 Err(e) => {
-                    tracing::warn!(order = %order_id, error = %e, "the outbox cannot read the order; next time")
+                    tracing::warn!(order = %order_id, error = %e, "the outbox cannot read the order; next time");
                 }
             }
         }

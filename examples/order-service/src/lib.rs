@@ -168,12 +168,17 @@ fn outbox_key(order_id: &str) -> String {
     format!("outbox.{order_id}")
 }
 
+/// How long an idempotency key is remembered: a request repeated within it returns the
+/// first order; after it, the key places a new one.
+pub const IDEMPOTENCY_KEPT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 impl<B> Orders<B> {
-    /// The service on `bus`, keeping orders in `records`, calling others through `clients`.
+    /// The service on `bus`, keeping orders in `records` (idempotency keys for
+    /// [`IDEMPOTENCY_KEPT`], orders for good), calling others through `clients`.
     pub fn new(bus: B, records: Records, clients: Clients) -> Self {
         Orders {
             bus,
-            records,
+            records: records.expire("idem.", IDEMPOTENCY_KEPT),
             clients,
         }
     }

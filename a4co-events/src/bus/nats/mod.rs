@@ -446,6 +446,51 @@ impl NatsTransport {
             .map_err(|_| failed(&format!("no end within {within:?}")))?
     }
 
+    /// Writes `value` under `key` in the KV bucket `store` if the key is still at revision
+    /// `expected` (`None`: only if the key holds nothing, not even a removal marker), with
+    /// its own lifetime: the server drops the entry `ttl` after this write (whole seconds,
+    /// at least one) unless a later write replaces it. The bucket must allow per-message
+    /// TTLs ([`BucketSpec::message_ttl`]). Returns the new revision.
+    ///
+    /// # Errors
+    /// [`PublishErrorKind::Conflict`] when the key is not at `expected`; the other kinds as
+    /// for a publish.
+    pub async fn kv_put_expiring(
+        &self,
+        store: &kv::Store,
+        key: &str,
+        value: Bytes,
+        expected: Option<u64>,
+        ttl: Duration,
+    ) -> Result<u64, PublishError> {
+        let subject = format!(
+            "{}{key}",
+            store.put_prefix.as_deref().unwrap_or(&store.prefix)
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            expected.unwrap_or(0).to_string(),
+        );
+        headers.insert("Nats-TTL", ttl.as_secs().max(1).to_string());
+        let ack = self
+            .js
+            .publish_with_headers(subject.clone(), headers, value)
+            .await
+            .map_err(|e| to_publish_error(e, &subject))?
+            .await;
+        match ack {
+            Ok(ack) => Ok(ack.sequence),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                Err(PublishError::new(
+                    PublishErrorKind::Conflict,
+                    format!("{key} changed since it was read"),
+                ))
+            }
+            Err(e) => Err(to_publish_error(e, &subject)),
+        }
+    }
+
     /// The underlying client, for what the bus does not cover.
     pub fn client(&self) -> &async_nats::Client {
         &self.client

@@ -92,7 +92,7 @@ async fn a_placement_cut_short_after_claiming_its_key_is_finished_by_the_retry()
         .into_iter()
         .map(|o| o.order_id)
         .collect();
-    assert_eq!(listed, [placed.order_id.clone()]);
+    assert_eq!(listed, [placed.order_id.as_str()]);
     assert!(records.keys("outbox.").await.unwrap().is_empty());
 
     // Once more: the same order, announced once.
