@@ -81,6 +81,7 @@ impl<D, S> Clone for Definition<D, S> {
 
 pub(crate) struct Inner<D, S> {
     pub(crate) name: String,
+    pub(crate) version: u32,
     pub(crate) service: Arc<str>,
     pub(crate) reactions: Vec<Reaction<D, S>>,
     pub(crate) correlate: HashMap<&'static str, Correlate>,
@@ -92,6 +93,7 @@ impl<D, S> fmt::Debug for Definition<D, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Definition")
             .field("name", &self.inner.name)
+            .field("version", &self.inner.version)
             .field("service", &self.inner.service)
             .field("reactions", &self.inner.reactions.len())
             .finish_non_exhaustive()
@@ -104,6 +106,7 @@ impl<D: Data, S: State> Definition<D, S> {
     pub fn builder(name: impl Into<String>, service: impl Into<String>) -> Builder<D, S> {
         Builder {
             name: name.into(),
+            version: 1,
             service: service.into(),
             reactions: Vec::new(),
             correlate: HashMap::new(),
@@ -113,6 +116,13 @@ impl<D: Data, S: State> Definition<D, S> {
     /// The saga's name.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Its version (1 unless [`Builder::version`] says otherwise): every instance records
+    /// the version it started on and runs on it to the end (see
+    /// [`Runtime::keep_running`](crate::Runtime::keep_running)).
+    pub fn version(&self) -> u32 {
+        self.inner.version
     }
 
     /// The service that runs it.
@@ -182,6 +192,7 @@ impl<D: Data, S: State> Definition<D, S> {
 #[must_use]
 pub struct Builder<D, S> {
     name: String,
+    version: u32,
     service: String,
     reactions: Vec<Reaction<D, S>>,
     correlate: HashMap<&'static str, Correlate>,
@@ -191,6 +202,7 @@ impl<D, S> fmt::Debug for Builder<D, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("name", &self.name)
+            .field("version", &self.version)
             .finish_non_exhaustive()
     }
 }
@@ -206,6 +218,16 @@ where
 }
 
 impl<D: Data, S: State> Builder<D, S> {
+    /// The definition's version (default 1). Change it whenever a change to the
+    /// reactions could move an instance differently from the way it started (a changed
+    /// transition, a command sent or not): instances under way keep the version they
+    /// started on. The replay check (`a4co_testkit::saga::replay`) tells which changes
+    /// need it.
+    pub fn version(mut self, version: u32) -> Self {
+        self.version = version;
+        self
+    }
+
     /// A message of type `M` starts an instance (from `D::default()`), which `start` moves
     /// to one of `to`.
     pub fn starts_with<M>(
@@ -349,6 +371,9 @@ impl<D: Data, S: State> Builder<D, S> {
                 self.name, self.service
             ));
         }
+        if self.version == 0 {
+            return err("the version must be 1 or more".to_owned());
+        }
         if !self.reactions.iter().any(|r| r.from.is_none()) {
             return err("no message starts it: add .starts_with::<M>(..)".to_owned());
         }
@@ -436,6 +461,7 @@ impl<D: Data, S: State> Builder<D, S> {
         Ok(Definition {
             inner: Arc::new(Inner {
                 name: self.name,
+                version: self.version,
                 service: Arc::from(self.service),
                 reactions: self.reactions,
                 correlate,

@@ -135,6 +135,8 @@ pub(crate) async fn apply<D: Data, S: State>(
                 data: D::default(),
                 ledger: Ledger {
                     saga_id: saga_id.to_owned(),
+                    definition: definition.name().to_owned(),
+                    version: definition.version(),
                     correlation_id: message.metadata.correlation_id.clone(),
                     user_id: message.metadata.user_id.clone(),
                     origin: message.event_id.to_string(),

@@ -2,7 +2,8 @@
 
 use a4co_events::bus::{PublishError, SubscribeError};
 
-/// A definition that cannot work, rejected by [`crate::Builder::build`].
+/// A definition that cannot work, rejected by [`crate::Builder::build`] (or by
+/// [`crate::Runtime::keep_running`] for a version that cannot join the runtime).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("saga {saga}: {problem}")]
 pub struct DefinitionError {
@@ -52,6 +53,22 @@ pub enum RuntimeError {
     /// Saving kept conflicting with other replicas.
     #[error("instance {0}: still conflicting after {1} attempts")]
     Contention(String, u32),
+    /// The instance runs on a version of its definition this runtime does not have, and no
+    /// migration from it: the message is retried (a runtime that has it may take it) and
+    /// dead-lettered with this reason if none does.
+    #[error(
+        "instance {saga_id} runs on version {version} of {saga}, which this runtime does not have (it runs {known:?}): give it that definition with Runtime::keep_running, or a migration with Runtime::migrate"
+    )]
+    UnknownVersion {
+        /// The instance (`order-fulfillment/ord-1`).
+        saga_id: String,
+        /// The saga's name.
+        saga: String,
+        /// The version it runs on.
+        version: u32,
+        /// The versions this runtime runs.
+        known: Vec<u32>,
+    },
 }
 
 /// A reaction broke the definition's rules: a bug in the saga, not in the message.

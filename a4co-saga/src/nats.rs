@@ -216,17 +216,15 @@ impl KvStore {
 
 impl Store for KvStore {
     async fn load(&self, key: &str) -> Result<Option<Stored>, StoreError> {
-        let entry = self
-            .instances
-            .entry(encode(key))
+        // From the stream's leader: a message acknowledged without a change (a duplicate,
+        // an unexpected one) is decided on the instance as last saved, never on a replica's
+        // stale copy.
+        let found = self
+            .transport
+            .kv_get(&self.instances, &encode(key))
             .await
             .map_err(|e| unavailable(&format!("loading {key}"), e))?;
-        Ok(entry
-            .filter(|e| e.operation == kv::Operation::Put)
-            .map(|e| Stored {
-                record: e.value,
-                revision: e.revision,
-            }))
+        Ok(found.map(|(record, revision)| Stored { record, revision }))
     }
 
     async fn save(

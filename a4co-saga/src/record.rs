@@ -121,6 +121,14 @@ pub struct Transition {
 pub(crate) struct Ledger {
     /// `order-fulfillment/ord-1`.
     pub(crate) saga_id: String,
+    /// The name of the definition it runs on (empty in records written before versions
+    /// were recorded).
+    #[serde(default)]
+    pub(crate) definition: String,
+    /// The version of the definition it started on and runs on (1 in records written
+    /// before versions were recorded).
+    #[serde(default = "first_version")]
+    pub(crate) version: u32,
     /// The correlation id of the message that started it, carried by all it sends.
     pub(crate) correlation_id: String,
     /// The user of the message that started it.
@@ -149,6 +157,10 @@ pub(crate) struct Ledger {
     pub(crate) indexed: Option<DateTime<Utc>>,
     /// The latest moves.
     pub(crate) history: Vec<Transition>,
+}
+
+fn first_version() -> u32 {
+    1
 }
 
 /// Writes the timers as chrono would, through the bus's faster time writer (a record is
@@ -198,6 +210,12 @@ impl<D: Data, S: State> Instance<D, S> {
     /// Its id (`order-fulfillment/ord-1`).
     pub fn saga_id(&self) -> &str {
         &self.ledger.saga_id
+    }
+
+    /// The version of its definition it runs on: the one it started on, unless a
+    /// migration moved it.
+    pub fn version(&self) -> u32 {
+        self.ledger.version
     }
 
     /// The correlation id of the message that started it, carried by all it sends.

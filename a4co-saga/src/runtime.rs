@@ -2,7 +2,7 @@
 //! what they send. Several replicas may run at once on one store: saves are compare-and-swap,
 //! and a conflict reloads the instance and applies the message again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use crate::clock::{Clock, SystemClock};
 use crate::definition::Definition;
 use crate::engine::{Applied, apply, fire_due};
-use crate::error::{RuntimeError, StoreError};
+use crate::error::{DefinitionError, RuntimeError, StoreError};
 use crate::record::{Data, Instance, State};
 use crate::store::{Due, Index, SetAside, Store};
 
@@ -85,9 +85,16 @@ impl<D, S, B, St> std::fmt::Debug for Runtime<D, S, B, St> {
     }
 }
 
+/// Moves an instance's state and data from an older version to the current one.
+type Migration<D, S> = Arc<dyn Fn(S, D) -> (S, D) + Send + Sync>;
+
 #[derive(Clone)]
 struct Inner<D, S, B, St> {
     definition: Definition<D, S>,
+    /// Earlier versions it keeps running for the instances that started on them.
+    older: BTreeMap<u32, Definition<D, S>>,
+    /// Migrations to the current version, by the version they move from.
+    migrations: BTreeMap<u32, Migration<D, S>>,
     bus: B,
     store: St,
     clock: Arc<dyn Clock>,
@@ -136,6 +143,8 @@ where
         Runtime {
             inner: Arc::new(Inner {
                 definition,
+                older: BTreeMap::new(),
+                migrations: BTreeMap::new(),
                 bus,
                 store,
                 clock: Arc::new(SystemClock),
@@ -178,9 +187,110 @@ where
         self.rebuild(|i| i.max_in_flight = n.max(1))
     }
 
-    /// The definition it runs (its name, subjects, diagram).
+    /// The definition it runs (its name, subjects, diagram): the current version, on
+    /// which every new instance starts.
     pub fn definition(&self) -> &Definition<D, S> {
         &self.inner.definition
+    }
+
+    /// Also runs `older`, an earlier version of the same saga, for the instances that
+    /// started on it: they go on to the end on the reactions they started with, while new
+    /// instances start on the current version. Keep an older version until no instance
+    /// of it is left (or give a [`Runtime::migrate`] instead).
+    ///
+    /// # Errors
+    /// A [`DefinitionError`] when `older` is another saga, or not an earlier version.
+    pub fn keep_running(self, older: Definition<D, S>) -> Result<Self, DefinitionError> {
+        let current = &self.inner.definition;
+        let problem = if older.name() != current.name() {
+            Some(format!(
+                "cannot keep running saga {:?} beside {:?}: a runtime runs the versions of one saga",
+                older.name(),
+                current.name()
+            ))
+        } else if older.version() >= current.version() {
+            Some(format!(
+                "version {} is not older than the current version {}: pass the newest definition to Runtime::new",
+                older.version(),
+                current.version()
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(DefinitionError {
+                saga: current.name().to_owned(),
+                problem,
+            });
+        }
+        Ok(self.rebuild(|i| {
+            i.older.insert(older.version(), older);
+        }))
+    }
+
+    /// Moves instances of version `from` onto the current version the next time a message
+    /// or timer reaches them: `migrate` gets their state and data and returns those they
+    /// continue with (timers, outbox, compensations and history are kept). A version kept
+    /// with [`Runtime::keep_running`] is run as it is, not migrated.
+    #[must_use]
+    pub fn migrate(
+        self,
+        from: u32,
+        migrate: impl Fn(S, D) -> (S, D) + Send + Sync + 'static,
+    ) -> Self {
+        self.rebuild(|i| {
+            i.migrations.insert(from, Arc::new(migrate));
+        })
+    }
+
+    /// The versions it runs, oldest first.
+    pub fn versions(&self) -> Vec<u32> {
+        let mut versions: Vec<u32> = self.inner.older.keys().copied().collect();
+        versions.push(self.inner.definition.version());
+        versions
+    }
+
+    /// The definition `instance` runs on: its own version's, or the current one once a
+    /// migration moved it.
+    fn definition_of(
+        &self,
+        instance: &mut Instance<D, S>,
+    ) -> Result<&Definition<D, S>, RuntimeError> {
+        let current = &self.inner.definition;
+        let version = instance.ledger.version;
+        if version == current.version() {
+            return Ok(current);
+        }
+        if let Some(older) = self.inner.older.get(&version) {
+            return Ok(older);
+        }
+        let Some(migrate) = self.inner.migrations.get(&version) else {
+            return Err(RuntimeError::UnknownVersion {
+                saga_id: instance.ledger.saga_id.clone(),
+                saga: current.name().to_owned(),
+                version,
+                known: self.versions(),
+            });
+        };
+        let (state, data) = migrate(instance.state, std::mem::take(&mut instance.data));
+        instance.state = state;
+        instance.data = data;
+        instance.ledger.version = current.version();
+        instance.ledger.definition = current.name().to_owned();
+        tracing::info!(saga_id = %instance.ledger.saga_id, from = version, to = current.version(), state = state.name(), "instance migrated");
+        Ok(current)
+    }
+
+    /// The instance a message belongs to: by the current version's correlation, else by
+    /// the newest older version that takes its type.
+    fn instance_id(&self, message: &Envelope<AnyMessage>) -> Option<String> {
+        self.inner.definition.instance_id(message).or_else(|| {
+            self.inner
+                .older
+                .values()
+                .rev()
+                .find_map(|d| d.instance_id(message))
+        })
     }
 
     /// For crash tests: the next `n` instances saved skip publishing their messages, as if
@@ -320,7 +430,7 @@ where
         message: &Envelope<AnyMessage>,
         emptying: Emptying,
     ) -> Result<(Applied, bool), RuntimeError> {
-        let Some(key) = self.inner.definition.instance_id(message) else {
+        let Some(key) = self.instance_id(message) else {
             return Ok((Applied::Unexpected, true));
         };
         // First a guess, without a read: the instance as this runtime last saved it, or
@@ -334,14 +444,12 @@ where
             };
             let revision = loaded.as_ref().map(|(_, r)| *r);
             let now = self.inner.clock.now();
-            let reacted = apply(
-                &self.inner.definition,
-                &key,
-                loaded.map(|(i, _)| i),
-                message,
-                now,
-            )
-            .await;
+            let mut instance = loaded.map(|(i, _)| i);
+            let definition = match &mut instance {
+                Some(instance) => self.definition_of(instance)?,
+                None => &self.inner.definition,
+            };
+            let reacted = apply(definition, &key, instance, message, now).await;
             // Only a change is checked by the save; anything else needs the stored instance.
             if guessed && !matches!(reacted, Ok((Applied::Changed, _))) {
                 continue;
@@ -506,7 +614,8 @@ where
                 Err(StoreError::Corrupt { .. }) => break,
                 Err(e) => return Err(e.into()),
             };
-            let changed = fire_due(&self.inner.definition, &mut instance, now).await?;
+            let definition = self.definition_of(&mut instance)?;
+            let changed = fire_due(definition, &mut instance, now).await?;
             if !changed {
                 // Fired already (by another replica, or before a crash that stopped the
                 // publish): finish publishing what it saved.
@@ -666,7 +775,11 @@ where
             // One instance's messages in order (fewer conflicting saves); replies come
             // from many aggregates but share the saga's correlation id.
             .ordered_by(a4co_events::bus::OrderBy::Correlation);
-        for subject in definition.subjects() {
+        let subjects: std::collections::BTreeSet<&str> = std::iter::once(definition)
+            .chain(self.inner.older.values())
+            .flat_map(Definition::subjects)
+            .collect();
+        for subject in subjects {
             subscription = subscription.subject(subject);
         }
         let runtime = self.clone();

@@ -44,12 +44,16 @@
 //! # }
 //! ```
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use a4co_events::{AnyMessage, Envelope, Message};
-use a4co_saga::{Applied, Data, Definition, Instance, MemoryStore, Runtime, State, VirtualClock};
+use a4co_events::{AnyMessage, Envelope, EventId, Message};
+use a4co_saga::{
+    Applied, Clock as _, Data, Definition, Instance, MemoryStore, Runtime, State, VirtualClock,
+};
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::bus::RecordingBus;
 
@@ -68,6 +72,8 @@ pub struct Scenario<D, S> {
     store: MemoryStore,
     clock: VirtualClock,
     seen: Arc<Mutex<usize>>,
+    /// What each instance went through, by saga id (see [`Scenario::histories`]).
+    log: Mutex<BTreeMap<String, History>>,
 }
 
 impl<D, S> std::fmt::Debug for Scenario<D, S> {
@@ -79,9 +85,14 @@ impl<D, S> std::fmt::Debug for Scenario<D, S> {
 impl<D: Data, S: State> Scenario<D, S> {
     /// `definition` on a fresh recording bus, store and virtual clock.
     pub async fn new(definition: Definition<D, S>) -> Self {
+        Self::starting_at(definition, scenario_start()).await
+    }
+
+    /// As [`Scenario::new`], the clock starting at `start`.
+    pub async fn starting_at(definition: Definition<D, S>, start: DateTime<Utc>) -> Self {
         let bus = RecordingBus::new().await;
         let store = MemoryStore::new();
-        let clock = VirtualClock::at(scenario_start());
+        let clock = VirtualClock::at(start);
         let runtime =
             Runtime::new(definition.clone(), bus.clone(), store.clone()).clock(clock.clone());
         Scenario {
@@ -91,6 +102,7 @@ impl<D: Data, S: State> Scenario<D, S> {
             store,
             clock,
             seen: Arc::default(),
+            log: Mutex::default(),
         }
     }
 
@@ -136,8 +148,7 @@ impl<D: Data, S: State> Scenario<D, S> {
     /// # Panics
     /// When the runtime fails on it (the panic names the message and the error).
     pub async fn when(&self, message: &Envelope<AnyMessage>) -> Applied {
-        self.runtime()
-            .handle(message)
+        self.try_when(message)
             .await
             .unwrap_or_else(|e| panic!("{} {}: {e}", message.event_type(), message.event_id))
     }
@@ -150,7 +161,13 @@ impl<D: Data, S: State> Scenario<D, S> {
         &self,
         message: &Envelope<AnyMessage>,
     ) -> Result<Applied, a4co_saga::RuntimeError> {
-        self.runtime().handle(message).await
+        let runtime = self.runtime();
+        let before = self.bus.all_published().len();
+        let applied = runtime.handle(message).await?;
+        if let Some(saga_id) = runtime.definition().instance_id(message) {
+            self.record(&saga_id, Input::message(message), before).await;
+        }
+        Ok(applied)
     }
 
     /// Moves the clock by `by` and fires the timers then due; returns how many instances
@@ -160,10 +177,58 @@ impl<D: Data, S: State> Scenario<D, S> {
     /// When the runtime fails.
     pub async fn when_time_passes(&self, by: Duration) -> usize {
         self.clock.advance(by);
-        self.runtime()
+        let now = self.clock.now();
+        let runtime = self.runtime();
+        let mut due = Vec::new();
+        for key in self.store.keys() {
+            let instance = runtime.instance(&key).await.ok().flatten();
+            if instance
+                .and_then(|i| i.next_timer())
+                .is_some_and(|at| at <= now)
+            {
+                due.push(key);
+            }
+        }
+        let before = self.bus.all_published().len();
+        let changed = runtime
             .fire_due_timers()
             .await
-            .unwrap_or_else(|e| panic!("firing timers: {e}"))
+            .unwrap_or_else(|e| panic!("firing timers: {e}"));
+        for key in due {
+            self.record(&key, Input::Timers, before).await;
+        }
+        changed
+    }
+
+    /// Notes what `saga_id` did with `input`: the state it is in now and what it sent
+    /// since `before` messages were published.
+    async fn record(&self, saga_id: &str, input: Input, before: usize) {
+        let instance = self.runtime().instance(saga_id).await.ok().flatten();
+        let sent = sent_by(&self.bus, saga_id, before);
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        let history = log.entry(saga_id.to_owned()).or_insert_with(|| History {
+            saga_id: saga_id.to_owned(),
+            version: instance.as_ref().map_or(0, Instance::version),
+            steps: Vec::new(),
+        });
+        history.steps.push(Recorded {
+            at: self.clock.now(),
+            input,
+            state: instance.map(|i| i.state.name().to_owned()),
+            sent,
+        });
+    }
+
+    /// What each instance of the scenario went through so far: its messages and timer
+    /// rounds in order, with the state and the messages sent after each. Save them (they
+    /// are JSON) to check a later version of the definition against with [`replay`].
+    pub fn histories(&self) -> Vec<History> {
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The next instance saved does not publish its messages, as if the process died right
@@ -243,6 +308,240 @@ impl<D: Data, S: State> Scenario<D, S> {
             .filter_map(|m| m.downcast::<M>().ok())
             .collect()
     }
+}
+
+/// The messages `saga_id` sent among those published after the first `before`.
+fn sent_by(bus: &RecordingBus, saga_id: &str, before: usize) -> Vec<Sent> {
+    bus.all_published()
+        .get(before..)
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e.metadata.saga_id.as_deref() == Some(saga_id))
+        .map(|e| Sent {
+            event_type: e.event_type().to_owned(),
+            event_id: e.event_id,
+        })
+        .collect()
+}
+
+/// What one saga instance went through in a [`Scenario`]: the input of each step, and the
+/// state and messages that followed. Serializable: record histories of the version in
+/// production, replay them against the next one with [`replay`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct History {
+    /// The instance (`order-fulfillment/ord-1`).
+    pub saga_id: String,
+    /// The version of the definition it ran on.
+    pub version: u32,
+    /// Its steps, in order.
+    pub steps: Vec<Recorded>,
+}
+
+/// One step of a [`History`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recorded {
+    /// When it happened (the scenario's clock).
+    pub at: DateTime<Utc>,
+    /// What came in.
+    pub input: Input,
+    /// The state after it (`None`: no instance).
+    pub state: Option<String>,
+    /// The messages the instance sent on it, in order.
+    pub sent: Vec<Sent>,
+}
+
+/// The input of a step: a message, or the clock reaching `at` (the timers then due fire).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Input {
+    /// A message, as published: its JSON body and headers.
+    Message {
+        /// The envelope's JSON body.
+        body: serde_json::Value,
+        /// Its NATS headers.
+        headers: Vec<(String, String)>,
+    },
+    /// The timers due at the step's time.
+    Timers,
+}
+
+impl Input {
+    fn message(envelope: &Envelope<AnyMessage>) -> Self {
+        Input::Message {
+            body: serde_json::from_slice(&envelope.to_json()).unwrap_or_default(),
+            headers: envelope
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Input::Message { body, .. } => body["eventType"]
+                .as_str()
+                .or_else(|| body["type"].as_str())
+                .unwrap_or("a message")
+                .to_owned(),
+            Input::Timers => "the timers due".to_owned(),
+        }
+    }
+}
+
+/// A message a step sent: its type and id (the id is fixed by the saga id and the step's
+/// name, so a renamed or different step shows).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sent {
+    /// `inventory.cmd.reserve_stock`.
+    pub event_type: String,
+    /// Its id.
+    pub event_id: EventId,
+}
+
+/// Where a replayed history left the path it recorded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Divergence {
+    /// The instance.
+    pub saga_id: String,
+    /// The step (0 is the first).
+    pub step: usize,
+    /// Its input.
+    pub input: String,
+    /// The state and messages recorded.
+    pub recorded: (Option<String>, Vec<String>),
+    /// The state and messages the definition under check gives.
+    pub replayed: (Option<String>, Vec<String>),
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} step {} ({}): recorded {:?} sending {:?}, now {:?} sending {:?}",
+            self.saga_id,
+            self.step,
+            self.input,
+            self.recorded.0,
+            self.recorded.1,
+            self.replayed.0,
+            self.replayed.1
+        )
+    }
+}
+
+/// What [`replay`] found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReplayReport {
+    /// Histories replayed.
+    pub checked: usize,
+    /// Those that took another path, with where.
+    pub diverged: Vec<Divergence>,
+}
+
+impl ReplayReport {
+    /// Whether every history took its recorded path.
+    pub fn is_clean(&self) -> bool {
+        self.diverged.is_empty()
+    }
+}
+
+impl std::fmt::Display for ReplayReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of {} histories take another path",
+            self.diverged.len(),
+            self.checked
+        )?;
+        for d in &self.diverged {
+            write!(f, "\n  {d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Replays recorded histories against `definition` and reports every one that would now
+/// take another path: at some step a different state, or other messages (by type and step),
+/// or a timer firing where none did. Each history runs alone on a fresh [`Scenario`] at its
+/// recorded times; before each step the timers then due fire, as a running service would.
+///
+/// A definition that passes can replace the recorded one for the instances under way (the
+/// same version, or a [`Runtime::migrate`]); one that does not needs a new
+/// [`Builder::version`](a4co_saga::Builder::version), with the old one kept running
+/// ([`Runtime::keep_running`]). An additive change (a reaction to a message the histories
+/// never had) passes.
+pub async fn replay<D: Data, S: State>(
+    definition: &Definition<D, S>,
+    histories: &[History],
+) -> ReplayReport {
+    let mut report = ReplayReport {
+        checked: histories.len(),
+        diverged: Vec::new(),
+    };
+    for history in histories {
+        if let Some(divergence) = replay_one(definition, history).await {
+            report.diverged.push(divergence);
+        }
+    }
+    report
+}
+
+async fn replay_one<D: Data, S: State>(
+    definition: &Definition<D, S>,
+    history: &History,
+) -> Option<Divergence> {
+    let start = history.steps.first()?.at;
+    let scenario = Scenario::starting_at(definition.clone(), start).await;
+    let runtime = scenario.runtime();
+    let names = |sent: &[Sent]| -> Vec<String> {
+        sent.iter()
+            .map(|s| format!("{} {}", s.event_type, s.event_id))
+            .collect()
+    };
+    for (i, step) in history.steps.iter().enumerate() {
+        let now = scenario.clock.now();
+        if let Ok(by) = (step.at - now).to_std() {
+            scenario.clock.advance(by);
+        }
+        let before = scenario.bus.all_published().len();
+        let mut outcome = runtime.fire_due_timers().await.map(drop);
+        if let (Input::Message { body, headers }, Ok(())) = (&step.input, &outcome) {
+            let headers = headers.iter().cloned().collect();
+            outcome = match a4co_events::decode(body.to_string().as_bytes(), &headers) {
+                Ok(message) => runtime.handle(&message).await.map(drop),
+                Err(e) => {
+                    tracing::warn!(saga_id = %history.saga_id, error = %e, "a recorded message no longer decodes");
+                    Ok(())
+                }
+            };
+        }
+        let state = runtime
+            .instance(&history.saga_id)
+            .await
+            .ok()
+            .flatten()
+            .map(|i| i.state.name().to_owned());
+        let sent = sent_by(&scenario.bus, &history.saga_id, before);
+        let mut replayed = (state, names(&sent));
+        if let Err(e) = outcome {
+            replayed.1.push(format!("(refused: {e})"));
+        }
+        let recorded = (step.state.clone(), names(&step.sent));
+        if replayed != recorded {
+            return Some(Divergence {
+                saga_id: history.saga_id.clone(),
+                step: i,
+                input: step.input.describe(),
+                recorded,
+                replayed,
+            });
+        }
+    }
+    None
 }
 
 /// What a stand-in answers to one message: the replies to publish (none: stay silent).

@@ -18,7 +18,11 @@ use clap::{Args, Parser, Subcommand};
 
 /// The a4co SDK's tool: the message catalog and the dead-letter stream.
 #[derive(Debug, Parser)]
-#[command(name = "a4co", version)]
+#[command(
+    name = "a4co",
+    version,
+    after_help = "Other commands run the tool `a4co-<command>` found beside a4co or on PATH:\n  a4co saga ...   the saga store on NATS: records set aside, an instance (a4co-saga, feature `cli`)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,6 +36,9 @@ enum Command {
     /// The dead-letter stream on NATS.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// `a4co <name> ...` runs `a4co-<name> ...` (`a4co saga` runs a4co-saga's tool).
+    #[command(external_subcommand)]
+    External(Vec<String>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +166,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Catalog(command) => catalog(command),
         Command::Dlq(command) => dlq(command),
+        Command::External(args) => external(&args),
     };
     result.unwrap_or_else(|message| {
         eprintln!("a4co: {message}");
@@ -221,6 +229,32 @@ fn catalog(command: CatalogCommand) -> Result<ExitCode, String> {
             println!("{text}");
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Runs `a4co-<name>` (beside this executable, else on PATH) with the other arguments,
+/// and exits as it does.
+fn external(args: &[String]) -> Result<ExitCode, String> {
+    let Some((name, rest)) = args.split_first() else {
+        return Err("no command given: see a4co --help".to_owned());
+    };
+    let tool = format!("a4co-{name}{}", std::env::consts::EXE_SUFFIX);
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(&tool)))
+        .filter(|path| path.is_file());
+    let program = beside.unwrap_or_else(|| PathBuf::from(&tool));
+    match std::process::Command::new(&program).args(rest).status() {
+        Ok(status) => Ok(ExitCode::from(
+            status
+                .code()
+                .and_then(|c| u8::try_from(c).ok())
+                .unwrap_or(1),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+            "a4co has no command {name:?}, and no tool {tool} is installed beside it or on PATH (see a4co --help; `saga` comes with a4co-saga: cargo install a4co-saga)"
+        )),
+        Err(e) => Err(format!("cannot run {}: {e}", program.display())),
     }
 }
 

@@ -156,14 +156,14 @@ impl Records {
             Inner::Memory(map) => {
                 live(&mut lock(map), key).map(|(bytes, revision, _)| (bytes, revision))
             }
+            // From the stream's leader (see NatsTransport::kv_get): a decision taken on a
+            // read (a product not found, say) is never taken on a stale copy.
             #[cfg(feature = "nats")]
             Inner::Nats(nats) => nats
-                .0
-                .entry(key)
+                .1
+                .kv_get(&nats.0, key)
                 .await
-                .map_err(|e| RecordsError::Unavailable(e.to_string()))?
-                .filter(|e| e.operation == kv::Operation::Put)
-                .map(|e| (e.value, e.revision)),
+                .map_err(|e| RecordsError::Unavailable(e.to_string()))?,
         };
         raw.map(|(bytes, revision)| decode(key, &bytes).map(|value| Versioned { value, revision }))
             .transpose()

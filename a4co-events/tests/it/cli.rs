@@ -141,9 +141,39 @@ fn the_cli_explains_bad_usage() {
     let out = a4co(&["dlq", "list", "--since", "yesterday"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("RFC 3339"), "{}", stderr(&out));
+    // An unknown command is looked for as a tool `a4co-<command>`; none: says so.
     let out = a4co(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("Usage:"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no tool a4co-frobnicate"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn other_commands_run_the_tool_of_their_name_and_exit_as_it_does() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("a4co-tools-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tool = dir.join("a4co-hello");
+    std::fs::write(&tool, "#!/bin/sh\necho \"hello $*\"\nexit 3\n").unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_a4co"))
+        .args(["hello", "aside", "--json"])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(stdout(&out), "hello aside --json\n");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stdout(&a4co(&["--help"])).contains("a4co saga"));
 }
 
 #[test]

@@ -173,6 +173,29 @@ async fn a_record_that_cannot_be_read_is_set_aside_and_the_rest_runs() {
         b"{\"state\": 7"
     );
     assert_eq!(runtime.set_aside().await.unwrap().len(), 1, "noted once");
+
+    // The operator's view: `a4co saga aside` lists it, `a4co saga show` prints a record.
+    let tool = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_a4co-saga"))
+            .args(args)
+            .args(["--url", &server.url()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed = tool(&["aside", "--json"]);
+    let lines: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{listed}");
+    assert_eq!(lines[0]["sagaId"], "watch/ord-b");
+    assert!(lines[0]["reason"].as_str().unwrap().contains("line 1"));
+    let shown: serde_json::Value =
+        serde_json::from_str(&tool(&["show", "watch/ord-a", "--json"])).unwrap();
+    assert_eq!(shown["record"]["state"], "Done");
+    assert_eq!(shown["record"]["book"]["version"], 1);
     running.shutdown().await;
     cancels.stop().await;
 }

@@ -517,9 +517,20 @@ impl NatsServer {
         if self.is_running() {
             return;
         }
-        let started = self.spawn().and_then(|()| self.wait_ready());
-        if let Err(e) = started {
-            panic!("nats-server did not restart: {e}");
+        // Its ports were free while it was down: a test beside picking ports (bind 0, let
+        // go) may hold one for a moment. Wait that out; anything else is a failure.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.spawn().and_then(|()| self.wait_ready()) {
+                Ok(()) => return,
+                Err(FixtureError::NotReady(log))
+                    if log.contains("address already in use") && tries < RESUME_TRIES =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("nats-server did not restart: {e}"),
+            }
         }
     }
 
@@ -536,6 +547,10 @@ impl NatsServer {
 
 /// How many times a start that lost a port race is tried, on fresh ports each time.
 const PORT_RACE_TRIES: usize = 5;
+
+/// How many times a restart on the same ports is tried while one is briefly taken (100 ms
+/// apart).
+const RESUME_TRIES: usize = 50;
 
 /// Runs `start` again while it fails because a port it picked was taken in between: ports
 /// come from binding port 0 and letting go, so a test running beside may bind one before

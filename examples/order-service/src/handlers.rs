@@ -42,6 +42,7 @@ impl<B: Publisher + Subscriber> Orders<B> {
         let definition = fulfillment::definition(settings)
             .map_err(|e| ConfigError::new(format!("the fulfillment saga: {e}")))?;
         let saga = Runtime::new(definition, self.bus.clone(), store)
+            .migrate(1, fulfillment::migrate_from_1)
             .start()
             .await
             .map_err(|e| ConfigError::new(format!("starting the fulfillment saga: {e}")))?;

@@ -446,6 +446,40 @@ impl NatsTransport {
             .map_err(|_| failed(&format!("no end within {within:?}")))?
     }
 
+    /// The value and revision of `key` in the KV bucket `store` as the stream's leader
+    /// holds it (`None`: no value, or removed). Unlike a KV get, which any replica may
+    /// answer, this reads what was last written: a decision taken on it (an instance's
+    /// state, a record missing) is not taken on a stale copy in a cluster.
+    ///
+    /// # Errors
+    /// [`ConsumeErrorKind::Other`] when the server does not answer.
+    pub async fn kv_get(
+        &self,
+        store: &kv::Store,
+        key: &str,
+    ) -> Result<Option<(Bytes, u64)>, ConsumeError> {
+        use jetstream::stream::LastRawMessageErrorKind;
+        match store
+            .stream
+            .get_last_raw_message_by_subject(&format!("{}{key}", store.prefix))
+            .await
+        {
+            Ok(message) => {
+                let removed = message
+                    .headers
+                    .get("KV-Operation")
+                    .is_some_and(|op| op.as_str() != "PUT");
+                Ok((!removed).then_some((message.payload, message.sequence)))
+            }
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(ConsumeError::new(
+                ConsumeErrorKind::Other,
+                format!("reading {key} from bucket {}", store.name),
+            )
+            .with_source(e)),
+        }
+    }
+
     /// Writes `value` under `key` in the KV bucket `store` if the key is still at revision
     /// `expected` (`None`: only if the key holds nothing, not even a removal marker), with
     /// its own lifetime: the server drops the entry `ttl` after this write (whole seconds,

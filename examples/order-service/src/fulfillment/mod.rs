@@ -49,6 +49,17 @@ mod stock;
 /// The saga's name: instances are `order-fulfillment/<order id>`.
 pub const NAME: &str = "order-fulfillment";
 
+/// The definition's version. Version 2 answers late messages (`late.rs`, the payment
+/// command's expiry); it has the states and data of version 1, whose instances move onto it
+/// as they are ([`migrate_from_1`]).
+pub const VERSION: u32 = 2;
+
+/// Moves a version-1 instance onto version 2: the same state and data (version 2 only
+/// adds reactions and an optional field).
+pub fn migrate_from_1(state: Phase, data: Fulfillment) -> (Phase, Fulfillment) {
+    (state, data)
+}
+
 /// Where the fulfillment saga stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -279,6 +290,7 @@ pub fn definition(settings: Settings) -> Result<Definition<Fulfillment, Phase>, 
         return reject("every timing must be above zero");
     }
     let builder = Definition::<Fulfillment, Phase>::builder(NAME, crate::NAME)
+        .version(VERSION)
         .correlate::<StockReserved>(|m| m.order_id.clone())
         .correlate::<StockReservationFailed>(|m| m.order_id.clone())
         .correlate::<StockReleased>(|m| m.order_id.clone())

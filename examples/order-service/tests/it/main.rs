@@ -8,6 +8,7 @@
 mod acceptance;
 mod definition;
 mod fulfillment;
+mod histories;
 mod nats;
 mod participants;
 mod placing;
