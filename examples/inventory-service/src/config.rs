@@ -30,6 +30,26 @@ impl Config {
     /// # Errors
     /// A bad value or a missing secret, naming the variable.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Config {
+            http_addr: env.var(
+                "INVENTORY_HTTP_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 8082)),
+                "an address to listen on, such as 127.0.0.1:8082",
+            )?,
+            nats: env.nats()?,
+            settings: Settings::from_env(env)?,
+            secret: env.jwt_secret()?,
+        })
+    }
+}
+
+impl Settings {
+    /// The settings as `INVENTORY_LOW_STOCK_THRESHOLD` and `INVENTORY_SWEEP_INTERVAL_MS`
+    /// say (see [`Config::settings`]); the marketplace demo reads them too.
+    ///
+    /// # Errors
+    /// A bad value, naming the variable.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let defaults = Settings::default();
         let sweep_ms: u64 = env.var(
             "INVENTORY_SWEEP_INTERVAL_MS",
@@ -41,23 +61,14 @@ impl Config {
                 "INVENTORY_SWEEP_INTERVAL_MS=0: lapsed reservations would never be released; use at least 1",
             ));
         }
-        Ok(Config {
-            http_addr: env.var(
-                "INVENTORY_HTTP_ADDR",
-                SocketAddr::from(([127, 0, 0, 1], 8082)),
-                "an address to listen on, such as 127.0.0.1:8082",
+        Ok(Settings {
+            low_stock_threshold: env.var(
+                "INVENTORY_LOW_STOCK_THRESHOLD",
+                defaults.low_stock_threshold,
+                "a whole number of units",
             )?,
-            nats: env.nats()?,
-            settings: Settings {
-                low_stock_threshold: env.var(
-                    "INVENTORY_LOW_STOCK_THRESHOLD",
-                    defaults.low_stock_threshold,
-                    "a whole number of units",
-                )?,
-                sweep_interval: Duration::from_millis(sweep_ms),
-                ack_wait: defaults.ack_wait,
-            },
-            secret: env.jwt_secret()?,
+            sweep_interval: Duration::from_millis(sweep_ms),
+            ack_wait: defaults.ack_wait,
         })
     }
 }

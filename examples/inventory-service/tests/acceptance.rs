@@ -499,3 +499,71 @@ async fn two_instances_on_nats_never_oversell_and_a_restart_loses_nothing() {
     w3.shutdown().await;
     answers.stop().await;
 }
+
+/// Messages the server sent to its clients so far (`/varz` `out_msgs`).
+fn sent_by(server: &NatsServer) -> u64 {
+    let (_, body) = server.monitor("/varz").unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()["out_msgs"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no out_msgs in /varz: {body}"))
+}
+
+#[tokio::test]
+async fn the_sweep_reads_the_products_not_every_order_ever_held_over_nats() {
+    const FINISHED: usize = 2000;
+    let server = NatsServer::start();
+    let bus = AnyBus::connect(Some(&server.url()), "inventory-test", 1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let records = Records::open(&bus, "inventory")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let inventory = Inventory::new(bus.clone(), records.clone(), Settings::default());
+    inventory
+        .put_product(ProductDetails::new(
+            "bowl",
+            "Cuenco",
+            "art-tito",
+            "ceramics",
+            Money::eur(3400),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    inventory
+        .restock("bowl", 10, "test")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The holds of many orders long finished: one record each, as the service leaves them.
+    for i in 0..FINISHED {
+        let holds = inventory_service::OrderHolds {
+            products: vec!["bowl".into()],
+            closed: vec!["bowl".into()],
+            ..Default::default()
+        };
+        records
+            .put(&format!("order.o-old-{i}"), &holds, None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let workers = inventory.start().await.unwrap_or_else(|e| panic!("{e}"));
+    let mut lapsing = reserve("o-lapsing", 2);
+    lapsing.data.expires_at = Utc::now() - chrono::Duration::seconds(1);
+    bus.publish(&lapsing)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while bowl(&inventory).await.reserved() != 2 {
+        assert!(std::time::Instant::now() < deadline, "never reserved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let before = sent_by(&server);
+    assert_eq!(inventory.release_lapsed(Utc::now()).await.ok(), Some(1));
+    let cost = sent_by(&server) - before;
+    assert!(
+        cost < 50,
+        "one sweep sent {cost} messages for 1 product among {FINISHED} finished orders"
+    );
+    assert_eq!(bowl(&inventory).await.available(), 10);
+    workers.shutdown().await;
+}

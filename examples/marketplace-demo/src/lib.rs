@@ -65,7 +65,10 @@ usage: marketplace-demo [--orders N] [--concurrency C] [--nats URL] [--quiet]
   --nats URL       run on NATS JetStream (default: $NATS_URL, else the in-memory bus);
                    credentials, TLS and NATS_REPLICAS come from the NATS_* variables
   --quiet          no progress lines
-  serve NAME       run one service until Ctrl-C, configured by its environment variables";
+  serve NAME       run one service until Ctrl-C, configured by its environment variables
+
+The demo reads the services' variables too: PAYMENT_LATENCY_MS (the simulated gateway,
+default 20), PAYMENT_DECLINE_*, ORDER_*_SECS (the saga's timings), INVENTORY_*.";
 
 /// Reads the command line (`args` without the program name).
 ///
@@ -148,7 +151,7 @@ pub async fn execute(command: Command, env: Env) -> Result<(), ConfigError> {
             };
             let on_nats = nats.is_some();
             let bus = AnyBus::open(nats.map(|c| c.name("marketplace-demo"))).await?;
-            let market = Marketplace::start(bus, Settings::new(secret)).await?;
+            let market = Marketplace::start(bus, Settings::from_env(secret, &env)?).await?;
             eprintln!(
                 "a4co marketplace: order, inventory, payment and notification services started on the {mode}"
             );
@@ -203,5 +206,27 @@ mod tests {
             let err = parse(&args(bad), &env).unwrap_err();
             assert!(err.contains("usage:"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_demo_runs_the_services_as_their_variables_say() {
+        let secret = || a4co_http::auth::Secret::new("0123456789abcdef0123456789abcdef").unwrap();
+        let env = Env::from_pairs([
+            ("PAYMENT_LATENCY_MS", "0"),
+            ("ORDER_PAYMENT_TIMEOUT_SECS", "60"),
+            ("INVENTORY_SWEEP_INTERVAL_MS", "250"),
+        ]);
+        let settings = crate::Settings::from_env(secret(), &env).unwrap();
+        assert_eq!(settings.gateway.latency, std::time::Duration::ZERO);
+        assert_eq!(settings.saga.payment_timeout.as_secs(), 60);
+        assert_eq!(settings.inventory.sweep_interval.as_millis(), 250);
+        let defaults =
+            crate::Settings::from_env(secret(), &Env::from_pairs::<&str, &str>([])).unwrap();
+        assert_eq!(defaults.gateway.latency.as_millis(), 20);
+        let bad = Env::from_pairs([("PAYMENT_LATENCY_MS", "soon")]);
+        let err = crate::Settings::from_env(secret(), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PAYMENT_LATENCY_MS"), "{err}");
     }
 }

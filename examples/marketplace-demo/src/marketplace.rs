@@ -57,6 +57,21 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The services' settings as their variables say (`PAYMENT_LATENCY_MS` and the other
+    /// `PAYMENT_*`, the `ORDER_*_SECS` saga timings, `INVENTORY_*`), each service reading its
+    /// own as it does when run alone, with `secret`.
+    ///
+    /// # Errors
+    /// A bad value, naming the variable.
+    pub fn from_env(secret: Secret, env: &service_kit::Env) -> Result<Self, ConfigError> {
+        Ok(Settings {
+            secret,
+            gateway: Gateway::from_env(env)?,
+            saga: order_service::fulfillment::Settings::from_env(env)?,
+            inventory: inventory_service::Settings::from_env(env)?,
+        })
+    }
+
     /// Defaults with `secret`: a 20 ms gateway that declines `pm-declined*` methods.
     pub fn new(secret: Secret) -> Self {
         Settings {

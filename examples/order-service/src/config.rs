@@ -35,6 +35,39 @@ impl Config {
     /// # Errors
     /// A bad value or a missing secret, naming the variable.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let saga = Settings::from_env(env)?;
+        let url = |name: &str, default: &str| -> Result<String, ConfigError> {
+            let value = env.optional(name).unwrap_or_else(|| default.to_owned());
+            if value.starts_with("http://") || value.starts_with("https://") {
+                Ok(value)
+            } else {
+                Err(ConfigError::new(format!(
+                    "{name}={value:?} is not an http(s) URL"
+                )))
+            }
+        };
+        Ok(Config {
+            http_addr: env.var(
+                "ORDER_HTTP_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 8081)),
+                "an address to listen on, such as 127.0.0.1:8081",
+            )?,
+            nats: env.nats()?,
+            inventory_url: url("INVENTORY_URL", "http://127.0.0.1:8082")?,
+            payment_url: url("PAYMENT_URL", "http://127.0.0.1:8083")?,
+            saga,
+            secret: env.jwt_secret()?,
+        })
+    }
+}
+
+impl Settings {
+    /// The saga's timings as the `ORDER_*_SECS` variables say (see [`Config::saga`]); the
+    /// marketplace demo reads them too.
+    ///
+    /// # Errors
+    /// A bad value, naming the variable.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let defaults = Settings::default();
         let secs = |name: &str, default: Duration| -> Result<Duration, ConfigError> {
             let value: u64 = env.var(name, default.as_secs(), "a whole number of seconds")?;
@@ -60,28 +93,7 @@ impl Config {
                 "ORDER_PAYMENT_TIMEOUT_SECS must be below ORDER_RESERVATION_TTL_SECS: a payment must not outlive the stock held for it",
             ));
         }
-        let url = |name: &str, default: &str| -> Result<String, ConfigError> {
-            let value = env.optional(name).unwrap_or_else(|| default.to_owned());
-            if value.starts_with("http://") || value.starts_with("https://") {
-                Ok(value)
-            } else {
-                Err(ConfigError::new(format!(
-                    "{name}={value:?} is not an http(s) URL"
-                )))
-            }
-        };
-        Ok(Config {
-            http_addr: env.var(
-                "ORDER_HTTP_ADDR",
-                SocketAddr::from(([127, 0, 0, 1], 8081)),
-                "an address to listen on, such as 127.0.0.1:8081",
-            )?,
-            nats: env.nats()?,
-            inventory_url: url("INVENTORY_URL", "http://127.0.0.1:8082")?,
-            payment_url: url("PAYMENT_URL", "http://127.0.0.1:8083")?,
-            saga,
-            secret: env.jwt_secret()?,
-        })
+        Ok(saga)
     }
 }
 

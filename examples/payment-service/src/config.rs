@@ -31,6 +31,26 @@ impl Config {
     /// # Errors
     /// A bad value or a missing secret, naming the variable.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Config {
+            http_addr: env.var(
+                "PAYMENT_HTTP_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 8083)),
+                "an address to listen on, such as 127.0.0.1:8083",
+            )?,
+            nats: env.nats()?,
+            gateway: Gateway::from_env(env)?,
+            secret: env.jwt_secret()?,
+        })
+    }
+}
+
+impl Gateway {
+    /// The simulated gateway as the `PAYMENT_DECLINE_*` and `PAYMENT_LATENCY_MS` variables
+    /// say (see [`Config::gateway`]); the marketplace demo reads it too.
+    ///
+    /// # Errors
+    /// A bad value, naming the variable.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let defaults = Gateway::default();
         let rate: f64 = env.var(
             "PAYMENT_DECLINE_RATE",
@@ -47,24 +67,15 @@ impl Config {
             -1,
             "an amount in minor units (cents)",
         )?;
-        Ok(Config {
-            http_addr: env.var(
-                "PAYMENT_HTTP_ADDR",
-                SocketAddr::from(([127, 0, 0, 1], 8083)),
-                "an address to listen on, such as 127.0.0.1:8083",
-            )?,
-            nats: env.nats()?,
-            gateway: Gateway {
-                decline_rate: rate,
-                seed: env.var("PAYMENT_DECLINE_SEED", defaults.seed, "a whole number")?,
-                decline_over_minor: (over >= 0).then_some(over),
-                latency: Duration::from_millis(env.var(
-                    "PAYMENT_LATENCY_MS",
-                    20,
-                    "milliseconds per gateway answer",
-                )?),
-            },
-            secret: env.jwt_secret()?,
+        Ok(Gateway {
+            decline_rate: rate,
+            seed: env.var("PAYMENT_DECLINE_SEED", defaults.seed, "a whole number")?,
+            decline_over_minor: (over >= 0).then_some(over),
+            latency: Duration::from_millis(env.var(
+                "PAYMENT_LATENCY_MS",
+                20,
+                "milliseconds per gateway answer",
+            )?),
         })
     }
 }
