@@ -270,12 +270,7 @@ fn dlq(command: DlqCommand) -> Result<ExitCode, String> {
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
-        let config = Config::from_vars(|name| match name {
-            "NATS_URL" => Some(url.clone()),
-            _ => std::env::var(name).ok(),
-        })
-        .map_err(|e| e.to_string())?
-        .unwrap_or_else(|| Config::new(&url));
+        let config = Config::from_env_at(&url).map_err(|e| e.to_string())?;
         let bus = NatsBus::connect(config.name("a4co-cli"))
             .await
             .map_err(|e| e.to_string())?;

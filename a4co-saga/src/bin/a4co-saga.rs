@@ -73,14 +73,8 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<(), String> {
     let (Command::Aside { nats } | Command::Show { nats, .. }) = &command;
-    let url = nats.url.clone();
     let json = nats.json;
-    let config = Config::from_vars(|name| match name {
-        "NATS_URL" => Some(url.clone()),
-        _ => std::env::var(name).ok(),
-    })
-    .map_err(|e| e.to_string())?
-    .unwrap_or_else(|| Config::new(&url));
+    let config = Config::from_env_at(&nats.url).map_err(|e| e.to_string())?;
     let transport = NatsTransport::connect(config.name("a4co-saga-cli"))
         .await
         .map_err(|e| e.to_string())?;

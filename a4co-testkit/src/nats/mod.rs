@@ -460,6 +460,21 @@ impl NatsServer {
         Some((status, body))
     }
 
+    /// How many messages the server has sent to its clients so far (`/varz` `out_msgs`):
+    /// taken before and after an operation, what it cost in deliveries, replies and
+    /// listings (a scan of a whole bucket shows as thousands).
+    ///
+    /// # Panics
+    /// When the monitoring port does not answer.
+    pub fn messages_sent(&self) -> u64 {
+        let (_, body) = self
+            .monitor("/varz")
+            .unwrap_or_else(|| panic!("nats-server's monitoring port does not answer"));
+        serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()["out_msgs"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no out_msgs in /varz: {body}"))
+    }
+
     /// This node's name in its cluster (`n1`, `n2`, ...), if it is in one.
     pub fn name(&self) -> Option<&str> {
         self.route.as_ref().map(|r| r.name.as_str())

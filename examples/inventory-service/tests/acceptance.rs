@@ -33,6 +33,12 @@ fn client(
 
 async fn seeded(bus: RecordingBus, units: u32) -> Inventory<RecordingBus> {
     let inventory = Inventory::new(bus, Records::memory(), Settings::default());
+    shelve_bowls(&inventory, units).await;
+    inventory
+}
+
+/// Puts the bowl in the catalog with `units` in stock.
+async fn shelve_bowls<B: Publisher + Subscriber>(inventory: &Inventory<B>, units: u32) {
     inventory
         .put_product(ProductDetails::new(
             "bowl",
@@ -49,7 +55,6 @@ async fn seeded(bus: RecordingBus, units: u32) -> Inventory<RecordingBus> {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     }
-    inventory
 }
 
 fn reserve(order: &str, units: u32) -> Envelope<ReserveStock> {
@@ -330,8 +335,8 @@ async fn a_confirmed_order_keeps_its_units_and_a_lapsed_hold_comes_back() {
     workers.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_paid_orders_hold_outlives_its_ttl_and_a_late_confirmation_commits_it_over_nats() {
+/// A server, the bus on it, the service's records, and the service with 10 bowls.
+async fn on_nats() -> (NatsServer, AnyBus, Records, Inventory<AnyBus>) {
     let server = NatsServer::start();
     let bus = AnyBus::connect(Some(&server.url()), "inventory-test", 1)
         .await
@@ -339,21 +344,14 @@ async fn a_paid_orders_hold_outlives_its_ttl_and_a_late_confirmation_commits_it_
     let records = Records::open(&bus, "inventory")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let inventory = Inventory::new(bus.clone(), records, Settings::default());
-    inventory
-        .put_product(ProductDetails::new(
-            "bowl",
-            "Cuenco",
-            "art-tito",
-            "ceramics",
-            Money::eur(3400),
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    inventory
-        .restock("bowl", 10, "test")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let inventory = Inventory::new(bus.clone(), records.clone(), Settings::default());
+    shelve_bowls(&inventory, 10).await;
+    (server, bus, records, inventory)
+}
+
+#[tokio::test]
+async fn a_paid_orders_hold_outlives_its_ttl_and_a_late_confirmation_commits_it_over_nats() {
+    let (_server, bus, _, inventory) = on_nats().await;
     let answers = Collector::start(
         &bus,
         Subscription::new("test", "answers")
@@ -500,39 +498,10 @@ async fn two_instances_on_nats_never_oversell_and_a_restart_loses_nothing() {
     answers.stop().await;
 }
 
-/// Messages the server sent to its clients so far (`/varz` `out_msgs`).
-fn sent_by(server: &NatsServer) -> u64 {
-    let (_, body) = server.monitor("/varz").unwrap_or_default();
-    serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()["out_msgs"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no out_msgs in /varz: {body}"))
-}
-
 #[tokio::test]
 async fn the_sweep_reads_the_products_not_every_order_ever_held_over_nats() {
     const FINISHED: usize = 2000;
-    let server = NatsServer::start();
-    let bus = AnyBus::connect(Some(&server.url()), "inventory-test", 1)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let records = Records::open(&bus, "inventory")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let inventory = Inventory::new(bus.clone(), records.clone(), Settings::default());
-    inventory
-        .put_product(ProductDetails::new(
-            "bowl",
-            "Cuenco",
-            "art-tito",
-            "ceramics",
-            Money::eur(3400),
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    inventory
-        .restock("bowl", 10, "test")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (server, bus, records, inventory) = on_nats().await;
     // The holds of many orders long finished: one record each, as the service leaves them.
     for i in 0..FINISHED {
         let holds = inventory_service::OrderHolds {
@@ -557,9 +526,9 @@ async fn the_sweep_reads_the_products_not_every_order_ever_held_over_nats() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let before = sent_by(&server);
+    let before = server.messages_sent();
     assert_eq!(inventory.release_lapsed(Utc::now()).await.ok(), Some(1));
-    let cost = sent_by(&server) - before;
+    let cost = server.messages_sent() - before;
     assert!(
         cost < 50,
         "one sweep sent {cost} messages for 1 product among {FINISHED} finished orders"

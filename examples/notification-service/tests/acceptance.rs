@@ -134,14 +134,6 @@ async fn an_event_whose_customer_never_shows_goes_to_the_order() {
     workers.shutdown().await;
 }
 
-/// Messages the server sent to its clients so far (`/varz` `out_msgs`).
-fn sent_by(server: &a4co_testkit::nats::NatsServer) -> u64 {
-    let (_, body) = server.monitor("/varz").unwrap_or_default();
-    serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()["out_msgs"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no out_msgs in /varz: {body}"))
-}
-
 #[tokio::test]
 async fn a_recipients_listing_reads_that_recipients_notifications_only_over_nats() {
     const OTHERS: usize = 300;
@@ -193,7 +185,7 @@ async fn a_recipients_listing_reads_that_recipients_notifications_only_over_nats
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let before = sent_by(&server);
+    let before = server.messages_sent();
     let mine = notifications
         .list(&Filter {
             recipient: Some("cust-x".into()),
@@ -201,7 +193,7 @@ async fn a_recipients_listing_reads_that_recipients_notifications_only_over_nats
         })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let cost = sent_by(&server) - before;
+    let cost = server.messages_sent() - before;
     let orders: Vec<_> = mine.iter().filter_map(|n| n.order_id.as_deref()).collect();
     assert_eq!(orders, ["ord-207", "ord-107", "ord-7"], "newest first");
     assert!(

@@ -249,13 +249,14 @@ impl<B: Publisher + Subscriber> Orders<B> {
     /// (the caller answers 503 truthfully); one after it cannot happen. Each write keeps
     /// what is there, so repeating `save` (a retry with the idempotency key) is safe.
     async fn save(&self, order: &Order) -> Result<(), RecordsError> {
-        let keys = [
+        let (index, outbox) = (
             customer_key(&order.customer_id, &order.order_id),
             outbox_key(&order.order_id),
-        ];
-        for key in &keys {
-            self.create(key, &order.created_at).await?;
-        }
+        );
+        tokio::try_join!(
+            self.create(&index, &order.created_at),
+            self.create(&outbox, &order.created_at)
+        )?;
         self.create(&order_key(&order.order_id), order).await
     }
 

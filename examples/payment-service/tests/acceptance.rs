@@ -202,6 +202,17 @@ async fn an_order_is_charged_once_and_refunded_once() {
     workers.shutdown().await;
 }
 
+/// Collects every payment outcome published on `bus`.
+async fn outcomes(bus: &AnyBus) -> Collector {
+    Collector::start(
+        bus,
+        Subscription::new("test", "outcomes")
+            .to::<PaymentSucceeded>()
+            .to::<PaymentFailed>(),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn two_instances_on_nats_charge_each_order_once() {
     let server = NatsServer::start();
@@ -218,13 +229,7 @@ async fn two_instances_on_nats_charge_each_order_once() {
         workers.push(payments.start().await.unwrap_or_else(|e| panic!("{e}")));
         instances.push(payments);
     }
-    let outcomes = Collector::start(
-        &bus,
-        Subscription::new("test", "outcomes")
-            .to::<PaymentSucceeded>()
-            .to::<PaymentFailed>(),
-    )
-    .await;
+    let outcomes = outcomes(&bus).await;
     // Every order's command three times over, under different ids.
     for round in 0..3 {
         for i in 0..10 {
@@ -288,13 +293,7 @@ async fn a_command_past_its_expiry_charges_nothing_over_nats() {
         .unwrap_or_else(|e| panic!("{e}"));
     let payments = Payments::new(bus.clone(), records, gateway());
     let workers = payments.start().await.unwrap_or_else(|e| panic!("{e}"));
-    let outcomes = Collector::start(
-        &bus,
-        Subscription::new("test", "outcomes")
-            .to::<PaymentSucceeded>()
-            .to::<PaymentFailed>(),
-    )
-    .await;
+    let outcomes = outcomes(&bus).await;
     let now = chrono::Utc::now();
     for (order, expires_at) in [
         ("ord-late", Some(now - chrono::Duration::seconds(1))),

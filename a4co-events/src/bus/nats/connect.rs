@@ -194,6 +194,19 @@ impl Config {
         Self::from_vars(|name| std::env::var(name).ok())
     }
 
+    /// As [`Config::from_env`] with `NATS_URL` taken to be `url` (a tool's `--url`, say):
+    /// the credentials, TLS and replicas still come from the other variables.
+    ///
+    /// # Errors
+    /// As [`Config::from_env`].
+    pub fn from_env_at(url: &str) -> Result<Config, ConnectError> {
+        Ok(Self::from_vars(|name| match name {
+            "NATS_URL" => Some(url.to_owned()),
+            _ => std::env::var(name).ok(),
+        })?
+        .unwrap_or_else(|| Config::new(url)))
+    }
+
     /// As [`Config::from_env`], reading each variable through `var` (tests, or settings
     /// kept elsewhere).
     ///

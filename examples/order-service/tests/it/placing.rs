@@ -38,14 +38,6 @@ fn request() -> PlaceOrder {
     serde_json::from_value(order_body("oil", 2, "pm-card-1")).unwrap()
 }
 
-/// Messages the server sent to its clients so far (`/varz` `out_msgs`).
-fn sent_by(server: &NatsServer) -> u64 {
-    let (_, body) = server.monitor("/varz").unwrap();
-    serde_json::from_str::<serde_json::Value>(&body).unwrap()["out_msgs"]
-        .as_u64()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_placement_cut_short_after_claiming_its_key_is_finished_by_the_retry() {
     // Instance A may not write orders (its last write fails, as in a broker failover);
@@ -158,14 +150,14 @@ async fn the_outbox_reads_only_the_orders_waiting_not_every_order_placed() {
             .unwrap();
     }
     // The measure can see a scan: listing every order moves thousands of messages.
-    let before = sent_by(&server);
+    let before = server.messages_sent();
     assert!(records.keys("order.").await.unwrap().len() > PLACED);
-    let scan = sent_by(&server) - before;
+    let scan = server.messages_sent() - before;
     assert!(scan > PLACED as u64, "a full listing sent {scan} messages");
 
-    let before = sent_by(&server);
+    let before = server.messages_sent();
     assert_eq!(orders.announce_pending().await, 2);
-    let round = sent_by(&server) - before;
+    let round = server.messages_sent() - before;
     assert!(
         round < 50,
         "one outbox round sent {round} messages for 2 orders waiting among {PLACED}"
