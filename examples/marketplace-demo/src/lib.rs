@@ -56,12 +56,15 @@ pub enum Command {
 
 /// How to call it.
 pub const USAGE: &str = "\
-usage: marketplace-demo [--orders N] [--concurrency C] [--nats URL] [--quiet]
+usage: marketplace-demo [--orders N] [--concurrency C] [--settle] [--nats URL] [--quiet]
        marketplace-demo serve order|inventory|payment|notification
 
   (no option)      the showcase: 40 orders, some confirmed, some out of stock, some declined
   --orders N       a load run of N ordinary orders, reporting orders/s
   --concurrency C  orders placed at once (default 8)
+  --settle         each placer waits for its order's outcome before the next: with
+                   --concurrency 1, the latency of one order alone (without it, placing
+                   outruns the rest and latency is mostly time queued)
   --nats URL       run on NATS JetStream (default: $NATS_URL, else the in-memory bus);
                    credentials, TLS and NATS_REPLICAS come from the NATS_* variables
   --quiet          no progress lines
@@ -96,6 +99,7 @@ pub fn parse(args: &[String], env: &Env) -> Result<Command, String> {
                 );
             }
             "--quiet" => plan.progress = false,
+            "--settle" => plan.settle = true,
             "--help" | "-h" => return Ok(Command::Help),
             "serve" => {
                 let name = rest.next().map(String::as_str).unwrap_or_default();
@@ -182,13 +186,20 @@ mod tests {
     fn the_command_line() {
         let env = Env::from_pairs([("NATS_URL", "nats://127.0.0.1:4222")]);
         match parse(
-            &args(&["--orders", "500", "--concurrency", "32", "--quiet"]),
+            &args(&[
+                "--orders",
+                "500",
+                "--concurrency",
+                "32",
+                "--quiet",
+                "--settle",
+            ]),
             &env,
         ) {
             Ok(Command::Demo { plan, nats_url }) => {
                 assert_eq!(
-                    (plan.orders, plan.concurrency, plan.progress),
-                    (Some(500), 32, false)
+                    (plan.orders, plan.concurrency, plan.progress, plan.settle),
+                    (Some(500), 32, false, true)
                 );
                 assert_eq!(nats_url.as_deref(), Some("nats://127.0.0.1:4222"));
             }
@@ -206,6 +217,33 @@ mod tests {
             let err = parse(&args(bad), &env).unwrap_err();
             assert!(err.contains("usage:"), "{err}");
         }
+    }
+
+    #[tokio::test]
+    async fn settled_orders_are_placed_one_after_the_others_outcome() {
+        let secret = a4co_http::auth::Secret::new("0123456789abcdef0123456789abcdef").unwrap();
+        let bus = a4co_events::service::AnyBus::connect(None, "demo-test", 1)
+            .await
+            .unwrap();
+        let env = Env::from_pairs([("PAYMENT_LATENCY_MS", "0")]);
+        let market =
+            crate::Marketplace::start(bus, crate::Settings::from_env(secret, &env).unwrap())
+                .await
+                .unwrap();
+        let plan = crate::Plan {
+            orders: Some(5),
+            concurrency: 1,
+            settle: true,
+            progress: false,
+            ..crate::Plan::default()
+        };
+        let summary = crate::run(&market, &plan, "memory".into()).await.unwrap();
+        assert_eq!((summary.confirmed, summary.unfinished), (5, 0));
+        // One in flight at a time, so the run lasts the sum of the five latencies, which is
+        // at least three times the median (the three from the median up); orders placed
+        // without waiting would overlap and take about the longest one.
+        assert!(summary.elapsed >= summary.latency.0 * 3, "{summary}");
+        market.stop().await;
     }
 
     #[test]

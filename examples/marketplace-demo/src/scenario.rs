@@ -99,6 +99,10 @@ pub struct Plan {
     pub orders: Option<usize>,
     /// Orders placed at once.
     pub concurrency: usize,
+    /// Each placer waits until its order is confirmed or cancelled before it places the
+    /// next (a closed loop): with `concurrency` 1, the latency of one order alone rather
+    /// than of orders queued behind each other.
+    pub settle: bool,
     /// Print progress every second.
     pub progress: bool,
     /// How long to wait for the last orders to finish.
@@ -110,6 +114,7 @@ impl Default for Plan {
         Plan {
             orders: None,
             concurrency: 8,
+            settle: false,
             progress: true,
             patience: Duration::from_secs(30),
         }
@@ -196,7 +201,7 @@ impl fmt::Display for Summary {
         }
         write!(
             f,
-            "latency, order placed to confirmed or cancelled: p50 {:.0} ms, p99 {:.0} ms",
+            "latency, order placed to confirmed or cancelled: p50 {:.1} ms, p99 {:.1} ms",
             ms(self.latency.0),
             ms(self.latency.1)
         )
@@ -316,7 +321,9 @@ pub async fn run(market: &Marketplace, plan: &Plan, mode: String) -> Result<Summ
     let told_before = market.notifications.counts().await.unwrap_or_default();
 
     let finished: Finished = Arc::default();
+    let settled = Arc::new(tokio::sync::Notify::new());
     let record = finished.clone();
+    let tell = settled.clone();
     let outcomes = market
         .bus
         .subscribe(
@@ -325,7 +332,7 @@ pub async fn run(market: &Marketplace, plan: &Plan, mode: String) -> Result<Summ
                 .to::<OrderCancelled>()
                 .max_in_flight(256),
             move |e: Envelope<AnyMessage>, _| {
-                let record = record.clone();
+                let (record, tell) = (record.clone(), tell.clone());
                 async move {
                     let reason = match &e.data {
                         AnyMessage::OrderCancelled(c) => Some(kebab(&c.reason)),
@@ -336,6 +343,7 @@ pub async fn run(market: &Marketplace, plan: &Plan, mode: String) -> Result<Summ
                         .unwrap_or_else(PoisonError::into_inner)
                         .entry(e.aggregate_id)
                         .or_insert((Instant::now(), reason));
+                    tell.notify_waiters();
                     Ok(())
                 }
             },
@@ -393,13 +401,29 @@ pub async fn run(market: &Marketplace, plan: &Plan, mode: String) -> Result<Summ
     futures::stream::iter(orders)
         .for_each_concurrent(plan.concurrency.max(1), |planned| {
             let (placed, rejected) = (placed.clone(), rejected.clone());
+            let (finished, settled) = (finished.clone(), settled.clone());
             async move {
                 let at = Instant::now();
                 match place(market, &planned).await {
-                    Ok(order) => placed
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push((order.order_id, at)),
+                    Ok(order) => {
+                        placed
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push((order.order_id.clone(), at));
+                        if plan.settle {
+                            let deadline = tokio::time::Instant::now() + plan.patience;
+                            loop {
+                                let told = settled.notified();
+                                let done = finished
+                                    .lock()
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .contains_key(&order.order_id);
+                                if done || tokio::time::timeout_at(deadline, told).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
                     Err(code) => {
                         *rejected
                             .lock()
