@@ -14,7 +14,8 @@
 //! Run with `cargo bench -p example-order-service --bench saga` (`A4CO_BENCH_N` orders per run,
 //! default 2000; `A4CO_BENCH_IN_FLIGHT`, default 64; `A4CO_BENCH_ROUNDS`, default 3;
 //! `A4CO_BENCH_NATS=0` for the in-memory part only). Rounds rotate which flow goes first;
-//! peaks are medians. Each run also reports the CPU per order of this process and
+//! peaks are medians. Two rows run one order at a time (the raw flow, then the saga): the
+//! latency of an order alone. Each run also reports the CPU per order of this process and
 //! of nats-server. It prints numbers; nothing is asserted.
 
 #![allow(clippy::unwrap_used, clippy::cast_precision_loss, missing_docs)]
@@ -694,6 +695,9 @@ async fn in_memory(n: usize) {
     );
 }
 
+/// The first order id of the one-order-at-a-time runs, clear of the others' ids.
+const ALONE_IDS: usize = 9_000_000;
+
 #[tokio::main]
 async fn main() {
     let env = |k: &str, d: usize| {
@@ -838,6 +842,32 @@ async fn main() {
         &format!("raw at {raw_rate:.0} orders/s (half its peak)"),
         &raw_half,
     );
+
+    // One order alone: one in flight, so its latency is the flow's own, not time queued
+    // behind others. The raw flow and the saga in turn, 200 orders each.
+    let alone = n.min(200);
+    let raw_one = drive(
+        alone,
+        ALONE_IDS,
+        1,
+        None,
+        &raw_clock,
+        &raw_slots,
+        &publish_raw,
+    )
+    .await;
+    let sdk_one = drive(
+        alone,
+        ALONE_IDS + alone,
+        1,
+        None,
+        &sdk_clock,
+        &sdk_slots,
+        publish_sdk,
+    )
+    .await;
+    row("raw, one order at a time", &raw_one);
+    row("a4co-saga, one order at a time", &sdk_one);
 
     // Last, as it leaves the server busy syncing files: the atomic batch store, a quarter
     // of the orders per round (it is that much slower).
