@@ -307,8 +307,8 @@ impl<B: Publisher + Subscriber> Inventory<B> {
 
     /// Publishes `inventory.stock_released` (`reservation-expired`) for a lapsed hold,
     /// under an id derived from the reservation and `occasion` (`expired` by the sweep,
-    /// `lapse-at-commit` by a confirmation): each occasion stores one event however often
-    /// it is repeated.
+    /// `lapse-at-commit` by a confirmation): a repeat of one occasion is dropped by the
+    /// broker within its duplicate window, and recognised by the saga after it.
     async fn announce_lapse(
         &self,
         order_id: &str,

@@ -202,7 +202,7 @@ async fn the_compensating_paths_over_nats() {
     let clock = VirtualClock::at(scenario_start());
     let participants = Participants::new(Behaviour {
         stock: stock(&[("oil", 100), ("bowl", 100)]),
-        silent_payments: ["ord-late".to_owned()].into(),
+        silent_payments: ["ord-late".to_owned(), "ord-very-late".to_owned()].into(),
         silent_confirms: ["ord-regret".to_owned()].into(),
         silent_stock: ["slow".to_owned()].into(),
         ..Behaviour::default()
@@ -241,6 +241,37 @@ async fn the_compensating_paths_over_nats() {
         .unwrap();
     until_state(&saga, "ord-late", Phase::Cancelled).await;
 
+    // One that answers days after the late-payment window closed: refunded all the same,
+    // once, by the finished saga.
+    bus.publish(&order("ord-very-late", &["bowl"]))
+        .await
+        .unwrap();
+    until_state(&saga, "ord-very-late", Phase::Paying).await;
+    clock.advance(Duration::from_secs(301));
+    until_state(&saga, "ord-very-late", Phase::AwaitingLatePayment).await;
+    clock.advance(Duration::from_secs(3601));
+    until_state(&saga, "ord-very-late", Phase::Cancelled).await;
+    clock.advance(Duration::from_secs(3 * 24 * 3600));
+    let very_late = PaymentSucceeded {
+        order_id: "ord-very-late".to_owned(),
+        transaction_id: "txn-ord-very-late".to_owned(),
+        ..PaymentSucceeded::example()
+    };
+    for _ in 0..2 {
+        bus.publish(&Envelope::new(
+            "payment-service",
+            "pay-ord-very-late",
+            very_late.clone(),
+        ))
+        .await
+        .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !participants.ledger().refunded.contains_key("ord-very-late") {
+        assert!(std::time::Instant::now() < deadline, "never refunded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     // Inventory never answers one line: the stock timer cancels, the other line is released.
     bus.publish(&order("ord-slow", &["oil", "slow"]))
         .await
@@ -278,6 +309,11 @@ async fn the_compensating_paths_over_nats() {
     );
     assert_eq!(ledger.refunded.get("ord-late"), Some(&1));
     assert_eq!(
+        ledger.refunded.get("ord-very-late"),
+        Some(&1),
+        "announced twice, refunded once"
+    );
+    assert_eq!(
         ledger.cancelled.get("ord-late"),
         Some(&vec!["payment-timeout".to_owned()])
     );
@@ -287,6 +323,7 @@ async fn the_compensating_paths_over_nats() {
         Some(&vec!["inventory-unavailable".to_owned()])
     );
     assert_eq!(ledger.stock["oil"], 100, "every unit came back");
+    assert_eq!(ledger.stock["bowl"], 100, "every unit came back");
     stop(handles, vec![running]).await;
 }
 
