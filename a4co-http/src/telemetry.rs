@@ -3,12 +3,15 @@
 //! - Each call is a `client` span (`<METHOD> <endpoint>`), each attempt a child span; the
 //!   attempt's W3C trace context goes out in `traceparent`/`tracestate` (when a tracing
 //!   OpenTelemetry layer is installed and the trace is valid).
-//! - The design-v2 metrics on the global meter provider, recorded once per call:
-//!   `microservices_sync_requests_total{source, target, endpoint, status}` and
-//!   `microservices_sync_request_duration_seconds{source, target, endpoint, status}`;
+//! - The design-v2 metrics on the global meter provider, recorded once per call, named the
+//!   OpenTelemetry way: the counter `microservices_sync_requests{source, target, endpoint,
+//!   status}` and the histogram `microservices_sync_request_duration{...}` in seconds (unit
+//!   `s`), which a Prometheus exporter shows as design-v2's
+//!   `microservices_sync_requests_total` and `microservices_sync_request_duration_seconds`;
 //!   `status` is the final HTTP status, or `timeout`, `deadline`, `connect_error`,
-//!   `circuit_open`, `rejected`, `error`. Plus `microservices_circuit_breaker_state{target}`
-//!   (0 closed, 1 open, 2 half-open). Install the meter provider before building clients.
+//!   `circuit_open`, `rejected`, `error`. Plus the gauge
+//!   `microservices_circuit_breaker_state{target}` (0 closed, 1 open, 2 half-open). Install
+//!   the meter provider before building clients.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -46,11 +49,11 @@ impl Metrics {
         });
         Metrics {
             requests: meter
-                .u64_counter("microservices_sync_requests_total")
+                .u64_counter("microservices_sync_requests")
                 .with_description("Total number of synchronous requests")
                 .build(),
             duration: meter
-                .f64_histogram("microservices_sync_request_duration_seconds")
+                .f64_histogram("microservices_sync_request_duration")
                 .with_description("Duration of synchronous requests")
                 .with_unit("s")
                 .with_boundaries(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0])

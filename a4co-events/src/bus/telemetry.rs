@@ -5,13 +5,15 @@
 //!   publish span's W3C context travels in `traceparent`/`tracestate`, and the handling span
 //!   is its child, so a trace follows a message across services. Without an OpenTelemetry
 //!   layer the envelope's own trace context is passed through unchanged.
-//! - The design-v2 metrics, on the global meter provider:
-//!   `microservices_events_published_total{service, event_type, subject}`,
-//!   `microservices_events_processed_total{service, event_type, subject, status}` (status:
-//!   `success`, `retry`, `dead_letter`, `duplicate`) and
-//!   `microservices_event_processing_duration_seconds{service, event_type, subject}`.
-//!   Instruments are created with the bus: install the meter provider first. With a
-//!   Prometheus exporter, turn its unit and `_total` suffixes off to keep these names.
+//! - The design-v2 metrics, on the global meter provider, named the OpenTelemetry way (no
+//!   unit or `_total` in the name): the counters `microservices_events_published{service,
+//!   event_type, subject}` and `microservices_events_processed{service, event_type, subject,
+//!   status}` (status: `success`, `retry`, `dead_letter`, `duplicate`), and the histogram
+//!   `microservices_event_processing_duration{service, event_type, subject}` in seconds
+//!   (unit `s`). A Prometheus exporter with its default suffixes shows them under
+//!   design-v2's names: `microservices_events_published_total`,
+//!   `microservices_events_processed_total`, `microservices_event_processing_duration_seconds`.
+//!   Instruments are created with the bus: install the meter provider first.
 //!
 //! Without the `otel` feature the spans are plain `tracing` spans, the envelope's trace
 //! context is passed through unchanged, and no metric is recorded.
@@ -73,15 +75,15 @@ impl Metrics {
         let meter = global::meter("a4co-events");
         Metrics {
             published: meter
-                .u64_counter("microservices_events_published_total")
+                .u64_counter("microservices_events_published")
                 .with_description("Total number of domain events published")
                 .build(),
             processed: meter
-                .u64_counter("microservices_events_processed_total")
+                .u64_counter("microservices_events_processed")
                 .with_description("Total number of domain events processed")
                 .build(),
             duration: meter
-                .f64_histogram("microservices_event_processing_duration_seconds")
+                .f64_histogram("microservices_event_processing_duration")
                 .with_description("Duration of event processing")
                 .with_unit("s")
                 .with_boundaries(vec![0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0])

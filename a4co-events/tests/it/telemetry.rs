@@ -100,7 +100,7 @@ async fn check<T: Transport>(t: &Telemetry, bus: EventBus<T>) {
     };
     let published = metrics
         .iter()
-        .find(|m| m.name() == "microservices_events_published_total")
+        .find(|m| m.name() == "microservices_events_published")
         .expect("published counter");
     let AggregatedMetrics::U64(MetricData::Sum(sum)) = published.data() else {
         panic!("not a u64 sum")
@@ -115,7 +115,7 @@ async fn check<T: Transport>(t: &Telemetry, bus: EventBus<T>) {
     );
     let processed = metrics
         .iter()
-        .find(|m| m.name() == "microservices_events_processed_total")
+        .find(|m| m.name() == "microservices_events_processed")
         .expect("processed counter");
     let AggregatedMetrics::U64(MetricData::Sum(sum)) = processed.data() else {
         panic!("not a u64 sum")
@@ -127,7 +127,7 @@ async fn check<T: Transport>(t: &Telemetry, bus: EventBus<T>) {
     );
     let duration = metrics
         .iter()
-        .find(|m| m.name() == "microservices_event_processing_duration_seconds")
+        .find(|m| m.name() == "microservices_event_processing_duration")
         .expect("duration histogram");
     let AggregatedMetrics::F64(MetricData::Histogram(h)) = duration.data() else {
         panic!("not an f64 histogram")

@@ -75,7 +75,7 @@ async fn trace_context_arrives_and_calls_are_counted() {
         .collect();
     let requests = all
         .iter()
-        .find(|m| m.name() == "microservices_sync_requests_total")
+        .find(|m| m.name() == "microservices_sync_requests")
         .expect("the requests counter");
     let AggregatedMetrics::U64(MetricData::Sum(sum)) = requests.data() else {
         panic!("not a u64 sum")
@@ -98,7 +98,7 @@ async fn trace_context_arrives_and_calls_are_counted() {
     }
     assert!(
         all.iter()
-            .any(|m| m.name() == "microservices_sync_request_duration_seconds")
+            .any(|m| m.name() == "microservices_sync_request_duration")
     );
     let gauge = all
         .iter()

@@ -136,7 +136,11 @@ pub async fn execute(command: Command, env: Env) -> Result<(), ConfigError> {
             _ => notification_service::run(env).await,
         },
         Command::Demo { plan, nats_url } => {
-            service_kit::ops::init("warn", service_kit::ops::LogFormat::Text);
+            service_kit::ops::init(
+                "marketplace-demo",
+                "warn",
+                service_kit::ops::LogFormat::Text,
+            );
             // One process: the services' tokens never leave it, so a secret made for this
             // run does (unless one is given).
             let secret = match env.optional(a4co_http::auth::SECRET_ENV) {

@@ -43,12 +43,20 @@ pub enum LogFormat {
 }
 
 /// Sets up logs (`default_filter` unless `RUST_LOG` says otherwise; `format` unless
-/// `A4CO_LOG_FORMAT` is `json` or `text`) and the global meter provider behind `/metrics`.
-/// Call it first, before creating the bus (the bus creates its instruments on the global
-/// provider). Later calls return the first setup: several services in one process (the
-/// demo) share it.
-pub fn init(default_filter: &str, format: LogFormat) -> &'static Telemetry {
+/// `A4CO_LOG_FORMAT` is `json` or `text`) and the global meter provider behind `/metrics`,
+/// its resource naming `service` (`service.name`, and `service.version`: the kit's
+/// version). Call it first, before creating the bus (the bus creates its instruments on the
+/// global provider). Later calls return the first setup: several services in one process
+/// (the demo) share it.
+pub fn init(service: &str, default_filter: &str, format: LogFormat) -> &'static Telemetry {
     TELEMETRY.get_or_init(|| {
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name(service.to_owned())
+            .with_attribute(opentelemetry::KeyValue::new(
+                "service.version",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .build();
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
         let text = match std::env::var("A4CO_LOG_FORMAT").as_deref() {
@@ -58,7 +66,9 @@ pub fn init(default_filter: &str, format: LogFormat) -> &'static Telemetry {
         };
         // Spans get OpenTelemetry trace ids (no exporter here: add one to ship traces), so
         // the bus and the HTTP client carry W3C trace context and logs can name the trace.
-        let tracer = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let tracer = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_resource(resource.clone())
+            .build();
         let otel = {
             use opentelemetry::trace::TracerProvider as _;
             tracing_opentelemetry::layer().with_tracer(tracer.tracer("a4co-service"))
@@ -87,6 +97,7 @@ pub fn init(default_filter: &str, format: LogFormat) -> &'static Telemetry {
             .build()
         {
             Ok(exporter) => opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+                .with_resource(resource)
                 .with_reader(exporter)
                 .build(),
             Err(e) => {
@@ -263,7 +274,7 @@ pub async fn connect(
     nats: Option<a4co_events::bus::nats::Config>,
     bucket: &str,
 ) -> Result<(AnyBus, Records), crate::ConfigError> {
-    init("info", LogFormat::Json);
+    init(service, "info", LogFormat::Json);
     let bus = AnyBus::open(nats.map(|c| c.name(service))).await?;
     let records = Records::open(&bus, bucket).await?;
     Ok((bus, records))

@@ -76,7 +76,7 @@ async fn a_request_stays_in_its_callers_trace_and_says_which() {
 
 #[tokio::test]
 async fn health_and_metrics() {
-    ops::init("warn", ops::LogFormat::Text);
+    ops::init("svc", "warn", ops::LogFormat::Text);
     let bus = AnyBus::from(
         MemoryBus::provisioned()
             .await
@@ -100,9 +100,41 @@ async fn health_and_metrics() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let text = String::from_utf8_lossy(&scrape.body);
+    // Whole metric names, as design-v2's queries use them: no suffix doubled.
+    let names: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
     assert!(
-        text.contains("microservices_events_published_total") && text.contains(OrderCreated::TYPE),
-        "{text}"
+        names.contains("microservices_events_published_total"),
+        "{names:?}"
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("_total_total") || n.contains("_seconds_seconds")),
+        "{names:?}"
+    );
+    let published = text
+        .lines()
+        .find(|l| l.starts_with("microservices_events_published_total{"))
+        .unwrap_or_default();
+    assert!(
+        published.contains(&format!("event_type=\"{}\"", OrderCreated::TYPE)),
+        "{published}"
+    );
+    let target = text
+        .lines()
+        .find(|l| l.starts_with("target_info{"))
+        .unwrap_or_default();
+    assert!(target.contains("service_name=\"svc\""), "{target}");
+    assert!(
+        target.contains(&format!(
+            "service_version=\"{}\"",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{target}"
     );
 }
 
@@ -115,7 +147,7 @@ async fn health_names_a_subscription_while_its_consumer_is_recreated() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    ops::init("warn", ops::LogFormat::Text);
+    ops::init("svc", "warn", ops::LogFormat::Text);
     let server = a4co_testkit::nats::NatsServer::start();
     let bus = AnyBus::connect(Some(&server.url()), "svc", 1)
         .await
