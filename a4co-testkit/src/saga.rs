@@ -381,11 +381,9 @@ impl Input {
 
     fn describe(&self) -> String {
         match self {
-            Input::Message { body, .. } => body["eventType"]
-                .as_str()
-                .or_else(|| body["type"].as_str())
-                .unwrap_or("a message")
-                .to_owned(),
+            Input::Message { body, .. } => {
+                body["eventType"].as_str().unwrap_or("a message").to_owned()
+            }
             Input::Timers => "the timers due".to_owned(),
         }
     }

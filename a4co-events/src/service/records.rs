@@ -93,10 +93,8 @@ impl Records {
     /// Records under `prefix` live `ttl` after their last write, then leave (a record
     /// written again lives on); the others stay until removed. For what has a natural
     /// end: idempotency keys, inbox-like notes, logs kept for a while. On NATS the server
-    /// drops them (per-message TTL, whole seconds); in memory they read as absent.
-    ///
-    /// # Panics
-    /// Never; a `ttl` under one second counts as one second.
+    /// drops them (per-message TTL, whole seconds: a `ttl` under one second counts as one);
+    /// in memory they read as absent.
     #[must_use]
     pub fn expire(self, prefix: &str, ttl: Duration) -> Self {
         let mut lifetimes = self.lifetimes.to_vec();
@@ -188,22 +186,21 @@ impl Records {
                     source,
                 })?,
             );
-        match &self.inner {
-            Inner::Memory(map) => {
+        match (&self.inner, self.lifetime(key)) {
+            (Inner::Memory(map), lifetime) => {
                 let mut map = lock(map);
                 let current = live(&mut map, key).map(|(_, revision, _)| revision);
                 if current != expected {
                     return Err(RecordsError::Conflict(key.to_owned()));
                 }
                 let revision = current.unwrap_or(0) + 1;
-                let expires = self.lifetime(key).map(|ttl| Instant::now() + ttl);
+                let expires = lifetime.map(|ttl| Instant::now() + ttl);
                 map.insert(key.to_owned(), (bytes, revision, expires));
                 Ok(revision)
             }
             #[cfg(feature = "nats")]
-            Inner::Nats(nats) if self.lifetime(key).is_some() => {
+            (Inner::Nats(nats), Some(ttl)) => {
                 let (store, transport) = &**nats;
-                let ttl = self.lifetime(key).unwrap_or_default();
                 transport
                     .kv_put_expiring(store, key, bytes, expected, ttl)
                     .await
@@ -215,7 +212,7 @@ impl Records {
                     })
             }
             #[cfg(feature = "nats")]
-            Inner::Nats(nats) => match expected {
+            (Inner::Nats(nats), None) => match expected {
                 None => nats.0.create(key, bytes).await.map_err(|e| {
                     if e.kind() == kv::CreateErrorKind::AlreadyExists {
                         RecordsError::Conflict(key.to_owned())

@@ -595,8 +595,25 @@ async fn the_four_services_as_separate_processes() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let text = String::from_utf8_lossy(&scrape.body).into_owned();
+    // Whole names, as design-v2's queries use them.
+    let names: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    for name in [
+        "microservices_events_published_total",
+        "microservices_events_processed_total",
+        "microservices_event_processing_duration_seconds_bucket",
+        "microservices_sync_requests_total",
+        "microservices_sync_request_duration_seconds_bucket",
+        "microservices_circuit_breaker_state",
+    ] {
+        assert!(names.contains(name), "{name} missing: {names:?}");
+    }
     assert!(
-        text.contains("microservices_events_published_total"),
+        text.lines()
+            .any(|l| l.starts_with("target_info{") && l.contains("service_name=\"order-service\"")),
         "{text}"
     );
     // SIGTERM: each drains its work and exits cleanly.

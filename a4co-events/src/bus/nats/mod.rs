@@ -425,11 +425,7 @@ impl NatsTransport {
             let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
             while let Some(message) = messages.next().await {
                 let message = message.map_err(|e| failed(&e))?;
-                let removed = message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("KV-Operation"))
-                    .is_some_and(|op| op.as_str() != "PUT");
+                let removed = message.headers.as_ref().is_some_and(kv_removal);
                 if !removed && let Some(key) = message.subject.as_str().strip_prefix(&store.prefix)
                 {
                     keys.push(key.to_owned());
@@ -465,11 +461,7 @@ impl NatsTransport {
             .await
         {
             Ok(message) => {
-                let removed = message
-                    .headers
-                    .get("KV-Operation")
-                    .is_some_and(|op| op.as_str() != "PUT");
-                Ok((!removed).then_some((message.payload, message.sequence)))
+                Ok((!kv_removal(&message.headers)).then_some((message.payload, message.sequence)))
             }
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(ConsumeError::new(
@@ -609,6 +601,13 @@ async fn refusal_of(mut denied: broadcast::Receiver<Arc<str>>, subject: &str) {
             Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
         }
     }
+}
+
+/// Whether a KV entry's headers mark a removal (a delete or purge marker), not a value.
+fn kv_removal(headers: &HeaderMap) -> bool {
+    headers
+        .get("KV-Operation")
+        .is_some_and(|op| op.as_str() != "PUT")
 }
 
 fn publish_error(e: &jetstream::context::PublishError) -> PublishErrorKind {
