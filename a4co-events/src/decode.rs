@@ -13,7 +13,7 @@ use crate::catalog::{self, AnyDataError, AnyMessage};
 use crate::envelope::{Envelope, WireEnvelope};
 use crate::error::clip;
 pub use crate::error::{DecodeError, DecodeErrorKind, MAX_VIOLATIONS, Violation};
-use crate::headers::{EnvelopeHeaders, Headers, TraceContext};
+use crate::headers::{EnvelopeHeaders, Headers, TraceContext, names};
 use crate::message::{DataError, Message};
 #[cfg(feature = "validate")]
 use crate::schema::validator;
@@ -93,7 +93,8 @@ impl Decoder {
     }
 
     /// Accepts messages without a4co headers (from a source that cannot set them, e.g. a
-    /// CloudEvents webhook). Headers that are present are still checked against the body.
+    /// CloudEvents webhook): with no `Nats-Msg-Id`, only a W3C trace context is read from
+    /// the headers. With one, the headers are checked against the body as usual.
     pub const fn headers_optional(mut self) -> Self {
         self.require_headers = false;
         self
@@ -210,8 +211,9 @@ impl Decoder {
         };
         let (event_type, version) = (wire.event_type.as_str(), wire.event_version);
 
-        let trace = if headers.is_empty() && !self.require_headers {
-            None
+        // Without a4co headers (no event id), only the trace context is read from them.
+        let trace = if !self.require_headers && headers.get(names::MSG_ID).is_none() {
+            TraceContext::extract(headers)
         } else {
             let parsed =
                 EnvelopeHeaders::from_headers(headers).map_err(|e| e.about(event_type, version))?;

@@ -178,6 +178,19 @@ impl TraceContext {
         })
     }
 
+    /// A new trace: random trace and span ids, sampled (the W3C format of a root span
+    /// started here). The bus sends one with a message that has no trace context, so
+    /// every message on the wire can be followed, with or without OpenTelemetry.
+    #[cfg(feature = "bus")]
+    pub fn new_root() -> Self {
+        let trace_id = fastrand::u128(1..);
+        let span_id = fastrand::u64(1..);
+        TraceContext {
+            traceparent: format!("00-{trace_id:032x}-{span_id:016x}-01"),
+            tracestate: None,
+        }
+    }
+
     /// Reads the trace context from headers, if a valid one is there.
     pub fn extract(headers: &Headers) -> Option<Self> {
         Self::parse(

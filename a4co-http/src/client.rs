@@ -111,7 +111,7 @@ impl Exchange {
 /// The URL of `path` (from `/`, maybe with a query and a fragment) on `base`, whose own
 /// path is `prefix` plus `/`: what parsing `base` + `path` as one string gives, without
 /// parsing the scheme and host again on every call (half a microsecond for an IP address).
-fn join(base: &reqwest::Url, prefix: &str, path: &str) -> reqwest::Url {
+pub(crate) fn join(base: &reqwest::Url, prefix: &str, path: &str) -> reqwest::Url {
     let (rest, fragment) = match path.split_once('#') {
         Some((rest, fragment)) => (rest, Some(fragment)),
         None => (path, None),
@@ -780,23 +780,26 @@ impl Call {
         // Borrowed, not cloned: every clone of the shared handle is an atomic write that
         // the cores running calls to the same target would fight over.
         let inner = &*self.client.inner;
+        // The logical call (its attempts are child spans), with the HTTP client attributes
+        // of OpenTelemetry's semantic conventions.
         let span = tracing::info_span!(
             "http.call",
             otel.name = %format_args!("{} {endpoint}", self.method),
             otel.kind = "client",
             http.request.method = %self.method,
+            server.address = inner.base.host_str().unwrap_or_default(),
+            server.port = i64::from(inner.base.port_or_known_default().unwrap_or_default()),
+            url.full = %telemetry::FullUrl(&inner.base, &inner.prefix, &self.path),
+            url.template = %endpoint,
             peer.service = %inner.target,
-            url.path = %self.path,
             http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
         let started = Instant::now();
         let result = self.run(started).instrument(span.clone()).await;
         let status = telemetry::status_label(result.as_ref().map(|r| r.status));
-        span.record("http.response.status_code", status.as_ref());
-        if result.is_err() {
-            span.record("otel.status_code", "ERROR");
-        }
+        telemetry::record_outcome(&span, result.as_ref().map(|r| r.status), &status);
         inner.metrics.record(endpoint, status, started.elapsed());
         match result {
             Err(error) if error.is_unavailable() => match fallback {
@@ -909,7 +912,9 @@ impl Call {
                     }
                 }
             }
-            let outcome = self.attempt(inner, attempt_limit, remaining, &err).await;
+            let outcome = self
+                .attempt(inner, attempt_limit, remaining, attempt - 1, &err)
+                .await;
             if let (Some(breaker), Some(mut probe)) = (&inner.breaker, probe) {
                 let failed = match &outcome {
                     Outcome::Done(_) => false,
@@ -954,19 +959,36 @@ impl Call {
         inner: &Inner,
         limit: Option<Duration>,
         remaining: Option<Duration>,
+        resend: u32,
         err: &impl Fn(Kind) -> Error,
     ) -> Outcome {
         let mut headers = self.headers.clone();
-        let span = tracing::info_span!("http.attempt", otel.kind = "client");
-        if let Some((parent, state)) = telemetry::trace_headers(&span) {
-            if let Ok(parent) = header::HeaderValue::try_from(parent) {
-                headers.insert("traceparent", parent);
-            }
-            if let Ok(state) = header::HeaderValue::try_from(state)
-                && !state.is_empty()
-            {
-                headers.insert("tracestate", state);
-            }
+        // Each attempt is one HTTP request: a client span of its own.
+        let url = join(&inner.base, &inner.prefix, &self.path);
+        let span = tracing::info_span!(
+            "http.attempt",
+            otel.name = %self.method,
+            otel.kind = "client",
+            http.request.method = %self.method,
+            server.address = url.host_str().unwrap_or_default(),
+            server.port = i64::from(url.port_or_known_default().unwrap_or_default()),
+            url.full = %telemetry::Redacted(&url),
+            http.request.resend_count = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        if resend > 0 {
+            span.record("http.request.resend_count", i64::from(resend));
+        }
+        let (parent, state) = telemetry::trace_headers(&span);
+        if let Ok(parent) = header::HeaderValue::try_from(parent) {
+            headers.insert("traceparent", parent);
+        }
+        if let Ok(state) = header::HeaderValue::try_from(state)
+            && !state.is_empty()
+        {
+            headers.insert("tracestate", state);
         }
         if let Some(issuer) = &inner.issuer {
             match issuer.authorization() {
@@ -987,11 +1009,27 @@ impl Call {
         }
         // Each attempt builds its URL from the parsed base and moves it into the request:
         // no second copy for the first (and usual only) attempt.
-        let url = join(&inner.base, &inner.prefix, &self.path);
         let exchange = inner
             .exchange
             .send(self.method.clone(), url, headers, self.body.clone())
-            .instrument(span);
+            .instrument(span.clone());
+        let outcome = self.exchanged(exchange, limit, err).await;
+        let status = match &outcome {
+            Outcome::Done(response) => Ok(response.status),
+            Outcome::Fail(e) | Outcome::Retry(e, _) => Err(e),
+        };
+        let label = telemetry::status_label(status);
+        telemetry::record_outcome(&span, status, &label);
+        outcome
+    }
+
+    /// What one attempt's exchange came to, within `limit`.
+    async fn exchanged(
+        &self,
+        exchange: impl Future<Output = Result<Exchanged, ExchangeError>>,
+        limit: Option<Duration>,
+        err: &impl Fn(Kind) -> Error,
+    ) -> Outcome {
         let result = match limit {
             Some(limit) => match tokio::time::timeout(limit, exchange).await {
                 Ok(r) => r,

@@ -1,8 +1,9 @@
 //! Traces and metrics of the client, through OpenTelemetry.
 //!
 //! - Each call is a `client` span (`<METHOD> <endpoint>`), each attempt a child span; the
-//!   attempt's W3C trace context goes out in `traceparent`/`tracestate` (when a tracing
-//!   OpenTelemetry layer is installed and the trace is valid).
+//!   attempt's W3C trace context goes out in `traceparent`/`tracestate`: the attempt
+//!   span's when a tracing OpenTelemetry layer records it, else a new trace, so every call
+//!   carries one.
 //! - The design-v2 metrics on the global meter provider, recorded once per call, named the
 //!   OpenTelemetry way: the counter `microservices_sync_requests{source, target, endpoint,
 //!   status}` and the histogram `microservices_sync_request_duration{...}` in seconds (unit
@@ -145,15 +146,70 @@ pub(crate) fn endpoint_of(path: &str) -> String {
     out
 }
 
-/// The `traceparent` (and `tracestate`) of a span, when it has a valid trace.
-pub(crate) fn trace_headers(span: &tracing::Span) -> Option<(String, String)> {
+/// `url.full` of a call: the base joined with the path, credentials redacted (formatted
+/// only when a layer records the span).
+pub(crate) struct FullUrl<'a>(pub &'a reqwest::Url, pub &'a str, pub &'a str);
+
+impl std::fmt::Display for FullUrl<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = crate::client::join(self.0, self.1, self.2);
+        Redacted(&url).fmt(f)
+    }
+}
+
+/// A URL with its user name and password replaced by `REDACTED`, as the semantic
+/// conventions ask of `url.full`.
+pub(crate) struct Redacted<'a>(pub &'a reqwest::Url);
+
+impl std::fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = self.0;
+        if url.username().is_empty() && url.password().is_none() {
+            return f.write_str(url.as_str());
+        }
+        let mut redacted = url.clone();
+        let _ = redacted.set_username("REDACTED");
+        if url.password().is_some() {
+            let _ = redacted.set_password(Some("REDACTED"));
+        }
+        f.write_str(redacted.as_str())
+    }
+}
+
+/// Records a call's or attempt's outcome on its span: the numeric
+/// `http.response.status_code` when an HTTP status came back, and on failure `error.type`
+/// (the status, or what went wrong: `timeout`, `connect_error`, ...) with an error status.
+pub(crate) fn record_outcome(span: &tracing::Span, result: Result<u16, &Error>, label: &str) {
+    let status = match result {
+        Ok(status) => Some(status),
+        Err(e) => e.status(),
+    };
+    if let Some(status) = status {
+        span.record("http.response.status_code", i64::from(status));
+    }
+    if result.is_err() {
+        span.record("error.type", label);
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// The `traceparent` and `tracestate` of a span when an OpenTelemetry layer records it;
+/// otherwise a new trace (random ids, sampled, no state), so every call carries one.
+pub(crate) fn trace_headers(span: &tracing::Span) -> (String, String) {
     let cx = span.context();
     let otel = cx.span();
     let sc = otel.span_context();
     if !sc.is_valid() {
-        return None;
+        return (
+            format!(
+                "00-{:032x}-{:016x}-01",
+                fastrand::u128(1..),
+                fastrand::u64(1..)
+            ),
+            String::new(),
+        );
     }
-    Some((
+    (
         format!(
             "00-{}-{}-{:02x}",
             sc.trace_id(),
@@ -161,7 +217,7 @@ pub(crate) fn trace_headers(span: &tracing::Span) -> Option<(String, String)> {
             sc.trace_flags().to_u8()
         ),
         sc.trace_state().header(),
-    ))
+    )
 }
 
 #[cfg(test)]

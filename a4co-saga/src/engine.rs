@@ -1,7 +1,7 @@
 //! The engine: applies a message or a due timer to an instance's record through the
 //! definition's reactions. Pure (no I/O): the runtime loads, saves and publishes around it.
 
-use a4co_events::{AnyMessage, Envelope, EventId};
+use a4co_events::{AnyMessage, Envelope, EventId, TraceContext};
 use chrono::{DateTime, Utc};
 
 use crate::definition::{Definition, Run, Trigger};
@@ -40,13 +40,22 @@ async fn run_reaction<D: Data, S: State>(
     let Some(reaction) = definition.reaction(from, trigger) else {
         return Ok(false);
     };
-    let cause = message.as_ref().map(|m| (m.event_id, m.trace.clone()));
+    // What it sends continues the trace it runs in: the handling span's (OpenTelemetry),
+    // else the message's, else (a timer) the trace that started the instance.
+    let trace = a4co_events::bus::current_trace()
+        .or_else(|| message.as_ref().and_then(|m| m.trace.clone()))
+        .or_else(|| {
+            let parent = instance.ledger.trace.as_deref()?;
+            TraceContext::parse(parent, None)
+        });
+    let cause = message.as_ref().map(|m| m.event_id);
     let mut step = Step {
         data: std::mem::take(&mut instance.data),
         ledger: std::mem::take(&mut instance.ledger),
         now,
         source: definition.source(),
         cause,
+        trace,
         misuse: None,
     };
     let to = match (&reaction.run, message) {
@@ -140,6 +149,14 @@ pub(crate) async fn apply<D: Data, S: State>(
                     correlation_id: message.metadata.correlation_id.clone(),
                     user_id: message.metadata.user_id.clone(),
                     origin: message.event_id.to_string(),
+                    trace: Some(
+                        message
+                            .trace
+                            .clone()
+                            .unwrap_or_else(TraceContext::new_root)
+                            .traceparent()
+                            .to_owned(),
+                    ),
                     ..Ledger::default()
                 },
             };

@@ -21,7 +21,7 @@ pub use clock::{Clock, SystemClock, VirtualClock};
 pub use definition::{Builder, Definition, Trigger};
 pub use engine::Applied;
 pub use error::{DefinitionError, ReactionError, RuntimeError, StoreError};
-pub use record::{Data, Instance, State};
+pub use record::{Data, Instance, Outcome, State};
 pub use runtime::{Running, Runtime};
 pub use step::Step;
 pub use store::{MemoryStore, SetAside, Store};

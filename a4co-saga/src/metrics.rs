@@ -1,5 +1,17 @@
-//! The runtime's counters, on OpenTelemetry's global meter with the `otel` feature
-//! (nothing without it).
+//! The runtime's instruments, on OpenTelemetry's global meter with the `otel` feature
+//! (nothing without it), named the OpenTelemetry way (Prometheus adds `_total` and
+//! `_seconds`):
+//!
+//! - `a4co_saga_started{saga, version}`: instances started;
+//! - `a4co_saga_finished{saga, version, outcome}`: instances that reached a final state,
+//!   `outcome` `completed`, `compensated` or `failed` ([`crate::Outcome`]);
+//! - `a4co_saga_timer_lag{saga}` (histogram, seconds): how late timers fired after they
+//!   were due (the tick, a busy or absent runtime);
+//! - `a4co_saga_records_set_aside{saga}`: records that could not be read.
+//!
+//! Each move is counted once, by the runtime whose save made it.
+
+use crate::record::{Instance, Outcome};
 
 /// A record that cannot be read was set aside (`a4co_saga_records_set_aside_total` in
 /// Prometheus), by saga.
@@ -19,3 +31,84 @@ pub(crate) fn set_aside(saga: &str) {
 
 #[cfg(not(feature = "otel"))]
 pub(crate) fn set_aside(_: &str) {}
+
+/// An instance moved from `before` (none: it started) to where it is now, saved.
+pub(crate) fn moved<D: crate::Data, S: crate::State>(before: Option<S>, instance: &Instance<D, S>) {
+    let started = before.is_none();
+    let finished = before
+        .is_none_or(|b| !b.is_final())
+        .then(|| instance.outcome());
+    if started || finished.flatten().is_some() {
+        record_moved(
+            &instance.ledger.definition,
+            instance.ledger.version,
+            started,
+            finished.flatten(),
+        );
+    }
+}
+
+#[cfg(feature = "otel")]
+fn record_moved(saga: &str, version: u32, started: bool, finished: Option<Outcome>) {
+    use std::sync::OnceLock;
+    static COUNTERS: OnceLock<[opentelemetry::metrics::Counter<u64>; 2]> = OnceLock::new();
+    let [start, finish] = COUNTERS.get_or_init(|| {
+        let meter = opentelemetry::global::meter("a4co-saga");
+        [
+            meter
+                .u64_counter("a4co_saga_started")
+                .with_description("Saga instances started, by definition and version")
+                .build(),
+            meter
+                .u64_counter("a4co_saga_finished")
+                .with_description(
+                    "Saga instances that reached a final state, by definition, version and \
+                     outcome (completed, compensated, failed)",
+                )
+                .build(),
+        ]
+    });
+    let labels = [
+        opentelemetry::KeyValue::new("saga", saga.to_owned()),
+        opentelemetry::KeyValue::new("version", i64::from(version)),
+    ];
+    if started {
+        start.add(1, &labels);
+    }
+    if let Some(outcome) = finished {
+        let [saga, version] = labels;
+        finish.add(
+            1,
+            &[
+                saga,
+                version,
+                opentelemetry::KeyValue::new("outcome", outcome.as_str()),
+            ],
+        );
+    }
+}
+
+#[cfg(not(feature = "otel"))]
+fn record_moved(_: &str, _: u32, _: bool, _: Option<Outcome>) {}
+
+/// Timers of `saga` fired `lags` seconds after they were due.
+#[cfg(feature = "otel")]
+pub(crate) fn timers_fired(saga: &str, lags: &[f64]) {
+    use std::sync::OnceLock;
+    static LAG: OnceLock<opentelemetry::metrics::Histogram<f64>> = OnceLock::new();
+    let lag = LAG.get_or_init(|| {
+        opentelemetry::global::meter("a4co-saga")
+            .f64_histogram("a4co_saga_timer_lag")
+            .with_description("How late saga timers fired after they were due")
+            .with_unit("s")
+            .with_boundaries(vec![0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0])
+            .build()
+    });
+    let labels = [opentelemetry::KeyValue::new("saga", saga.to_owned())];
+    for seconds in lags {
+        lag.record(*seconds, &labels);
+    }
+}
+
+#[cfg(not(feature = "otel"))]
+pub(crate) fn timers_fired(_: &str, _: &[f64]) {}

@@ -24,6 +24,37 @@ pub trait State:
     /// Whether the saga ends here: a final state has no timers, and reacts only to the
     /// messages its definition answers after the end, staying final.
     fn is_final(self) -> bool;
+
+    /// How a saga that ends in this final state ended, for the metrics
+    /// (`a4co_saga_finished_total{outcome}`): [`Outcome::Completed`] unless the state says
+    /// the saga failed to do its job ([`Outcome::Failed`]; an instance that sent
+    /// compensations on the way counts as [`Outcome::Compensated`]). Not asked of other
+    /// states.
+    fn outcome(self) -> Outcome {
+        Outcome::Completed
+    }
+}
+
+/// How a finished saga ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// It did its job.
+    Completed,
+    /// It failed after completed steps were undone (it sent compensations).
+    Compensated,
+    /// It failed with nothing to undo.
+    Failed,
+}
+
+impl Outcome {
+    /// `completed`, `compensated` or `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Compensated => "compensated",
+            Outcome::Failed => "failed",
+        }
+    }
 }
 
 /// What a saga keeps between messages.
@@ -135,6 +166,10 @@ pub(crate) struct Ledger {
     pub(crate) user_id: String,
     /// The id of the message that started it.
     pub(crate) origin: String,
+    /// The W3C `traceparent` of the message that started it (absent in records written
+    /// before it was kept): what a timer's messages continue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) trace: Option<String>,
     /// Messages saved but not yet published.
     pub(crate) outbox: Vec<Outgoing>,
     /// Compensations of completed steps, in order of completion (run in reverse).
@@ -197,6 +232,19 @@ pub struct Instance<D, S> {
 }
 
 impl<D: Data, S: State> Instance<D, S> {
+    /// How it ended, once in a final state ([`State::outcome`]; a failure that sent
+    /// compensations is [`Outcome::Compensated`]); `None` while it runs.
+    pub fn outcome(&self) -> Option<Outcome> {
+        if !self.state.is_final() {
+            return None;
+        }
+        Some(match self.state.outcome() {
+            Outcome::Completed => Outcome::Completed,
+            _ if self.ledger.steps.iter().any(|s| s.starts_with("undo/")) => Outcome::Compensated,
+            other => other,
+        })
+    }
+
     /// The earliest timer, if any.
     pub fn next_timer(&self) -> Option<DateTime<Utc>> {
         self.ledger.timers.values().min().copied()

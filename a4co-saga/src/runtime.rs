@@ -445,6 +445,7 @@ where
             let revision = loaded.as_ref().map(|(_, r)| *r);
             let now = self.inner.clock.now();
             let mut instance = loaded.map(|(i, _)| i);
+            let before = instance.as_ref().map(|i| i.state);
             let definition = match &mut instance {
                 Some(instance) => self.definition_of(instance)?,
                 None => &self.inner.definition,
@@ -479,6 +480,7 @@ where
             };
             match self.save(&key, &mut instance, revision).await {
                 Ok(revision) => {
+                    crate::metrics::moved(before, &instance);
                     let sent = self
                         .publish_outbox(&key, instance, revision, emptying)
                         .await?;
@@ -615,6 +617,14 @@ where
                 Err(e) => return Err(e.into()),
             };
             let definition = self.definition_of(&mut instance)?;
+            let before = instance.state;
+            let lags: Vec<f64> = instance
+                .ledger
+                .timers
+                .values()
+                .filter_map(|at| (now - *at).to_std().ok())
+                .map(|lag| lag.as_secs_f64())
+                .collect();
             let changed = fire_due(definition, &mut instance, now).await?;
             if !changed {
                 // Fired already (by another replica, or before a crash that stopped the
@@ -631,6 +641,8 @@ where
             }
             match self.save(key, &mut instance, Some(revision)).await {
                 Ok(revision) => {
+                    crate::metrics::moved(Some(before), &instance);
+                    crate::metrics::timers_fired(&instance.ledger.definition, &lags);
                     // The save indexed the timers it left.
                     let sent = self
                         .publish_outbox(key, instance, revision, Emptying::Now)

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use a4co_events::headers::names;
 use a4co_events::{Envelope, EventId, Message, TraceContext};
 use chrono::{DateTime, Utc};
 
@@ -16,7 +17,10 @@ pub struct Step<D> {
     pub(crate) ledger: Ledger,
     pub(crate) now: DateTime<Utc>,
     pub(crate) source: Arc<str>,
-    pub(crate) cause: Option<(EventId, Option<TraceContext>)>,
+    /// The id of the message being handled (none for a timer).
+    pub(crate) cause: Option<EventId>,
+    /// The trace context what it sends carries.
+    pub(crate) trace: Option<TraceContext>,
     pub(crate) misuse: Option<String>,
 }
 
@@ -90,10 +94,10 @@ impl<D> Step<D> {
             .with_user_id(self.ledger.user_id.clone())
             .with_saga_id(self.ledger.saga_id.clone());
         envelope.metadata.causation_id = match &self.cause {
-            Some((cause, _)) => cause.to_string(),
+            Some(cause) => cause.to_string(),
             None => self.ledger.origin.clone(),
         };
-        if let Some((_, Some(trace))) = &self.cause {
+        if let Some(trace) = &self.trace {
             envelope = envelope.with_trace(trace.clone());
         }
         Some(envelope)
@@ -158,10 +162,23 @@ impl<D> Step<D> {
             // Stamped now, caused by what set the compensation off.
             if let Ok(mut body) = serde_json::from_str::<serde_json::Value>(c.body.get()) {
                 body["occurredAt"] = serde_json::Value::String(rfc3339(self.now));
-                if let Some((cause, _)) = &self.cause {
+                if let Some(cause) = &self.cause {
                     body["metadata"]["causationId"] = serde_json::Value::String(cause.to_string());
                 }
                 c.body = raw_json(body.to_string().into_bytes());
+            }
+            // In the trace of what set it off, not of the step it undoes.
+            if let Some(trace) = &self.trace {
+                c.headers
+                    .retain(|(name, _)| name != names::TRACEPARENT && name != names::TRACESTATE);
+                c.headers.push((
+                    names::TRACEPARENT.to_owned(),
+                    trace.traceparent().to_owned(),
+                ));
+                if let Some(state) = trace.tracestate() {
+                    c.headers
+                        .push((names::TRACESTATE.to_owned(), state.to_owned()));
+                }
             }
             undone.push(c.step.clone());
             self.ledger.outbox.push(c);

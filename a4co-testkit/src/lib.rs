@@ -6,6 +6,7 @@ pub mod bus;
 pub mod cpu;
 pub mod http;
 pub mod nats;
+pub mod otlp;
 pub mod saga;
 pub mod telemetry;
 

@@ -363,6 +363,10 @@ enum Event<T: Transport> {
     Reopened(Result<T::Consumer, super::SubscribeError>),
 }
 
+/// How often at least a consumer asks the broker where it stands, for the backlog gauges
+/// (`a4co_consumer_pending`, `a4co_consumer_ack_pending`) when nothing else makes it ask.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
+
 /// How soon to ask the broker again while a takeover waits for the previous instance's
 /// messages.
 const RELOOK: Duration = Duration::from_millis(20);
@@ -410,6 +414,7 @@ async fn run<T: Transport, H: Handler>(
     let mut relook: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     // Whether something arrived since the last look at the ack floor.
     let mut active = false;
+    let mut last_look = std::time::Instant::now();
     // The highest sequence seen: after a re-creation, what is at or below it may have
     // been handled already and is checked against the inbox first.
     let mut seen = 0u64;
@@ -532,7 +537,10 @@ async fn run<T: Transport, H: Handler>(
                     give_back(&mut barred, &mut barrier).await;
                 }
                 let book_open = shared.book(index).is_some_and(|b| !b.is_empty());
-                if (booked && book_open) || active || barrier.is_some() {
+                // The backlog metrics want a fresh look now and then, busy or not.
+                let stale = last_look.elapsed() >= BACKLOG_EVERY;
+                if (booked && book_open) || active || barrier.is_some() || stale {
+                    last_look = std::time::Instant::now();
                     active = false;
                     look_min = running.len() + queued + barred.len();
                     looking = Some(Box::pin(consumer.ack_state()));
@@ -542,6 +550,13 @@ async fn run<T: Transport, H: Handler>(
                 looking = None;
                 if let Some(state) = state {
                     floor = Some(state.floor);
+                    shared.bus.metrics.backlog(
+                        &shared.service,
+                        &shared.label,
+                        &shared.specs[index].stream,
+                        state.waiting,
+                        state.pending,
+                    );
                     // The previous instance's messages are done when everything below the
                     // first sequence this instance got is settled, or nothing is unsettled
                     // but this instance's own (at their fewest while the broker was asked):
@@ -788,8 +803,16 @@ async fn process<T: Transport, H: Handler>(
         info.stream_sequence,
         info.delivered,
     );
-    if let Some(trace) = TraceContext::extract(&message.headers) {
-        telemetry::set_remote_parent(&span, &trace);
+    let mut decoded = decoded;
+    match TraceContext::extract(&message.headers) {
+        Some(trace) => telemetry::set_remote_parent(&span, &trace),
+        // A message without trace context starts a trace here (the handling span's, or a new
+        // one), which what the handler sends on its behalf continues.
+        None => {
+            if let Ok(envelope) = &mut decoded {
+                envelope.trace = Some(telemetry::outgoing(&span, None));
+            }
+        }
     }
     let started = std::time::Instant::now();
     let (status, event_type) = settle(&shared, &delivery, decoded, consumer, recheck)
@@ -1057,6 +1080,7 @@ async fn settle<T: Transport, H: Handler>(
                     tracing::warn!(error = %e, "nak failed; the broker redelivers after the ack wait");
                 }
                 shared.counters.retried.fetch_add(1, Ordering::Relaxed);
+                telemetry::failed(&tracing::Span::current(), "transient");
                 "retry"
             }
         }
@@ -1109,6 +1133,10 @@ async fn dead_letter<T: Transport, H: Handler>(
         letter = letter.by_reference();
         record = letter.to_message();
     }
+    // A message that came without trace context: its dead letter is in the handling's trace.
+    if record.headers.get(names::TRACEPARENT).is_none() {
+        telemetry::outgoing(&tracing::Span::current(), None).inject(&mut record.headers);
+    }
     match shared.bus.transport.publish(record).await {
         Ok(_) => {
             tracing::warn!(reason = %letter.reason, "dead-lettered");
@@ -1124,6 +1152,11 @@ async fn dead_letter<T: Transport, H: Handler>(
                 .counters
                 .dead_lettered
                 .fetch_add(1, Ordering::Relaxed);
+            shared
+                .bus
+                .metrics
+                .dead_lettered(&shared.service, &shared.label, letter.fault);
+            telemetry::failed(&tracing::Span::current(), letter.fault.as_str());
             "dead_letter"
         }
         Err(e) => {

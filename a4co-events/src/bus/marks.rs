@@ -193,6 +193,7 @@ mod tests {
             floor,
             epoch,
             pending: 0,
+            waiting: 0,
         }
     }
 

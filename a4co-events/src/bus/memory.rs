@@ -427,16 +427,31 @@ impl Consumer for MemoryConsumer {
     }
 
     fn ack_state(&self) -> impl Future<Output = Option<AckState>> + Send + 'static {
-        let state = self.transport.lock().consumers.get(&self.key).map(|c| {
+        let state = self.transport.lock();
+        let state = state.consumers.get(&self.key).map(|c| {
             let floor = match c.pending.keys().next() {
                 Some(first) => first.saturating_sub(1),
                 None => c.next_sequence.saturating_sub(1),
             };
+            let waiting = state.streams.get(&c.spec.stream).map_or(0, |stream| {
+                stream
+                    .messages
+                    .range(c.next_sequence..)
+                    .filter(|(_, m)| {
+                        c.spec.filter_subjects.is_empty()
+                            || c.spec
+                                .filter_subjects
+                                .iter()
+                                .any(|f| subject_matches(f, &m.message.subject))
+                    })
+                    .count() as u64
+            });
             // An in-memory broker loses no connection.
             AckState {
                 floor,
                 epoch: 0,
                 pending: c.pending.len() as u64,
+                waiting,
             }
         });
         std::future::ready(state)

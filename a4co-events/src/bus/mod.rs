@@ -67,6 +67,7 @@ use tracing::Instrument;
 use crate::catalog::AnyMessage;
 use crate::decode::Decoder;
 use crate::envelope::Envelope;
+use crate::headers::TraceContext;
 use crate::message::{BoundedContext, Message, Payload};
 
 mod config;
@@ -89,6 +90,7 @@ pub use error::{
     SubscribeError, SubscribeErrorKind,
 };
 pub use memory::MemoryTransport;
+pub use telemetry::current_trace;
 pub use transport::{AckState, Consumer, Delivery, Inbox};
 pub use transport::{DeliveryInfo, PendingAck, Provisioned, PublishAck, RawMessage, Transport};
 
@@ -120,8 +122,10 @@ pub trait Publisher: Clone + Send + Sync + 'static {
         envelope: &Envelope<P>,
     ) -> impl Future<Output = Result<PendingAck, PublishError>> + Send;
 
-    /// Publishes bytes as they are, unchecked: for bridges, dead-letter replays and tests of
-    /// bad input.
+    /// Publishes bytes as they are, unchecked: for bridges, dead-letter replays, saga
+    /// outboxes and tests of bad input. Only the trace context is the bus's: the message
+    /// goes out in a publish span continuing the current trace, or else its own
+    /// `traceparent`'s, or else a new one, and carries that span's context.
     ///
     /// # Errors
     /// As [`Publisher::publish`].
@@ -637,11 +641,11 @@ impl<T: Transport> EventBus<T> {
         }
     }
 
-    /// The message to send and the producer span to send it in. The span is a child of the
-    /// current span, or else of the envelope's own trace context; its context goes into the
-    /// headers, so the consumer's span becomes its child.
-    /// The message to send for `envelope`, and its publish span; refused (nothing sent)
-    /// when every consumer would dead-letter it.
+    /// The message to send for `envelope`, and the producer span to send it in; refused
+    /// (nothing sent) when every consumer would dead-letter it. The span is a child of the
+    /// current span, or else of the envelope's own trace context; its context (or, when no
+    /// OpenTelemetry layer records it, the envelope's, or a new trace) goes into the
+    /// headers, so every message carries one and the consumer's span becomes its child.
     fn outgoing<P: Payload>(
         &self,
         envelope: &Envelope<P>,
@@ -662,15 +666,13 @@ impl<T: Transport> EventBus<T> {
             headers: envelope.headers(),
             payload: payload.into(),
         };
-        let span = telemetry::publish_span(&message.subject, &envelope.event_id);
+        let span = telemetry::publish_span(&message.subject, envelope.event_id);
         if let Some(trace) = &envelope.trace
             && !telemetry::in_trace()
         {
             telemetry::set_remote_parent(&span, trace);
         }
-        if let Some(trace) = telemetry::outgoing(&span, envelope.trace.as_ref()) {
-            trace.inject(&mut message.headers);
-        }
+        telemetry::outgoing(&span, envelope.trace.as_ref()).inject(&mut message.headers);
         Ok((message, span))
     }
 
@@ -718,7 +720,12 @@ impl<T: Transport> Publisher for EventBus<T> {
         envelope: &Envelope<P>,
     ) -> Result<PublishAck, PublishError> {
         let (message, span) = self.outgoing(envelope)?;
-        let ack = self.transport.publish(message).instrument(span).await?;
+        let ack = self
+            .transport
+            .publish(message)
+            .instrument(span.clone())
+            .await
+            .inspect_err(|e| telemetry::failed(&span, &e.kind().to_string()))?;
         self.metrics
             .published(&envelope.source, envelope.event_type());
         Ok(ack)
@@ -732,15 +739,31 @@ impl<T: Transport> Publisher for EventBus<T> {
         let pending = self
             .transport
             .publish_pipelined(message)
-            .instrument(span)
-            .await?;
+            .instrument(span.clone())
+            .await
+            .inspect_err(|e| telemetry::failed(&span, &e.kind().to_string()))?;
         self.metrics
             .published(&envelope.source, envelope.event_type());
         Ok(pending)
     }
 
-    async fn publish_raw(&self, message: RawMessage) -> Result<PublishAck, PublishError> {
-        self.transport.publish(message).await
+    async fn publish_raw(&self, mut message: RawMessage) -> Result<PublishAck, PublishError> {
+        // A publish span as for an envelope, in the current trace or else the message's
+        // own, whose context the message then carries.
+        let span =
+            telemetry::publish_span(&message.subject, message.message_id().unwrap_or_default());
+        let trace = TraceContext::extract(&message.headers);
+        if let Some(trace) = &trace
+            && !telemetry::in_trace()
+        {
+            telemetry::set_remote_parent(&span, trace);
+        }
+        telemetry::outgoing(&span, trace.as_ref()).inject(&mut message.headers);
+        self.transport
+            .publish(message)
+            .instrument(span.clone())
+            .await
+            .inspect_err(|e| telemetry::failed(&span, &e.kind().to_string()))
     }
 }
 

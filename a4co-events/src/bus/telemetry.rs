@@ -30,6 +30,7 @@ use opentelemetry::{Context, KeyValue, Value, global};
 #[cfg(feature = "otel")]
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use super::dlq::FaultKind;
 use crate::headers::TraceContext;
 
 /// The bus's instruments (none without the `otel` feature).
@@ -56,6 +57,10 @@ impl Metrics {
     }
 
     pub(crate) fn dead_letter_failed(&self, _: &Arc<str>, _: &str) {}
+
+    pub(crate) fn dead_lettered(&self, _: &Arc<str>, _: &str, _: FaultKind) {}
+
+    pub(crate) fn backlog(&self, _: &Arc<str>, _: &str, _: &str, _: u64, _: u64) {}
 }
 
 /// The bus's instruments.
@@ -66,14 +71,60 @@ pub(crate) struct Metrics {
     processed: opentelemetry::metrics::Counter<u64>,
     duration: opentelemetry::metrics::Histogram<f64>,
     dead_letter_failures: opentelemetry::metrics::Counter<u64>,
+    dead_letters: opentelemetry::metrics::Counter<u64>,
+    /// Per consumer (service, `<service>/<subscription>`, stream): messages waiting to be
+    /// delivered and deliveries unsettled, as last looked up; read by the gauges.
+    backlog: Arc<std::sync::Mutex<Backlog>>,
+    _gauges: Arc<[opentelemetry::metrics::ObservableGauge<u64>; 2]>,
 }
+
+#[cfg(feature = "otel")]
+type Backlog = std::collections::BTreeMap<(Arc<str>, String, String), (u64, u64)>;
 
 #[cfg(feature = "otel")]
 impl Metrics {
     /// Instruments on the global meter provider as it is now.
     pub(crate) fn new() -> Self {
         let meter = global::meter("a4co-events");
+        let backlog: Arc<std::sync::Mutex<Backlog>> = Arc::default();
+        let gauge =
+            |name: &'static str, description: &'static str, pick: fn(&(u64, u64)) -> u64| {
+                let backlog = Arc::clone(&backlog);
+                meter
+                    .u64_observable_gauge(name)
+                    .with_description(description)
+                    .with_callback(move |observer| {
+                        let backlog = backlog
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        for ((service, consumer, stream), counts) in backlog.iter() {
+                            observer.observe(
+                                pick(counts),
+                                &[
+                                    KeyValue::new("service", Arc::clone(service)),
+                                    KeyValue::new("consumer", consumer.clone()),
+                                    KeyValue::new("stream", stream.clone()),
+                                ],
+                            );
+                        }
+                    })
+                    .build()
+            };
+        let gauges = Arc::new([
+            gauge(
+                "a4co_consumer_pending",
+                "Messages waiting to be delivered to a subscription's consumer (its lag)",
+                |c| c.0,
+            ),
+            gauge(
+                "a4co_consumer_ack_pending",
+                "Deliveries of a subscription's consumer not yet settled, across instances",
+                |c| c.1,
+            ),
+        ]);
         Metrics {
+            backlog,
+            _gauges: gauges,
             published: meter
                 .u64_counter("microservices_events_published")
                 .with_description("Total number of domain events published")
@@ -95,7 +146,43 @@ impl Metrics {
                     "Dead letters that could not be written; each message was kept and retried",
                 )
                 .build(),
+            // `a4co_dead_letters_total` on Prometheus.
+            dead_letters: meter
+                .u64_counter("a4co_dead_letters")
+                .with_description("Dead letters written, by consumer and reason (the fault kind)")
+                .build(),
         }
+    }
+
+    /// What the broker said of a consumer's backlog: `waiting` undelivered, `unsettled`
+    /// delivered but not settled.
+    pub(crate) fn backlog(
+        &self,
+        service: &Arc<str>,
+        consumer: &str,
+        stream: &str,
+        waiting: u64,
+        unsettled: u64,
+    ) {
+        self.backlog
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                (Arc::clone(service), consumer.to_owned(), stream.to_owned()),
+                (waiting, unsettled),
+            );
+    }
+
+    /// One dead letter written by `consumer`, for `reason`.
+    pub(crate) fn dead_lettered(&self, service: &Arc<str>, consumer: &str, reason: FaultKind) {
+        self.dead_letters.add(
+            1,
+            &[
+                KeyValue::new("service", Arc::clone(service)),
+                KeyValue::new("consumer", consumer.to_owned()),
+                KeyValue::new("reason", reason.as_str()),
+            ],
+        );
     }
 
     pub(crate) fn dead_letter_failed(&self, service: &Arc<str>, consumer: &str) {
@@ -146,20 +233,26 @@ impl Metrics {
     }
 }
 
-/// The span of one publish.
-pub(crate) fn publish_span(subject: &str, event_id: &crate::EventId) -> tracing::Span {
+/// The span of one publish, with the messaging attributes of OpenTelemetry's semantic
+/// conventions: `messaging.operation.type` `send`, `messaging.operation.name` `publish`,
+/// the subject as `messaging.destination.name`, and `error.type` when it fails.
+pub(crate) fn publish_span(subject: &str, event_id: impl std::fmt::Display) -> tracing::Span {
     tracing::info_span!(
         "publish",
-        otel.name = %format_args!("{subject} publish"),
+        otel.name = %format_args!("publish {subject}"),
         otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
         messaging.system = "nats",
-        messaging.operation.type = "publish",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
         messaging.destination.name = %subject,
         messaging.message.id = %event_id,
+        error.type = tracing::field::Empty,
     )
 }
 
-/// The span of one handling.
+/// The span of one handling (`messaging.operation.type` and `.name` `process`, the
+/// subject, the consumer group); [`failed`] adds `error.type` to it.
 pub(crate) fn consume_span(
     subject: &str,
     consumer: &str,
@@ -168,15 +261,25 @@ pub(crate) fn consume_span(
 ) -> tracing::Span {
     tracing::info_span!(
         "handle",
-        otel.name = %format_args!("{subject} process"),
+        otel.name = %format_args!("process {subject}"),
         otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
         messaging.system = "nats",
         messaging.operation.type = "process",
+        messaging.operation.name = "process",
         messaging.destination.name = %subject,
         messaging.consumer.group.name = %consumer,
-        stream_sequence = sequence,
-        attempt = attempt,
+        messaging.nats.stream_sequence = sequence,
+        messaging.nats.delivered = attempt,
+        error.type = tracing::field::Empty,
     )
+}
+
+/// Marks `span` (a publish or handling span) failed, with `error_type` (a low-cardinality
+/// class: a fault kind, `transient`, a publish error kind) as `error.type`.
+pub(crate) fn failed(span: &tracing::Span, error_type: &str) {
+    span.record("error.type", error_type);
+    span.record("otel.status_code", "ERROR");
 }
 
 /// Whether the current span carries an OpenTelemetry trace (then a publish joins it rather
@@ -198,9 +301,10 @@ pub(crate) fn in_trace() -> bool {
 #[cfg(not(feature = "otel"))]
 pub(crate) fn set_remote_parent(_: &tracing::Span, _: &TraceContext) {}
 
+/// The trace context to send: `fallback` (the envelope's) unchanged, or a new trace.
 #[cfg(not(feature = "otel"))]
-pub(crate) fn outgoing(_: &tracing::Span, fallback: Option<&TraceContext>) -> Option<TraceContext> {
-    fallback.cloned()
+pub(crate) fn outgoing(_: &tracing::Span, fallback: Option<&TraceContext>) -> TraceContext {
+    fallback.cloned().unwrap_or_else(TraceContext::new_root)
 }
 
 /// Makes the span a child of the remote context in `trace` (before it is first entered).
@@ -226,17 +330,22 @@ pub(crate) fn set_remote_parent(span: &tracing::Span, trace: &TraceContext) {
 }
 
 /// The trace context to send: the span's own, when OpenTelemetry records it; otherwise
-/// `fallback` (the envelope's), unchanged.
+/// `fallback` (the envelope's) unchanged, or a new trace.
 #[cfg(feature = "otel")]
-pub(crate) fn outgoing(
-    span: &tracing::Span,
-    fallback: Option<&TraceContext>,
-) -> Option<TraceContext> {
+pub(crate) fn outgoing(span: &tracing::Span, fallback: Option<&TraceContext>) -> TraceContext {
+    trace_of(span)
+        .or_else(|| fallback.cloned())
+        .unwrap_or_else(TraceContext::new_root)
+}
+
+/// The W3C context of `span`, when OpenTelemetry records it.
+#[cfg(feature = "otel")]
+fn trace_of(span: &tracing::Span) -> Option<TraceContext> {
     let cx = span.context();
     let otel = cx.span();
     let sc = otel.span_context();
     if !sc.is_valid() {
-        return fallback.cloned();
+        return None;
     }
     let parent = format!(
         "00-{}-{}-{:02x}",
@@ -246,4 +355,19 @@ pub(crate) fn outgoing(
     );
     let state = sc.trace_state().header();
     TraceContext::parse(&parent, Some(state.as_str()))
+}
+
+/// The W3C trace context of the current `tracing` span, when an OpenTelemetry layer
+/// records it (a handler's span, a request's): what a message sent from here should carry
+/// to continue this trace. `None` without the `otel` feature or outside a recorded span.
+#[cfg(feature = "otel")]
+pub fn current_trace() -> Option<TraceContext> {
+    trace_of(&tracing::Span::current())
+}
+
+/// The W3C trace context of the current `tracing` span, when an OpenTelemetry layer
+/// records it: always `None` without the `otel` feature.
+#[cfg(not(feature = "otel"))]
+pub fn current_trace() -> Option<TraceContext> {
+    None
 }

@@ -231,6 +231,9 @@ pub struct AckState {
     pub epoch: u64,
     /// How many deliveries are unsettled, across every instance.
     pub pending: u64,
+    /// How many messages of the consumer's subjects wait to be delivered (its lag;
+    /// JetStream's `num_pending`).
+    pub waiting: u64,
 }
 
 /// One failed attempt at handling a message, kept for the dead-letter record.

@@ -66,8 +66,34 @@ async fn check<T: Transport>(t: &Telemetry, bus: EventBus<T>) {
         .expect("the application's span");
     let publish = find(SpanKind::Producer);
     let process = find(SpanKind::Consumer);
-    assert_eq!(publish.name, "order.created publish");
-    assert_eq!(process.name, "order.created process");
+    // OpenTelemetry's messaging conventions: `{operation} {destination}` and the
+    // operation's type and name.
+    assert_eq!(publish.name, "publish order.created");
+    assert_eq!(process.name, "process order.created");
+    let attribute = |span: &SpanData, key: &str| -> String {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.as_str().into_owned())
+            .unwrap_or_else(|| panic!("{key} missing on {}: {:?}", span.name, span.attributes))
+    };
+    for (span, operation, kind) in [
+        (&publish, "publish", "send"),
+        (&process, "process", "process"),
+    ] {
+        assert_eq!(attribute(span, "messaging.operation.name"), operation);
+        assert_eq!(attribute(span, "messaging.operation.type"), kind);
+        assert_eq!(
+            attribute(span, "messaging.destination.name"),
+            "order.created"
+        );
+        assert_eq!(attribute(span, "messaging.system"), "nats");
+        assert!(
+            span.attributes
+                .iter()
+                .all(|kv| kv.key.as_str() != "error.type")
+        );
+    }
     assert_eq!(
         publish.parent_span_id,
         root.span_context.span_id(),
@@ -149,6 +175,121 @@ fn consumer_spans_are_children_of_publisher_spans_and_metrics_count() {
         check(&telemetry, crate::support::memory_bus().await.bus).await;
         let nats = crate::support::nats_bus().await;
         check(&telemetry, nats.bus.clone()).await;
+        drop(nats);
+    });
+}
+
+/// The value of gauge or counter `name` at the point whose labels include `labels`, as
+/// exported now.
+fn point_value(t: &Telemetry, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+    t.meter_provider.force_flush().unwrap();
+    let exported = t.metrics.get_finished_metrics().unwrap();
+    t.metrics.reset();
+    let metric = exported
+        .iter()
+        .flat_map(|r| r.scope_metrics())
+        .flat_map(|s| s.metrics())
+        .find(|m| m.name() == name)?;
+    let matches = |attrs: Vec<&KeyValue>| {
+        labels.iter().all(|(k, v)| {
+            attrs
+                .iter()
+                .any(|kv| kv.key.as_str() == *k && kv.value.as_str() == *v)
+        })
+    };
+    match metric.data() {
+        AggregatedMetrics::U64(MetricData::Gauge(g)) => g
+            .data_points()
+            .find(|p| matches(p.attributes().collect()))
+            .map(|p| p.value()),
+        AggregatedMetrics::U64(MetricData::Sum(s)) => s
+            .data_points()
+            .find(|p| matches(p.attributes().collect()))
+            .map(|p| p.value()),
+        _ => panic!("{name} is not a u64 gauge or sum"),
+    }
+}
+
+/// A consumer stuck on its first message: its lag (`a4co_consumer_pending`) and unsettled
+/// deliveries show on the gauges, without anything else asking the broker; a permanent
+/// failure counts a dead letter by consumer and reason.
+#[test]
+fn a_consumers_backlog_and_its_dead_letters_are_measured() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (telemetry, _guard) = Telemetry::install();
+    runtime.block_on(async {
+        let nats = crate::support::nats_bus().await;
+        let bus = nats.bus.clone();
+        let release = std::sync::Arc::new(tokio::sync::Notify::new());
+        let waiter = std::sync::Arc::clone(&release);
+        // The first order is refused for good; the second holds the only lane until
+        // released; the rest wait in the stream.
+        let handler = move |m: Envelope<AnyMessage>, _: DeliveryInfo| {
+            let waiter = std::sync::Arc::clone(&waiter);
+            async move {
+                match m.aggregate_id.as_str() {
+                    "ord-0" => Err(HandlerError::permanent("refused")),
+                    "ord-1" => {
+                        waiter.notified().await;
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                }
+            }
+        };
+        for n in 0..12 {
+            let env = Envelope::new("order-service", format!("ord-{n}"), OrderCreated::example());
+            bus.publish(&env).await.unwrap();
+        }
+        let handle = bus
+            .subscribe(
+                Subscription::new("inventory-service", "backlog")
+                    .to::<OrderCreated>()
+                    .max_in_flight(1)
+                    .max_ack_pending(2),
+                handler,
+            )
+            .await
+            .unwrap();
+        let consumer = [
+            ("service", "inventory-service"),
+            ("consumer", "inventory-service/backlog"),
+            ("stream", "ORDERS"),
+        ];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let waiting = loop {
+            let waiting = point_value(&telemetry, "a4co_consumer_pending", &consumer);
+            if waiting.is_some_and(|w| w >= 8) {
+                break waiting;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the lag never showed: {waiting:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(waiting <= Some(10), "{waiting:?}");
+        let unsettled = point_value(&telemetry, "a4co_consumer_ack_pending", &consumer);
+        assert!(
+            unsettled.is_some_and(|u| (1..=2).contains(&u)),
+            "{unsettled:?}"
+        );
+        assert_eq!(
+            point_value(
+                &telemetry,
+                "a4co_dead_letters",
+                &[
+                    ("consumer", "inventory-service/backlog"),
+                    ("reason", "permanent")
+                ]
+            ),
+            Some(1)
+        );
+        release.notify_one();
+        handle.shutdown().await;
         drop(nats);
     });
 }

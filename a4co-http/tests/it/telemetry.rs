@@ -56,16 +56,62 @@ async fn trace_context_arrives_and_calls_are_counted() {
         .collect();
     assert_ne!(span_ids[0], span_ids[1], "each attempt is its own span");
 
-    let names = t.span_names();
-    assert!(
-        names.iter().any(|n| n == "GET /api/v1/inventory/{id}"),
-        "{names:?}"
+    // The call's span, and one HTTP client span per attempt with the semantic
+    // conventions' attributes: the status as a number, `error.type` on the failed one.
+    t.tracer_provider.force_flush().unwrap();
+    let spans = t.spans.get_finished_spans().unwrap();
+    let call = spans
+        .iter()
+        .find(|s| s.name == "GET /api/v1/inventory/{id}")
+        .unwrap_or_else(|| panic!("no call span in {:?}", t.span_names()));
+    let mut attempts: Vec<_> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == call.span_context.span_id())
+        .collect();
+    attempts.sort_by_key(|s| s.start_time);
+    assert_eq!(attempts.len(), 2, "{:?}", t.span_names());
+    let attribute = |span: &opentelemetry_sdk::trace::SpanData, key: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.clone())
+    };
+    let url = server.url("/api/v1/inventory/p-7");
+    let port = i64::from(
+        server
+            .base_url()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse::<u16>()
+            .unwrap(),
     );
+    for (span, status) in [(attempts[0], 503), (attempts[1], 200), (call, 200)] {
+        assert_eq!(
+            span.name,
+            if span == call {
+                call.name.clone()
+            } else {
+                "GET".into()
+            }
+        );
+        assert_eq!(attribute(span, "http.request.method"), Some("GET".into()));
+        assert_eq!(attribute(span, "server.address"), Some("127.0.0.1".into()));
+        assert_eq!(attribute(span, "server.port"), Some(port.into()));
+        assert_eq!(attribute(span, "url.full"), Some(url.clone().into()));
+        assert_eq!(
+            attribute(span, "http.response.status_code"),
+            Some(opentelemetry::Value::I64(status)),
+            "a number, not a string"
+        );
+    }
+    assert_eq!(attribute(attempts[0], "error.type"), Some("503".into()));
+    assert_eq!(attribute(attempts[1], "error.type"), None);
     assert_eq!(
-        names.iter().filter(|n| *n == "http.attempt").count(),
-        2,
-        "{names:?}"
+        attribute(attempts[1], "http.request.resend_count"),
+        Some(1_i64.into())
     );
+    assert_eq!(attribute(call, "error.type"), None);
 
     let exported = t.exported_metrics();
     let all: Vec<_> = exported

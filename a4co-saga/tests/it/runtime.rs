@@ -292,3 +292,81 @@ async fn finished_instances_leave_after_their_retention_and_the_others_stay() {
         .unwrap_err();
     assert!(err.to_string().contains("too short"), "{err}");
 }
+
+/// The runtime's metrics: each start and each finish counted once, by definition, version
+/// and outcome, and how late timers fired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_finishes_and_timer_lag_are_measured() {
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    let (telemetry, _guard) = a4co_testkit::telemetry::Telemetry::install();
+    let server = NatsServer::start();
+    let bus = connect(&server.url()).await;
+    let clock = VirtualClock::at(scenario_start());
+    let store = KvStore::open(bus.transport()).await.unwrap();
+    let runtime = Runtime::new(watch(), bus.clone(), store).clock(clock.clone());
+    for order in ["ord-1", "ord-2", "ord-3"] {
+        runtime.handle(&created(order)).await.unwrap();
+    }
+    // A redelivered start is not a second start.
+    runtime.handle(&created("ord-1")).await.unwrap();
+    let confirmed = Envelope::new("order-service", "ord-1", OrderConfirmed::example()).into_any();
+    runtime.handle(&confirmed).await.unwrap();
+    clock.advance(GIVE_UP + Duration::from_secs(5));
+    assert_eq!(runtime.fire_due_timers().await.unwrap(), 2);
+
+    let exported = telemetry.exported_metrics();
+    let metrics: Vec<_> = exported
+        .iter()
+        .flat_map(|r| r.scope_metrics())
+        .flat_map(|s| s.metrics())
+        .collect();
+    let counter = |name: &str| -> Vec<(Vec<String>, u64)> {
+        let metric = metrics
+            .iter()
+            .find(|m| m.name() == name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() else {
+            panic!("{name} is not a u64 sum")
+        };
+        sum.data_points()
+            .map(|p| {
+                let mut labels: Vec<String> = p
+                    .attributes()
+                    .map(|kv| format!("{}={}", kv.key, kv.value))
+                    .collect();
+                labels.sort();
+                (labels, p.value())
+            })
+            .collect()
+    };
+    assert_eq!(
+        counter("a4co_saga_started"),
+        [(vec!["saga=watch".to_owned(), "version=1".to_owned()], 3)]
+    );
+    assert_eq!(
+        counter("a4co_saga_finished"),
+        [(
+            vec![
+                "outcome=completed".to_owned(),
+                "saga=watch".to_owned(),
+                "version=1".to_owned()
+            ],
+            3
+        )]
+    );
+    let lag = metrics
+        .iter()
+        .find(|m| m.name() == "a4co_saga_timer_lag")
+        .expect("the timer lag histogram");
+    assert_eq!(lag.unit(), "s");
+    let AggregatedMetrics::F64(MetricData::Histogram(histogram)) = lag.data() else {
+        panic!("not an f64 histogram")
+    };
+    let point = histogram.data_points().next().expect("a data point");
+    assert_eq!(point.count(), 2, "two timers fired");
+    assert!(
+        (point.sum() - 10.0).abs() < 0.01,
+        "5 s late each: {}",
+        point.sum()
+    );
+}

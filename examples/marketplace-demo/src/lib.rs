@@ -140,7 +140,7 @@ pub async fn execute(command: Command, env: Env) -> Result<(), ConfigError> {
                 "marketplace-demo",
                 "warn",
                 service_kit::ops::LogFormat::Text,
-            );
+            )?;
             // One process: the services' tokens never leave it, so a secret made for this
             // run does (unless one is given).
             let secret = match env.optional(a4co_http::auth::SECRET_ENV) {
@@ -170,6 +170,7 @@ pub async fn execute(command: Command, env: Env) -> Result<(), ConfigError> {
             }
             let summary = run(&market, &plan, mode).await;
             market.stop().await;
+            service_kit::ops::shutdown().await;
             println!("{}", summary?);
             Ok(())
         }

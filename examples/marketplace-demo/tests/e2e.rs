@@ -462,11 +462,15 @@ async fn the_four_services_as_separate_processes() {
         .user("services", NATS_PASSWORD)
         .start();
     let secret_text = "e2e-secret-e2e-secret-e2e-secret-e2e";
+    // Every process exports its spans and metrics to one OTLP receiver.
+    let otlp = a4co_testkit::otlp::Receiver::start().await;
     let mut env = vec![
         ("NATS_URL".to_owned(), server.url()),
         ("NATS_USER".to_owned(), "services".to_owned()),
         ("NATS_PASSWORD".to_owned(), NATS_PASSWORD.to_owned()),
         ("SERVICE_JWT_SECRET".to_owned(), secret_text.to_owned()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), otlp.endpoint()),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "200".to_owned()),
     ];
     let mut inventory = spawn("inventory", &env).await;
     let mut payment = spawn("payment", &env).await;
@@ -635,6 +639,85 @@ async fn the_four_services_as_separate_processes() {
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(exited.success(), "{name} exited with {exited}");
     }
+    // Stopping flushed what each exported: the traces cross the processes.
+    traces_cross_processes(&otlp);
+}
+
+/// What the four processes exported over OTLP (at `RUST_LOG=warn`): every handling span is
+/// the child of its publish span, across processes too, and every HTTP request served is
+/// the child of the calling attempt's span; the metrics name their service.
+fn traces_cross_processes(otlp: &a4co_testkit::otlp::Receiver) {
+    let spans = otlp.spans();
+    let by_id: BTreeMap<&str, &a4co_testkit::otlp::Span> =
+        spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let consumers: Vec<_> = spans.iter().filter(|s| s.kind == "consumer").collect();
+    assert!(consumers.len() >= 10, "{} consumer spans", consumers.len());
+    let mut crossing = 0;
+    for consumer in &consumers {
+        let destination = consumer.attribute("messaging.destination.name");
+        let producer = by_id
+            .get(consumer.parent_span_id.as_str())
+            .unwrap_or_else(|| panic!("the parent of {consumer:?} was not exported"));
+        assert_eq!(producer.kind, "producer", "{consumer:?} under {producer:?}");
+        assert_eq!(producer.trace_id, consumer.trace_id);
+        assert_eq!(
+            producer.attribute("messaging.destination.name"),
+            destination
+        );
+        assert_eq!(producer.attribute("messaging.operation.type"), Some("send"));
+        assert_eq!(
+            consumer.attribute("messaging.operation.type"),
+            Some("process")
+        );
+        crossing += usize::from(producer.service != consumer.service);
+    }
+    assert!(
+        crossing >= 5,
+        "only {crossing} handlings in another process than the publish"
+    );
+    let served: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind == "server")
+        .filter(|s| {
+            s.attribute("path").is_some_and(|p| {
+                p.starts_with("/api/v1/inventory/availability/") || p == "/api/v1/payments/validate"
+            })
+        })
+        .collect();
+    assert!(served.len() >= 2, "{served:?}");
+    for request in &served {
+        let attempt = by_id
+            .get(request.parent_span_id.as_str())
+            .unwrap_or_else(|| panic!("the caller of {request:?} was not exported"));
+        assert_eq!(
+            (attempt.kind, attempt.service.as_str()),
+            ("client", "order-service")
+        );
+        assert_eq!(attempt.attribute("server.address"), Some("127.0.0.1"));
+        assert!(
+            attempt
+                .attribute("url.full")
+                .is_some_and(|u| u.starts_with("http://127.0.0.1:"))
+        );
+        assert!(
+            attempt
+                .attribute("http.response.status_code")
+                .is_some_and(|c| c.parse::<u16>().is_ok())
+        );
+    }
+    let metrics = otlp.metric_names();
+    for name in [
+        "microservices_events_published",
+        "microservices_events_processed",
+        "microservices_sync_requests",
+    ] {
+        assert!(
+            metrics
+                .iter()
+                .any(|(service, n)| service == "order-service" && n == name),
+            "{name} from order-service missing in {metrics:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -794,4 +877,67 @@ async fn the_showcase_over_nats_adds_up() {
     );
     assert!(summary.latency.0 <= summary.latency.1);
     market.stop().await;
+}
+
+/// Every message the one-process demo puts on NATS, in every stream, read back with its raw
+/// headers: each carries a valid W3C trace context although `RUST_LOG=warn` turns the
+/// spans' log lines off, and the messages of one order stay in one trace.
+#[tokio::test]
+async fn every_message_of_the_demo_carries_trace_context_at_rust_log_warn() {
+    use a4co_events::TraceContext;
+    use a4co_events::bus::{StreamSpec, Transport as _};
+    let server = NatsServer::start();
+    let (ok, out) = demo_output(
+        &["--orders", "20", "--quiet"],
+        &[("NATS_URL", server.url()), ("RUST_LOG", "warn".into())],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let bus = AnyBus::connect(Some(&server.url()), "trace-reader", 1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let AnyBus::Nats(bus) = &bus else {
+        panic!("not on NATS")
+    };
+    let mut read = 0;
+    let mut traces: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for spec in StreamSpec::all(1) {
+        let mut from = 1;
+        loop {
+            let batch = bus
+                .transport()
+                .read_stream(&spec.name, from, 500)
+                .await
+                .unwrap_or_else(|e| panic!("reading {}: {e}", spec.name));
+            let Some((last, _, _)) = batch.last() else {
+                break;
+            };
+            from = last + 1;
+            for (sequence, message, _) in &batch {
+                read += 1;
+                let trace = TraceContext::extract(&message.headers).unwrap_or_else(|| {
+                    panic!(
+                        "{} #{sequence} ({}) has no valid traceparent: {:?}",
+                        spec.name, message.subject, message.headers
+                    )
+                });
+                let body: serde_json::Value =
+                    serde_json::from_slice(&message.payload).unwrap_or_default();
+                if let Some(correlation) = body["metadata"]["correlationId"].as_str() {
+                    traces
+                        .entry(correlation.to_owned())
+                        .or_default()
+                        .insert(trace.trace_id().to_owned());
+                }
+            }
+        }
+    }
+    // 20 orders: each is created, reserved, paid or declined, confirmed or cancelled.
+    assert!(read >= 20 * 5, "only {read} messages on the streams");
+    let split: Vec<_> = traces.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(
+        split.is_empty(),
+        "correlations spread over several traces: {split:?}"
+    );
+    assert!(traces.len() >= 20, "{traces:?}");
 }

@@ -3,8 +3,12 @@
 //! - **Logs**: `tracing` events as JSON lines (`A4CO_LOG_FORMAT=text` for people), filtered
 //!   by `RUST_LOG` (default `info`). Handlers log inside [`message_span`] and HTTP requests
 //!   inside [`request_span`]'s span, so every line carries the trace id.
+//! - **Traces**: every span at `INFO` or above goes to OpenTelemetry whatever `RUST_LOG`
+//!   says, so W3C trace context always flows; over OTLP/HTTP when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`Otlp`]), flushed by [`shutdown`].
 //! - **Metrics**: the SDK's OpenTelemetry instruments (the design-v2 names) on a meter
-//!   provider whose reader is a Prometheus registry, served as text at `/metrics`.
+//!   provider whose reader is a Prometheus registry, served as text at `/metrics` (and
+//!   exported over OTLP with the traces).
 //! - **Health**: `/health` answers 200 while the bus is connected and every subscription runs,
 //!   503 (with what is wrong: the connection, or a subscription being re-created) when not.
 
@@ -17,6 +21,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -27,8 +32,10 @@ use a4co_events::service::{AnyBus, Records, Workers, shutdown_signal};
 #[derive(Debug)]
 pub struct Telemetry {
     registry: prometheus::Registry,
-    _meters: opentelemetry_sdk::metrics::SdkMeterProvider,
-    _tracer: opentelemetry_sdk::trace::SdkTracerProvider,
+    meters: opentelemetry_sdk::metrics::SdkMeterProvider,
+    tracer: opentelemetry_sdk::trace::SdkTracerProvider,
+    /// What goes out over OTLP (nothing when no endpoint is set).
+    otlp: Otlp,
 }
 
 static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
@@ -42,76 +49,212 @@ pub enum LogFormat {
     Text,
 }
 
-/// Sets up logs (`default_filter` unless `RUST_LOG` says otherwise; `format` unless
-/// `A4CO_LOG_FORMAT` is `json` or `text`) and the global meter provider behind `/metrics`,
-/// its resource naming `service` (`service.name`, and `service.version`: the kit's
-/// version). Call it first, before creating the bus (the bus creates its instruments on the
-/// global provider). Later calls return the first setup: several services in one process
-/// (the demo) share it.
-pub fn init(service: &str, default_filter: &str, format: LogFormat) -> &'static Telemetry {
-    TELEMETRY.get_or_init(|| {
-        let resource = opentelemetry_sdk::Resource::builder()
-            .with_service_name(service.to_owned())
-            .with_attribute(opentelemetry::KeyValue::new(
-                "service.version",
-                env!("CARGO_PKG_VERSION"),
-            ))
-            .build();
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-        let text = match std::env::var("A4CO_LOG_FORMAT").as_deref() {
-            Ok("text") => true,
-            Ok("json") => false,
-            _ => format == LogFormat::Text,
-        };
-        // Spans get OpenTelemetry trace ids (no exporter here: add one to ship traces), so
-        // the bus and the HTTP client carry W3C trace context and logs can name the trace.
-        let tracer = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-            .with_resource(resource.clone())
-            .build();
-        let otel = {
-            use opentelemetry::trace::TracerProvider as _;
-            tracing_opentelemetry::layer().with_tracer(tracer.tracer("a4co-service"))
-        };
-        opentelemetry::global::set_tracer_provider(tracer.clone());
-        let registry = tracing_subscriber::registry().with(filter).with(otel);
-        // Another subscriber may be installed already (tests): then logs go there.
-        let _ = if text {
-            registry
-                .with(tracing_subscriber::fmt::layer().with_target(false))
-                .try_init()
-        } else {
-            registry
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .json()
-                        .flatten_event(true)
-                        .with_current_span(true)
-                        .with_span_list(false),
-                )
-                .try_init()
-        };
-        let registry = prometheus::Registry::new();
-        let provider = match opentelemetry_prometheus::exporter()
-            .with_registry(registry.clone())
-            .build()
-        {
-            Ok(exporter) => opentelemetry_sdk::metrics::SdkMeterProvider::builder()
-                .with_resource(resource)
-                .with_reader(exporter)
-                .build(),
-            Err(e) => {
-                tracing::error!(error = %e, "the Prometheus exporter failed; /metrics stays empty");
-                opentelemetry_sdk::metrics::SdkMeterProvider::builder().build()
+/// Which signals go out over OTLP, from OpenTelemetry's standard variables.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Otlp {
+    /// Spans, batched to `<endpoint>/v1/traces`.
+    pub traces: bool,
+    /// Metrics, every `OTEL_METRIC_EXPORT_INTERVAL` (default 60 s) to `<endpoint>/v1/metrics`.
+    pub metrics: bool,
+}
+
+impl Otlp {
+    /// What the variables in `env` ask for: a signal is exported when
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or the signal's own `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+    /// / `..._METRICS_ENDPOINT`) is set, unless `OTEL_TRACES_EXPORTER` /
+    /// `OTEL_METRICS_EXPORTER` is `none` or `OTEL_SDK_DISABLED` is `true`. The exporter reads
+    /// the other `OTEL_EXPORTER_OTLP_*` variables (headers, timeout, compression) itself.
+    ///
+    /// # Errors
+    /// A protocol other than `http/protobuf`, or an exporter other than `otlp` or `none`:
+    /// the message names the variable and what to set.
+    pub fn from_env(env: &crate::Env) -> Result<Otlp, crate::ConfigError> {
+        let set = |name: &str| env.optional(name).filter(|v| !v.trim().is_empty());
+        if set("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+            return Ok(Otlp::default());
+        }
+        for name in [
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+        ] {
+            if let Some(protocol) = set(name).filter(|p| p.trim() != "http/protobuf") {
+                return Err(crate::ConfigError::new(format!(
+                    "{name}={protocol} is not supported: the services export OTLP over HTTP \
+                     with protobuf (set it to http/protobuf, or unset it)"
+                )));
+            }
+        }
+        let wanted = |signal: &str| -> Result<bool, crate::ConfigError> {
+            let endpoint = set("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+                || set(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")).is_some();
+            let exporter = format!("OTEL_{signal}_EXPORTER");
+            match set(&exporter).as_deref().map(str::trim) {
+                None | Some("otlp") => Ok(endpoint),
+                Some("none") => Ok(false),
+                Some(other) => Err(crate::ConfigError::new(format!(
+                    "{exporter}={other} is not supported: set it to otlp or none"
+                ))),
             }
         };
-        opentelemetry::global::set_meter_provider(provider.clone());
-        Telemetry {
-            registry,
-            _meters: provider,
-            _tracer: tracer,
+        Ok(Otlp {
+            traces: wanted("TRACES")?,
+            metrics: wanted("METRICS")?,
+        })
+    }
+}
+
+/// Sets up logs (`default_filter` unless `RUST_LOG` says otherwise; `format` unless
+/// `A4CO_LOG_FORMAT` is `json` or `text`), traces and the global meter provider behind
+/// `/metrics`, their resource naming `service` (`service.name`, and `service.version`: the
+/// kit's version).
+///
+/// - Trace context never depends on the log filter: every span at `INFO` or above reaches
+///   OpenTelemetry (so the bus and the HTTP client carry W3C context) whatever `RUST_LOG`
+///   hides from the logs; warnings and errors become span events.
+/// - With `OTEL_EXPORTER_OTLP_ENDPOINT` set ([`Otlp::from_env`]), spans and metrics are also
+///   exported over OTLP/HTTP (protobuf), from the SDK's own threads; [`shutdown`] flushes
+///   them. Without it nothing is exported and nothing is added to the hot path.
+///
+/// Call it first, before creating the bus (the bus creates its instruments on the global
+/// provider). Later calls return the first setup: several services in one process (the
+/// demo) share it.
+///
+/// # Errors
+/// An OTLP variable that cannot work (an unsupported protocol, an endpoint that is not a
+/// URL): the message names it.
+pub fn init(
+    service: &str,
+    default_filter: &str,
+    format: LogFormat,
+) -> Result<&'static Telemetry, crate::ConfigError> {
+    if let Some(telemetry) = TELEMETRY.get() {
+        return Ok(telemetry);
+    }
+    let otlp = Otlp::from_env(&crate::Env::from_process())?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service.to_owned())
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .build();
+    let mut tracer =
+        opentelemetry_sdk::trace::SdkTracerProvider::builder().with_resource(resource.clone());
+    if otlp.traces {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+            .map_err(|e| otlp_error("traces", &e))?;
+        tracer = tracer.with_batch_exporter(exporter);
+    }
+    let registry = prometheus::Registry::new();
+    let prometheus = opentelemetry_prometheus::exporter()
+        .with_registry(registry.clone())
+        .build()
+        .map_err(|e| {
+            crate::ConfigError::new(format!("the Prometheus exporter behind /metrics: {e}"))
+        })?;
+    let mut meters = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_resource(resource)
+        .with_reader(prometheus);
+    if otlp.metrics {
+        let exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_http()
+            .build()
+            .map_err(|e| otlp_error("metrics", &e))?;
+        meters = meters
+            .with_reader(opentelemetry_sdk::metrics::PeriodicReader::builder(exporter).build());
+    }
+    let telemetry = TELEMETRY.get_or_init(|| Telemetry {
+        registry,
+        meters: meters.build(),
+        tracer: tracer.build(),
+        otlp,
+    });
+    install(telemetry, default_filter, format);
+    Ok(telemetry)
+}
+
+fn otlp_error(signal: &str, e: &dyn std::fmt::Display) -> crate::ConfigError {
+    crate::ConfigError::new(format!(
+        "OTLP export of {signal} cannot start: {e} (check OTEL_EXPORTER_OTLP_ENDPOINT, e.g. \
+         http://127.0.0.1:4318)"
+    ))
+}
+
+/// Installs `telemetry`'s providers globally and the tracing subscriber.
+fn install(telemetry: &Telemetry, default_filter: &str, format: LogFormat) {
+    use opentelemetry::trace::TracerProvider as _;
+    opentelemetry::global::set_tracer_provider(telemetry.tracer.clone());
+    opentelemetry::global::set_meter_provider(telemetry.meters.clone());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let text = match std::env::var("A4CO_LOG_FORMAT").as_deref() {
+        Ok("text") => true,
+        Ok("json") => false,
+        _ => format == LogFormat::Text,
+    };
+    // The log filter applies to log lines only: spans reach OpenTelemetry whatever
+    // `RUST_LOG` says, warnings and errors become span events, lower events stay out.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(telemetry.tracer.tracer("a4co-service"))
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            if meta.is_span() {
+                *meta.level() <= tracing::Level::INFO
+            } else {
+                *meta.level() <= tracing::Level::WARN
+            }
+        }));
+    let registry = tracing_subscriber::registry().with(otel);
+    // Another subscriber may be installed already (tests): then logs go there.
+    let _ = if text {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_filter(filter),
+            )
+            .try_init()
+    } else {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_filter(filter),
+            )
+            .try_init()
+    };
+}
+
+/// Flushes what [`init`] set up to export (the spans not yet sent, the metrics' last
+/// values) and stops its exporters; call it last, when the service stops. Nothing to do
+/// when nothing is exported over OTLP. Waits for the export (up to the exporter's
+/// timeout, `OTEL_EXPORTER_OTLP_TIMEOUT`, 10 s by default).
+pub async fn shutdown() {
+    let Some(telemetry) = TELEMETRY.get() else {
+        return;
+    };
+    if telemetry.otlp == Otlp::default() {
+        return;
+    }
+    let (tracer, meters) = (telemetry.tracer.clone(), telemetry.meters.clone());
+    // The SDK's shutdown blocks until its export threads are done.
+    let flushed = tokio::task::spawn_blocking(move || {
+        if let Err(e) = tracer.shutdown() {
+            tracing::warn!(error = %e, "the last spans could not be exported");
+        }
+        if let Err(e) = meters.force_flush() {
+            tracing::warn!(error = %e, "the last metrics could not be exported");
         }
     })
+    .await;
+    if let Err(e) = flushed {
+        tracing::warn!(error = %e, "flushing telemetry failed");
+    }
 }
 
 impl Telemetry {
@@ -274,7 +417,7 @@ pub async fn connect(
     nats: Option<a4co_events::bus::nats::Config>,
     bucket: &str,
 ) -> Result<(AnyBus, Records), crate::ConfigError> {
-    init(service, "info", LogFormat::Json);
+    init(service, "info", LogFormat::Json)?;
     let bus = AnyBus::open(nats.map(|c| c.name(service))).await?;
     let records = Records::open(&bus, bucket).await?;
     Ok((bus, records))
@@ -310,5 +453,6 @@ pub async fn serve_until_signal(
         })
         .await;
     workers.shutdown().await;
+    shutdown().await;
     served.map_err(|e| crate::ConfigError::new(format!("{service} stopped serving: {e}")))
 }

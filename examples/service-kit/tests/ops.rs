@@ -76,7 +76,7 @@ async fn a_request_stays_in_its_callers_trace_and_says_which() {
 
 #[tokio::test]
 async fn health_and_metrics() {
-    ops::init("svc", "warn", ops::LogFormat::Text);
+    ops::init("svc", "warn", ops::LogFormat::Text).unwrap_or_else(|e| panic!("{e}"));
     let bus = AnyBus::from(
         MemoryBus::provisioned()
             .await
@@ -147,7 +147,7 @@ async fn health_names_a_subscription_while_its_consumer_is_recreated() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    ops::init("svc", "warn", ops::LogFormat::Text);
+    ops::init("svc", "warn", ops::LogFormat::Text).unwrap_or_else(|e| panic!("{e}"));
     let server = a4co_testkit::nats::NatsServer::start();
     let bus = AnyBus::connect(Some(&server.url()), "svc", 1)
         .await

@@ -358,6 +358,7 @@ impl Consumer for NatsConsumer {
                     floor: info.ack_floor.stream_sequence,
                     epoch,
                     pending: info.num_ack_pending as u64,
+                    waiting: info.num_pending,
                 }),
                 Err(e) => {
                     tracing::debug!(error = %e, "consumer info unavailable");

@@ -106,6 +106,15 @@ impl State for Phase {
     fn is_final(self) -> bool {
         matches!(self, Phase::Confirmed | Phase::Cancelled)
     }
+
+    /// A cancelled order is a saga that failed: compensated when it had holds or a
+    /// payment to undo.
+    fn outcome(self) -> a4co_saga::Outcome {
+        match self {
+            Phase::Cancelled => a4co_saga::Outcome::Failed,
+            _ => a4co_saga::Outcome::Completed,
+        }
+    }
 }
 
 /// Where one line of the order stands with inventory.
