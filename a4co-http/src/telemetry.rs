@@ -5,14 +5,14 @@
 //!   span's when a tracing OpenTelemetry layer records it, else a new trace, so every call
 //!   carries one.
 //! - The design-v2 metrics on the global meter provider, recorded once per call, named the
-//!   OpenTelemetry way: the counter `microservices_sync_requests{source, target, endpoint,
-//!   status}` and the histogram `microservices_sync_request_duration{...}` in seconds (unit
-//!   `s`), which a Prometheus exporter shows as design-v2's
-//!   `microservices_sync_requests_total` and `microservices_sync_request_duration_seconds`;
-//!   `status` is the final HTTP status, or `timeout`, `deadline`, `connect_error`,
-//!   `circuit_open`, `rejected`, `error`. Plus the gauge
-//!   `microservices_circuit_breaker_state{target}` (0 closed, 1 open, 2 half-open). Install
-//!   the meter provider before building clients.
+//!   OpenTelemetry way, with design-v2's labels: the counter
+//!   `microservices_sync_requests{source_service, target_service, endpoint, status}` and
+//!   the histogram `microservices_sync_request_duration{...}` in seconds (unit `s`), which a
+//!   Prometheus exporter shows as design-v2's `microservices_sync_requests_total` and
+//!   `microservices_sync_request_duration_seconds`; `status` is the final HTTP status, or
+//!   `timeout`, `deadline`, `connect_error`, `circuit_open`, `rejected`, `error`. Plus the
+//!   gauge `microservices_circuit_breaker_state{target_service}` (0 closed, 1 open, 2
+//!   half-open). Install the meter provider before building clients.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -41,7 +41,7 @@ impl Metrics {
         let meter = global::meter("a4co-http");
         let gauge = breaker.map(|b| {
             let b = b.clone();
-            let labels = [KeyValue::new("target", target.to_owned())];
+            let labels = [KeyValue::new("target_service", target.to_owned())];
             meter
                 .u64_observable_gauge("microservices_circuit_breaker_state")
                 .with_description("Circuit breaker state per target: 0 closed, 1 open, 2 half-open")
@@ -67,8 +67,8 @@ impl Metrics {
 
     pub(crate) fn record(&self, endpoint: String, status: Cow<'static, str>, took: Duration) {
         let labels = [
-            KeyValue::new("source", Arc::clone(&self.source)),
-            KeyValue::new("target", Arc::clone(&self.target)),
+            KeyValue::new("source_service", Arc::clone(&self.source)),
+            KeyValue::new("target_service", Arc::clone(&self.target)),
             KeyValue::new("endpoint", endpoint),
             KeyValue::new("status", status),
         ];

@@ -7,6 +7,7 @@ pub mod cpu;
 pub mod http;
 pub mod nats;
 pub mod otlp;
+pub mod prometheus;
 pub mod saga;
 pub mod telemetry;
 

@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message as _;
 
 use crate::http::{FaultServer, Reply};
@@ -84,11 +85,7 @@ impl Receiver {
             let decoded = ExportTraceServiceRequest::decode(request.body.as_slice())
                 .unwrap_or_else(|e| panic!("not an OTLP trace export: {e}"));
             for resource in decoded.resource_spans {
-                let service = resource
-                    .resource
-                    .as_ref()
-                    .and_then(|r| find(&r.attributes, "service.name"))
-                    .unwrap_or_default();
+                let service = service_name(resource.resource.as_ref());
                 for scope in resource.scope_spans {
                     for span in scope.spans {
                         out.push(Span {
@@ -124,11 +121,7 @@ impl Receiver {
             let decoded = ExportMetricsServiceRequest::decode(request.body.as_slice())
                 .unwrap_or_else(|e| panic!("not an OTLP metrics export: {e}"));
             for resource in decoded.resource_metrics {
-                let service = resource
-                    .resource
-                    .as_ref()
-                    .and_then(|r| find(&r.attributes, "service.name"))
-                    .unwrap_or_default();
+                let service = service_name(resource.resource.as_ref());
                 for scope in resource.scope_metrics {
                     for metric in scope.metrics {
                         out.push((service.clone(), metric.name));
@@ -148,11 +141,12 @@ fn check_content_type(value: Option<&str>) {
     );
 }
 
-fn find(attributes: &[KeyValue], key: &str) -> Option<String> {
-    attributes
-        .iter()
-        .find(|kv| kv.key == key)
+/// The `service.name` of an exporting process (empty when it sent none).
+fn service_name(resource: Option<&Resource>) -> String {
+    resource
+        .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
         .map(|kv| text(kv.value.as_ref()))
+        .unwrap_or_default()
 }
 
 fn text(value: Option<&AnyValue>) -> String {

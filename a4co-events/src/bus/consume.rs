@@ -539,6 +539,9 @@ async fn run<T: Transport, H: Handler>(
                 let book_open = shared.book(index).is_some_and(|b| !b.is_empty());
                 // The backlog metrics want a fresh look now and then, busy or not.
                 let stale = last_look.elapsed() >= BACKLOG_EVERY;
+                if stale && index == 0 {
+                    count_dead_letters(&shared);
+                }
                 if (booked && book_open) || active || barrier.is_some() || stale {
                     last_look = std::time::Instant::now();
                     active = false;
@@ -763,6 +766,26 @@ async fn close_book<T: Transport, H: Handler>(
             tracing::warn!(error = %e, "could not flush the inbox's last records");
         }
     }
+}
+
+/// Counts, in the background, the subscription's letters kept in `DLQ` for the depth gauge
+/// (`a4co_dlq_depth`).
+fn count_dead_letters<T: Transport, H: Handler>(shared: &Arc<Shared<T, H>>) {
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let filter = format!("{}.{}.>", super::DLQ_PREFIX, shared.label.replace('/', "."));
+        if let Some(n) = shared
+            .bus
+            .transport
+            .stored(super::DLQ_STREAM, &filter)
+            .await
+        {
+            shared
+                .bus
+                .metrics
+                .dead_letters_kept(&shared.service, &shared.label, n);
+        }
+    });
 }
 
 /// Messages of one aggregate (or one correlation) go to one lane, so they are handled in

@@ -641,6 +641,17 @@ impl Transport for MemoryTransport {
             .collect())
     }
 
+    async fn stored(&self, stream: &str, filter: &str) -> Option<u64> {
+        let state = self.lock();
+        let s = state.streams.get(stream)?;
+        Some(
+            s.messages
+                .values()
+                .filter(|m| subject_matches(filter, &m.message.subject))
+                .count() as u64,
+        )
+    }
+
     async fn delete_message(&self, stream: &str, sequence: u64) -> Result<bool, ConsumeError> {
         let mut state = self.lock();
         Ok(state

@@ -61,6 +61,8 @@ impl Metrics {
     pub(crate) fn dead_lettered(&self, _: &Arc<str>, _: &str, _: FaultKind) {}
 
     pub(crate) fn backlog(&self, _: &Arc<str>, _: &str, _: &str, _: u64, _: u64) {}
+
+    pub(crate) fn dead_letters_kept(&self, _: &Arc<str>, _: &str, _: u64) {}
 }
 
 /// The bus's instruments.
@@ -75,11 +77,16 @@ pub(crate) struct Metrics {
     /// Per consumer (service, `<service>/<subscription>`, stream): messages waiting to be
     /// delivered and deliveries unsettled, as last looked up; read by the gauges.
     backlog: Arc<std::sync::Mutex<Backlog>>,
-    _gauges: Arc<[opentelemetry::metrics::ObservableGauge<u64>; 2]>,
+    /// Per consumer (service, `<service>/<subscription>`): its letters in `DLQ`.
+    kept: Arc<std::sync::Mutex<Kept>>,
+    _gauges: Arc<[opentelemetry::metrics::ObservableGauge<u64>; 3]>,
 }
 
 #[cfg(feature = "otel")]
 type Backlog = std::collections::BTreeMap<(Arc<str>, String, String), (u64, u64)>;
+
+#[cfg(feature = "otel")]
+type Kept = std::collections::BTreeMap<(Arc<str>, String), u64>;
 
 #[cfg(feature = "otel")]
 impl Metrics {
@@ -110,7 +117,30 @@ impl Metrics {
                     })
                     .build()
             };
+        let kept: Arc<std::sync::Mutex<Kept>> = Arc::default();
+        let depth = {
+            let kept = Arc::clone(&kept);
+            meter
+                .u64_observable_gauge("a4co_dlq_depth")
+                .with_description("Dead letters of a subscription kept in the DLQ stream")
+                .with_callback(move |observer| {
+                    let kept = kept
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    for ((service, consumer), n) in kept.iter() {
+                        observer.observe(
+                            *n,
+                            &[
+                                KeyValue::new("service", Arc::clone(service)),
+                                KeyValue::new("consumer", consumer.clone()),
+                            ],
+                        );
+                    }
+                })
+                .build()
+        };
         let gauges = Arc::new([
+            depth,
             gauge(
                 "a4co_consumer_pending",
                 "Messages waiting to be delivered to a subscription's consumer (its lag)",
@@ -124,6 +154,7 @@ impl Metrics {
         ]);
         Metrics {
             backlog,
+            kept,
             _gauges: gauges,
             published: meter
                 .u64_counter("microservices_events_published")
@@ -171,6 +202,14 @@ impl Metrics {
                 (Arc::clone(service), consumer.to_owned(), stream.to_owned()),
                 (waiting, unsettled),
             );
+    }
+
+    /// How many dead letters of `consumer` the `DLQ` stream holds.
+    pub(crate) fn dead_letters_kept(&self, service: &Arc<str>, consumer: &str, n: u64) {
+        self.kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((Arc::clone(service), consumer.to_owned()), n);
     }
 
     /// One dead letter written by `consumer`, for `reason`.

@@ -343,6 +343,14 @@ pub trait Transport: Clone + Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<(u64, RawMessage, DateTime<Utc>)>, ConsumeError>> + Send;
 
+    /// How many messages `stream` holds on subjects matching `filter` (for the dead-letter
+    /// depth gauge); `None` when it cannot say (the stream missing, the broker away, or a
+    /// transport that does not count).
+    fn stored(&self, stream: &str, filter: &str) -> impl Future<Output = Option<u64>> + Send {
+        let _ = (stream, filter);
+        std::future::ready(None)
+    }
+
     /// Deletes one stored message (for the dead-letter tools).
     fn delete_message(
         &self,

@@ -212,7 +212,7 @@ fn point_value(t: &Telemetry, name: &str, labels: &[(&str, &str)]) -> Option<u64
 
 /// A consumer stuck on its first message: its lag (`a4co_consumer_pending`) and unsettled
 /// deliveries show on the gauges, without anything else asking the broker; a permanent
-/// failure counts a dead letter by consumer and reason.
+/// failure counts a dead letter by consumer and reason, and shows in the DLQ depth.
 #[test]
 fn a_consumers_backlog_and_its_dead_letters_are_measured() {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -288,6 +288,22 @@ fn a_consumers_backlog_and_its_dead_letters_are_measured() {
             ),
             Some(1)
         );
+        // The letter kept in DLQ, counted in the background at least every 5 s.
+        let letter = [
+            ("service", "inventory-service"),
+            ("consumer", "inventory-service/backlog"),
+        ];
+        loop {
+            let depth = point_value(&telemetry, "a4co_dlq_depth", &letter);
+            if depth == Some(1) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the DLQ depth never showed: {depth:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         release.notify_one();
         handle.shutdown().await;
         drop(nats);

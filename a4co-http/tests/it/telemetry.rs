@@ -130,8 +130,8 @@ async fn trace_context_arrives_and_calls_are_counted() {
     assert_eq!(point.value(), 1, "one call, however many attempts");
     let attrs: Vec<&KeyValue> = point.attributes().collect();
     for (k, v) in [
-        ("source", "order-service"),
-        ("target", "inventory-service"),
+        ("source_service", "order-service"),
+        ("target_service", "inventory-service"),
         ("endpoint", "/api/v1/inventory/{id}"),
         ("status", "200"),
     ] {
@@ -153,9 +153,14 @@ async fn trace_context_arrives_and_calls_are_counted() {
     let AggregatedMetrics::U64(MetricData::Gauge(g)) = gauge.data() else {
         panic!("not a u64 gauge")
     };
+    let point = g.data_points().next().expect("a point");
+    assert_eq!(point.value(), 0, "closed");
+    let labels: Vec<(String, String)> = point
+        .attributes()
+        .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+        .collect();
     assert_eq!(
-        g.data_points().next().expect("a point").value(),
-        0,
-        "closed"
+        labels,
+        [("target_service".to_owned(), "inventory-service".to_owned())]
     );
 }

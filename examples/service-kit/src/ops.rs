@@ -456,3 +456,52 @@ pub async fn serve_until_signal(
     shutdown().await;
     served.map_err(|e| crate::ConfigError::new(format!("{service} stopped serving: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Otlp;
+    use crate::Env;
+
+    fn otlp(pairs: &[(&str, &str)]) -> Result<Otlp, String> {
+        Otlp::from_env(&Env::from_pairs(pairs.iter().copied())).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn otlp_follows_the_standard_variables() {
+        let none = Otlp::default();
+        let both = Otlp {
+            traces: true,
+            metrics: true,
+        };
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
+        assert_eq!(otlp(&[]), Ok(none));
+        assert_eq!(otlp(&[endpoint]), Ok(both));
+        assert_eq!(
+            otlp(&[endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]),
+            Ok(both)
+        );
+        assert_eq!(
+            otlp(&[(
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://c:4318/v1/traces"
+            )]),
+            Ok(Otlp {
+                traces: true,
+                metrics: false
+            })
+        );
+        assert_eq!(
+            otlp(&[endpoint, ("OTEL_METRICS_EXPORTER", "none")]),
+            Ok(Otlp {
+                traces: true,
+                metrics: false
+            })
+        );
+        assert_eq!(otlp(&[endpoint, ("OTEL_SDK_DISABLED", "true")]), Ok(none));
+        let grpc = otlp(&[endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).unwrap_err();
+        assert!(grpc.contains("OTEL_EXPORTER_OTLP_PROTOCOL=grpc"), "{grpc}");
+        assert!(grpc.contains("http/protobuf"), "{grpc}");
+        let zipkin = otlp(&[endpoint, ("OTEL_TRACES_EXPORTER", "zipkin")]).unwrap_err();
+        assert!(zipkin.contains("OTEL_TRACES_EXPORTER=zipkin"), "{zipkin}");
+    }
+}

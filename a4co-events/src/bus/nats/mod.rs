@@ -902,6 +902,16 @@ impl Transport for NatsTransport {
         Ok(out)
     }
 
+    async fn stored(&self, stream: &str, filter: &str) -> Option<u64> {
+        use futures::TryStreamExt as _;
+        let handle = self.js.get_stream(stream).await.ok()?;
+        let counts = handle.info_with_subjects(filter).await.ok()?;
+        counts
+            .try_fold(0_u64, |sum, (_, n)| async move { Ok(sum + n as u64) })
+            .await
+            .ok()
+    }
+
     async fn delete_message(&self, stream: &str, sequence: u64) -> Result<bool, ConsumeError> {
         let handle = self.js.get_stream(stream).await.map_err(|e| {
             ConsumeError::new(ConsumeErrorKind::Other, format!("opening stream {stream}"))
