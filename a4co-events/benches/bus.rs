@@ -2,8 +2,13 @@
 //! nats-server started by the testkit, with the same ~512-byte messages.
 //!
 //! Run with `cargo bench -p a4co-events --bench bus` (set `A4CO_BENCH_N` for more or fewer
-//! messages, `A4CO_BENCH_ROUNDS` for more rounds, `A4CO_BENCH_ONLY=publish|latency|consume`
-//! for one part, e.g. under a profiler). It prints numbers and ratios; nothing is asserted.
+//! messages, `A4CO_BENCH_ROUNDS` for more rounds,
+//! `A4CO_BENCH_ONLY=publish|latency|consume|tracing` for one part, e.g. under a profiler). It
+//! prints numbers and ratios; nothing is asserted.
+//!
+//! Every part runs with tracing off (no span created) but `tracing`, which publishes and
+//! consumes with tracing off and on in alternating runs: on is the subscriber a reference
+//! service installs (OpenTelemetry records the spans, no exporter).
 
 #![allow(clippy::unwrap_used, clippy::cast_precision_loss)]
 
@@ -143,6 +148,7 @@ async fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
+    let tracing = a4co_testkit::telemetry::TracingSwitch::install();
     let n = env_num("A4CO_BENCH_N", 50_000);
     let only = std::env::var("A4CO_BENCH_ONLY").ok();
     let part = |name: &str| only.as_deref().is_none_or(|o| o == name);
@@ -228,6 +234,73 @@ async fn main() {
     if part("consume") {
         consume(&js, &bus, pid, n, rounds).await;
     }
+    if part("tracing") {
+        tracing_cost(&js, &bus, pid, n, rounds, &tracing).await;
+    }
+}
+
+/// The SDK's pipelined publish and its consume + ack (inbox on), with tracing off and on,
+/// in alternating order round by round.
+async fn tracing_cost(
+    js: &jetstream::Context,
+    bus: &NatsBus,
+    pid: u32,
+    n: usize,
+    rounds: usize,
+    tracing: &a4co_testkit::telemetry::TracingSwitch,
+) {
+    let (mut publish, mut consume): ([Vec<Run>; 2], [Vec<Run>; 2]) = Default::default();
+    for round in 0..rounds.max(2) * 2 {
+        let on = round % 2 == 1;
+        let events: Vec<_> = (0..n).map(|i| event(1_000_000 + round * n + i)).collect();
+        // Only this run's messages in the stream, for the consumer to drain.
+        js.get_stream("ORDERS")
+            .await
+            .unwrap()
+            .purge()
+            .await
+            .unwrap();
+        tracing.set(on);
+        publish[usize::from(on)].push(
+            measure(pid, n, async {
+                pipelined!(n, |i| bus.publish_pipelined(&events[i]).await.unwrap());
+            })
+            .await,
+        );
+        consume[usize::from(on)].push(
+            measure(pid, n, async {
+                let handler = |_: Envelope<AnyMessage>, _: DeliveryInfo| {
+                    std::future::ready(Ok::<(), HandlerError>(()))
+                };
+                let sub = Subscription::new("bench", format!("tracing-{round}"))
+                    .to::<OrderConfirmed>()
+                    .max_in_flight(64);
+                let handle = bus.subscribe(sub, handler).await.unwrap();
+                while (handle.stats().handled as usize) < n {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                handle.shutdown().await;
+            })
+            .await,
+        );
+        tracing.set(false);
+    }
+    println!(
+        "
+tracing (OpenTelemetry layer, no exporter) off and on, alternating runs"
+    );
+    row("SDK publish_pipelined, tracing off", &publish[0], None);
+    row(
+        "SDK publish_pipelined, tracing on",
+        &publish[1],
+        Some(&publish[0]),
+    );
+    row("SDK consume + ack, tracing off", &consume[0], None);
+    row(
+        "SDK consume + ack, tracing on",
+        &consume[1],
+        Some(&consume[0]),
+    );
 }
 
 /// What the publish-side check ([`Envelope::to_checked_json`]: what every consumer

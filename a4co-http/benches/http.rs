@@ -8,8 +8,12 @@
 //! policy but a header on the wire: the client with it is compared with raw reqwest
 //! sending the same header.
 //!
+//! Tracing: every variant runs with tracing off (no span created) but "every policy,
+//! tracing on", which runs the client with every policy under the subscriber a reference
+//! service installs (OpenTelemetry records the spans, no exporter): what tracing costs.
+//!
 //! Run with `cargo bench -p a4co-http --bench http` (`A4CO_BENCH_N` requests per run,
-//! `A4CO_BENCH_ROUNDS` rounds, `A4CO_BENCH_ONLY=<0-5>` for one variant under a profiler).
+//! `A4CO_BENCH_ROUNDS` rounds, `A4CO_BENCH_ONLY=<0-6>` for one variant under a profiler).
 //! It prints numbers; nothing is asserted.
 
 #![allow(clippy::unwrap_used, clippy::cast_precision_loss, missing_docs)]
@@ -102,6 +106,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main]
 async fn main() {
+    let tracing = a4co_testkit::telemetry::TracingSwitch::install();
     let env = |k: &str, d: usize| {
         std::env::var(k)
             .ok()
@@ -112,7 +117,7 @@ async fn main() {
     // Many short rounds: the machine's speed drifts over seconds (see docs/benchmarks.md).
     let rounds = env("A4CO_BENCH_ROUNDS", 50).max(1);
     // One variant only (0 no policies, 1 every policy + JWT, 2 every policy, 3 raw, 4 raw +
-    // JWT, 5 raw tuned), for profiling.
+    // JWT, 5 raw tuned, 6 every policy with tracing on), for profiling.
     let only = std::env::var("A4CO_BENCH_ONLY")
         .ok()
         .and_then(|v| v.parse::<usize>().ok());
@@ -196,21 +201,24 @@ async fn main() {
     let (mut raw_runs, mut jwt_runs, mut sdk_runs) = (Vec::new(), Vec::new(), Vec::new());
     let mut tuned_runs = Vec::new();
     let (mut bare_runs, mut sdk_jwt_runs) = (Vec::new(), Vec::new());
+    let mut traced_runs = Vec::new();
     // Each round runs every variant, starting one further along each time, so neither order
     // nor drift of the machine favours one of them.
     for round in 0..rounds {
-        for k in 0..6 {
-            let variant = (round + k) % 6;
+        for k in 0..7 {
+            let variant = (round + k) % 7;
             if only.is_some_and(|o| o != variant) {
                 continue;
             }
             match variant {
-                v @ 0..3 => {
+                v @ (0..3 | 6) => {
                     let (c, runs) = match v {
                         0 => (&bare, &mut bare_runs),
                         1 => (&with_jwt, &mut sdk_jwt_runs),
-                        _ => (&client, &mut sdk_runs),
+                        2 => (&client, &mut sdk_runs),
+                        _ => (&client, &mut traced_runs),
                     };
+                    tracing.set(v == 6);
                     let c = c.clone();
                     runs.push(
                         concurrent(n, move |i| {
@@ -223,6 +231,7 @@ async fn main() {
                         })
                         .await,
                     );
+                    tracing.set(false);
                 }
                 v => {
                     let (client, auth, runs) = match v {
@@ -269,6 +278,7 @@ async fn main() {
     row("client, no policies", &bare_runs);
     let (sr, s50, s99) = row("client, every policy", &sdk_runs);
     let (tr, t50, t99) = row("client, every policy + JWT", &sdk_jwt_runs);
+    let traced = row("client, every policy, tracing on", &traced_runs);
     if only.is_some() {
         return;
     }
@@ -314,6 +324,12 @@ async fn main() {
         (tr, t50, t99),
         raw_row,
         (&sdk_jwt_runs, &raw_runs),
+    );
+    ratio(
+        "every policy, tracing on / off:",
+        traced,
+        (sr, s50, s99),
+        (&traced_runs, &sdk_runs),
     );
 
     // The client's own cost: sequential calls, CPU time of this whole process per call

@@ -7,6 +7,8 @@
 //!   `outcome` `completed`, `compensated` or `failed` ([`crate::Outcome`]);
 //! - `a4co_saga_timer_lag{saga}` (histogram, seconds): how late timers fired after they
 //!   were due (the tick, a busy or absent runtime);
+//! - `a4co_saga_instances_waiting{saga, state}` (gauge): instances in each state that is
+//!   not final, as the runtime's last census counted them ([`crate::Runtime::census`]);
 //! - `a4co_saga_records_set_aside{saga}`: records that could not be read.
 //!
 //! Each move is counted once, by the runtime whose save made it.
@@ -112,3 +114,43 @@ pub(crate) fn timers_fired(saga: &str, lags: &[f64]) {
 
 #[cfg(not(feature = "otel"))]
 pub(crate) fn timers_fired(_: &str, _: &[f64]) {}
+
+/// The census of `saga`: instances waiting by state.
+#[cfg(feature = "otel")]
+pub(crate) fn waiting(saga: &str, counts: &std::collections::BTreeMap<&'static str, u64>) {
+    use std::collections::BTreeMap;
+    use std::sync::{Mutex, OnceLock, PoisonError};
+    type Census = Mutex<BTreeMap<(String, &'static str), u64>>;
+    static CENSUS: OnceLock<(
+        std::sync::Arc<Census>,
+        opentelemetry::metrics::ObservableGauge<u64>,
+    )> = OnceLock::new();
+    let (census, _) = CENSUS.get_or_init(|| {
+        let census: std::sync::Arc<Census> = std::sync::Arc::default();
+        let read = std::sync::Arc::clone(&census);
+        let gauge = opentelemetry::global::meter("a4co-saga")
+            .u64_observable_gauge("a4co_saga_instances_waiting")
+            .with_description("Saga instances in each state that is not final, at the last census")
+            .with_callback(move |observer| {
+                let census = read.lock().unwrap_or_else(PoisonError::into_inner);
+                for ((saga, state), n) in census.iter() {
+                    observer.observe(
+                        *n,
+                        &[
+                            opentelemetry::KeyValue::new("saga", saga.clone()),
+                            opentelemetry::KeyValue::new("state", *state),
+                        ],
+                    );
+                }
+            })
+            .build();
+        (census, gauge)
+    });
+    let mut census = census.lock().unwrap_or_else(PoisonError::into_inner);
+    for (state, n) in counts {
+        census.insert((saga.to_owned(), state), *n);
+    }
+}
+
+#[cfg(not(feature = "otel"))]
+pub(crate) fn waiting(_: &str, _: &std::collections::BTreeMap<&'static str, u64>) {}

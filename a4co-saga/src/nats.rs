@@ -359,6 +359,54 @@ impl Store for KvStore {
         Ok(keys)
     }
 
+    /// The latest value of every key, in one pass of a watch (JetStream's last per
+    /// subject), not one request per instance.
+    async fn records(&self) -> Result<Vec<Bytes>, StoreError> {
+        use futures::StreamExt as _;
+        // Fresh: `kv::Store::status` answers from the info cached when the bucket opened.
+        let stored = self
+            .transport
+            .jetstream()
+            .get_stream(&self.instances.stream_name)
+            .await
+            .map_err(|e| unavailable("reading the instances bucket", e))?
+            .info()
+            .await
+            .map_err(|e| unavailable("reading the instances bucket", e))?
+            .state
+            .messages;
+        // A watch of an empty bucket would wait for the first write.
+        if stored == 0 {
+            return Ok(Vec::new());
+        }
+        let mut watch = self
+            .instances
+            .watch_with_history(">")
+            .await
+            .map_err(|e| unavailable("reading every instance", e))?;
+        let mut out = Vec::new();
+        loop {
+            match tokio::time::timeout(LIST_TIMEOUT, watch.next()).await {
+                Ok(Some(Ok(entry))) => {
+                    if entry.operation == kv::Operation::Put {
+                        out.push(entry.value);
+                    }
+                    if entry.delta == 0 {
+                        return Ok(out);
+                    }
+                }
+                Ok(Some(Err(e))) => return Err(unavailable("reading every instance", e)),
+                Ok(None) => return Ok(out),
+                Err(_) => {
+                    return Err(unavailable(
+                        "reading every instance",
+                        format!("no answer within {LIST_TIMEOUT:?}"),
+                    ));
+                }
+            }
+        }
+    }
+
     async fn put_aside(&self, aside: SetAside) -> Result<bool, StoreError> {
         let value = serde_json::to_vec(&aside).map_err(|e| unavailable("setting aside", e))?;
         let name = format!("aside.{}", encode(&aside.key));

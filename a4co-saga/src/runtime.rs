@@ -99,6 +99,8 @@ struct Inner<D, S, B, St> {
     store: St,
     clock: Arc<dyn Clock>,
     tick: Duration,
+    /// How often a started runtime counts the instances waiting by state (none: never).
+    census_every: Option<Duration>,
     max_in_flight: usize,
     lost_publishes: Arc<AtomicU32>,
     cache: Arc<Cache<D, S>>,
@@ -149,6 +151,7 @@ where
                 store,
                 clock: Arc::new(SystemClock),
                 tick: Duration::from_secs(1),
+                census_every: Some(Duration::from_secs(60)),
                 max_in_flight: 64,
                 lost_publishes: Arc::default(),
                 cache: Arc::new(Cache {
@@ -178,6 +181,16 @@ where
     #[must_use]
     pub fn tick(self, every: Duration) -> Self {
         self.rebuild(|i| i.tick = every.max(Duration::from_millis(1)))
+    }
+
+    /// How often [`Runtime::start`]'s background task counts the instances waiting in each
+    /// state ([`Runtime::census`], a full read of the store) for the gauge
+    /// `a4co_saga_instances_waiting{saga, state}`; default 60 s, `None` never. Every replica
+    /// counts: read the gauge with `max by (saga, state)`.
+    #[must_use]
+    pub fn census_every(self, every: impl Into<Option<Duration>>) -> Self {
+        let every = every.into().map(|e| e.max(Duration::from_millis(1)));
+        self.rebuild(|i| i.census_every = every)
     }
 
     /// How many messages [`Runtime::start`] handles at once (default 64; messages of one
@@ -822,6 +835,8 @@ where
         let (stop, mut stopped) = watch::channel(false);
         let runtime = self.clone();
         let ticker = tokio::spawn(async move {
+            let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut counted: Option<std::time::Instant> = None;
             let mut every = tokio::time::interval(runtime.inner.tick);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -843,6 +858,12 @@ where
                         if let Err(e) = runtime.flush_published(FLUSH_AFTER).await {
                             tracing::warn!(error = %e, "emptying published outboxes failed; trying again next tick");
                         }
+                        if let Some(period) = runtime.inner.census_every
+                            && counted.is_none_or(|at| at.elapsed() >= period)
+                        {
+                            counted = Some(std::time::Instant::now());
+                            runtime.take_census(&counting);
+                        }
                     }
                 }
             }
@@ -852,6 +873,69 @@ where
             ticker,
             stop,
         })
+    }
+}
+
+impl<D, S, B, St> Runtime<D, S, B, St>
+where
+    D: Data,
+    S: State,
+    B: Publisher + Subscriber,
+    St: Store,
+{
+    /// How many instances of this saga wait in each state that is not final (every such
+    /// state listed, 0 included), counted from the records in the store: a full read (on
+    /// NATS, one pass over the bucket), which a started runtime does every
+    /// [`Runtime::census_every`]. Records of other sagas in the same store, and records
+    /// that cannot be read, are not counted.
+    ///
+    /// # Errors
+    /// The store could not be read.
+    pub async fn census(&self) -> Result<BTreeMap<&'static str, u64>, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Book {
+            #[serde(rename = "sagaId")]
+            saga_id: String,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(bound(deserialize = "S: State"))]
+        struct Only<S> {
+            state: S,
+            book: Book,
+        }
+        let prefix = format!("{}/", self.inner.definition.name());
+        let mut counts: BTreeMap<&'static str, u64> = S::ALL
+            .iter()
+            .filter(|s| !s.is_final())
+            .map(|s| (s.name(), 0))
+            .collect();
+        for record in self.inner.store.records().await? {
+            if let Ok(Only::<S> { state, book }) = serde_json::from_slice(&record)
+                && !state.is_final()
+                && book.saga_id.starts_with(&prefix)
+            {
+                *counts.entry(state.name()).or_default() += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Counts the waiting instances for the gauge, in the background, unless a count is
+    /// still under way.
+    fn take_census(&self, running: &Arc<std::sync::atomic::AtomicBool>) {
+        if running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (runtime, running) = (self.clone(), Arc::clone(running));
+        tokio::spawn(async move {
+            match runtime.census().await {
+                Ok(counts) => {
+                    crate::metrics::waiting(runtime.inner.definition.name(), &counts);
+                }
+                Err(e) => tracing::warn!(error = %e, "counting the waiting instances failed"),
+            }
+            running.store(false, Ordering::SeqCst);
+        });
     }
 }
 

@@ -108,6 +108,13 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// The records set aside, by key.
     fn set_aside(&self) -> impl Future<Output = Result<Vec<SetAside>, StoreError>> + Send;
+
+    /// Every instance record stored now, finished ones included (for
+    /// [`crate::Runtime::census`]): a full read, to run rarely. A store that cannot list
+    /// returns none.
+    fn records(&self) -> impl Future<Output = Result<Vec<Bytes>, StoreError>> + Send {
+        async { Ok(Vec::new()) }
+    }
 }
 
 #[derive(Debug)]
@@ -236,6 +243,10 @@ impl Store for MemoryStore {
         }
         noted.insert(aside.key.clone(), aside);
         Ok(true)
+    }
+
+    async fn records(&self) -> Result<Vec<Bytes>, StoreError> {
+        Ok(self.lock().values().map(|e| e.record.clone()).collect())
     }
 
     async fn set_aside(&self) -> Result<Vec<SetAside>, StoreError> {

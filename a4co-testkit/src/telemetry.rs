@@ -75,3 +75,65 @@ impl Telemetry {
         self.metrics.get_finished_metrics().unwrap_or_default()
     }
 }
+
+/// A process-wide tracing subscriber that benchmarks turn on and off between runs, to
+/// measure what tracing costs. Off, no span is created (the level filter disables every
+/// callsite). On, as a reference service's telemetry: spans at `INFO` and above, and
+/// warnings, recorded by OpenTelemetry's SDK (sampled, with valid contexts that go out as
+/// W3C trace context), exported nowhere.
+///
+/// ```no_run
+/// let switch = a4co_testkit::telemetry::TracingSwitch::install();
+/// switch.set(true);
+/// // ... measure with tracing ...
+/// switch.set(false);
+/// ```
+#[derive(Debug)]
+pub struct TracingSwitch {
+    handle: tracing_subscriber::reload::Handle<
+        tracing_subscriber::filter::LevelFilter,
+        tracing_subscriber::Registry,
+    >,
+    _provider: SdkTracerProvider,
+}
+
+impl TracingSwitch {
+    /// Installs the subscriber for the whole process, off.
+    ///
+    /// # Panics
+    /// When a global subscriber is installed already.
+    pub fn install() -> Self {
+        use tracing_subscriber::Layer as _;
+        let provider = SdkTracerProvider::builder().build();
+        let (filter, handle) =
+            tracing_subscriber::reload::Layer::new(tracing_subscriber::filter::LevelFilter::OFF);
+        let otel = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("a4co-bench"))
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                if meta.is_span() {
+                    *meta.level() <= tracing::Level::INFO
+                } else {
+                    *meta.level() <= tracing::Level::WARN
+                }
+            }));
+        let subscriber = tracing_subscriber::registry().with(filter).with(otel);
+        tracing::subscriber::set_global_default(subscriber)
+            .unwrap_or_else(|e| panic!("a global subscriber is installed already: {e}"));
+        TracingSwitch {
+            handle,
+            _provider: provider,
+        }
+    }
+
+    /// Turns tracing on or off for what runs next.
+    pub fn set(&self, on: bool) {
+        let level = if on {
+            tracing_subscriber::filter::LevelFilter::INFO
+        } else {
+            tracing_subscriber::filter::LevelFilter::OFF
+        };
+        if let Err(e) = self.handle.reload(level) {
+            panic!("switching tracing: {e}");
+        }
+    }
+}

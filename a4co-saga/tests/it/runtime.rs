@@ -294,7 +294,7 @@ async fn finished_instances_leave_after_their_retention_and_the_others_stay() {
 }
 
 /// The runtime's metrics: each start and each finish counted once, by definition, version
-/// and outcome, and how late timers fired.
+/// and outcome, the instances waiting by state, and how late timers fired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_finishes_and_timer_lag_are_measured() {
     use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
@@ -303,7 +303,10 @@ async fn starts_finishes_and_timer_lag_are_measured() {
     let bus = connect(&server.url()).await;
     let clock = VirtualClock::at(scenario_start());
     let store = KvStore::open(bus.transport()).await.unwrap();
-    let runtime = Runtime::new(watch(), bus.clone(), store).clock(clock.clone());
+    let runtime = Runtime::new(watch(), bus.clone(), store)
+        .clock(clock.clone())
+        .tick(Duration::from_millis(10))
+        .census_every(Duration::from_millis(20));
     for order in ["ord-1", "ord-2", "ord-3"] {
         runtime.handle(&created(order)).await.unwrap();
     }
@@ -311,8 +314,42 @@ async fn starts_finishes_and_timer_lag_are_measured() {
     runtime.handle(&created("ord-1")).await.unwrap();
     let confirmed = Envelope::new("order-service", "ord-1", OrderConfirmed::example()).into_any();
     runtime.handle(&confirmed).await.unwrap();
+    // Two wait, counted from the store; a started runtime puts the count on the gauge.
+    assert_eq!(
+        runtime.census().await.unwrap(),
+        std::collections::BTreeMap::from([("waiting", 2)])
+    );
+    let running = runtime.start().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let exported = telemetry.exported_metrics();
+        let waiting = exported
+            .iter()
+            .flat_map(|r| r.scope_metrics())
+            .flat_map(|s| s.metrics())
+            .filter(|m| m.name() == "a4co_saga_instances_waiting")
+            .find_map(|m| match m.data() {
+                AggregatedMetrics::U64(MetricData::Gauge(g)) => g
+                    .data_points()
+                    .find(|p| p.attributes().any(|kv| kv.value.as_str() == "waiting"))
+                    .map(|p| p.value()),
+                _ => None,
+            });
+        if waiting == Some(2) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{waiting:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.shutdown().await;
+    // What follows reads the metrics as exported after the timers fired.
+    telemetry.metrics.reset();
     clock.advance(GIVE_UP + Duration::from_secs(5));
     assert_eq!(runtime.fire_due_timers().await.unwrap(), 2);
+    assert_eq!(
+        runtime.census().await.unwrap(),
+        std::collections::BTreeMap::from([("waiting", 0)])
+    );
 
     let exported = telemetry.exported_metrics();
     let metrics: Vec<_> = exported

@@ -486,6 +486,8 @@ async fn the_four_services_as_separate_processes() {
     ] {
         healthy(p, name).await;
     }
+    // A real Prometheus scrapes the four from now on, with the operator's alert rules.
+    let prometheus = prometheus_scraping([&order, &inventory, &payment, &notification]).await;
 
     let operator = Issuer::new(
         secret(),
@@ -620,6 +622,7 @@ async fn the_four_services_as_separate_processes() {
             .any(|l| l.starts_with("target_info{") && l.contains("service_name=\"order-service\"")),
         "{text}"
     );
+    prometheus_reads_the_services(&prometheus, &orders).await;
     // SIGTERM: each drains its work and exits cleanly.
     for (mut p, name) in [
         (order, "order"),
@@ -641,6 +644,155 @@ async fn the_four_services_as_separate_processes() {
     }
     // Stopping flushed what each exported: the traces cross the processes.
     traces_cross_processes(&otlp);
+}
+
+/// A file of docs/operations/.
+fn operations_file(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docs/operations")
+        .join(name)
+}
+
+/// A real Prometheus scraping `processes`, with docs/operations' alert rules (which pass
+/// `promtool check rules`), once it has scraped each of them.
+async fn prometheus_scraping(processes: [&Process; 4]) -> a4co_testkit::prometheus::Prometheus {
+    use a4co_testkit::prometheus::{Prometheus, check_rules};
+    let rules = operations_file("alerts.yml");
+    let checked = check_rules(&rules).unwrap_or_else(|e| panic!("promtool check rules: {e}"));
+    assert!(checked.contains("SUCCESS: 6 rules found"), "{checked}");
+    let targets = processes.map(|p| p.url.trim_start_matches("http://").to_owned());
+    let prometheus = Prometheus::start(&targets, std::slice::from_ref(&rules)).await;
+    prometheus
+        .eventually("sum(up)", Duration::from_secs(30), |r| {
+            r.first().is_some_and(|s| s.value == 4.0)
+        })
+        .await;
+    prometheus
+}
+
+/// What Prometheus scraped while the orders ran: it answers design-v2's own expressions
+/// and every query of the dashboard, and evaluates every rule without error (none firing).
+async fn prometheus_reads_the_services(
+    prometheus: &a4co_testkit::prometheus::Prometheus,
+    orders: &Client,
+) {
+    use a4co_testkit::prometheus::Sample;
+    let within = Duration::from_secs(30);
+    let label = |s: &Sample, k: &str| s.labels.get(k).cloned().unwrap_or_default();
+    // A rate needs a counter seen rising between scrapes (one a second): an order now and
+    // then until it is.
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        place(orders, "cust-prom", &[("vase", 1)], "pm-card-1").await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let rising = prometheus
+            .query("sum(rate(microservices_sync_requests_total[5m])) > 0 and sum(rate(microservices_events_processed_total[5m])) > 0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        if !rising.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no rate after 30 s of orders"
+        );
+    }
+
+    // design-v2's dashboard: request rate, publish rate, processing latency buckets.
+    let rate = prometheus
+        .eventually("rate(microservices_sync_requests_total[5m])", within, |r| {
+            r.iter().any(|s| s.value > 0.0)
+        })
+        .await;
+    assert!(
+        rate.iter()
+            .any(|s| label(s, "source_service") == "order-service"
+                && label(s, "target_service") == "inventory-service"),
+        "{rate:?}"
+    );
+    for expr in [
+        "rate(microservices_events_published_total[5m])",
+        "rate(microservices_event_processing_duration_seconds_bucket[5m])",
+    ] {
+        prometheus
+            .eventually(expr, within, |r| r.iter().any(|s| s.value > 0.0))
+            .await;
+    }
+    // p99 from the histogram, and events processed by status.
+    let p99 = prometheus
+        .eventually(
+            "histogram_quantile(0.99, sum by (le) (rate(microservices_sync_request_duration_seconds_bucket[5m])))",
+            within,
+            |r| r.first().is_some_and(|s| s.value.is_finite() && s.value > 0.0),
+        )
+        .await;
+    assert!(p99[0].value <= 10.0, "{p99:?}");
+    let by_status = prometheus
+        .eventually(
+            "sum by (status) (microservices_events_processed_total)",
+            within,
+            |r| {
+                r.iter()
+                    .any(|s| label(s, "status") == "success" && s.value >= 10.0)
+            },
+        )
+        .await;
+    assert!(
+        by_status
+            .iter()
+            .all(|s| label(s, "status") != "dead_letter"),
+        "{by_status:?}"
+    );
+
+    // Every query of the dashboard runs; those of what this run did have data.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(operations_file("dashboard.json"))
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_else(|e| panic!("dashboard.json: {e}"));
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    assert!(exprs.len() >= 14, "{exprs:?}");
+    // No dead letter, no timer and no failed call in this run.
+    let quiet = [
+        "a4co_dead_letters_total",
+        "a4co_saga_timer_lag_seconds",
+        r#"status!~"2..""#,
+    ];
+    for expr in &exprs {
+        let answer = prometheus
+            .query(expr)
+            .await
+            .unwrap_or_else(|e| panic!("the dashboard's query fails: {e}"));
+        if !quiet.iter().any(|q| expr.contains(q)) {
+            assert!(!answer.is_empty(), "no data for the dashboard's {expr}");
+        }
+    }
+
+    // The alert rules are evaluated without error, and none fires.
+    let deadline = tokio::time::Instant::now() + within;
+    let evaluated = loop {
+        let rules = prometheus.rules().await.unwrap_or_else(|e| panic!("{e}"));
+        if rules.len() == 6 && rules.iter().all(|(_, health, _)| health != "unknown") {
+            break rules;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{rules:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        evaluated.iter().all(|(_, health, _)| health == "ok"),
+        "{evaluated:?}"
+    );
+    let alerts = prometheus.alerts().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        alerts.iter().all(|(_, state)| state != "firing"),
+        "{alerts:?}"
+    );
 }
 
 /// What the four processes exported over OTLP (at `RUST_LOG=warn`): every handling span is

@@ -188,8 +188,17 @@ fn install(telemetry: &Telemetry, default_filter: &str, format: LogFormat) {
     use opentelemetry::trace::TracerProvider as _;
     opentelemetry::global::set_tracer_provider(telemetry.tracer.clone());
     opentelemetry::global::set_meter_provider(telemetry.meters.clone());
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    // The log filter, plus the kit's own spans ([`message_span`], [`request_span`]) whatever
+    // it says: a warning written while handling a message names the trace at
+    // `RUST_LOG=warn` too.
+    let filter = {
+        use tracing_subscriber::filter::FilterExt as _;
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter))
+            .or(tracing_subscriber::filter::filter_fn(|meta| {
+                meta.is_span() && meta.target() == module_path!()
+            }))
+    };
     let text = match std::env::var("A4CO_LOG_FORMAT").as_deref() {
         Ok("text") => true,
         Ok("json") => false,
