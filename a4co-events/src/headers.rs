@@ -178,6 +178,21 @@ impl TraceContext {
         })
     }
 
+    /// The context of a span known valid (non-zero ids, as OpenTelemetry's span contexts
+    /// are): formatted, not parsed again.
+    #[cfg(feature = "otel")]
+    pub(crate) fn of_span(
+        trace_id: impl fmt::LowerHex,
+        span_id: impl fmt::LowerHex,
+        flags: u8,
+        tracestate: String,
+    ) -> Self {
+        TraceContext {
+            traceparent: format!("00-{trace_id:032x}-{span_id:016x}-{flags:02x}"),
+            tracestate: (!tracestate.is_empty()).then_some(tracestate),
+        }
+    }
+
     /// A new trace: random trace and span ids, sampled (the W3C format of a root span
     /// started here). The bus sends one with a message that has no trace context, so
     /// every message on the wire can be followed, with or without OpenTelemetry.

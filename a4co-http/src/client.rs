@@ -111,7 +111,7 @@ impl Exchange {
 /// The URL of `path` (from `/`, maybe with a query and a fragment) on `base`, whose own
 /// path is `prefix` plus `/`: what parsing `base` + `path` as one string gives, without
 /// parsing the scheme and host again on every call (half a microsecond for an IP address).
-pub(crate) fn join(base: &reqwest::Url, prefix: &str, path: &str) -> reqwest::Url {
+fn join(base: &reqwest::Url, prefix: &str, path: &str) -> reqwest::Url {
     let (rest, fragment) = match path.split_once('#') {
         Some((rest, fragment)) => (rest, Some(fragment)),
         None => (path, None),
@@ -789,7 +789,6 @@ impl Call {
             http.request.method = %self.method,
             server.address = inner.base.host_str().unwrap_or_default(),
             server.port = i64::from(inner.base.port_or_known_default().unwrap_or_default()),
-            url.full = %telemetry::FullUrl(&inner.base, &inner.prefix, &self.path),
             url.template = %endpoint,
             peer.service = %inner.target,
             http.response.status_code = tracing::field::Empty,

@@ -146,17 +146,6 @@ pub(crate) fn endpoint_of(path: &str) -> String {
     out
 }
 
-/// `url.full` of a call: the base joined with the path, credentials redacted (formatted
-/// only when a layer records the span).
-pub(crate) struct FullUrl<'a>(pub &'a reqwest::Url, pub &'a str, pub &'a str);
-
-impl std::fmt::Display for FullUrl<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let url = crate::client::join(self.0, self.1, self.2);
-        Redacted(&url).fmt(f)
-    }
-}
-
 /// A URL with its user name and password replaced by `REDACTED`, as the semantic
 /// conventions ask of `url.full`.
 pub(crate) struct Redacted<'a>(pub &'a reqwest::Url);

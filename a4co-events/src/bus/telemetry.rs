@@ -383,17 +383,14 @@ fn trace_of(span: &tracing::Span) -> Option<TraceContext> {
     let cx = span.context();
     let otel = cx.span();
     let sc = otel.span_context();
-    if !sc.is_valid() {
-        return None;
-    }
-    let parent = format!(
-        "00-{}-{}-{:02x}",
-        sc.trace_id(),
-        sc.span_id(),
-        sc.trace_flags().to_u8()
-    );
-    let state = sc.trace_state().header();
-    TraceContext::parse(&parent, Some(state.as_str()))
+    sc.is_valid().then(|| {
+        TraceContext::of_span(
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8(),
+            sc.trace_state().header(),
+        )
+    })
 }
 
 /// The W3C trace context of the current `tracing` span, when an OpenTelemetry layer

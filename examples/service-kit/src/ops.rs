@@ -208,6 +208,11 @@ fn install(telemetry: &Telemetry, default_filter: &str, format: LogFormat) {
     // `RUST_LOG` says, warnings and errors become span events, lower events stay out.
     let otel = tracing_opentelemetry::layer()
         .with_tracer(telemetry.tracer.tracer("a4co-service"))
+        // No per-span source location, thread or busy-time attributes: a clock read on
+        // every poll and several allocations per span, which the bus's hot path pays.
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
         .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
             if meta.is_span() {
                 *meta.level() <= tracing::Level::INFO
