@@ -874,15 +874,7 @@ where
             stop,
         })
     }
-}
 
-impl<D, S, B, St> Runtime<D, S, B, St>
-where
-    D: Data,
-    S: State,
-    B: Publisher + Subscriber,
-    St: Store,
-{
     /// How many instances of this saga wait in each state that is not final (every such
     /// state listed, 0 included), counted from the records in the store: a full read (on
     /// NATS, one pass over the bucket), which a started runtime does every

@@ -103,24 +103,10 @@ impl TracingSwitch {
     /// # Panics
     /// When a global subscriber is installed already.
     pub fn install() -> Self {
-        use tracing_subscriber::Layer as _;
         let provider = SdkTracerProvider::builder().build();
         let (filter, handle) =
             tracing_subscriber::reload::Layer::new(tracing_subscriber::filter::LevelFilter::OFF);
-        let otel = tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("a4co-bench"))
-            // No per-span source location, thread or busy-time attributes: a clock read on
-            // every poll and several allocations per span, which the bus's hot path pays.
-            .with_location(false)
-            .with_threads(false)
-            .with_tracked_inactivity(false)
-            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                if meta.is_span() {
-                    *meta.level() <= tracing::Level::INFO
-                } else {
-                    *meta.level() <= tracing::Level::WARN
-                }
-            }));
+        let otel = a4co_events::bus::otel_layer(provider.tracer("a4co-bench"));
         let subscriber = tracing_subscriber::registry().with(filter).with(otel);
         tracing::subscriber::set_global_default(subscriber)
             .unwrap_or_else(|e| panic!("a global subscriber is installed already: {e}"));

@@ -91,6 +91,8 @@ pub use error::{
 };
 pub use memory::MemoryTransport;
 pub use telemetry::current_trace;
+#[cfg(feature = "otel")]
+pub use telemetry::otel_layer;
 pub use transport::{AckState, Consumer, Delivery, Inbox};
 pub use transport::{DeliveryInfo, PendingAck, Provisioned, PublishAck, RawMessage, Transport};
 

@@ -393,6 +393,44 @@ fn trace_of(span: &tracing::Span) -> Option<TraceContext> {
     })
 }
 
+/// The `tracing` layer that records the SDK's spans (and the application's) into
+/// OpenTelemetry through `tracer`, as the reference services install it: every span at
+/// `INFO` or above whatever the log filter says (install it beside the log layer, each
+/// with its own filter, so `RUST_LOG` never turns trace context off), warnings and errors
+/// as span events, and no per-span source location, thread or busy-time attributes (a
+/// clock read on every poll and allocations the bus's hot path would pay).
+///
+/// ```
+/// use opentelemetry::trace::TracerProvider as _;
+/// use tracing_subscriber::layer::SubscriberExt as _;
+///
+/// let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+/// let subscriber = tracing_subscriber::registry()
+///     .with(a4co_events::bus::otel_layer(provider.tracer("inventory-service")));
+/// let _guard = tracing::subscriber::set_default(subscriber);
+/// ```
+#[cfg(feature = "otel")]
+pub fn otel_layer<S, T>(tracer: T) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    T: opentelemetry::trace::Tracer + Send + Sync + 'static,
+    T::Span: Send + Sync,
+{
+    use tracing_subscriber::Layer as _;
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            if meta.is_span() {
+                *meta.level() <= tracing::Level::INFO
+            } else {
+                *meta.level() <= tracing::Level::WARN
+            }
+        }))
+}
+
 /// The W3C trace context of the current `tracing` span, when an OpenTelemetry layer
 /// records it (a handler's span, a request's): what a message sent from here should carry
 /// to continue this trace. `None` without the `otel` feature or outside a recorded span.

@@ -309,3 +309,71 @@ fn a_consumers_backlog_and_its_dead_letters_are_measured() {
         drop(nats);
     });
 }
+
+/// A message that arrives without trace context (a bridge that sets only the event id)
+/// starts a trace at its handling, with no OpenTelemetry layer at all: the handler's
+/// envelope carries it, and so does what the handler sends on its behalf.
+#[tokio::test]
+async fn a_message_without_trace_context_starts_a_trace_at_its_handling() {
+    use a4co_events::bus::RawMessage;
+    use a4co_events::catalog::order::OrderConfirmed;
+    use a4co_events::headers::{Headers, TraceContext, names};
+    let f = crate::support::memory_bus().await;
+    let bus = f.bus.clone();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let follow = bus.clone();
+    let handler = move |m: Envelope<AnyMessage>, _: DeliveryInfo| {
+        let (tx, follow) = (tx.clone(), follow.clone());
+        async move {
+            let reply = Envelope::caused_by(
+                &m,
+                "order-service",
+                m.aggregate_id.clone(),
+                OrderConfirmed::example(),
+            );
+            follow
+                .publish(&reply)
+                .await
+                .map_err(HandlerError::retryable)?;
+            let _ = tx.send(m.trace.clone());
+            Ok::<(), HandlerError>(())
+        }
+    };
+    let handle = bus
+        .subscribe(
+            Subscription::new("t", "untraced").to::<OrderCreated>(),
+            handler,
+        )
+        .await
+        .unwrap();
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let confirmations = bus
+        .subscribe(
+            Subscription::new("t", "follow").to::<OrderConfirmed>(),
+            move |m: Envelope<AnyMessage>, _: DeliveryInfo| {
+                let _ = seen_tx.send(m.trace);
+                std::future::ready(Ok::<(), HandlerError>(()))
+            },
+        )
+        .await
+        .unwrap();
+    let env = Envelope::new("bridge", "ord-9", OrderCreated::example());
+    let mut headers = Headers::new();
+    headers.insert(names::MSG_ID, env.event_id.to_string());
+    // Straight to the transport: the bus would add trace context.
+    bus.transport()
+        .publish(RawMessage {
+            subject: "order.created".into(),
+            headers,
+            payload: env.to_json().into(),
+        })
+        .await
+        .unwrap();
+    let started: Option<TraceContext> = recv(&mut rx, 10, "the handling").await;
+    let started = started.expect("the handler's envelope has a trace");
+    let followed: Option<TraceContext> = recv(&mut seen, 10, "the follow-up").await;
+    let followed = followed.expect("the follow-up has a trace");
+    assert_eq!(followed.trace_id(), started.trace_id(), "one trace");
+    handle.shutdown().await;
+    confirmations.shutdown().await;
+}

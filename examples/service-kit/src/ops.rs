@@ -205,21 +205,8 @@ fn install(telemetry: &Telemetry, default_filter: &str, format: LogFormat) {
         _ => format == LogFormat::Text,
     };
     // The log filter applies to log lines only: spans reach OpenTelemetry whatever
-    // `RUST_LOG` says, warnings and errors become span events, lower events stay out.
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(telemetry.tracer.tracer("a4co-service"))
-        // No per-span source location, thread or busy-time attributes: a clock read on
-        // every poll and several allocations per span, which the bus's hot path pays.
-        .with_location(false)
-        .with_threads(false)
-        .with_tracked_inactivity(false)
-        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-            if meta.is_span() {
-                *meta.level() <= tracing::Level::INFO
-            } else {
-                *meta.level() <= tracing::Level::WARN
-            }
-        }));
+    // `RUST_LOG` says (the SDK's layer has its own filter).
+    let otel = a4co_events::bus::otel_layer(telemetry.tracer.tracer("a4co-service"));
     let registry = tracing_subscriber::registry().with(otel);
     // Another subscriber may be installed already (tests): then logs go there.
     let _ = if text {
