@@ -1013,12 +1013,14 @@ impl Call {
             .send(self.method.clone(), url, headers, self.body.clone())
             .instrument(span.clone());
         let outcome = self.exchanged(exchange, limit, err).await;
-        let status = match &outcome {
-            Outcome::Done(response) => Ok(response.status),
-            Outcome::Fail(e) | Outcome::Retry(e, _) => Err(e),
-        };
-        let label = telemetry::status_label(status);
-        telemetry::record_outcome(&span, status, &label);
+        // Only a recorded span needs the outcome (the call's metrics have their own).
+        if !span.is_disabled() {
+            let status = match &outcome {
+                Outcome::Done(response) => Ok(response.status),
+                Outcome::Fail(e) | Outcome::Retry(e, _) => Err(e),
+            };
+            telemetry::record_outcome(&span, status, &telemetry::status_label(status));
+        }
         outcome
     }
 

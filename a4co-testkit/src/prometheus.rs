@@ -98,11 +98,7 @@ impl Prometheus {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap_or_else(|e| panic!("no free loopback port: {e}"));
-        let dir = std::env::temp_dir().join(format!(
-            "a4co-prometheus-{}-{port}-{}",
-            std::process::id(),
-            fastrand_suffix()
-        ));
+        let dir = crate::nats::unique_dir("prometheus");
         std::fs::create_dir_all(dir.join("data"))
             .unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         let config = serde_json::json!({
@@ -294,12 +290,6 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn fastrand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::from(d.subsec_nanos()))
 }
 
 /// Percent-encodes a query parameter (everything but RFC 3986's unreserved characters).

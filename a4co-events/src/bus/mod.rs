@@ -62,8 +62,6 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use tracing::Instrument;
-
 use crate::catalog::AnyMessage;
 use crate::decode::Decoder;
 use crate::envelope::Envelope;
@@ -668,13 +666,7 @@ impl<T: Transport> EventBus<T> {
             headers: envelope.headers(),
             payload: payload.into(),
         };
-        let span = telemetry::publish_span(&message.subject, envelope.event_id);
-        if let Some(trace) = &envelope.trace
-            && !telemetry::in_trace()
-        {
-            telemetry::set_remote_parent(&span, trace);
-        }
-        telemetry::outgoing(&span, envelope.trace.as_ref()).inject(&mut message.headers);
+        let span = telemetry::send_span(&mut message, envelope.trace.as_ref());
         Ok((message, span))
     }
 
@@ -722,12 +714,7 @@ impl<T: Transport> Publisher for EventBus<T> {
         envelope: &Envelope<P>,
     ) -> Result<PublishAck, PublishError> {
         let (message, span) = self.outgoing(envelope)?;
-        let ack = self
-            .transport
-            .publish(message)
-            .instrument(span.clone())
-            .await
-            .inspect_err(|e| telemetry::failed(&span, &e.kind().to_string()))?;
+        let ack = telemetry::sending(span, self.transport.publish(message)).await?;
         self.metrics
             .published(&envelope.source, envelope.event_type());
         Ok(ack)
@@ -738,34 +725,17 @@ impl<T: Transport> Publisher for EventBus<T> {
         envelope: &Envelope<P>,
     ) -> Result<PendingAck, PublishError> {
         let (message, span) = self.outgoing(envelope)?;
-        let pending = self
-            .transport
-            .publish_pipelined(message)
-            .instrument(span.clone())
-            .await
-            .inspect_err(|e| telemetry::failed(&span, &e.kind().to_string()))?;
+        let pending = telemetry::sending(span, self.transport.publish_pipelined(message)).await?;
         self.metrics
             .published(&envelope.source, envelope.event_type());
         Ok(pending)
     }
 
     async fn publish_raw(&self, mut message: RawMessage) -> Result<PublishAck, PublishError> {
-        // A publish span as for an envelope, in the current trace or else the message's
-        // own, whose context the message then carries.
-        let span =
-            telemetry::publish_span(&message.subject, message.message_id().unwrap_or_default());
+        // A publish span as for an envelope, continuing the message's own trace context.
         let trace = TraceContext::extract(&message.headers);
-        if let Some(trace) = &trace
-            && !telemetry::in_trace()
-        {
-            telemetry::set_remote_parent(&span, trace);
-        }
-        telemetry::outgoing(&span, trace.as_ref()).inject(&mut message.headers);
-        self.transport
-            .publish(message)
-            .instrument(span.clone())
-            .await
-            .inspect_err(|e| telemetry::failed(&span, &e.kind().to_string()))
+        let span = telemetry::send_span(&mut message, trace.as_ref());
+        telemetry::sending(span, self.transport.publish(message)).await
     }
 }
 

@@ -290,6 +290,34 @@ pub(crate) fn publish_span(subject: &str, event_id: impl std::fmt::Display) -> t
     )
 }
 
+/// The publish span of `message`, a child of the current span or else of `trace` (the
+/// message's own context); its context (or `trace`, or a new trace) goes into the message's
+/// headers, so the consumer's span becomes its child.
+pub(crate) fn send_span(
+    message: &mut super::RawMessage,
+    trace: Option<&TraceContext>,
+) -> tracing::Span {
+    let span = publish_span(&message.subject, message.message_id().unwrap_or_default());
+    if let Some(trace) = trace
+        && !in_trace()
+    {
+        set_remote_parent(&span, trace);
+    }
+    outgoing(&span, trace).inject(&mut message.headers);
+    span
+}
+
+/// Runs `send` in its publish `span`, marked failed (with the error's kind) when it fails.
+pub(crate) async fn sending<T>(
+    span: tracing::Span,
+    send: impl std::future::Future<Output = Result<T, super::PublishError>>,
+) -> Result<T, super::PublishError> {
+    use tracing::Instrument as _;
+    send.instrument(span.clone())
+        .await
+        .inspect_err(|e| failed(&span, &e.kind().to_string()))
+}
+
 /// The span of one handling (`messaging.operation.type` and `.name` `process`, the
 /// subject, the consumer group); [`failed`] adds `error.type` to it.
 pub(crate) fn consume_span(

@@ -117,7 +117,8 @@ fn free_port() -> Result<u16, FixtureError> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn unique_dir(kind: &str) -> PathBuf {
+/// A fresh path under the temp dir for a fixture of `kind` (not created).
+pub(crate) fn unique_dir(kind: &str) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()

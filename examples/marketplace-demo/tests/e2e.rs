@@ -892,6 +892,24 @@ async fn a_service_with_bad_settings_refuses_to_start_and_says_why() {
             ],
             "no NATS server answered at nats://127.0.0.1:1 (NATS_URL)",
         ),
+        (
+            vec![
+                ("SERVICE_JWT_SECRET", "e2e-secret-e2e-secret-e2e-secret-e2e"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+            ],
+            "OTEL_EXPORTER_OTLP_PROTOCOL=grpc is not supported",
+        ),
+        (
+            vec![
+                ("SERVICE_JWT_SECRET", "e2e-secret-e2e-secret-e2e-secret-e2e"),
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "http://collector:otlp-token-5e1d@[::1:4318",
+                ),
+            ],
+            "OTEL_EXPORTER_OTLP_ENDPOINT: invalid endpoint '***'",
+        ),
     ];
     for (env, says) in cases {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_marketplace-demo"))
@@ -904,6 +922,10 @@ async fn a_service_with_bad_settings_refuses_to_start_and_says_why() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{says}: it started");
         assert!(stderr.contains(says), "expected {says:?} in {stderr}");
+        assert!(
+            !stderr.contains("otlp-token-5e1d"),
+            "the credential is shown: {stderr}"
+        );
     }
 }
 

@@ -131,7 +131,8 @@ pub fn init(
     if let Some(telemetry) = TELEMETRY.get() {
         return Ok(telemetry);
     }
-    let otlp = Otlp::from_env(&crate::Env::from_process())?;
+    let env = crate::Env::from_process();
+    let otlp = Otlp::from_env(&env)?;
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service.to_owned())
         .with_attribute(opentelemetry::KeyValue::new(
@@ -145,7 +146,7 @@ pub fn init(
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()
-            .map_err(|e| otlp_error("traces", &e))?;
+            .map_err(|e| otlp_error("traces", &e, &env))?;
         tracer = tracer.with_batch_exporter(exporter);
     }
     let registry = prometheus::Registry::new();
@@ -162,7 +163,7 @@ pub fn init(
         let exporter = opentelemetry_otlp::MetricExporter::builder()
             .with_http()
             .build()
-            .map_err(|e| otlp_error("metrics", &e))?;
+            .map_err(|e| otlp_error("metrics", &e, &env))?;
         meters = meters
             .with_reader(opentelemetry_sdk::metrics::PeriodicReader::builder(exporter).build());
     }
@@ -176,9 +177,29 @@ pub fn init(
     Ok(telemetry)
 }
 
-fn otlp_error(signal: &str, e: &dyn std::fmt::Display) -> crate::ConfigError {
+/// The exporter's refusal, without the values of the variables it read: an endpoint may
+/// hold a user and password, and headers an API key. Their names stay, to say what to fix.
+fn otlp_error(signal: &str, e: &dyn std::fmt::Display, env: &crate::Env) -> crate::ConfigError {
+    let mut text = e.to_string();
+    for suffix in ["ENDPOINT", "HEADERS"] {
+        for which in ["", "TRACES_", "METRICS_"] {
+            let Some(value) = env.optional(&format!("OTEL_EXPORTER_OTLP_{which}{suffix}")) else {
+                continue;
+            };
+            // The whole value, and each `key=value` of a header list, longest first.
+            let mut parts: Vec<&str> = std::iter::once(value.as_str())
+                .chain(value.split([',', '=']))
+                .map(str::trim)
+                .filter(|p| p.len() >= 3)
+                .collect();
+            parts.sort_by_key(|p| std::cmp::Reverse(p.len()));
+            for part in parts {
+                text = text.replace(part, "***");
+            }
+        }
+    }
     crate::ConfigError::new(format!(
-        "OTLP export of {signal} cannot start: {e} (check OTEL_EXPORTER_OTLP_ENDPOINT, e.g. \
+        "OTLP export of {signal} cannot start: {text} (check OTEL_EXPORTER_OTLP_ENDPOINT, e.g. \
          http://127.0.0.1:4318)"
     ))
 }
