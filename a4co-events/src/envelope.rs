@@ -114,6 +114,33 @@ impl<T: Payload> Envelope<T> {
         }
     }
 
+    /// The answer to `cause` (a command, or an event a handler reacts to): caused by it
+    /// ([`Envelope::caused_by`]), with an id derived from the cause's id and `step`
+    /// ([`EventId::deterministic`]). Handling a redelivery of `cause` again makes the same
+    /// id, so the broker stores the answer once; give each answer of one handler its own
+    /// `step`.
+    ///
+    /// ```
+    /// use a4co_events::catalog::inventory::{ReserveStock, StockReserved};
+    /// use a4co_events::{Envelope, Message};
+    ///
+    /// let command = Envelope::new("order-service", "prod-1", ReserveStock::example());
+    /// let answer = Envelope::reply_to(&command, "inventory-service", "prod-1", StockReserved::example(), "answer");
+    /// let again = Envelope::reply_to(&command, "inventory-service", "prod-1", StockReserved::example(), "answer");
+    /// assert_eq!(answer.event_id, again.event_id);
+    /// assert_eq!(answer.metadata.causation_id, command.event_id.to_string());
+    /// ```
+    pub fn reply_to<P>(
+        cause: &Envelope<P>,
+        source: impl Into<String>,
+        aggregate_id: impl Into<String>,
+        data: T,
+        step: &str,
+    ) -> Self {
+        Envelope::caused_by(cause, source, aggregate_id, data)
+            .with_event_id(EventId::deterministic(&cause.event_id.to_string(), step))
+    }
+
     /// Replaces the id (a saga passes [`EventId::deterministic`]). A first message keeps
     /// naming itself as correlation and causation.
     pub fn with_event_id(mut self, event_id: EventId) -> Self {

@@ -26,6 +26,8 @@ pub mod bus;
 #[cfg(feature = "bus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "bus")))]
 pub mod service;
+// what a service imports first
+pub mod prelude;
 // 7. the tooling: the published contract (the `a4co` CLI is src/bin/a4co.rs)
 #[cfg(feature = "validate")]
 #[cfg_attr(docsrs, doc(cfg(feature = "validate")))]

@@ -5,27 +5,22 @@
 //! ```
 //! use std::time::Duration;
 //!
-//! use a4co_events::bus::{HandlerError, Publisher, Subscriber, Subscription};
+//! use a4co_events::prelude::*;
 //! use a4co_events::catalog::order::{OrderConfirmed, OrderCreated};
-//! use a4co_events::{Envelope, Message};
 //! use a4co_testkit::bus::RecordingBus;
+//!
+//! // A service under test: confirms every order it sees.
+//! async fn confirm(bus: RecordingBus, order: Envelope<OrderCreated>, _: DeliveryInfo) -> Result<(), HandlerError> {
+//!     let reply = Envelope::caused_by(&order, "order-service", order.aggregate_id.clone(), OrderConfirmed::example());
+//!     bus.publish(&reply).await.map_err(HandlerError::retryable)?;
+//!     Ok(())
+//! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let bus = RecordingBus::new().await;
-//! // A service under test: confirms every order it sees.
-//! let service = bus.clone();
-//! let _handle = bus
-//!     .subscribe(Subscription::new("order-service", "confirm").to::<OrderCreated>(), move |m: Envelope<a4co_events::AnyMessage>, _| {
-//!         let service = service.clone();
-//!         async move {
-//!             let reply = Envelope::caused_by(&m, "order-service", m.aggregate_id.clone(), OrderConfirmed::example());
-//!             service.publish(&reply).await.map_err(HandlerError::retryable)?;
-//!             Ok(())
-//!         }
-//!     })
-//!     .await
-//!     .unwrap();
+//! let handlers = Handlers::with_state(bus.clone()).on::<OrderCreated>(confirm);
+//! let _handle = bus.subscribe(Subscription::new("order-service", "confirm"), handlers).await.unwrap();
 //! bus.publish(&Envelope::new("test", "ord-1", OrderCreated::example())).await.unwrap();
 //! let confirmed = bus.published::<OrderConfirmed>().matching(|e| e.aggregate_id == "ord-1").await;
 //! assert!(confirmed.data.artisan_notified);
@@ -268,6 +263,10 @@ impl<H: Handler> Handler for Recording<H> {
         self.recorder
             .write(|log| log.consumed.push((copy.0, copy.1, outcome)));
         result
+    }
+
+    fn routes(&self) -> Vec<a4co_events::bus::Route> {
+        self.inner.routes()
     }
 }
 

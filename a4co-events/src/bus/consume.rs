@@ -827,16 +827,20 @@ async fn process<T: Transport, H: Handler>(
         info.delivered,
     );
     let mut decoded = decoded;
-    match TraceContext::extract(&message.headers) {
-        Some(trace) => telemetry::set_remote_parent(&span, &trace),
+    let trace = match TraceContext::extract(&message.headers) {
+        Some(trace) => {
+            telemetry::set_remote_parent(&span, &trace);
+            Some(trace)
+        }
         // A message without trace context starts a trace here (the handling span's, or a new
         // one), which what the handler sends on its behalf continues.
-        None => {
-            if let Ok(envelope) = &mut decoded {
-                envelope.trace = Some(telemetry::outgoing(&span, None));
-            }
-        }
-    }
+        None => decoded.as_mut().ok().map(|envelope| {
+            let trace = telemetry::outgoing(&span, None);
+            envelope.trace = Some(trace.clone());
+            trace
+        }),
+    };
+    telemetry::described(&span, trace.as_ref(), decoded.as_ref().ok());
     let started = std::time::Instant::now();
     let (status, event_type) = settle(&shared, &delivery, decoded, consumer, recheck)
         .instrument(span)

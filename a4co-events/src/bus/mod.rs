@@ -30,28 +30,28 @@
 //! - **shutdown** drains handlers in flight ([`SubscriptionHandle::shutdown`]).
 //!
 //! ```
-//! use a4co_events::bus::{HandlerError, MemoryBus, Publisher, Subscriber, Subscription};
-//! use a4co_events::catalog::order::OrderCreated;
-//! use a4co_events::{AnyMessage, Envelope, Message};
+//! use a4co_events::prelude::*;
+//! use a4co_events::catalog::order::{OrderCancelled, OrderCreated};
+//! use tokio::sync::mpsc::UnboundedSender;
+//!
+//! // One handler per message type, each a named async fn of its own `Envelope<M>`.
+//! async fn created(seen: UnboundedSender<String>, order: Envelope<OrderCreated>, _: DeliveryInfo) -> Result<(), HandlerError> {
+//!     seen.send(format!("created {}", order.aggregate_id)).map_err(HandlerError::permanent)
+//! }
+//!
+//! async fn cancelled(seen: UnboundedSender<String>, order: Envelope<OrderCancelled>, _: DeliveryInfo) -> Result<(), HandlerError> {
+//!     seen.send(format!("cancelled {}", order.aggregate_id)).map_err(HandlerError::permanent)
+//! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let bus = MemoryBus::provisioned().await?;
 //! let (seen, mut rx) = tokio::sync::mpsc::unbounded_channel();
-//! let handle = bus
-//!     .subscribe(
-//!         Subscription::new("inventory-service", "orders").to::<OrderCreated>(),
-//!         move |message: Envelope<AnyMessage>, _| {
-//!             let seen = seen.clone();
-//!             async move {
-//!                 seen.send(message.aggregate_id).map_err(HandlerError::permanent)?;
-//!                 Ok(())
-//!             }
-//!         },
-//!     )
-//!     .await?;
+//! // One durable consumer takes both types: each `.on` adds its type's subject.
+//! let handlers = Handlers::with_state(seen).on::<OrderCreated>(created).on::<OrderCancelled>(cancelled);
+//! let handle = bus.subscribe(Subscription::new("inventory-service", "orders"), handlers).await?;
 //! bus.publish(&Envelope::new("order-service", "ord-1", OrderCreated::example())).await?;
-//! assert_eq!(rx.recv().await.as_deref(), Some("ord-1"));
+//! assert_eq!(rx.recv().await.as_deref(), Some("created ord-1"));
 //! handle.shutdown().await;
 //! # Ok(())
 //! # }
@@ -72,6 +72,7 @@ mod config;
 mod consume;
 pub mod dlq;
 mod error;
+pub mod handlers;
 mod marks;
 pub mod memory;
 #[cfg(feature = "nats")]
@@ -87,6 +88,7 @@ pub use error::{
     InboxErrorKind, ProvisionError, ProvisionErrorKind, PublishError, PublishErrorKind,
     SubscribeError, SubscribeErrorKind,
 };
+pub use handlers::{Handlers, Next, Route, TypedHandler};
 pub use memory::MemoryTransport;
 pub use telemetry::current_trace;
 #[cfg(feature = "otel")]
@@ -184,17 +186,11 @@ pub trait Subscriber: Clone + Send + Sync + 'static {
     where
         M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
         F: Fn(Envelope<M>, DeliveryInfo) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), HandlerError>> + Send,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        let label = subscription.inner.label();
-        self.subscribe(
-            subscription.inner,
-            Typed {
-                handler,
-                label,
-                message: PhantomData,
-            },
-        )
+        self.on_with(subscription, (), move |(), message, delivery| {
+            handler(message, delivery)
+        })
     }
 
     /// As [`Subscriber::on`], with `state` handed to every call: a clone of it each time
@@ -234,11 +230,12 @@ pub trait Subscriber: Clone + Send + Sync + 'static {
         M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
         S: Clone + Send + Sync + 'static,
         F: Fn(S, Envelope<M>, DeliveryInfo) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), HandlerError>> + Send,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        self.on(subscription, move |message, delivery| {
-            handler(state.clone(), message, delivery)
-        })
+        self.subscribe(
+            subscription.inner,
+            Handlers::with_state(state).on::<M>(handler),
+        )
     }
 }
 
@@ -258,42 +255,10 @@ impl<M> TypedSubscription<M> {
     }
 }
 
-/// A handler of one message type, as an untyped [`Handler`]: see [`Subscriber::on`].
-struct Typed<M, F> {
-    handler: F,
-    label: String,
-    message: PhantomData<fn() -> M>,
-}
-
-impl<M, F, Fut> Handler for Typed<M, F>
-where
-    M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
-    F: Fn(Envelope<M>, DeliveryInfo) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), HandlerError>> + Send,
-{
-    fn handle(
-        &self,
-        message: Envelope<AnyMessage>,
-        delivery: DeliveryInfo,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
-        // The subscription's subject is `M`'s, so another type is a publisher's mistake
-        // (a body of one type sent on another's subject): the same bytes fail again.
-        let typed = message.downcast::<M>().map_err(|other| {
-            HandlerError::permanent(format!(
-                "{} handles {} only, got {} v{}",
-                self.label,
-                M::TYPE,
-                other.event_type(),
-                other.event_version()
-            ))
-        });
-        let run = typed.map(|message| (self.handler)(message, delivery));
-        async move { run?.await }
-    }
-}
-
-/// Handles one message. Any `Fn(Envelope<AnyMessage>, DeliveryInfo) -> impl Future<Output =
-/// Result<(), HandlerError>>` closure is a handler.
+/// Handles one message. [`Handlers`] routes each message type to its own typed handler;
+/// any `Fn(Envelope<AnyMessage>, DeliveryInfo) -> impl Future<Output = Result<(),
+/// HandlerError>>` closure is a handler too, of everything the subscription takes (a
+/// fan-in that really takes every type).
 ///
 /// Handlers must be idempotent: delivery is at least once. The inbox skips redeliveries of
 /// finished work, but a crash between the handler's effect and the inbox record can still
@@ -305,6 +270,14 @@ pub trait Handler: Send + Sync + 'static {
         message: Envelope<AnyMessage>,
         delivery: DeliveryInfo,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// The message types this handler routes by type ([`Handlers`]): the bus adds their
+    /// subjects to the subscription it is subscribed with. Empty (the default) for a
+    /// handler of whatever the subscription's own subjects take. A handler that wraps
+    /// another returns the inner one's.
+    fn routes(&self) -> Vec<Route> {
+        Vec::new()
+    }
 }
 
 impl<F, Fut> Handler for F
@@ -745,6 +718,12 @@ impl<T: Transport> Subscriber for EventBus<T> {
         subscription: Subscription,
         handler: H,
     ) -> Result<SubscriptionHandle, SubscribeError> {
+        let mut subscription = subscription;
+        for route in handler.routes() {
+            if !subscription.subjects.iter().any(|s| s == route.subject) {
+                subscription.subjects.push(route.subject.to_owned());
+            }
+        }
         consume::start(self.clone(), subscription, handler).await
     }
 }

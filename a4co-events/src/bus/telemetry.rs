@@ -319,7 +319,9 @@ pub(crate) async fn sending<T>(
 }
 
 /// The span of one handling (`messaging.operation.type` and `.name` `process`, the
-/// subject, the consumer group); [`failed`] adds `error.type` to it.
+/// subject, the consumer group); [`described`] adds the message's aggregate, correlation
+/// and trace ids, so every log line written while handling names them, and [`failed`]
+/// adds `error.type`.
 pub(crate) fn consume_span(
     subject: &str,
     consumer: &str,
@@ -338,8 +340,32 @@ pub(crate) fn consume_span(
         messaging.consumer.group.name = %consumer,
         messaging.nats.stream_sequence = sequence,
         messaging.nats.delivered = attempt,
+        messaging.message.id = tracing::field::Empty,
+        aggregate_id = tracing::field::Empty,
+        correlation_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
         error.type = tracing::field::Empty,
     )
+}
+
+/// Records on a [`consume_span`] what identifies the handled message: its trace, and when
+/// it decoded, its event, aggregate and correlation ids.
+pub(crate) fn described(
+    span: &tracing::Span,
+    trace: Option<&TraceContext>,
+    envelope: Option<&crate::envelope::Envelope<crate::catalog::AnyMessage>>,
+) {
+    if let Some(trace) = trace {
+        span.record("trace_id", trace.trace_id());
+    }
+    if let Some(envelope) = envelope {
+        span.record(
+            "messaging.message.id",
+            tracing::field::display(envelope.event_id),
+        );
+        span.record("aggregate_id", envelope.aggregate_id.as_str());
+        span.record("correlation_id", envelope.metadata.correlation_id.as_str());
+    }
 }
 
 /// Marks `span` (a publish or handling span) failed, with `error_type` (a low-cardinality

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use a4co_events::bus::dlq::{DeadLetters, FaultKind, Filter, ReplayOptions};
 use a4co_events::bus::{
-    DLQ_STREAM, DeliveryInfo, EventBus, HandlerError, InboxCheck, PublishErrorKind, Publisher,
-    RawMessage, RetryPolicy, Subscriber, Subscription, Transport,
+    DLQ_STREAM, DeliveryInfo, EventBus, HandlerError, Handlers, InboxCheck, Next, PublishErrorKind,
+    Publisher, RawMessage, RetryPolicy, Subscriber, Subscription, Transport,
 };
 use a4co_events::catalog::inventory::InventoryAdjusted;
 use a4co_events::catalog::order::{OrderConfirmed, OrderCreated};
@@ -283,6 +283,84 @@ async fn typed_handlers_get_their_message_type<T: Transport>(f: Fixture<T>) {
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].reason, "permanent: no such order");
     assert_eq!(letters[0].event_type.as_deref(), Some("order.confirmed"));
+}
+
+/// What [`routed_handlers_take_only_their_types`] counts.
+#[derive(Clone, Default)]
+struct Tally {
+    confirmed: Arc<Mutex<Vec<String>>>,
+    adjusted: Arc<AtomicU64>,
+    layered: Arc<AtomicU64>,
+}
+
+async fn confirmed(
+    tally: Tally,
+    message: Envelope<OrderConfirmed>,
+    _: DeliveryInfo,
+) -> Result<(), HandlerError> {
+    tally.confirmed.lock().unwrap().push(message.aggregate_id);
+    Ok(())
+}
+
+async fn adjusted(
+    tally: Tally,
+    _: Envelope<InventoryAdjusted>,
+    _: DeliveryInfo,
+) -> Result<(), HandlerError> {
+    tally.adjusted.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+async fn routed_handlers_take_only_their_types<T: Transport>(f: Fixture<T>) {
+    let tally = Tally::default();
+    let layered = Arc::clone(&tally.layered);
+    let handlers = Handlers::with_state(tally.clone())
+        .on::<OrderConfirmed>(confirmed)
+        .on::<InventoryAdjusted>(adjusted)
+        .layer(move |message: Envelope<AnyMessage>, delivery, next: Next| {
+            layered.fetch_add(1, Ordering::SeqCst);
+            next.run(message, delivery)
+        });
+    // Two types on two streams: one durable consumer on each. `order.created` is taken
+    // beyond the handlers' subjects, so it has no route.
+    let sub = Subscription::new("t", "routed").subject(OrderCreated::SUBJECT);
+    let handle = f.bus.subscribe(sub, handlers).await.unwrap();
+    for id in ["ord-1", "ord-2"] {
+        let message = Envelope::new("order-service", id, OrderConfirmed::example());
+        f.bus.publish(&message).await.unwrap();
+    }
+    let adjustment = Envelope::new("inventory-service", "prod-1", InventoryAdjusted::example());
+    f.bus.publish(&adjustment).await.unwrap();
+    f.bus.publish(&order("ord-3")).await.unwrap();
+    eventually(10, "three handled, one dead-lettered", || async {
+        let s = handle.stats();
+        s.handled == 3 && s.dead_lettered == 1
+    })
+    .await;
+    let stats = handle.shutdown().await;
+    assert_eq!(
+        (stats.handled, stats.dead_lettered, stats.retried),
+        (3, 1, 0)
+    );
+    let mut confirmed = tally.confirmed.lock().unwrap().clone();
+    confirmed.sort();
+    assert_eq!(confirmed, ["ord-1", "ord-2"]);
+    assert_eq!(tally.adjusted.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        tally.layered.load(Ordering::SeqCst),
+        4,
+        "the layer sees every message"
+    );
+    let letters = dead_letters(&f.bus).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].event_type.as_deref(), Some("order.created"));
+    assert_eq!(
+        letters[0].reason,
+        format!(
+            "permanent: no handler for order.created v{} (this subscription handles order.confirmed, inventory.adjusted)",
+            OrderCreated::VERSION
+        )
+    );
 }
 
 async fn redelivery_with_growing_delays<T: Transport>(f: Fixture<T>) {
@@ -1118,6 +1196,7 @@ conformance!(
     pipelined_publish,
     typed_delivery,
     typed_handlers_get_their_message_type,
+    routed_handlers_take_only_their_types,
     redelivery_with_growing_delays,
     permanent_error_dead_letters_at_once,
     exhausted_retries_dead_letter_once_with_history,

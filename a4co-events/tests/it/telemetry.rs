@@ -110,6 +110,15 @@ async fn check<T: Transport>(t: &Telemetry, bus: EventBus<T>) {
         "the consumer's span is a child of the publisher's"
     );
     assert!(process.parent_span_is_remote);
+    // What identifies the message, for every log line written while handling it.
+    for (key, value) in [
+        ("aggregate_id", env.aggregate_id.clone()),
+        ("correlation_id", env.metadata.correlation_id.clone()),
+        ("messaging.message.id", env.event_id.to_string()),
+        ("trace_id", process.span_context.trace_id().to_string()),
+    ] {
+        assert_eq!(attribute(&process, key), value, "{key}");
+    }
     t.spans.reset();
 
     t.meter_provider.force_flush().unwrap();

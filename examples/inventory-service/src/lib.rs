@@ -299,7 +299,7 @@ impl<B: Publisher + Subscriber> Inventory<B> {
         &self,
         available_before: u32,
         product: &Product,
-        cause: Option<&Envelope<a4co_events::AnyMessage>>,
+        cause: Option<&Envelope<a4co_events::catalog::inventory::ReserveStock>>,
     ) -> Result<(), PublishError> {
         let threshold = product.low_stock_threshold;
         let now = Utc::now();
@@ -327,7 +327,7 @@ impl<B: Publisher + Subscriber> Inventory<B> {
         };
         let envelope = match cause {
             Some(cause) => {
-                service_kit::bus::reply_to(cause, NAME, &product.product_id, warning, "low-stock")
+                Envelope::reply_to(cause, NAME, &product.product_id, warning, "low-stock")
             }
             None => Envelope::new(NAME, &product.product_id, warning),
         };

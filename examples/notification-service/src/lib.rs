@@ -50,9 +50,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use service_kit::bus::reply_to;
 use service_kit::{ApiError, Env, is_valid_id};
-use tracing::Instrument as _;
 
 pub use config::Config;
 use render::{Draft, Recipient};
@@ -149,12 +147,10 @@ impl<B: Publisher + Subscriber> Notifications<B> {
             .bus
             .subscribe(
                 Self::subscription(),
+                // A fan-in of every type it is told of: one handler for them all.
                 move |event: Envelope<AnyMessage>, delivery: DeliveryInfo| {
                     let me = me.clone();
-                    async move {
-                        let span = service_kit::ops::message_span(&event);
-                        me.handle(&event, &delivery).instrument(span).await
-                    }
+                    async move { me.handle(&event, &delivery).await }
                 },
             )
             .await?;
@@ -237,7 +233,7 @@ impl<B: Publisher + Subscriber> Notifications<B> {
             status: DeliveryStatus::Sent,
         };
         self.bus
-            .publish(&reply_to(
+            .publish(&Envelope::reply_to(
                 event,
                 NAME,
                 &sent.notification_id,

@@ -1,23 +1,22 @@
-//! What runs beside the REST API: the fulfillment saga, the handler of its confirm and
-//! cancel commands (which move the order and announce it), and the outbox of orders not
-//! yet announced.
+//! What runs beside the REST API: the fulfillment saga, the handlers of its confirm and
+//! cancel commands (one per file: they move the order and announce it), and the outbox of
+//! orders not yet announced.
+
+mod cancel_order;
+mod confirm_order;
 
 use std::time::Duration;
 
 use crate::fulfillment::{self, Settings};
-use a4co_events::bus::{HandlerError, Publisher, Subscriber, Subscription};
-use a4co_events::catalog::order::{
-    CancelOrder, CancellationReason, ConfirmOrder, OrderCancelled, OrderConfirmed, OrderStatus,
-};
+use a4co_events::bus::{HandlerError, Handlers, Publisher, Subscriber, Subscription};
+use a4co_events::catalog::order::{CancelOrder, ConfirmOrder, OrderStatus};
 use a4co_events::service::{AnyBus, Workers};
-use a4co_events::{AnyMessage, Envelope};
+use a4co_events::{Envelope, Money, Payload};
 use a4co_saga::{Runtime, Store};
 use chrono::Utc;
 use service_kit::ConfigError;
-use service_kit::bus::reply_to;
-use tracing::Instrument as _;
 
-use crate::{Cancellation, NAME, Order, Orders, order_key, outbox_key};
+use crate::{NAME, Order, Orders, order_key, outbox_key};
 
 /// How often orders saved but not announced are published again.
 const OUTBOX_EVERY: Duration = Duration::from_secs(10);
@@ -54,21 +53,12 @@ impl<B: Publisher + Subscriber> Orders<B> {
                 saga.abort();
             }
         });
-        let me = self.clone();
+        let handlers = Handlers::with_state(self.clone())
+            .on::<ConfirmOrder>(confirm_order::confirm_order)
+            .on::<CancelOrder>(cancel_order::cancel_order);
         let handle = self
             .bus
-            .subscribe(
-                Subscription::new(NAME, "commands")
-                    .to::<ConfirmOrder>()
-                    .to::<CancelOrder>(),
-                move |message: Envelope<AnyMessage>, _| {
-                    let me = me.clone();
-                    async move {
-                        let span = service_kit::ops::message_span(&message);
-                        me.on_command(&message).instrument(span).await
-                    }
-                },
-            )
+            .subscribe(Subscription::new(NAME, "commands"), handlers)
             .await
             .map_err(|e| ConfigError::new(format!("subscribing: {e}")))?;
         workers.subscription(handle);
@@ -82,97 +72,71 @@ impl<B: Publisher + Subscriber> Orders<B> {
         Ok(workers)
     }
 
-    async fn on_command(&self, message: &Envelope<AnyMessage>) -> Result<(), HandlerError> {
-        let order_id = &message.aggregate_id;
+    /// Moves the order named by `command`'s aggregate to `status`, with `apply`'s changes,
+    /// unless it has moved on. A pending order moves; a confirmed one only when
+    /// `from_confirmed` (a cancellation because its stock is gone: a hold that lapsed
+    /// before the commit). Returns the order's total when the command is to be answered
+    /// (`Some(None)` for an order this instance never saw: the saga's decision is
+    /// answered all the same, so its participants hear it), `None` when the order moved
+    /// elsewhere meanwhile (that move was announced; answering would contradict it).
+    pub(crate) async fn move_order<P: Payload>(
+        &self,
+        command: &Envelope<P>,
+        status: OrderStatus,
+        from_confirmed: bool,
+        apply: impl Fn(&mut Order),
+    ) -> Result<Option<Option<Money>>, HandlerError> {
+        let order_id = &command.aggregate_id;
         let now = Utc::now();
-        let status = match &message.data {
-            AnyMessage::ConfirmOrder(_) => OrderStatus::Confirmed,
-            AnyMessage::CancelOrder(_) => OrderStatus::Cancelled,
-            _ => return Ok(()),
-        };
         let (moved, total, now_status) = self
             .records
             .modify(&order_key(order_id), |current: Option<&Order>| {
                 let Some(current) = current else {
                     return (None, (false, None, None));
                 };
-                // A confirmed order is still cancelled when the saga finds its stock gone
-                // (a hold that lapsed before the commit); nothing else moves it again.
-                let stock_gone = matches!(&message.data, AnyMessage::CancelOrder(c)
-                    if c.reason == CancellationReason::InventoryUnavailable);
                 let movable = current.status == OrderStatus::Pending
-                    || (stock_gone && current.status == OrderStatus::Confirmed);
+                    || (from_confirmed && current.status == OrderStatus::Confirmed);
                 if !movable {
                     return (None, (false, Some(current.total), Some(current.status)));
                 }
                 let mut next = current.clone();
                 next.status = status;
                 next.updated_at = now;
-                match &message.data {
-                    AnyMessage::ConfirmOrder(c) => next.payment_id = Some(c.payment_id.clone()),
-                    AnyMessage::CancelOrder(c) => {
-                        next.cancellation = Some(Cancellation {
-                            reason: c.reason,
-                            detail: c.detail.clone(),
-                        });
-                    }
-                    _ => {}
-                }
+                apply(&mut next);
                 (Some(next), (true, Some(current.total), Some(status)))
             })
             .await?;
         match now_status {
-            // An order announced by another producer: the saga's decision is announced
-            // all the same, so its participants hear it.
             None => {
-                tracing::info!(order = %order_id, command = message.event_type(), "no such order here; answering for the saga");
+                tracing::info!(order = %order_id, command = command.event_type(), "no such order here; answering for the saga");
             }
-            // Moved by an earlier delivery: answered again below, so the saga hears.
+            // Moved by an earlier delivery: answered again, so the saga hears.
             Some(s) if s == status => {
                 if moved {
                     tracing::info!(order = %order_id, status = ?status, "order moved");
                 }
             }
-            // Moved elsewhere meanwhile (a customer's cancellation, say): that move was
-            // announced; announcing this one too would contradict it.
             Some(other) => {
-                tracing::warn!(order = %order_id, status = ?other, command = message.event_type(), "the order has moved on; the command changes nothing");
-                return Ok(());
+                tracing::warn!(order = %order_id, status = ?other, command = command.event_type(), "the order has moved on; the command changes nothing");
+                return Ok(None);
             }
         }
-        let answer: AnyMessage = match &message.data {
-            AnyMessage::ConfirmOrder(c) => OrderConfirmed {
-                confirmed_at: now,
-                estimated_delivery_date: now + chrono::Duration::days(3),
-                payment_reference: c.payment_reference.clone(),
-                payment_id: Some(c.payment_id.clone()),
-                tracking_number: None,
-                artisan_notified: false,
-            }
-            .into(),
-            AnyMessage::CancelOrder(c) => {
-                let mut actions = vec!["release-stock".to_owned()];
-                if c.refund_required {
-                    actions.push("refund-payment".to_owned());
-                }
-                OrderCancelled {
-                    reason: c.reason,
-                    cancelled_at: now,
-                    refund_required: c.refund_required,
-                    refund_amount: total.filter(|_| c.refund_required),
-                    cancelled_by: fulfillment::NAME.to_owned(),
-                    compensation_actions: actions,
-                }
-                .into()
-            }
-            _ => return Ok(()),
-        };
-        // Published again on a redelivery (same id: stored once), so the saga always hears.
+        Ok(Some(total))
+    }
+
+    /// Publishes `answer` to `command` (published again on a redelivery, under the same
+    /// id: stored once, so the saga always hears).
+    pub(crate) async fn answer<P, T: Payload>(
+        &self,
+        command: &Envelope<P>,
+        answer: T,
+    ) -> Result<(), HandlerError> {
+        let reply = Envelope::reply_to(command, NAME, &command.aggregate_id, answer, "answer");
         self.bus
-            .publish(&reply_to(message, NAME, order_id, answer, "answer"))
+            .publish(&reply)
             .await
-            .map_err(HandlerError::retryable)?;
-        Ok(())
+            .map(drop)
+            .map_err(HandlerError::retryable)
     }
 
     /// One round of the outbox (it runs every 10 s once started): publishes `order.created`
