@@ -90,6 +90,8 @@ pub use error::{
 };
 pub use handlers::{Handlers, Next, Route, TypedHandler};
 pub use memory::MemoryTransport;
+#[cfg(feature = "server")]
+pub(crate) use telemetry::SPAN_TARGET;
 pub use telemetry::current_trace;
 #[cfg(feature = "otel")]
 pub use telemetry::otel_layer;

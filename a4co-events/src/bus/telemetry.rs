@@ -322,6 +322,11 @@ pub(crate) async fn sending<T>(
 /// subject, the consumer group); [`described`] adds the message's aggregate, correlation
 /// and trace ids, so every log line written while handling names them, and [`failed`]
 /// adds `error.type`.
+/// The target of the bus's spans, which a log filter lets through at any level so that
+/// lines written while handling name the message (`service::init` does).
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
+pub(crate) const SPAN_TARGET: &str = module_path!();
+
 pub(crate) fn consume_span(
     subject: &str,
     consumer: &str,

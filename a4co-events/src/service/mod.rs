@@ -30,13 +30,28 @@ use std::fmt;
 
 #[cfg(feature = "nats")]
 mod any_bus;
+#[cfg(feature = "server")]
+mod env;
+#[cfg(feature = "server")]
+mod ops;
 mod records;
+#[cfg(feature = "server")]
+mod runtime;
 mod workers;
 
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub use any_bus::AnyBus;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub use env::Env;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub use ops::{LogFormat, Otlp, Telemetry, init, request_span, routes, shutdown};
 pub use records::{Records, RecordsError, Versioned};
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub use runtime::Service;
 pub use workers::Workers;
 
 use crate::bus::Error;
@@ -60,6 +75,37 @@ impl fmt::Display for StartErrorKind {
             StartErrorKind::InvalidConfig => "invalid setting",
             StartErrorKind::Unavailable => "unavailable",
         })
+    }
+}
+
+impl StartError {
+    /// [`StartErrorKind::InvalidConfig`]: `message` names the setting and what to set.
+    pub fn invalid_config(message: impl Into<String>) -> Self {
+        StartError::new(StartErrorKind::InvalidConfig, message)
+    }
+
+    /// [`StartErrorKind::Unavailable`]: `message` names what could not be reached.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        StartError::new(StartErrorKind::Unavailable, message)
+    }
+}
+
+/// Subscribing at start-up failed: an invalid subscription is a setting to fix, anything
+/// else a broker that is not there.
+impl From<crate::bus::SubscribeError> for StartError {
+    fn from(error: crate::bus::SubscribeError) -> Self {
+        let kind = match error.kind() {
+            crate::bus::SubscribeErrorKind::InvalidConfig => StartErrorKind::InvalidConfig,
+            _ => StartErrorKind::Unavailable,
+        };
+        StartError::new(kind, "subscribing").with_source(error)
+    }
+}
+
+/// The service's records could not be read or opened at start-up.
+impl From<RecordsError> for StartError {
+    fn from(error: RecordsError) -> Self {
+        StartError::unavailable("the service's records").with_source(error)
     }
 }
 

@@ -14,6 +14,7 @@ mod envelope;
 mod evolution;
 mod failure;
 mod properties;
+mod runtime;
 mod service;
 mod support;
 mod telemetry;

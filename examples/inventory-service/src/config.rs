@@ -3,20 +3,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use a4co_events::bus::nats::Config as NatsConfig;
+use a4co_events::service::{Env, StartError};
 use a4co_http::auth::Secret;
-use service_kit::{ConfigError, Env};
 
 use crate::Settings;
 
-/// Everything the service reads at start-up.
+/// Everything the service reads at start-up beyond the bus (which [`Service::start`](a4co_events::service::Service::start) reads).
 #[derive(Clone, Debug)]
 pub struct Config {
     /// `INVENTORY_HTTP_ADDR`, default `127.0.0.1:8082`.
     pub http_addr: SocketAddr,
-    /// NATS as the `NATS_*` variables say (`NATS_URL`, credentials, TLS, `NATS_REPLICAS`:
-    /// see [`Env::nats`]); `None` when `NATS_URL` is unset: the in-memory bus.
-    pub nats: Option<NatsConfig>,
     /// `INVENTORY_LOW_STOCK_THRESHOLD` (default 5) and `INVENTORY_SWEEP_INTERVAL_MS`
     /// (default 5000).
     pub settings: Settings,
@@ -29,16 +25,15 @@ impl Config {
     ///
     /// # Errors
     /// A bad value or a missing secret, naming the variable.
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+    pub fn from_env(env: &Env) -> Result<Self, StartError> {
         Ok(Config {
             http_addr: env.var(
                 "INVENTORY_HTTP_ADDR",
                 SocketAddr::from(([127, 0, 0, 1], 8082)),
                 "an address to listen on, such as 127.0.0.1:8082",
             )?,
-            nats: env.nats()?,
             settings: Settings::from_env(env)?,
-            secret: env.jwt_secret()?,
+            secret: service_kit::jwt_secret(env)?,
         })
     }
 }
@@ -49,7 +44,7 @@ impl Settings {
     ///
     /// # Errors
     /// A bad value, naming the variable.
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+    pub fn from_env(env: &Env) -> Result<Self, StartError> {
         let defaults = Settings::default();
         let sweep_ms: u64 = env.var(
             "INVENTORY_SWEEP_INTERVAL_MS",
@@ -57,7 +52,7 @@ impl Settings {
             "milliseconds between looks for lapsed reservations",
         )?;
         if sweep_ms == 0 {
-            return Err(ConfigError::new(
+            return Err(StartError::invalid_config(
                 "INVENTORY_SWEEP_INTERVAL_MS=0: lapsed reservations would never be released; use at least 1",
             ));
         }
@@ -75,7 +70,7 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
-    use service_kit::Env;
+    use a4co_events::service::Env;
 
     use super::Config;
 
@@ -85,7 +80,6 @@ mod tests {
     fn defaults_work_locally_and_bad_values_say_what_to_fix() {
         let config = Config::from_env(&Env::from_pairs([SECRET])).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.http_addr.port(), 8082);
-        assert!(config.nats.is_none());
         let bad = Config::from_env(&Env::from_pairs([
             SECRET,
             ("INVENTORY_SWEEP_INTERVAL_MS", "0"),

@@ -51,11 +51,11 @@ use std::time::Duration;
 
 use a4co_events::bus::{PublishError, Publisher, Subscriber};
 use a4co_events::catalog::inventory::{AdjustmentReason, InventoryAdjusted, LowStockWarning};
+use a4co_events::service::{Env, Service, StartError};
 use a4co_events::service::{Records, RecordsError};
 use a4co_events::{Envelope, Money};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use service_kit::Env;
 
 pub use config::Config;
 pub use domain::{OrderHolds, Product, Reservation};
@@ -340,11 +340,14 @@ impl<B: Publisher + Subscriber> Inventory<B> {
 ///
 /// # Errors
 /// A bad setting, an unreachable NATS, an address in use: the message says what to fix.
-pub async fn run(env: Env) -> Result<(), service_kit::ConfigError> {
+pub async fn run(env: Env) -> Result<(), StartError> {
     let config = Config::from_env(&env)?;
-    let (bus, records) = service_kit::ops::connect(NAME, config.nats.clone(), "inventory").await?;
-    let inventory = Inventory::new(bus.clone(), records, config.settings);
+    let service = Service::start(NAME, &env).await?;
+    let stock = service.records("inventory").await?;
+    let inventory = Inventory::new(service.bus().clone(), stock, config.settings);
     let workers = inventory.start().await?;
     let router = inventory.router(&a4co_http::auth::Verifier::new(&config.secret));
-    service_kit::ops::serve_until_signal(NAME, config.http_addr, bus, router, workers).await
+    service
+        .serve_until_signal(config.http_addr, router, workers)
+        .await
 }

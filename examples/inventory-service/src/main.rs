@@ -3,7 +3,7 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match inventory_service::run(service_kit::Env::from_process()).await {
+    match inventory_service::run(a4co_events::service::Env::from_process()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("inventory-service: {e}");

@@ -32,8 +32,8 @@ pub mod scenario;
 use std::time::Duration;
 
 use a4co_events::service::AnyBus;
+use a4co_events::service::{Env, StartError};
 use a4co_http::auth::Secret;
-use service_kit::{ConfigError, Env};
 
 pub use marketplace::{Marketplace, Settings};
 pub use scenario::{Plan, Summary, run};
@@ -123,7 +123,7 @@ pub fn parse(args: &[String], env: &Env) -> Result<Command, String> {
 ///
 /// # Errors
 /// What went wrong, saying what to fix.
-pub async fn execute(command: Command, env: Env) -> Result<(), ConfigError> {
+pub async fn execute(command: Command, env: Env) -> Result<(), StartError> {
     match command {
         Command::Help => {
             println!("{USAGE}");
@@ -136,21 +136,21 @@ pub async fn execute(command: Command, env: Env) -> Result<(), ConfigError> {
             _ => notification_service::run(env).await,
         },
         Command::Demo { plan, nats_url } => {
-            service_kit::ops::init(
+            a4co_events::service::init(
                 "marketplace-demo",
                 "warn",
-                service_kit::ops::LogFormat::Text,
+                a4co_events::service::LogFormat::Text,
             )?;
             // One process: the services' tokens never leave it, so a secret made for this
             // run does (unless one is given).
             let secret = match env.optional(a4co_http::auth::SECRET_ENV) {
-                Some(_) => env.jwt_secret()?,
+                Some(_) => service_kit::jwt_secret(&env)?,
                 None => Secret::new(format!(
                     "{:032x}{:032x}",
                     fastrand::u128(..),
                     fastrand::u128(..)
                 ))
-                .map_err(|e| ConfigError::new(e.to_string()))?,
+                .map_err(|e| StartError::invalid_config(e.to_string()))?,
             };
             let nats = env.nats_at(nats_url.as_deref())?;
             let mode = match &nats {
@@ -170,7 +170,7 @@ pub async fn execute(command: Command, env: Env) -> Result<(), ConfigError> {
             }
             let summary = run(&market, &plan, mode).await;
             market.stop().await;
-            service_kit::ops::shutdown().await;
+            a4co_events::service::shutdown().await;
             println!("{}", summary?);
             Ok(())
         }
@@ -179,7 +179,7 @@ pub async fn execute(command: Command, env: Env) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    use service_kit::Env;
+    use a4co_events::service::Env;
 
     use super::{Command, parse};
 

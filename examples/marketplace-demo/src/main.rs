@@ -2,7 +2,7 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let env = service_kit::Env::from_process();
+    let env = a4co_events::service::Env::from_process();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = match marketplace_demo::parse(&args, &env) {
         Ok(command) => command,

@@ -3,6 +3,7 @@
 //! a4co-http clients with service tokens, in process (no sockets), exactly as they would
 //! over the network.
 
+use a4co_events::service::StartError;
 use a4co_events::service::{AnyBus, Records, Workers};
 use a4co_http::Client;
 use a4co_http::auth::{Issuer, Secret, Verifier};
@@ -10,7 +11,6 @@ use inventory_service::Inventory;
 use notification_service::Notifications;
 use order_service::{Clients, Orders};
 use payment_service::{Gateway, Payments};
-use service_kit::ConfigError;
 
 /// Every service of the marketplace, running.
 #[derive(Debug)]
@@ -63,7 +63,7 @@ impl Settings {
     ///
     /// # Errors
     /// A bad value, naming the variable.
-    pub fn from_env(secret: Secret, env: &service_kit::Env) -> Result<Self, ConfigError> {
+    pub fn from_env(secret: Secret, env: &a4co_events::service::Env) -> Result<Self, StartError> {
         Ok(Settings {
             secret,
             gateway: Gateway::from_env(env)?,
@@ -83,12 +83,12 @@ impl Settings {
     }
 }
 
-fn in_process(target: &str, router: axum::Router, issuer: &Issuer) -> Result<Client, ConfigError> {
+fn in_process(target: &str, router: axum::Router, issuer: &Issuer) -> Result<Client, StartError> {
     Client::builder(target, format!("http://{target}"))
         .in_process(router)
         .service_auth(issuer.clone())
         .build()
-        .map_err(|e| ConfigError::new(format!("{target}: {e}")))
+        .map_err(|e| StartError::invalid_config(format!("{target}: {e}")))
 }
 
 impl Marketplace {
@@ -97,13 +97,13 @@ impl Marketplace {
     ///
     /// # Errors
     /// A bucket or subscription could not be opened, a bad saga setting.
-    pub async fn start(bus: AnyBus, settings: Settings) -> Result<Self, ConfigError> {
+    pub async fn start(bus: AnyBus, settings: Settings) -> Result<Self, StartError> {
         let open = |bucket: &'static str| {
             let bus = bus.clone();
             async move {
                 Records::open(&bus, bucket)
                     .await
-                    .map_err(|e| ConfigError::new(format!("{bucket}: {e}")))
+                    .map_err(|e| StartError::invalid_config(format!("{bucket}: {e}")))
             }
         };
         let verifier = Verifier::new(&settings.secret);
@@ -150,9 +150,10 @@ impl Marketplace {
             .in_process(orders.router())
             .retry(a4co_http::retry::never())
             .build()
-            .map_err(|e| ConfigError::new(format!("order-service: {e}")))?;
-        let subscribing =
-            |e: a4co_events::bus::SubscribeError| ConfigError::new(format!("subscribing: {e}"));
+            .map_err(|e| StartError::invalid_config(format!("order-service: {e}")))?;
+        let subscribing = |e: a4co_events::bus::SubscribeError| {
+            StartError::invalid_config(format!("subscribing: {e}"))
+        };
         let workers = vec![
             (
                 "inventory-service",
@@ -190,7 +191,7 @@ impl Marketplace {
     ///
     /// # Errors
     /// Subscribing again failed.
-    pub async fn restart_inventory(&mut self, crash: bool) -> Result<(), ConfigError> {
+    pub async fn restart_inventory(&mut self, crash: bool) -> Result<(), StartError> {
         if let Some(at) = self
             .workers
             .iter()
@@ -212,7 +213,7 @@ impl Marketplace {
             .inventory
             .start()
             .await
-            .map_err(|e| ConfigError::new(format!("subscribing: {e}")))?;
+            .map_err(|e| StartError::invalid_config(format!("subscribing: {e}")))?;
         self.workers.push(("inventory-service", workers));
         Ok(())
     }

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use a4co_events::bus::{Subscriber, Subscription};
 use a4co_events::catalog::inventory::AdjustmentReason;
 use a4co_events::catalog::order::{OrderCancelled, OrderConfirmed};
+use a4co_events::service::StartError;
 use a4co_events::{AnyMessage, Envelope, Money};
 use futures::StreamExt as _;
 use inventory_service::ProductDetails;
 use order_service::Order;
 use serde_json::json;
-use service_kit::ConfigError;
 
 use crate::marketplace::Marketplace;
 
@@ -259,8 +259,9 @@ fn load(n: usize) -> Vec<Planned> {
 
 /// Sets every product of the catalog to its seed stock (or `at_least`, if more): a re-run
 /// on the same NATS starts from the same shelves.
-async fn seed(market: &Marketplace, at_least: u32) -> Result<(), ConfigError> {
-    let failed = |e: &dyn fmt::Display| ConfigError::new(format!("seeding the catalog: {e}"));
+async fn seed(market: &Marketplace, at_least: u32) -> Result<(), StartError> {
+    let failed =
+        |e: &dyn fmt::Display| StartError::invalid_config(format!("seeding the catalog: {e}"));
     for s in CATALOG {
         let details = ProductDetails::new(s.id, s.name, s.artisan, s.category, Money::eur(s.cents));
         let product = market
@@ -306,7 +307,7 @@ type Finished = Arc<Mutex<HashMap<String, (Instant, Option<String>)>>>;
 ///
 /// # Errors
 /// Seeding or subscribing failed.
-pub async fn run(market: &Marketplace, plan: &Plan, mode: String) -> Result<Summary, ConfigError> {
+pub async fn run(market: &Marketplace, plan: &Plan, mode: String) -> Result<Summary, StartError> {
     let orders = match plan.orders {
         None => showcase(),
         Some(n) => load(n),
@@ -349,7 +350,7 @@ pub async fn run(market: &Marketplace, plan: &Plan, mode: String) -> Result<Summ
             },
         )
         .await
-        .map_err(|e| ConfigError::new(format!("subscribing: {e}")))?;
+        .map_err(|e| StartError::invalid_config(format!("subscribing: {e}")))?;
 
     let started = Instant::now();
     let mut summary = Summary {

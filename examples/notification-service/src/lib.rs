@@ -42,6 +42,7 @@ pub mod render;
 
 use a4co_events::bus::{DeliveryInfo, HandlerError, Publisher, Subscriber, Subscription};
 use a4co_events::catalog::notification::{Channel, DeliveryStatus, NotificationSent};
+use a4co_events::service::{Env, Service};
 use a4co_events::service::{Records, RecordsError, Workers};
 use a4co_events::{AnyMessage, Envelope};
 use a4co_http::auth::{Verifier, require};
@@ -50,7 +51,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use service_kit::{ApiError, Env, is_valid_id};
+use service_kit::{ApiError, is_valid_id};
 
 pub use config::Config;
 use render::{Draft, Recipient};
@@ -350,14 +351,16 @@ async fn list<B: Publisher + Subscriber>(
 ///
 /// # Errors
 /// A bad setting, an unreachable NATS, an address in use: the message says what to fix.
-pub async fn run(env: Env) -> Result<(), service_kit::ConfigError> {
+pub async fn run(env: Env) -> Result<(), a4co_events::service::StartError> {
     let config = Config::from_env(&env)?;
-    let (bus, records) =
-        service_kit::ops::connect(NAME, config.nats.clone(), "notifications").await?;
-    let notifications = Notifications::new(bus.clone(), records);
+    let service = Service::start(NAME, &env).await?;
+    let records = service.records("notifications").await?;
+    let notifications = Notifications::new(service.bus().clone(), records);
     let workers = notifications.start().await?;
     let router = notifications.router(&Verifier::new(&config.secret));
-    service_kit::ops::serve_until_signal(NAME, config.http_addr, bus, router, workers).await
+    service
+        .serve_until_signal(config.http_addr, router, workers)
+        .await
 }
 
 /// `text` as one key token: letters, digits, `-` and `_` as they are, every other byte as

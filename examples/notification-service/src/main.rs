@@ -3,7 +3,7 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match notification_service::run(service_kit::Env::from_process()).await {
+    match notification_service::run(a4co_events::service::Env::from_process()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("notification-service: {e}");

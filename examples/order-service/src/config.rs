@@ -4,18 +4,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::fulfillment::Settings;
-use a4co_events::bus::nats::Config as NatsConfig;
+use a4co_events::service::{Env, StartError};
 use a4co_http::auth::Secret;
-use service_kit::{ConfigError, Env};
 
-/// Everything the service reads at start-up.
+/// Everything the service reads at start-up beyond the bus (which [`Service::start`](a4co_events::service::Service::start) reads).
 #[derive(Clone, Debug)]
 pub struct Config {
     /// `ORDER_HTTP_ADDR`, default `127.0.0.1:8081`.
     pub http_addr: SocketAddr,
-    /// NATS as the `NATS_*` variables say (`NATS_URL`, credentials, TLS, `NATS_REPLICAS`:
-    /// see [`Env::nats`]); `None` when `NATS_URL` is unset: the in-memory bus.
-    pub nats: Option<NatsConfig>,
     /// `INVENTORY_URL`, default `http://127.0.0.1:8082`.
     pub inventory_url: String,
     /// `PAYMENT_URL`, default `http://127.0.0.1:8083`.
@@ -34,14 +30,14 @@ impl Config {
     ///
     /// # Errors
     /// A bad value or a missing secret, naming the variable.
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+    pub fn from_env(env: &Env) -> Result<Self, StartError> {
         let saga = Settings::from_env(env)?;
-        let url = |name: &str, default: &str| -> Result<String, ConfigError> {
+        let url = |name: &str, default: &str| -> Result<String, StartError> {
             let value = env.optional(name).unwrap_or_else(|| default.to_owned());
             if value.starts_with("http://") || value.starts_with("https://") {
                 Ok(value)
             } else {
-                Err(ConfigError::new(format!(
+                Err(StartError::invalid_config(format!(
                     "{name}={value:?} is not an http(s) URL"
                 )))
             }
@@ -52,11 +48,10 @@ impl Config {
                 SocketAddr::from(([127, 0, 0, 1], 8081)),
                 "an address to listen on, such as 127.0.0.1:8081",
             )?,
-            nats: env.nats()?,
             inventory_url: url("INVENTORY_URL", "http://127.0.0.1:8082")?,
             payment_url: url("PAYMENT_URL", "http://127.0.0.1:8083")?,
             saga,
-            secret: env.jwt_secret()?,
+            secret: service_kit::jwt_secret(env)?,
         })
     }
 }
@@ -67,12 +62,12 @@ impl Settings {
     ///
     /// # Errors
     /// A bad value, naming the variable.
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+    pub fn from_env(env: &Env) -> Result<Self, StartError> {
         let defaults = Settings::default();
-        let secs = |name: &str, default: Duration| -> Result<Duration, ConfigError> {
+        let secs = |name: &str, default: Duration| -> Result<Duration, StartError> {
             let value: u64 = env.var(name, default.as_secs(), "a whole number of seconds")?;
             if value == 0 {
-                return Err(ConfigError::new(format!(
+                return Err(StartError::invalid_config(format!(
                     "{name}=0: must be at least 1 second"
                 )));
             }
@@ -89,7 +84,7 @@ impl Settings {
             finished_retention: secs("ORDER_SAGA_RETENTION_SECS", defaults.finished_retention)?,
         };
         if saga.payment_timeout >= saga.reservation_ttl {
-            return Err(ConfigError::new(
+            return Err(StartError::invalid_config(
                 "ORDER_PAYMENT_TIMEOUT_SECS must be below ORDER_RESERVATION_TTL_SECS: a payment must not outlive the stock held for it",
             ));
         }
@@ -99,7 +94,7 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
-    use service_kit::Env;
+    use a4co_events::service::Env;
 
     use super::Config;
 

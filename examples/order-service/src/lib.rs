@@ -46,12 +46,12 @@ mod place;
 
 use a4co_events::Money;
 use a4co_events::catalog::order::{CancellationReason, Fulfillment, OrderItem, OrderStatus};
+use a4co_events::service::{Env, Service, StartError};
 use a4co_events::service::{Records, RecordsError};
 use a4co_http::Client;
 use a4co_http::auth::Issuer;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use service_kit::{ConfigError, Env};
 
 pub use config::Config;
 pub use place::{MAX_ITEMS, MAX_QUANTITY, PlaceError, PlaceOrder, RequestedItem};
@@ -115,11 +115,7 @@ impl Clients {
     ///
     /// # Errors
     /// A URL that is not one.
-    pub fn new(
-        inventory: &str,
-        payment: &str,
-        issuer: Option<Issuer>,
-    ) -> Result<Self, ConfigError> {
+    pub fn new(inventory: &str, payment: &str, issuer: Option<Issuer>) -> Result<Self, StartError> {
         let build = |target: &str, url: &str, route: &str| {
             let mut builder = Client::builder(target, url)
                 .source(NAME)
@@ -129,7 +125,7 @@ impl Clients {
             }
             builder
                 .build()
-                .map_err(|e| ConfigError::new(format!("{target} at {url:?}: {e}")))
+                .map_err(|e| StartError::invalid_config(format!("{target} at {url:?}: {e}")))
         };
         Ok(Clients {
             inventory: build(
@@ -232,13 +228,16 @@ impl<B> Orders<B> {
 ///
 /// # Errors
 /// A bad setting, an unreachable NATS, an address in use: the message says what to fix.
-pub async fn run(env: Env) -> Result<(), ConfigError> {
+pub async fn run(env: Env) -> Result<(), StartError> {
     let config = Config::from_env(&env)?;
-    let (bus, records) = service_kit::ops::connect(NAME, config.nats.clone(), "orders").await?;
+    let service = Service::start(NAME, &env).await?;
+    let records = service.records("orders").await?;
     let issuer = Issuer::new(config.secret.clone(), NAME, Clients::PERMISSIONS);
     let clients = Clients::new(&config.inventory_url, &config.payment_url, Some(issuer))?;
-    let orders = Orders::new(bus.clone(), records, clients);
-    let workers = orders.start(&bus, config.saga).await?;
-    service_kit::ops::serve_until_signal(NAME, config.http_addr, bus, orders.router(), workers)
+    let orders = Orders::new(service.bus().clone(), records, clients);
+    let workers = orders.start(service.bus(), config.saga).await?;
+    let router = orders.router();
+    service
+        .serve_until_signal(config.http_addr, router, workers)
         .await
 }

@@ -3,20 +3,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use a4co_events::bus::nats::Config as NatsConfig;
+use a4co_events::service::{Env, StartError};
 use a4co_http::auth::Secret;
-use service_kit::{ConfigError, Env};
 
 use crate::Gateway;
 
-/// Everything the service reads at start-up.
+/// Everything the service reads at start-up beyond the bus (which [`Service::start`](a4co_events::service::Service::start) reads).
 #[derive(Clone, Debug)]
 pub struct Config {
     /// `PAYMENT_HTTP_ADDR`, default `127.0.0.1:8083`.
     pub http_addr: SocketAddr,
-    /// NATS as the `NATS_*` variables say (`NATS_URL`, credentials, TLS, `NATS_REPLICAS`:
-    /// see [`Env::nats`]); `None` when `NATS_URL` is unset: the in-memory bus.
-    pub nats: Option<NatsConfig>,
     /// The simulated gateway: `PAYMENT_DECLINE_RATE` (0 to 1, default 0),
     /// `PAYMENT_DECLINE_SEED` (default 7), `PAYMENT_DECLINE_OVER_MINOR` (an amount in cents
     /// above which cards are declined; default none), `PAYMENT_LATENCY_MS` (default 20).
@@ -30,16 +26,15 @@ impl Config {
     ///
     /// # Errors
     /// A bad value or a missing secret, naming the variable.
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+    pub fn from_env(env: &Env) -> Result<Self, StartError> {
         Ok(Config {
             http_addr: env.var(
                 "PAYMENT_HTTP_ADDR",
                 SocketAddr::from(([127, 0, 0, 1], 8083)),
                 "an address to listen on, such as 127.0.0.1:8083",
             )?,
-            nats: env.nats()?,
             gateway: Gateway::from_env(env)?,
-            secret: env.jwt_secret()?,
+            secret: service_kit::jwt_secret(env)?,
         })
     }
 }
@@ -50,7 +45,7 @@ impl Gateway {
     ///
     /// # Errors
     /// A bad value, naming the variable.
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+    pub fn from_env(env: &Env) -> Result<Self, StartError> {
         let defaults = Gateway::default();
         let rate: f64 = env.var(
             "PAYMENT_DECLINE_RATE",
@@ -58,7 +53,7 @@ impl Gateway {
             "a share between 0 and 1, such as 0.1",
         )?;
         if !(0.0..=1.0).contains(&rate) {
-            return Err(ConfigError::new(format!(
+            return Err(StartError::invalid_config(format!(
                 "PAYMENT_DECLINE_RATE={rate} is not between 0 and 1"
             )));
         }
@@ -82,7 +77,7 @@ impl Gateway {
 
 #[cfg(test)]
 mod tests {
-    use service_kit::Env;
+    use a4co_events::service::Env;
 
     use super::Config;
 

@@ -43,10 +43,10 @@ pub mod http;
 pub use handlers::EXPIRED;
 
 use a4co_events::Money;
+use a4co_events::service::{Env, Service};
 use a4co_events::service::{Records, RecordsError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use service_kit::Env;
 
 pub use config::Config;
 pub use gateway::{Charge, Gateway};
@@ -201,11 +201,14 @@ impl<B> Payments<B> {
 ///
 /// # Errors
 /// A bad setting, an unreachable NATS, an address in use: the message says what to fix.
-pub async fn run(env: Env) -> Result<(), service_kit::ConfigError> {
+pub async fn run(env: Env) -> Result<(), a4co_events::service::StartError> {
     let config = Config::from_env(&env)?;
-    let (bus, records) = service_kit::ops::connect(NAME, config.nats.clone(), "payments").await?;
-    let payments = Payments::new(bus.clone(), records, config.gateway);
+    let service = Service::start(NAME, &env).await?;
+    let records = service.records("payments").await?;
+    let payments = Payments::new(service.bus().clone(), records, config.gateway);
     let workers = payments.start().await?;
     let router = payments.router(&a4co_http::auth::Verifier::new(&config.secret));
-    service_kit::ops::serve_until_signal(NAME, config.http_addr, bus, router, workers).await
+    service
+        .serve_until_signal(config.http_addr, router, workers)
+        .await
 }

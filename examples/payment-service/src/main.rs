@@ -3,7 +3,7 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match payment_service::run(service_kit::Env::from_process()).await {
+    match payment_service::run(a4co_events::service::Env::from_process()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("payment-service: {e}");

@@ -1,32 +1,28 @@
-//! What the reference services share beyond the SDK: configuration from the environment
-//! with errors that name the variable, `/health` and `/metrics`, JSON logs with trace ids,
-//! REST errors, serving until a signal, and replies with deterministic ids. The bus switch,
-//! records and workers are the SDK's ([`a4co_events::service`]).
+//! What the reference services share beyond the SDK: the service-to-service JWT secret,
+//! REST errors, design-v2's call timeouts and what an id may look like. Running a service
+//! (settings from the environment, logs, `/health`, `/metrics`, serving until SIGTERM) is
+//! the SDK's: [`a4co_events::service::Service`].
 //!
 //! ```
-//! use service_kit::Env;
+//! use a4co_events::service::Env;
 //!
-//! let env = Env::from_pairs([("INVENTORY_LOW_STOCK", "5")]);
-//! assert_eq!(env.var("INVENTORY_LOW_STOCK", 10_u32, "a whole number of units")?, 5);
-//! # Ok::<(), service_kit::ConfigError>(())
+//! let env = Env::from_pairs([("SERVICE_JWT_SECRET", "k".repeat(32))]);
+//! assert!(service_kit::jwt_secret(&env).is_ok());
+//! assert!(service_kit::is_valid_id("prod-olive-oil_500"));
 //! ```
 //!
 //! | module | what |
 //! |---|---|
-//! | [`config`] | [`Env`]: typed variables with defaults, an error that names the variable and what it expects |
-//! | [`bus`] | [`bus::reply_to`]: the answer to a message, with an id derived from it |
-//! | [`ops`] | logs, the Prometheus registry, `/health`, `/metrics`, serving with graceful shutdown |
+//! | [`config`] | [`jwt_secret`]: `SERVICE_JWT_SECRET`, with no fallback |
 //! | [`api`] | [`ApiError`] and [`Body`]: REST errors as JSON with a status that says who must act |
 //! | [`timeouts`] | design-v2's per-call timeouts of the synchronous call matrix |
 
 pub mod api;
-pub mod bus;
 pub mod config;
-pub mod ops;
 pub mod timeouts;
 
 pub use api::{ApiError, Body};
-pub use config::{ConfigError, Env};
+pub use config::jwt_secret;
 
 /// Whether `id` is usable as an identifier in URLs, subjects and record keys: 1 to 64
 /// ASCII letters, digits, `-` or `_`.

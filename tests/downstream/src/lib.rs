@@ -46,6 +46,25 @@ pub async fn nats(url: &str) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// A service's runtime: settings, telemetry, the bus from the environment, serving.
+#[cfg(feature = "events-server")]
+pub async fn server() -> Result<(), a4co_events::service::StartError> {
+    use a4co_events::service::{Env, Service, Workers};
+    let env = Env::from_pairs([("ORDER_HTTP_ADDR", "127.0.0.1:0")]);
+    let addr = env.var(
+        "ORDER_HTTP_ADDR",
+        "127.0.0.1:8081"
+            .parse()
+            .map_err(|_| a4co_events::service::StartError::invalid_config("a default address"))?,
+        "an address",
+    )?;
+    let service = Service::start("order-service", &env).await?;
+    let router = axum::Router::new();
+    service
+        .serve_until_signal(addr, router, Workers::new())
+        .await
+}
+
 /// The HTTP client without axum.
 #[cfg(feature = "http")]
 pub fn http() -> Result<a4co_http::Client, a4co_http::ConfigError> {
@@ -54,9 +73,7 @@ pub fn http() -> Result<a4co_http::Client, a4co_http::ConfigError> {
 
 /// The axum layer that checks service JWTs.
 #[cfg(feature = "http-server")]
-pub fn http_server(
-    secret: &a4co_http::auth::Secret,
-) -> a4co_http::auth::RequireLayer {
+pub fn http_server(secret: &a4co_http::auth::Secret) -> a4co_http::auth::RequireLayer {
     a4co_http::auth::require(&a4co_http::auth::Verifier::new(secret), "inventory:read")
 }
 

@@ -10,11 +10,11 @@ use std::time::Duration;
 use crate::fulfillment::{self, Settings};
 use a4co_events::bus::{HandlerError, Handlers, Publisher, Subscriber, Subscription};
 use a4co_events::catalog::order::{CancelOrder, ConfirmOrder, OrderStatus};
+use a4co_events::service::StartError;
 use a4co_events::service::{AnyBus, Workers};
 use a4co_events::{Envelope, Money, Payload};
 use a4co_saga::{Runtime, Store};
 use chrono::Utc;
-use service_kit::ConfigError;
 
 use crate::{NAME, Order, Orders, order_key, outbox_key};
 
@@ -37,14 +37,16 @@ impl<B: Publisher + Subscriber> Orders<B> {
         &self,
         store: St,
         settings: Settings,
-    ) -> Result<Workers, ConfigError> {
+    ) -> Result<Workers, StartError> {
         let definition = fulfillment::definition(settings)
-            .map_err(|e| ConfigError::new(format!("the fulfillment saga: {e}")))?;
+            .map_err(|e| StartError::invalid_config(format!("the fulfillment saga: {e}")))?;
         let saga = Runtime::new(definition, self.bus.clone(), store)
             .migrate(1, fulfillment::migrate_from_1)
             .start()
             .await
-            .map_err(|e| ConfigError::new(format!("starting the fulfillment saga: {e}")))?;
+            .map_err(|e| {
+                StartError::invalid_config(format!("starting the fulfillment saga: {e}"))
+            })?;
         let mut workers = Workers::new();
         workers.other(move |graceful| async move {
             if graceful {
@@ -60,7 +62,7 @@ impl<B: Publisher + Subscriber> Orders<B> {
             .bus
             .subscribe(Subscription::new(NAME, "commands"), handlers)
             .await
-            .map_err(|e| ConfigError::new(format!("subscribing: {e}")))?;
+            .map_err(|e| StartError::invalid_config(format!("subscribing: {e}")))?;
         workers.subscription(handle);
         let me = self.clone();
         workers.every(OUTBOX_EVERY, move || {
@@ -199,7 +201,7 @@ impl Orders<AnyBus> {
     ///
     /// # Errors
     /// As [`Orders::start_with`], or the KV bucket cannot be opened.
-    pub async fn start(&self, bus: &AnyBus, settings: Settings) -> Result<Workers, ConfigError> {
+    pub async fn start(&self, bus: &AnyBus, settings: Settings) -> Result<Workers, StartError> {
         match bus {
             AnyBus::Memory(_) => {
                 let store =
@@ -210,7 +212,7 @@ impl Orders<AnyBus> {
                 let store = a4co_saga::nats::KvStore::open(nats.transport())
                     .await
                     .and_then(|store| store.retain_finished(settings.finished_retention))
-                    .map_err(|e| ConfigError::new(format!("saga store: {e}")))?;
+                    .map_err(|e| StartError::invalid_config(format!("saga store: {e}")))?;
                 self.start_with(store, settings).await
             }
         }

@@ -1,14 +1,14 @@
-//! The kit's operations side from the outside: trace context through a request, `/health`
+//! The service runtime from the outside: trace context through a request, `/health`
 //! and `/metrics`.
 
 use a4co_events::bus::{MemoryBus, Publisher as _};
 use a4co_events::catalog::order::OrderCreated;
+use a4co_events::service as ops;
 use a4co_events::service::AnyBus;
 use a4co_events::{Envelope, Message as _};
 use a4co_testkit::http::in_process;
 use a4co_testkit::telemetry::Telemetry;
 use axum::routing::get;
-use service_kit::ops;
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_request_stays_in_its_callers_trace_and_says_which() {

@@ -1,8 +1,10 @@
 //! Operating a service: logs, metrics, `/health`, `/metrics`, serving and shutting down.
 //!
 //! - **Logs**: `tracing` events as JSON lines (`A4CO_LOG_FORMAT=text` for people), filtered
-//!   by `RUST_LOG` (default `info`). Handlers log inside [`message_span`] and HTTP requests
-//!   inside [`request_span`]'s span, so every line carries the trace id.
+//!   by `RUST_LOG` (default `info`). Handlers log inside the bus's handling span and HTTP
+//!   requests inside [`request_span`]'s span, whatever `RUST_LOG` says of spans, so every
+//!   line carries the trace id (and, while handling a message, its aggregate and
+//!   correlation ids).
 //! - **Traces**: every span at `INFO` or above goes to OpenTelemetry whatever `RUST_LOG`
 //!   says, so W3C trace context always flows; over OTLP/HTTP when
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`Otlp`]), flushed by [`shutdown`].
@@ -14,7 +16,6 @@
 
 use std::sync::{Arc, OnceLock};
 
-use a4co_events::{AnyMessage, Envelope};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -25,8 +26,8 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-use a4co_events::bus::SubscriptionHealth;
-use a4co_events::service::{AnyBus, Records, Workers, shutdown_signal};
+use super::{AnyBus, Env, StartError, Workers, shutdown_signal};
+use crate::bus::SubscriptionHealth;
 
 /// The process's logging, tracing and metrics, set up once by [`init`].
 #[derive(Debug)]
@@ -68,7 +69,7 @@ impl Otlp {
     /// # Errors
     /// A protocol other than `http/protobuf`, or an exporter other than `otlp` or `none`:
     /// the message names the variable and what to set.
-    pub fn from_env(env: &crate::Env) -> Result<Otlp, crate::ConfigError> {
+    pub fn from_env(env: &Env) -> Result<Otlp, StartError> {
         let set = |name: &str| env.optional(name).filter(|v| !v.trim().is_empty());
         if set("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
             return Ok(Otlp::default());
@@ -79,20 +80,20 @@ impl Otlp {
             "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
         ] {
             if let Some(protocol) = set(name).filter(|p| p.trim() != "http/protobuf") {
-                return Err(crate::ConfigError::new(format!(
+                return Err(StartError::invalid_config(format!(
                     "{name}={protocol} is not supported: the services export OTLP over HTTP \
                      with protobuf (set it to http/protobuf, or unset it)"
                 )));
             }
         }
-        let wanted = |signal: &str| -> Result<bool, crate::ConfigError> {
+        let wanted = |signal: &str| -> Result<bool, StartError> {
             let endpoint = set("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
                 || set(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")).is_some();
             let exporter = format!("OTEL_{signal}_EXPORTER");
             match set(&exporter).as_deref().map(str::trim) {
                 None | Some("otlp") => Ok(endpoint),
                 Some("none") => Ok(false),
-                Some(other) => Err(crate::ConfigError::new(format!(
+                Some(other) => Err(StartError::invalid_config(format!(
                     "{exporter}={other} is not supported: set it to otlp or none"
                 ))),
             }
@@ -107,7 +108,7 @@ impl Otlp {
 /// Sets up logs (`default_filter` unless `RUST_LOG` says otherwise; `format` unless
 /// `A4CO_LOG_FORMAT` is `json` or `text`), traces and the global meter provider behind
 /// `/metrics`, their resource naming `service` (`service.name`, and `service.version`: the
-/// kit's version).
+/// SDK's version).
 ///
 /// - Trace context never depends on the log filter: every span at `INFO` or above reaches
 ///   OpenTelemetry (so the bus and the HTTP client carry W3C context) whatever `RUST_LOG`
@@ -127,11 +128,11 @@ pub fn init(
     service: &str,
     default_filter: &str,
     format: LogFormat,
-) -> Result<&'static Telemetry, crate::ConfigError> {
+) -> Result<&'static Telemetry, StartError> {
     if let Some(telemetry) = TELEMETRY.get() {
         return Ok(telemetry);
     }
-    let env = crate::Env::from_process();
+    let env = Env::from_process();
     let otlp = Otlp::from_env(&env)?;
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service.to_owned())
@@ -154,7 +155,7 @@ pub fn init(
         .with_registry(registry.clone())
         .build()
         .map_err(|e| {
-            crate::ConfigError::new(format!("the Prometheus exporter behind /metrics: {e}"))
+            StartError::invalid_config(format!("the Prometheus exporter behind /metrics: {e}"))
         })?;
     let mut meters = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
         .with_resource(resource)
@@ -179,7 +180,7 @@ pub fn init(
 
 /// The exporter's refusal, without the values of the variables it read: an endpoint may
 /// hold a user and password, and headers an API key. Their names stay, to say what to fix.
-fn otlp_error(signal: &str, e: &dyn std::fmt::Display, env: &crate::Env) -> crate::ConfigError {
+fn otlp_error(signal: &str, e: &dyn std::fmt::Display, env: &Env) -> StartError {
     let mut text = e.to_string();
     for suffix in ["ENDPOINT", "HEADERS"] {
         for which in ["", "TRACES_", "METRICS_"] {
@@ -198,7 +199,7 @@ fn otlp_error(signal: &str, e: &dyn std::fmt::Display, env: &crate::Env) -> crat
             }
         }
     }
-    crate::ConfigError::new(format!(
+    StartError::invalid_config(format!(
         "OTLP export of {signal} cannot start: {text} (check OTEL_EXPORTER_OTLP_ENDPOINT, e.g. \
          http://127.0.0.1:4318)"
     ))
@@ -209,15 +210,15 @@ fn install(telemetry: &Telemetry, default_filter: &str, format: LogFormat) {
     use opentelemetry::trace::TracerProvider as _;
     opentelemetry::global::set_tracer_provider(telemetry.tracer.clone());
     opentelemetry::global::set_meter_provider(telemetry.meters.clone());
-    // The log filter, plus the kit's own spans ([`message_span`], [`request_span`]) whatever
-    // it says: a warning written while handling a message names the trace at
-    // `RUST_LOG=warn` too.
+    // The log filter, plus the bus's handling spans and [`request_span`]'s whatever it says:
+    // a warning written while handling a message names the trace at `RUST_LOG=warn` too.
     let filter = {
         use tracing_subscriber::filter::FilterExt as _;
         tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter))
             .or(tracing_subscriber::filter::filter_fn(|meta| {
-                meta.is_span() && meta.target() == module_path!()
+                meta.is_span()
+                    && (meta.target() == module_path!() || meta.target() == crate::bus::SPAN_TARGET)
             }))
     };
     let text = match std::env::var("A4CO_LOG_FORMAT").as_deref() {
@@ -227,7 +228,7 @@ fn install(telemetry: &Telemetry, default_filter: &str, format: LogFormat) {
     };
     // The log filter applies to log lines only: spans reach OpenTelemetry whatever
     // `RUST_LOG` says (the SDK's layer has its own filter).
-    let otel = a4co_events::bus::otel_layer(telemetry.tracer.tracer("a4co-service"));
+    let otel = crate::bus::otel_layer(telemetry.tracer.tracer("a4co-service"));
     let registry = tracing_subscriber::registry().with(otel);
     // Another subscriber may be installed already (tests): then logs go there.
     let _ = if text {
@@ -289,25 +290,6 @@ impl Telemetry {
         }
         String::from_utf8_lossy(&out).into_owned()
     }
-}
-
-/// The span to handle `message` in (inside the bus's consumer span, so in the publisher's
-/// trace): its type, aggregate, correlation id and trace id show on every log line written
-/// inside.
-pub fn message_span(message: &Envelope<AnyMessage>) -> tracing::Span {
-    let span = tracing::info_span!(
-        "message",
-        r#type = message.event_type(),
-        aggregate = %message.aggregate_id,
-        correlation_id = %message.metadata.correlation_id,
-        trace_id = tracing::field::Empty,
-    );
-    let trace_id =
-        trace_id_of(&span).or_else(|| message.trace.as_ref().map(|t| t.trace_id().to_owned()));
-    if let Some(trace_id) = trace_id {
-        span.record("trace_id", trace_id);
-    }
-    span
 }
 
 /// The OpenTelemetry trace id of `span`, when tracing is on and the span is enabled.
@@ -429,36 +411,20 @@ async fn metrics() -> Response {
         .into_response()
 }
 
-/// A service's start: logs and metrics ([`init`], JSON), the bus (NATS as `nats` says,
-/// named `service`, or in memory), and the service's records in `bucket`.
-///
-/// # Errors
-/// NATS unreachable or too old, the bucket not opened: the message says which.
-pub async fn connect(
-    service: &str,
-    nats: Option<a4co_events::bus::nats::Config>,
-    bucket: &str,
-) -> Result<(AnyBus, Records), crate::ConfigError> {
-    init(service, "info", LogFormat::Json)?;
-    let bus = AnyBus::open(nats.map(|c| c.name(service))).await?;
-    let records = Records::open(&bus, bucket).await?;
-    Ok((bus, records))
-}
-
 /// Binds `addr`, serves `router` with `/health`, `/metrics` and request spans added, until
 /// Ctrl-C or SIGTERM; then stops `workers` gracefully.
 ///
 /// # Errors
 /// The address cannot be bound (the message names it), or serving failed.
-pub async fn serve_until_signal(
+pub(super) async fn serve_until_signal(
     service: &str,
     addr: std::net::SocketAddr,
     bus: AnyBus,
     router: Router,
     workers: Workers,
-) -> Result<(), crate::ConfigError> {
+) -> Result<(), StartError> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        crate::ConfigError::new(format!(
+        StartError::invalid_config(format!(
             "{service} cannot listen on {addr}: {e} (set another address)"
         ))
     })?;
@@ -476,13 +442,19 @@ pub async fn serve_until_signal(
         .await;
     workers.shutdown().await;
     shutdown().await;
-    served.map_err(|e| crate::ConfigError::new(format!("{service} stopped serving: {e}")))
+    served.map_err(|e| {
+        StartError::new(
+            super::StartErrorKind::Unavailable,
+            format!("{service} stopped serving"),
+        )
+        .with_source(e)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::Otlp;
-    use crate::Env;
+    use crate::service::Env;
 
     fn otlp(pairs: &[(&str, &str)]) -> Result<Otlp, String> {
         Otlp::from_env(&Env::from_pairs(pairs.iter().copied())).map_err(|e| e.to_string())
