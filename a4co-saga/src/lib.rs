@@ -4,6 +4,8 @@
 // what an instance keeps); the `Step` API reactions use; definitions and their builder;
 // the engine (pure: applies a message or a timer to a record); stores; the runtime
 // (the bus and a store around the engine); the NATS store.
+#[cfg(feature = "nats")]
+mod any_store;
 mod clock;
 mod definition;
 mod engine;
@@ -17,6 +19,9 @@ mod runtime;
 mod step;
 pub mod store;
 
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub use any_store::AnyStore;
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use definition::{Builder, Definition, Trigger};
 pub use engine::Applied;

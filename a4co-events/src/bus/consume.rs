@@ -162,6 +162,7 @@ impl SubscriptionHealth {
 /// A running subscription. Dropping it leaves it running in the background; call
 /// [`SubscriptionHandle::shutdown`] to stop it cleanly.
 #[derive(Debug)]
+#[must_use = "a subscription runs until its handle is shut down: keep the handle (in `Workers`, say) and shut it down on SIGTERM"]
 pub struct SubscriptionHandle {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,

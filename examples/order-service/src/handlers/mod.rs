@@ -196,25 +196,15 @@ impl<B: Publisher + Subscriber> Orders<B> {
 }
 
 impl Orders<AnyBus> {
-    /// [`Orders::start_with`] the store that goes with the bus: the KV bucket `a4co-sagas`
-    /// on NATS, memory otherwise.
+    /// [`Orders::start_with`] the store that goes with the bus ([`a4co_saga::AnyStore`]:
+    /// the KV buckets on NATS, memory otherwise).
     ///
     /// # Errors
-    /// As [`Orders::start_with`], or the KV bucket cannot be opened.
+    /// As [`Orders::start_with`], or the KV buckets cannot be opened.
     pub async fn start(&self, bus: &AnyBus, settings: Settings) -> Result<Workers, StartError> {
-        match bus {
-            AnyBus::Memory(_) => {
-                let store =
-                    a4co_saga::MemoryStore::new().retain_finished(settings.finished_retention);
-                self.start_with(store, settings).await
-            }
-            AnyBus::Nats(nats) => {
-                let store = a4co_saga::nats::KvStore::open(nats.transport())
-                    .await
-                    .and_then(|store| store.retain_finished(settings.finished_retention))
-                    .map_err(|e| StartError::invalid_config(format!("saga store: {e}")))?;
-                self.start_with(store, settings).await
-            }
-        }
+        let store = a4co_saga::AnyStore::for_bus(bus, settings.finished_retention)
+            .await
+            .map_err(|e| StartError::unavailable("the saga store").with_source(e))?;
+        self.start_with(store, settings).await
     }
 }
