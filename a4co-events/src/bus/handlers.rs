@@ -111,11 +111,11 @@ pub trait Routes<S>: Send + Sync + 'static {
         state: &S,
         message: Envelope<AnyMessage>,
         delivery: DeliveryInfo,
-    ) -> Result<
-        impl Future<Output = Result<(), HandlerError>> + Send,
-        (Envelope<AnyMessage>, DeliveryInfo),
-    >;
+    ) -> Result<impl Future<Output = Result<(), HandlerError>> + Send, Unrouted>;
 }
+
+/// A message no route took, given back with its delivery.
+pub type Unrouted = (Envelope<AnyMessage>, DeliveryInfo);
 
 /// The empty table [`Handlers::with_state`] starts from.
 struct Empty;
@@ -128,10 +128,7 @@ impl<S> Routes<S> for Empty {
         _: &S,
         message: Envelope<AnyMessage>,
         delivery: DeliveryInfo,
-    ) -> Result<
-        impl Future<Output = Result<(), HandlerError>> + Send,
-        (Envelope<AnyMessage>, DeliveryInfo),
-    > {
+    ) -> Result<impl Future<Output = Result<(), HandlerError>> + Send, Unrouted> {
         Err::<std::future::Ready<_>, _>((message, delivery))
     }
 }
@@ -163,10 +160,7 @@ where
         state: &S,
         message: Envelope<AnyMessage>,
         delivery: DeliveryInfo,
-    ) -> Result<
-        impl Future<Output = Result<(), HandlerError>> + Send,
-        (Envelope<AnyMessage>, DeliveryInfo),
-    > {
+    ) -> Result<impl Future<Output = Result<(), HandlerError>> + Send, Unrouted> {
         match message.downcast::<M>() {
             Ok(typed) => Ok(Either::Left(self.handler.call(
                 state.clone(),
@@ -235,10 +229,7 @@ where
         state: &S,
         message: Envelope<AnyMessage>,
         delivery: DeliveryInfo,
-    ) -> Result<
-        impl Future<Output = Result<(), HandlerError>> + Send,
-        (Envelope<AnyMessage>, DeliveryInfo),
-    > {
+    ) -> Result<impl Future<Output = Result<(), HandlerError>> + Send, Unrouted> {
         let (inner, state) = (Arc::clone(&self.inner), state.clone());
         let next = Next {
             run: Box::new(move |message, delivery| {
@@ -250,7 +241,7 @@ where
                 })
             }),
         };
-        Ok::<_, (Envelope<AnyMessage>, DeliveryInfo)>((self.layer)(message, delivery, next))
+        Ok::<_, Unrouted>((self.layer)(message, delivery, next))
     }
 }
 

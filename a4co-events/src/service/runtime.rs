@@ -13,7 +13,8 @@ use super::{AnyBus, Env, LogFormat, Records, StartError, Workers};
 /// ```no_run
 /// use a4co_events::service::{Env, Service, StartError, Workers};
 ///
-/// # async fn run() -> Result<(), StartError> {
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), StartError> {
 /// let env = Env::from_process();
 /// let service = Service::start("inventory-service", &env).await?;
 /// let stock = service.records("inventory").await?;
