@@ -276,7 +276,6 @@ pub struct Handlers<S, R> {
 
 impl<S: Clone + Send + Sync + 'static> Handlers<S, ()> {
     /// An empty table whose handlers get a clone of `state` with every message.
-    #[allow(clippy::new_ret_no_self)]
     pub fn with_state(state: S) -> Handlers<S, impl Routes<S>> {
         Handlers {
             state,

@@ -442,13 +442,7 @@ pub(super) async fn serve_until_signal(
         .await;
     workers.shutdown().await;
     shutdown().await;
-    served.map_err(|e| {
-        StartError::new(
-            super::StartErrorKind::Unavailable,
-            format!("{service} stopped serving"),
-        )
-        .with_source(e)
-    })
+    served.map_err(|e| StartError::unavailable(format!("{service} stopped serving")).with_source(e))
 }
 
 #[cfg(test)]

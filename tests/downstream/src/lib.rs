@@ -51,13 +51,8 @@ pub async fn nats(url: &str) -> Result<(), Box<dyn std::error::Error>> {
 pub async fn server() -> Result<(), a4co_events::service::StartError> {
     use a4co_events::service::{Env, Service, Workers};
     let env = Env::from_pairs([("ORDER_HTTP_ADDR", "127.0.0.1:0")]);
-    let addr = env.var(
-        "ORDER_HTTP_ADDR",
-        "127.0.0.1:8081"
-            .parse()
-            .map_err(|_| a4co_events::service::StartError::invalid_config("a default address"))?,
-        "an address",
-    )?;
+    let default = std::net::SocketAddr::from(([127, 0, 0, 1], 8081));
+    let addr = env.var("ORDER_HTTP_ADDR", default, "an address to listen on")?;
     let service = Service::start("order-service", &env).await?;
     let router = axum::Router::new();
     service
