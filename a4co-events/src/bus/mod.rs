@@ -73,7 +73,6 @@ mod consume;
 pub mod dlq;
 mod error;
 pub mod handlers;
-mod marks;
 pub mod memory;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]

@@ -1,4 +1,4 @@
-//! Finished work the inbox has not written yet ([`super::InboxCheck::Redeliveries`]).
+//! Finished work the inbox has not written yet ([`crate::bus::InboxCheck::Redeliveries`]).
 //!
 //! The inbox is read only for redeliveries, and the broker redelivers a finished message
 //! only if its acknowledgement was lost. So instead of one bucket write per message, a
@@ -19,12 +19,12 @@
 //!
 //! Redeliveries to this instance are answered from the book first. What the book cannot
 //! protect is what the immediate write did not protect either: the process dying between
-//! the handler's end and its acknowledgement leaving (see [`super::Handler`]).
+//! the handler's end and its acknowledgement leaving (see [`crate::bus::Handler`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::AckState;
+use crate::bus::AckState;
 use crate::id::EventId;
 
 /// Finished work, as the inbox names it: an event, or a deliberate replay of it.
