@@ -4,12 +4,13 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use a4co_events::{AnyMessage, Envelope, Message};
 
-use crate::error::DefinitionError;
+use crate::error::{DefinitionError, DefinitionErrorKind};
 use crate::record::{Data, State};
 use crate::step::Step;
 
@@ -31,7 +32,7 @@ fn mismatch(found: &Envelope<AnyMessage>, expected: &str) -> String {
         std::mem::discriminant(&found.data)
     )
 }
-pub(crate) type OnTimeout<D, S> = Arc<dyn Fn(&mut Step<D>) -> S + Send + Sync>;
+pub(crate) type OnTimeoutFn<D, S> = Arc<dyn Fn(&mut Step<D>) -> S + Send + Sync>;
 pub(crate) type Correlate = Arc<dyn Fn(&Envelope<AnyMessage>) -> String + Send + Sync>;
 
 /// What sets a reaction off: a message type, or a timer by name.
@@ -55,7 +56,7 @@ impl fmt::Display for Trigger {
 pub(crate) enum Run<D, S> {
     Message(React<D, S>),
     MessageAsync(ReactAsync<D, S>),
-    Timeout(OnTimeout<D, S>),
+    Timeout(OnTimeoutFn<D, S>),
 }
 
 pub(crate) struct Reaction<D, S> {
@@ -63,6 +64,8 @@ pub(crate) struct Reaction<D, S> {
     pub(crate) from: Option<S>,
     pub(crate) trigger: Trigger,
     pub(crate) to: Vec<S>,
+    /// Whether the reaction chooses among `to` (else it always leads to its one state).
+    pub(crate) choice: bool,
     pub(crate) run: Run<D, S>,
 }
 
@@ -207,16 +210,6 @@ impl<D, S> fmt::Debug for Builder<D, S> {
     }
 }
 
-fn typed<M, D, S>(f: impl Fn(&mut Step<D>, Envelope<M>) -> S + Send + Sync + 'static) -> React<D, S>
-where
-    M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
-{
-    Arc::new(move |step, envelope| match envelope.downcast::<M>() {
-        Ok(envelope) => Ok(f(step, envelope)),
-        Err(other) => Err(mismatch(&other, M::TYPE)),
-    })
-}
-
 impl<D: Data, S: State> Builder<D, S> {
     /// The definition's version (default 1). Change it whenever a change to the
     /// reactions could move an instance differently from the way it started (a changed
@@ -228,101 +221,63 @@ impl<D: Data, S: State> Builder<D, S> {
         self
     }
 
-    /// A message of type `M` starts an instance (from `D::default()`), which `start` moves
-    /// to one of `to`.
-    pub fn starts_with<M>(
-        mut self,
-        to: &[S],
-        start: impl Fn(&mut Step<D>, Envelope<M>) -> S + Send + Sync + 'static,
-    ) -> Self
+    /// A message of type `M` starts an instance (from `D::default()`): say where with
+    /// [`On::to`] or [`On::choose`].
+    pub fn starts_with<M>(self) -> On<D, S, M>
     where
         M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
     {
-        self.reactions.push(Reaction {
+        On {
+            builder: self,
             from: None,
-            trigger: Trigger::Message(M::TYPE),
-            to: to.to_vec(),
-            run: Run::Message(typed(start)),
-        });
-        self
+            message: PhantomData,
+        }
     }
 
-    /// In state `from`, a message of type `M` runs `react`, which moves the instance to one
-    /// of `to` (staying in `from` counts only if `to` lists it).
+    /// In state `from`, a message of type `M` sets off a reaction: say which and where it
+    /// leads with [`On::to`], [`On::choose`] or their `_async` forms (staying in `from`
+    /// counts only if they name it).
     ///
     /// `from` may be a final state: a finished saga then still answers that message (a
-    /// payment that reaches a cancelled order is refunded), and stays finished (`to` may
-    /// list final states only). Any other message reaching it is acknowledged and logged.
-    pub fn on<M>(
-        mut self,
-        from: S,
-        to: &[S],
-        react: impl Fn(&mut Step<D>, Envelope<M>) -> S + Send + Sync + 'static,
-    ) -> Self
+    /// payment that reaches a cancelled order is refunded), and stays finished (it may
+    /// lead to final states only). Any other message reaching it is acknowledged and
+    /// logged.
+    pub fn on<M>(self, from: S) -> On<D, S, M>
     where
         M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
     {
-        self.reactions.push(Reaction {
+        On {
+            builder: self,
             from: Some(from),
-            trigger: Trigger::Message(M::TYPE),
-            to: to.to_vec(),
-            run: Run::Message(typed(react)),
-        });
-        self
+            message: PhantomData,
+        }
     }
 
-    /// As [`Builder::on`], for a reaction that awaits something: an HTTP call to a
-    /// participant, made with the step's idempotency key and deadline ([`Step::http`]). It
-    /// takes the step and hands it back with the next state. The instance is saved only
-    /// after it finishes; a retry of the message runs it again, so what it calls must be
-    /// idempotent (the key sees to that).
-    pub fn on_async<M, F>(
-        mut self,
-        from: S,
-        to: &[S],
-        react: impl Fn(Step<D>, Envelope<M>) -> F + Send + Sync + 'static,
-    ) -> Self
-    where
-        M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
-        F: Future<Output = (Step<D>, S)> + Send + 'static,
-    {
-        let react: ReactAsync<D, S> =
-            Arc::new(move |step, envelope| match envelope.downcast::<M>() {
-                Ok(envelope) => {
-                    let running = react(step, envelope);
-                    Box::pin(async move {
-                        let (step, to) = running.await;
-                        (step, Ok(to))
-                    })
-                }
-                Err(other) => {
-                    let problem = mismatch(&other, M::TYPE);
-                    Box::pin(std::future::ready((step, Err(problem))))
-                }
-            });
-        self.reactions.push(Reaction {
-            from: Some(from),
-            trigger: Trigger::Message(M::TYPE),
-            to: to.to_vec(),
-            run: Run::MessageAsync(react),
-        });
-        self
+    /// In state `from`, the timer `timer` running out (see [`Step::schedule`]) sets off a
+    /// reaction: say which and where it leads with [`OnTimeout::to`] or
+    /// [`OnTimeout::choose`].
+    pub fn on_timeout(self, from: S, timer: &'static str) -> OnTimeout<D, S> {
+        OnTimeout {
+            builder: self,
+            from,
+            timer,
+        }
     }
 
-    /// In state `from`, the timer `timer` running out runs `react` (see
-    /// [`Step::schedule`]).
-    pub fn on_timeout(
+    fn react(
         mut self,
-        from: S,
-        timer: &'static str,
-        to: &[S],
-        react: impl Fn(&mut Step<D>) -> S + Send + Sync + 'static,
+        from: Option<S>,
+        trigger: Trigger,
+        to: Vec<S>,
+        choice: bool,
+        run: Run<D, S>,
     ) -> Self {
         self.reactions.push(Reaction {
-            from: Some(from),
-            trigger: Trigger::Timeout(timer),
-            to: to.to_vec(),
-            run: Run::Timeout(Arc::new(react)),
+            from,
+            trigger,
+            to,
+            choice,
+            run,
         });
         self
     }
@@ -354,55 +309,82 @@ impl<D: Data, S: State> Builder<D, S> {
     /// a reaction with no target state, a state reachable from the start that can never
     /// reach a final state, a name unfit for ids.
     pub fn build(self) -> Result<Definition<D, S>, DefinitionError> {
-        let err = |what: String| {
-            Err(DefinitionError {
-                saga: self.name.clone(),
-                problem: what,
-            })
-        };
+        use DefinitionErrorKind as Kind;
+        let err = |kind, what: String| Err(DefinitionError::new(&self.name, kind, what));
         let name_ok = |s: &str| {
             !s.is_empty()
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         };
         if !name_ok(&self.name) || !name_ok(&self.service) {
-            return err(format!(
-                "the saga name {:?} and service {:?} must be non-empty and use only letters, digits, '-' and '_'",
-                self.name, self.service
-            ));
+            return err(
+                Kind::Name,
+                format!(
+                    "the saga name {:?} and service {:?} must be non-empty and use only letters, digits, '-' and '_'",
+                    self.name, self.service
+                ),
+            );
         }
         if self.version == 0 {
-            return err("the version must be 1 or more".to_owned());
+            return err(Kind::Version, "the version must be 1 or more".to_owned());
         }
         if !self.reactions.iter().any(|r| r.from.is_none()) {
-            return err("no message starts it: add .starts_with::<M>(..)".to_owned());
+            return err(
+                Kind::NoStart,
+                "no message starts it: add .starts_with::<M>().to(..)".to_owned(),
+            );
         }
         let mut seen = BTreeSet::new();
         for r in &self.reactions {
             let from = r.from.map_or("(start)", State::name);
             if !seen.insert((r.from.map(State::name), r.trigger)) {
-                return err(format!("state {from} reacts twice to {}", r.trigger));
+                return err(
+                    Kind::Duplicate,
+                    format!("state {from} reacts twice to {}", r.trigger),
+                );
             }
-            if r.to.is_empty() {
-                return err(format!("{from} on {} leads to no state", r.trigger));
+            match r.to.as_slice() {
+                [] => {
+                    return err(
+                        Kind::Targets,
+                        format!("{from} on {} leads to no state", r.trigger),
+                    );
+                }
+                [only] if r.choice => {
+                    return err(
+                        Kind::Targets,
+                        format!(
+                            "{from} on {} chooses among one state: declare it with .to({}, ..), whose reaction returns nothing",
+                            r.trigger,
+                            only.name()
+                        ),
+                    );
+                }
+                _ => {}
             }
             if let Some(s) = r.from
                 && s.is_final()
             {
                 if let Trigger::Timeout(_) = r.trigger {
-                    return err(format!(
-                        "final state {} reacts to {}: a finished saga has no timers",
-                        s.name(),
-                        r.trigger
-                    ));
+                    return err(
+                        Kind::LeavesFinal,
+                        format!(
+                            "final state {} reacts to {}: a finished saga has no timers",
+                            s.name(),
+                            r.trigger
+                        ),
+                    );
                 }
                 if let Some(next) = r.to.iter().find(|to| !to.is_final()) {
-                    return err(format!(
-                        "final state {} on {} leads to {}: a finished saga stays finished",
-                        s.name(),
-                        r.trigger,
-                        next.name()
-                    ));
+                    return err(
+                        Kind::LeavesFinal,
+                        format!(
+                            "final state {} on {} leads to {}: a finished saga stays finished",
+                            s.name(),
+                            r.trigger,
+                            next.name()
+                        ),
+                    );
                 }
             }
         }
@@ -442,10 +424,13 @@ impl<D: Data, S: State> Builder<D, S> {
                 }
             }
             if !finishes {
-                return err(format!(
-                    "state {} can never reach a final state (no reaction leads out of it to one)",
-                    s.name()
-                ));
+                return err(
+                    Kind::Stuck,
+                    format!(
+                        "state {} can never reach a final state (no reaction leads out of it to one)",
+                        s.name()
+                    ),
+                );
             }
         }
         let mut correlate = self.correlate;
@@ -468,5 +453,185 @@ impl<D: Data, S: State> Builder<D, S> {
                 subjects,
             }),
         })
+    }
+}
+
+/// A message's reaction being declared: [`Builder::starts_with`] or [`Builder::on`], then
+/// where it leads. Each says the next state once:
+///
+/// - [`On::to`]: always to one state, and the reaction returns nothing;
+/// - [`On::choose`]: to one of several, and the reaction returns the one it took (another
+///   fails the reaction; [`Builder::build`] checks what each can reach).
+#[must_use = "a reaction is declared by .to(state, reaction) or .choose([states], reaction)"]
+pub struct On<D, S, M> {
+    builder: Builder<D, S>,
+    /// `None` for a start.
+    from: Option<S>,
+    message: PhantomData<fn() -> M>,
+}
+
+impl<D, S, M> fmt::Debug for On<D, S, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("On")
+            .field("saga", &self.builder.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Data, S: State, M> On<D, S, M>
+where
+    M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
+{
+    /// `react` runs, and the instance moves to `to`.
+    pub fn to(
+        self,
+        to: S,
+        react: impl Fn(&mut Step<D>, Envelope<M>) + Send + Sync + 'static,
+    ) -> Builder<D, S> {
+        self.choosing(vec![to], false, move |step, message| {
+            react(step, message);
+            to
+        })
+    }
+
+    /// `react` runs and returns the state the instance moves to, one of `to`.
+    pub fn choose<const N: usize>(
+        self,
+        to: [S; N],
+        react: impl Fn(&mut Step<D>, Envelope<M>) -> S + Send + Sync + 'static,
+    ) -> Builder<D, S> {
+        self.choosing(to.to_vec(), true, react)
+    }
+
+    /// As [`On::to`], for a reaction that awaits something: an HTTP call to a participant,
+    /// made with the step's idempotency key and deadline ([`Step::http`]). It takes the
+    /// step and hands it back. The instance is saved only after it finishes; a retry of
+    /// the message runs it again, so what it calls must be idempotent (the key sees to
+    /// that).
+    pub fn to_async<F>(
+        self,
+        to: S,
+        react: impl Fn(Step<D>, Envelope<M>) -> F + Send + Sync + 'static,
+    ) -> Builder<D, S>
+    where
+        F: Future<Output = Step<D>> + Send + 'static,
+    {
+        self.choosing_async(vec![to], false, move |step, message| {
+            let running = react(step, message);
+            async move { (running.await, to) }
+        })
+    }
+
+    /// As [`On::choose`], for a reaction that awaits something (see [`On::to_async`]): it
+    /// hands the step back with the state it took.
+    pub fn choose_async<F, const N: usize>(
+        self,
+        to: [S; N],
+        react: impl Fn(Step<D>, Envelope<M>) -> F + Send + Sync + 'static,
+    ) -> Builder<D, S>
+    where
+        F: Future<Output = (Step<D>, S)> + Send + 'static,
+    {
+        self.choosing_async(to.to_vec(), true, react)
+    }
+
+    fn trigger() -> Trigger {
+        Trigger::Message(M::TYPE)
+    }
+
+    fn choosing(
+        self,
+        to: Vec<S>,
+        choice: bool,
+        react: impl Fn(&mut Step<D>, Envelope<M>) -> S + Send + Sync + 'static,
+    ) -> Builder<D, S> {
+        let run: React<D, S> = Arc::new(move |step, envelope| match envelope.downcast::<M>() {
+            Ok(envelope) => Ok(react(step, envelope)),
+            Err(other) => Err(mismatch(&other, M::TYPE)),
+        });
+        self.builder
+            .react(self.from, Self::trigger(), to, choice, Run::Message(run))
+    }
+
+    fn choosing_async<F>(
+        self,
+        to: Vec<S>,
+        choice: bool,
+        react: impl Fn(Step<D>, Envelope<M>) -> F + Send + Sync + 'static,
+    ) -> Builder<D, S>
+    where
+        F: Future<Output = (Step<D>, S)> + Send + 'static,
+    {
+        let run: ReactAsync<D, S> =
+            Arc::new(move |step, envelope| match envelope.downcast::<M>() {
+                Ok(envelope) => {
+                    let running = react(step, envelope);
+                    Box::pin(async move {
+                        let (step, to) = running.await;
+                        (step, Ok(to))
+                    })
+                }
+                Err(other) => {
+                    let problem = mismatch(&other, M::TYPE);
+                    Box::pin(std::future::ready((step, Err(problem))))
+                }
+            });
+        self.builder.react(
+            self.from,
+            Self::trigger(),
+            to,
+            choice,
+            Run::MessageAsync(run),
+        )
+    }
+}
+
+/// A timer's reaction being declared: [`Builder::on_timeout`], then where it leads, as
+/// with [`On`].
+#[must_use = "a reaction is declared by .to(state, reaction) or .choose([states], reaction)"]
+pub struct OnTimeout<D, S> {
+    builder: Builder<D, S>,
+    from: S,
+    timer: &'static str,
+}
+
+impl<D, S> fmt::Debug for OnTimeout<D, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OnTimeout")
+            .field("saga", &self.builder.name)
+            .field("timer", &self.timer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Data, S: State> OnTimeout<D, S> {
+    /// `react` runs, and the instance moves to `to`.
+    pub fn to(self, to: S, react: impl Fn(&mut Step<D>) + Send + Sync + 'static) -> Builder<D, S> {
+        let run: OnTimeoutFn<D, S> = Arc::new(move |step| {
+            react(step);
+            to
+        });
+        self.builder.react(
+            Some(self.from),
+            Trigger::Timeout(self.timer),
+            vec![to],
+            false,
+            Run::Timeout(run),
+        )
+    }
+
+    /// `react` runs and returns the state the instance moves to, one of `to`.
+    pub fn choose<const N: usize>(
+        self,
+        to: [S; N],
+        react: impl Fn(&mut Step<D>) -> S + Send + Sync + 'static,
+    ) -> Builder<D, S> {
+        self.builder.react(
+            Some(self.from),
+            Trigger::Timeout(self.timer),
+            to.to_vec(),
+            true,
+            Run::Timeout(Arc::new(react)),
+        )
     }
 }

@@ -5,7 +5,7 @@ use a4co_events::{AnyMessage, Envelope, EventId, TraceContext};
 use chrono::{DateTime, Utc};
 
 use crate::definition::{Definition, Run, Trigger};
-use crate::error::ReactionError;
+use crate::error::{ReactionError, ReactionErrorKind};
 use crate::record::{Data, Instance, Ledger, State, Transition};
 use crate::step::Step;
 
@@ -74,26 +74,30 @@ async fn run_reaction<D: Data, S: State>(
     let Some(to) = to else {
         return Ok(false);
     };
-    let fail = |problem: String| ReactionError {
+    let fail = |kind, problem: String| ReactionError {
         saga_id: instance.ledger.saga_id.clone(),
         problem,
+        kind,
     };
-    let to = to.map_err(fail)?;
-    if let Some(problem) = misuse {
-        return Err(fail(problem));
+    let to = to.map_err(|problem| fail(ReactionErrorKind::WrongPayload, problem))?;
+    if let Some((kind, problem)) = misuse {
+        return Err(fail(kind, problem));
     }
     if !reaction.to.contains(&to) {
-        return Err(fail(format!(
-            "{} on {trigger} moved to {}, which the definition does not declare (declared: {})",
-            from.map_or("(start)", State::name),
-            to.name(),
-            reaction
-                .to
-                .iter()
-                .map(|s| s.name())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
+        return Err(fail(
+            ReactionErrorKind::UndeclaredState,
+            format!(
+                "{} on {trigger} moved to {}, which the definition does not declare (declared: {})",
+                from.map_or("(start)", State::name),
+                to.name(),
+                reaction
+                    .to
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
     }
     instance.state = to;
     if to.is_final() {

@@ -3,7 +3,7 @@
 use a4co_events::bus::{PublishError, SubscribeError};
 
 /// A definition that cannot work, rejected by [`crate::Builder::build`] (or by
-/// [`crate::Runtime::keep_running`] for a version that cannot join the runtime).
+/// [`crate::RuntimeBuilder::build`] for a version that cannot join the runtime).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("saga {saga}: {problem}")]
 pub struct DefinitionError {
@@ -11,6 +11,55 @@ pub struct DefinitionError {
     pub saga: String,
     /// What is wrong, and what to fix.
     pub problem: String,
+    kind: DefinitionErrorKind,
+}
+
+impl DefinitionError {
+    pub(crate) fn new(
+        saga: impl Into<String>,
+        kind: DefinitionErrorKind,
+        problem: impl Into<String>,
+    ) -> Self {
+        DefinitionError {
+            saga: saga.into(),
+            problem: problem.into(),
+            kind,
+        }
+    }
+
+    /// A setting the definition is built from cannot work (a timeout longer than what it
+    /// guards, say): for a definition made from configuration, so that a bad setting fails
+    /// at start-up as the definition's own checks do.
+    pub fn settings(saga: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::new(saga, DefinitionErrorKind::Settings, problem)
+    }
+
+    /// Which rule the definition breaks.
+    pub fn kind(&self) -> DefinitionErrorKind {
+        self.kind
+    }
+}
+
+/// Which rule a [`DefinitionError`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DefinitionErrorKind {
+    /// The saga or service name is empty or has characters unfit for ids.
+    Name,
+    /// Version 0, or a version kept running that is not an earlier one of the same saga.
+    Version,
+    /// No message starts an instance.
+    NoStart,
+    /// A state reacts twice to one trigger.
+    Duplicate,
+    /// A reaction leads to no state, or chooses among one (name it alone instead).
+    Targets,
+    /// A final state reacts to a timer, or leads out of the final states.
+    LeavesFinal,
+    /// A state the saga can reach can never reach a final state.
+    Stuck,
+    /// A setting the definition is built from cannot work ([`DefinitionError::settings`]).
+    Settings,
 }
 
 /// A store's failure.
@@ -79,4 +128,28 @@ pub struct ReactionError {
     pub saga_id: String,
     /// What went wrong.
     pub problem: String,
+    pub(crate) kind: ReactionErrorKind,
+}
+
+impl ReactionError {
+    /// What the reaction did wrong.
+    pub fn kind(&self) -> ReactionErrorKind {
+        self.kind
+    }
+}
+
+/// What a [`ReactionError`] says the reaction did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReactionErrorKind {
+    /// It chose a state its definition does not list for it.
+    UndeclaredState,
+    /// The message's payload is not the type the reaction takes (another build put it
+    /// under that type).
+    WrongPayload,
+    /// It sent two messages under one step name.
+    StepReused,
+    /// It sent a message every consumer would dead-letter (an empty aggregate id, a
+    /// payload against its schema).
+    Undeliverable,
 }

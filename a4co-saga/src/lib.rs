@@ -19,15 +19,22 @@ mod runtime;
 mod step;
 pub mod store;
 
+/// `#[derive(State)]`: the [`State`] of an enum of unit variants, each named as serde names
+/// it, `#[state(final)]` on those the saga ends in (`#[state(final, outcome = "failed")]`
+/// for an end that is a failure).
+pub use a4co_saga_derive::State;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub use any_store::AnyStore;
 pub use clock::{Clock, SystemClock, VirtualClock};
-pub use definition::{Builder, Definition, Trigger};
+pub use definition::{Builder, Definition, On, OnTimeout, Trigger};
 pub use engine::Applied;
-pub use error::{DefinitionError, ReactionError, RuntimeError, StoreError};
-pub use record::{Data, Instance, Outcome, State};
-pub use runtime::{Running, Runtime};
+pub use error::{
+    DefinitionError, DefinitionErrorKind, ReactionError, ReactionErrorKind, RuntimeError,
+    StoreError,
+};
+pub use record::{Compensation, Data, Instance, Outcome, State};
+pub use runtime::{Running, Runtime, RuntimeBuilder};
 pub use step::Step;
 pub use store::{MemoryStore, SetAside, Store};
 

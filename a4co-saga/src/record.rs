@@ -7,7 +7,7 @@ use std::fmt;
 use std::hash::Hash;
 
 use a4co_events::bus::RawMessage;
-use a4co_events::{Envelope, EventId, Message};
+use a4co_events::{Envelope, EventId, Payload};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
@@ -102,11 +102,11 @@ impl Eq for Outgoing {}
 
 impl Outgoing {
     /// The message of `envelope` with its encoded `body` (checked by the caller).
-    pub(crate) fn new<M: Message>(envelope: &Envelope<M>, step: String, body: Vec<u8>) -> Self {
+    pub(crate) fn new<P: Payload>(envelope: &Envelope<P>, step: String, body: Vec<u8>) -> Self {
         Outgoing {
             step,
             event_id: envelope.event_id,
-            event_type: M::TYPE.to_owned(),
+            event_type: envelope.event_type().to_owned(),
             subject: envelope.subject().to_owned(),
             headers: envelope
                 .headers()
@@ -125,6 +125,63 @@ impl Outgoing {
             payload: Bytes::copy_from_slice(self.body.get().as_bytes()),
         }
     }
+}
+
+/// The message that undoes a completed step, kept as its payload until it is sent: the
+/// envelope is made when the compensation goes out, stamped then, caused by what set it
+/// off, in that trace.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Compensation {
+    /// `undo/<step>`: the step that sends it.
+    pub step: String,
+    /// Its type (`inventory.cmd.release_stock`).
+    pub event_type: String,
+    /// The version of its type the payload was written in (upcast when it is sent).
+    pub event_version: u32,
+    /// The aggregate it is about.
+    pub aggregate_id: String,
+    /// The payload, as JSON (the envelope's `data`).
+    pub data: Box<serde_json::value::RawValue>,
+}
+
+impl PartialEq for Compensation {
+    fn eq(&self, other: &Self) -> bool {
+        self.step == other.step
+            && self.event_type == other.event_type
+            && self.event_version == other.event_version
+            && self.aggregate_id == other.aggregate_id
+            && self.data.get() == other.data.get()
+    }
+}
+
+impl Eq for Compensation {}
+
+/// Reads the compensations as kept now, or as records written before kept them: a whole
+/// message (`{step, body, ..}`), of which the payload is what counts.
+fn compensations<'de, De: serde::Deserializer<'de>>(
+    de: De,
+) -> Result<Vec<Compensation>, De::Error> {
+    use serde::de::Error as _;
+    let kept = Vec::<serde_json::Value>::deserialize(de)?;
+    kept.into_iter()
+        .map(|mut c| {
+            let Some(body) = c.get_mut("body").map(serde_json::Value::take) else {
+                return serde_json::from_value(c).map_err(De::Error::custom);
+            };
+            let text = |key: &str| body[key].as_str().unwrap_or_default().to_owned();
+            Ok(Compensation {
+                step: c["step"].as_str().unwrap_or_default().to_owned(),
+                event_type: text("eventType"),
+                event_version: body["eventVersion"]
+                    .as_u64()
+                    .and_then(|v| u32::try_from(v).ok())
+                    .unwrap_or(1),
+                aggregate_id: text("aggregateId"),
+                data: serde_json::value::to_raw_value(&body["data"]).map_err(De::Error::custom)?,
+            })
+        })
+        .collect()
 }
 
 /// One move of an instance, kept in its record (the latest 64).
@@ -173,7 +230,8 @@ pub(crate) struct Ledger {
     /// Messages saved but not yet published.
     pub(crate) outbox: Vec<Outgoing>,
     /// Compensations of completed steps, in order of completion (run in reverse).
-    pub(crate) compensations: Vec<Outgoing>,
+    #[serde(deserialize_with = "compensations")]
+    pub(crate) compensations: Vec<Compensation>,
     /// Timers by name: when each runs out.
     #[serde(serialize_with = "timers")]
     pub(crate) timers: BTreeMap<String, DateTime<Utc>>,
@@ -277,7 +335,7 @@ impl<D: Data, S: State> Instance<D, S> {
     }
 
     /// The compensations of completed steps, in order of completion (sent in reverse).
-    pub fn compensations(&self) -> &[Outgoing] {
+    pub fn compensations(&self) -> &[Compensation] {
         &self.ledger.compensations
     }
 
@@ -304,11 +362,6 @@ pub(crate) fn raw_json(bytes: Vec<u8>) -> Box<serde_json::value::RawValue> {
         let quoted = serde_json::Value::String(format!("unencodable envelope: {e}")).to_string();
         serde_json::value::RawValue::from_string(quoted).unwrap_or_default()
     })
-}
-
-/// RFC 3339, as the catalog writes times.
-pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 #[cfg(test)]
@@ -343,5 +396,36 @@ mod tests {
             let back: Ledger = serde_json::from_value(json).unwrap();
             assert_eq!(back, book, "{text}");
         }
+    }
+
+    #[test]
+    fn a_compensation_kept_as_a_whole_message_by_an_older_build_reads_as_its_payload() {
+        use a4co_events::Message as _;
+        use a4co_events::catalog::inventory::ReleaseStock;
+        let release = ReleaseStock::example();
+        let envelope = Envelope::new("order-service", "prod-1", release.clone());
+        let older = serde_json::json!({
+            "step": "undo/reserve/prod-1",
+            "eventId": envelope.event_id,
+            "eventType": "inventory.cmd.release_stock",
+            "subject": "inventory.cmd.release_stock",
+            "headers": [],
+            "body": serde_json::from_slice::<serde_json::Value>(&envelope.to_json()).unwrap(),
+        });
+        let mut book = serde_json::to_value(Ledger::default()).unwrap();
+        book["compensations"] = serde_json::json!([older]);
+        let read: Ledger = serde_json::from_value(book).unwrap();
+        let [kept] = read.compensations.as_slice() else {
+            panic!("one compensation: {:?}", read.compensations);
+        };
+        assert_eq!(kept.step, "undo/reserve/prod-1");
+        assert_eq!(kept.event_type, "inventory.cmd.release_stock");
+        assert_eq!(kept.event_version, ReleaseStock::VERSION);
+        assert_eq!(kept.aggregate_id, "prod-1");
+        let data: ReleaseStock = serde_json::from_str(kept.data.get()).unwrap();
+        assert_eq!(data, release);
+        // Written back in today's shape, and read again the same.
+        let again: Ledger = serde_json::from_value(serde_json::to_value(&read).unwrap()).unwrap();
+        assert_eq!(again.compensations, read.compensations);
     }
 }

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use crate::clock::{Clock, SystemClock};
 use crate::definition::Definition;
 use crate::engine::{Applied, apply, fire_due};
-use crate::error::{DefinitionError, RuntimeError, StoreError};
+use crate::error::{DefinitionError, DefinitionErrorKind, RuntimeError, StoreError};
 use crate::record::{Data, Instance, State};
 use crate::store::{Due, Index, SetAside, Store};
 
@@ -110,6 +110,117 @@ struct Inner<D, S, B, St> {
     stranded: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
+/// Sets up a [`Runtime`]: made by [`Runtime::builder`], finished by
+/// [`RuntimeBuilder::build`].
+#[must_use]
+pub struct RuntimeBuilder<D, S, B, St> {
+    runtime: Runtime<D, S, B, St>,
+    /// Earlier versions to keep running, checked by `build`.
+    older: Vec<Definition<D, S>>,
+}
+
+impl<D, S, B, St> std::fmt::Debug for RuntimeBuilder<D, S, B, St> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeBuilder").finish_non_exhaustive()
+    }
+}
+
+impl<D, S, B, St> RuntimeBuilder<D, S, B, St>
+where
+    D: Data,
+    S: State,
+    B: Publisher + Subscriber,
+    St: Store,
+{
+    fn inner(&mut self) -> &mut Inner<D, S, B, St> {
+        // The runtime is not shared before `build`.
+        Arc::make_mut(&mut self.runtime.inner)
+    }
+
+    /// Reads the time from `clock` (a [`crate::VirtualClock`] in tests).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.inner().clock = Arc::new(clock);
+        self
+    }
+
+    /// How often [`Runtime::start`]'s background task looks for due timers (default 1 s).
+    pub fn tick(mut self, every: Duration) -> Self {
+        self.inner().tick = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How often [`Runtime::start`]'s background task counts the instances waiting in each
+    /// state ([`Runtime::census`], a full read of the store) for the gauge
+    /// `a4co_saga_instances_waiting{saga, state}`; default 60 s, `None` never. Every replica
+    /// counts: read the gauge with `max by (saga, state)`.
+    pub fn census_every(mut self, every: impl Into<Option<Duration>>) -> Self {
+        self.inner().census_every = every.into().map(|e| e.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// How many messages [`Runtime::start`] handles at once (default 64; messages of one
+    /// aggregate still in order, and conflicting saves on one instance retried).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.inner().max_in_flight = n.max(1);
+        self
+    }
+
+    /// Also runs `older`, an earlier version of the same saga, for the instances that
+    /// started on it: they go on to the end on the reactions they started with, while new
+    /// instances start on the current version. Keep an older version until no instance
+    /// of it is left (or give a [`RuntimeBuilder::migrate`] instead).
+    pub fn keep_running(mut self, older: Definition<D, S>) -> Self {
+        self.older.push(older);
+        self
+    }
+
+    /// Moves instances of version `from` onto the current version the next time a message
+    /// or timer reaches them: `migrate` gets their state and data and returns those they
+    /// continue with (timers, outbox, compensations and history are kept). A version kept
+    /// with [`RuntimeBuilder::keep_running`] is run as it is, not migrated.
+    pub fn migrate(
+        mut self,
+        from: u32,
+        migrate: impl Fn(S, D) -> (S, D) + Send + Sync + 'static,
+    ) -> Self {
+        self.inner().migrations.insert(from, Arc::new(migrate));
+        self
+    }
+
+    /// The runtime.
+    ///
+    /// # Errors
+    /// A [`DefinitionError`] when a definition given to [`RuntimeBuilder::keep_running`]
+    /// is another saga, or not an earlier version.
+    pub fn build(mut self) -> Result<Runtime<D, S, B, St>, DefinitionError> {
+        for older in std::mem::take(&mut self.older) {
+            let current = &self.runtime.inner.definition;
+            let problem = if older.name() != current.name() {
+                format!(
+                    "cannot keep running saga {:?} beside {:?}: a runtime runs the versions of one saga",
+                    older.name(),
+                    current.name()
+                )
+            } else if older.version() >= current.version() {
+                format!(
+                    "version {} is not older than the current version {}: pass the newest definition to Runtime::builder",
+                    older.version(),
+                    current.version()
+                )
+            } else {
+                self.inner().older.insert(older.version(), older);
+                continue;
+            };
+            return Err(DefinitionError::new(
+                current.name(),
+                DefinitionErrorKind::Version,
+                problem,
+            ));
+        }
+        Ok(self.runtime)
+    }
+}
+
 /// Messages published from a saved outbox whose record still lists them: the instance's
 /// next save drops them, or [`Runtime::flush_published`] does.
 struct Unflushed {
@@ -139,8 +250,8 @@ where
     B: Publisher + Subscriber,
     St: Store,
 {
-    /// A runtime for `definition` on `bus`, keeping instances in `store`, on the system
-    /// clock, looking for due timers every second.
+    /// A runtime for `definition` on `bus`, keeping instances in `store`, with the
+    /// defaults of [`Runtime::builder`].
     pub fn new(definition: Definition<D, S>, bus: B, store: St) -> Self {
         Runtime {
             inner: Arc::new(Inner {
@@ -163,97 +274,42 @@ where
         }
     }
 
-    fn rebuild(self, f: impl FnOnce(&mut Inner<D, S, B, St>)) -> Self {
-        let mut inner = Arc::unwrap_or_clone(self.inner);
-        f(&mut inner);
-        Runtime {
-            inner: Arc::new(inner),
+    /// A runtime for `definition` on `bus`, keeping instances in `store`, set up with
+    /// [`RuntimeBuilder`]'s methods: on the system clock, looking for due timers every
+    /// second, counting waiting instances every minute, 64 messages at once, the current
+    /// version only, until said otherwise.
+    ///
+    /// ```
+    /// # use a4co_saga::{Definition, MemoryStore, Runtime, State, VirtualClock};
+    /// # use a4co_events::catalog::order::{OrderConfirmed, OrderCreated};
+    /// # #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, State)]
+    /// # enum Phase { Waiting, #[state(final)] Done }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let definition = Definition::<(), Phase>::builder("watch", "order-service")
+    /// #     .starts_with::<OrderCreated>().to(Phase::Waiting, |_, _| {})
+    /// #     .on::<OrderConfirmed>(Phase::Waiting).to(Phase::Done, |_, _| {})
+    /// #     .build()?;
+    /// # let bus = a4co_events::bus::MemoryBus::provisioned().await?;
+    /// let runtime = Runtime::builder(definition, bus, MemoryStore::new())
+    ///     .clock(VirtualClock::at(chrono::Utc::now()))
+    ///     .tick(std::time::Duration::from_millis(100))
+    ///     .build()?;
+    /// assert_eq!(runtime.versions(), [1]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(definition: Definition<D, S>, bus: B, store: St) -> RuntimeBuilder<D, S, B, St> {
+        RuntimeBuilder {
+            runtime: Self::new(definition, bus, store),
+            older: Vec::new(),
         }
-    }
-
-    /// Reads the time from `clock` (a [`crate::VirtualClock`] in tests).
-    #[must_use]
-    pub fn clock(self, clock: impl Clock) -> Self {
-        self.rebuild(|i| i.clock = Arc::new(clock))
-    }
-
-    /// How often [`Runtime::start`]'s background task looks for due timers (default 1 s).
-    #[must_use]
-    pub fn tick(self, every: Duration) -> Self {
-        self.rebuild(|i| i.tick = every.max(Duration::from_millis(1)))
-    }
-
-    /// How often [`Runtime::start`]'s background task counts the instances waiting in each
-    /// state ([`Runtime::census`], a full read of the store) for the gauge
-    /// `a4co_saga_instances_waiting{saga, state}`; default 60 s, `None` never. Every replica
-    /// counts: read the gauge with `max by (saga, state)`.
-    #[must_use]
-    pub fn census_every(self, every: impl Into<Option<Duration>>) -> Self {
-        let every = every.into().map(|e| e.max(Duration::from_millis(1)));
-        self.rebuild(|i| i.census_every = every)
-    }
-
-    /// How many messages [`Runtime::start`] handles at once (default 64; messages of one
-    /// aggregate still in order, and conflicting saves on one instance retried).
-    #[must_use]
-    pub fn max_in_flight(self, n: usize) -> Self {
-        self.rebuild(|i| i.max_in_flight = n.max(1))
     }
 
     /// The definition it runs (its name, subjects, diagram): the current version, on
     /// which every new instance starts.
     pub fn definition(&self) -> &Definition<D, S> {
         &self.inner.definition
-    }
-
-    /// Also runs `older`, an earlier version of the same saga, for the instances that
-    /// started on it: they go on to the end on the reactions they started with, while new
-    /// instances start on the current version. Keep an older version until no instance
-    /// of it is left (or give a [`Runtime::migrate`] instead).
-    ///
-    /// # Errors
-    /// A [`DefinitionError`] when `older` is another saga, or not an earlier version.
-    pub fn keep_running(self, older: Definition<D, S>) -> Result<Self, DefinitionError> {
-        let current = &self.inner.definition;
-        let problem = if older.name() != current.name() {
-            Some(format!(
-                "cannot keep running saga {:?} beside {:?}: a runtime runs the versions of one saga",
-                older.name(),
-                current.name()
-            ))
-        } else if older.version() >= current.version() {
-            Some(format!(
-                "version {} is not older than the current version {}: pass the newest definition to Runtime::new",
-                older.version(),
-                current.version()
-            ))
-        } else {
-            None
-        };
-        if let Some(problem) = problem {
-            return Err(DefinitionError {
-                saga: current.name().to_owned(),
-                problem,
-            });
-        }
-        Ok(self.rebuild(|i| {
-            i.older.insert(older.version(), older);
-        }))
-    }
-
-    /// Moves instances of version `from` onto the current version the next time a message
-    /// or timer reaches them: `migrate` gets their state and data and returns those they
-    /// continue with (timers, outbox, compensations and history are kept). A version kept
-    /// with [`Runtime::keep_running`] is run as it is, not migrated.
-    #[must_use]
-    pub fn migrate(
-        self,
-        from: u32,
-        migrate: impl Fn(S, D) -> (S, D) + Send + Sync + 'static,
-    ) -> Self {
-        self.rebuild(|i| {
-            i.migrations.insert(from, Arc::new(migrate));
-        })
     }
 
     /// The versions it runs, oldest first.

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use a4co_events::headers::names;
-use a4co_events::{Envelope, EventId, Message, TraceContext};
+use a4co_events::{AnyMessage, Envelope, EventId, Message, Payload, TraceContext};
 use chrono::{DateTime, Utc};
 
-use crate::record::{Ledger, Outgoing, raw_json, rfc3339};
+use crate::error::ReactionErrorKind;
+use crate::record::{Compensation, Ledger, Outgoing};
 
 /// What a reaction works through: the saga's data, and the effects it wants (messages,
 /// compensations, timers). Nothing happens until the runtime has saved the instance.
@@ -21,7 +21,7 @@ pub struct Step<D> {
     pub(crate) cause: Option<EventId>,
     /// The trace context what it sends carries.
     pub(crate) trace: Option<TraceContext>,
-    pub(crate) misuse: Option<String>,
+    pub(crate) misuse: Option<(ReactionErrorKind, String)>,
 }
 
 impl<D> std::fmt::Debug for Step<D> {
@@ -37,6 +37,18 @@ impl<D> Step<D> {
     /// The instance's id (`order-fulfillment/ord-1`).
     pub fn saga_id(&self) -> &str {
         &self.ledger.saga_id
+    }
+
+    /// What the instance is correlated by: the part of its id after the saga's name
+    /// (`ord-1` in `order-fulfillment/ord-1`), the aggregate id of the message that
+    /// started it unless [`Builder::correlate`](crate::Builder::correlate) says otherwise.
+    /// Not the envelope's `correlationId`, which what the instance sends carries on.
+    pub fn correlation_id(&self) -> &str {
+        // A saga name has no '/' (the builder checks).
+        self.ledger
+            .saga_id
+            .split_once('/')
+            .map_or(self.ledger.saga_id.as_str(), |(_, key)| key)
     }
 
     /// The runtime's clock (virtual in tests).
@@ -72,20 +84,33 @@ impl<D> Step<D> {
         }
     }
 
-    fn envelope<M: Message>(
+    /// Claims step name `step` for one message; a name used before is a misuse.
+    fn claim(&mut self, step: &str) -> bool {
+        if self.ledger.steps.iter().any(|s| s == step) {
+            self.misuse = Some((
+                ReactionErrorKind::StepReused,
+                format!(
+                    "step {step:?} sent twice in {}: a step name sends one message",
+                    self.ledger.saga_id
+                ),
+            ));
+            return false;
+        }
+        self.ledger.steps.push(step.to_owned());
+        true
+    }
+
+    /// The message of step `step`, stamped now, in the instance's correlation and trace,
+    /// its id fixed by saga id and step, checked as every consumer will check it (as the
+    /// bus checks what it publishes): one they would all dead-letter (an empty aggregate
+    /// id, a payload against its schema) fails the reaction instead, and nothing is kept
+    /// to send.
+    fn outgoing<P: Payload>(
         &mut self,
         step: &str,
         aggregate_id: String,
-        message: M,
-    ) -> Option<Envelope<M>> {
-        if self.ledger.steps.iter().any(|s| s == step) {
-            self.misuse = Some(format!(
-                "step {step:?} sent twice in {}: a step name sends one message",
-                self.ledger.saga_id
-            ));
-            return None;
-        }
-        self.ledger.steps.push(step.to_owned());
+        message: P,
+    ) -> Option<Outgoing> {
         let id = EventId::deterministic(&self.ledger.saga_id, step);
         let mut envelope = Envelope::new(&*self.source, aggregate_id, message)
             .with_event_id(id)
@@ -100,43 +125,37 @@ impl<D> Step<D> {
         if let Some(trace) = &self.trace {
             envelope = envelope.with_trace(trace.clone());
         }
-        Some(envelope)
-    }
-
-    /// The message of step `step`, checked as every consumer will check it (as the bus
-    /// checks what it publishes): one they would all dead-letter (an empty aggregate id, a
-    /// payload against its schema) fails the reaction instead, and nothing is kept to send.
-    fn outgoing<M: Message>(
-        &mut self,
-        step: &str,
-        aggregate_id: String,
-        message: M,
-    ) -> Option<Outgoing> {
-        let envelope = self.envelope(step, aggregate_id, message)?;
         match envelope.to_checked_json() {
             Ok(body) => Some(Outgoing::new(&envelope, step.to_owned(), body)),
             Err(e) => {
-                self.misuse = Some(format!(
-                    "step {step:?} of {} sends a {} every consumer would dead-letter: {}",
-                    self.ledger.saga_id,
-                    M::TYPE,
-                    e.reason()
-                ));
+                self.undeliverable(step, envelope.event_type(), &e.reason());
                 None
             }
         }
     }
 
+    fn undeliverable(&mut self, step: &str, event_type: &str, reason: &str) {
+        self.misuse = Some((
+            ReactionErrorKind::Undeliverable,
+            format!(
+                "step {step:?} of {} sends a {event_type} every consumer would dead-letter: {reason}",
+                self.ledger.saga_id,
+            ),
+        ));
+    }
+
     /// Sends `message` about `aggregate_id` as step `step` (unique within the instance:
     /// the step names the message's id).
     pub fn send<M: Message>(&mut self, step: &str, aggregate_id: impl Into<String>, message: M) {
-        if let Some(outgoing) = self.outgoing(step, aggregate_id.into(), message) {
+        if self.claim(step)
+            && let Some(outgoing) = self.outgoing(step, aggregate_id.into(), message)
+        {
             self.ledger.outbox.push(outgoing);
         }
     }
 
-    /// Records that step `step` completed, with the message that undoes it; sent by
-    /// [`Step::compensate`] (its step is `undo/<step>`).
+    /// Records that step `step` completed, with the message that undoes it: checked now,
+    /// kept as its payload, sent by [`Step::compensate`] (its step is `undo/<step>`).
     pub fn completed<M: Message>(
         &mut self,
         step: &str,
@@ -144,8 +163,23 @@ impl<D> Step<D> {
         compensation: M,
     ) {
         let undo = format!("undo/{step}");
-        if let Some(outgoing) = self.outgoing(&undo, aggregate_id.into(), compensation) {
-            self.ledger.compensations.push(outgoing);
+        let aggregate_id = aggregate_id.into();
+        let data = match serde_json::value::to_raw_value(&compensation) {
+            Ok(data) => data,
+            Err(e) => return self.undeliverable(&undo, M::TYPE, &e.to_string()),
+        };
+        if self.claim(&undo)
+            && self
+                .outgoing(&undo, aggregate_id.clone(), compensation)
+                .is_some()
+        {
+            self.ledger.compensations.push(Compensation {
+                step: undo,
+                event_type: M::TYPE.to_owned(),
+                event_version: M::VERSION,
+                aggregate_id,
+                data,
+            });
         }
     }
 
@@ -155,33 +189,25 @@ impl<D> Step<D> {
     }
 
     /// Sends the compensations of every completed step, last completed first, and returns
-    /// their steps in that order. Each is sent once.
+    /// their steps in that order. Each is sent once, stamped now, caused by what set it off
+    /// and in its trace; a payload kept by an older build is upcast to its type's newest
+    /// version.
     pub fn compensate(&mut self) -> Vec<String> {
         let mut undone = Vec::new();
-        while let Some(mut c) = self.ledger.compensations.pop() {
-            // Stamped now, caused by what set the compensation off.
-            if let Ok(mut body) = serde_json::from_str::<serde_json::Value>(c.body.get()) {
-                body["occurredAt"] = serde_json::Value::String(rfc3339(self.now));
-                if let Some(cause) = &self.cause {
-                    body["metadata"]["causationId"] = serde_json::Value::String(cause.to_string());
-                }
-                c.body = raw_json(body.to_string().into_bytes());
+        while let Some(c) = self.ledger.compensations.pop() {
+            let message =
+                match AnyMessage::from_data_json(&c.event_type, c.event_version, c.data.get()) {
+                    Ok(message) => message,
+                    Err(e) => {
+                        let reason = format!("its kept v{} payload: {e}", c.event_version);
+                        self.undeliverable(&c.step, &c.event_type, &reason);
+                        continue;
+                    }
+                };
+            if let Some(outgoing) = self.outgoing(&c.step, c.aggregate_id, message) {
+                undone.push(c.step);
+                self.ledger.outbox.push(outgoing);
             }
-            // In the trace of what set it off, not of the step it undoes.
-            if let Some(trace) = &self.trace {
-                c.headers
-                    .retain(|(name, _)| name != names::TRACEPARENT && name != names::TRACESTATE);
-                c.headers.push((
-                    names::TRACEPARENT.to_owned(),
-                    trace.traceparent().to_owned(),
-                ));
-                if let Some(state) = trace.tracestate() {
-                    c.headers
-                        .push((names::TRACESTATE.to_owned(), state.to_owned()));
-                }
-            }
-            undone.push(c.step.clone());
-            self.ledger.outbox.push(c);
         }
         undone
     }

@@ -5,42 +5,43 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use a4co_events::catalog::order::{CancelOrder, CancellationReason, OrderConfirmed, OrderCreated};
-//! use a4co_saga::{Definition, State};
+//! use a4co_events::catalog::order::{CancelOrder, CancellationReason, OrderCreated};
+//! use a4co_events::catalog::payment::PaymentSucceeded;
+//! use a4co_saga::{Applied, Definition, State};
 //! use a4co_testkit::saga::Scenario;
 //!
-//! #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-//! enum Watch { Waiting, Done, GaveUp }
-//! impl State for Watch {
-//!     const ALL: &'static [Self] = &[Watch::Waiting, Watch::Done, Watch::GaveUp];
-//!     fn name(self) -> &'static str { match self { Watch::Waiting => "waiting", Watch::Done => "done", Watch::GaveUp => "gave-up" } }
-//!     fn is_final(self) -> bool { self != Watch::Waiting }
-//! }
+//! #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, State)]
+//! #[serde(rename_all = "kebab-case")]
+//! enum Pay { Waiting, #[state(final)] Paid, #[state(final, outcome = "failed")] Expired }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! let definition = Definition::<(), Watch>::builder("confirmation-watch", "order-service")
-//!     .starts_with::<OrderCreated>(&[Watch::Waiting], |step, _| {
-//!         step.schedule("give-up", Duration::from_secs(3600));
-//!         Watch::Waiting
-//!     })
-//!     .on::<OrderConfirmed>(Watch::Waiting, &[Watch::Done], |_, _| Watch::Done)
-//!     .on_timeout(Watch::Waiting, "give-up", &[Watch::GaveUp], |step| {
+//! let definition = Definition::<(), Pay>::builder("payment-window", "order-service")
+//!     .correlate::<PaymentSucceeded>(|paid| paid.order_id.clone())
+//!     .starts_with::<OrderCreated>().to(Pay::Waiting, |step, _| step.schedule("pay", Duration::from_secs(900)))
+//!     .on::<PaymentSucceeded>(Pay::Waiting).to(Pay::Paid, |step, _| step.cancel("pay"))
+//!     .on_timeout(Pay::Waiting, "pay").to(Pay::Expired, |step| {
 //!         let cancel = CancelOrder { reason: CancellationReason::PaymentTimeout, refund_required: false, detail: None };
-//!         step.send("cancel", "ord-1", cancel);
-//!         Watch::GaveUp
+//!         step.send("cancel", step.correlation_id().to_owned(), cancel);
 //!     })
 //!     .build()
 //!     .unwrap();
 //! let scenario = Scenario::new(definition).await;
 //! let order = a4co_testkit::example_envelope::<OrderCreated>("ord-1").into_any();
 //! scenario.when(&order).await;
-//! assert_eq!(scenario.state("confirmation-watch/ord-1").await, Some(Watch::Waiting));
+//! scenario.then_state(Pay::Waiting).await;
+//! // The same message again changes nothing.
+//! assert_eq!(scenario.when(&order).await, Applied::Duplicate);
 //!
-//! // Nobody confirms: after an hour the saga cancels the order.
-//! scenario.when_time_passes(Duration::from_secs(3601)).await;
-//! assert_eq!(scenario.take_sent_of::<CancelOrder>().len(), 1);
-//! assert_eq!(scenario.state("confirmation-watch/ord-1").await, Some(Watch::GaveUp));
+//! // No payment; the process dies right after saving the expiry: nothing went out...
+//! scenario.crash_after_next_save();
+//! scenario.when_time_passes(Duration::from_secs(901)).await;
+//! scenario.then_sent::<CancelOrder>(0);
+//! // ...until it restarts, and then once.
+//! scenario.restart().await;
+//! let [cancel] = scenario.then_sent::<CancelOrder>(1).try_into().unwrap();
+//! assert_eq!(cancel.aggregate_id, "ord-1");
+//! scenario.then_state_of("payment-window/ord-1", Pay::Expired).await;
 //! # }
 //! ```
 
@@ -64,6 +65,14 @@ pub fn scenario_start() -> DateTime<Utc> {
         .unwrap_or_else(|_| Utc::now())
 }
 
+/// The input the `then_*` checks look at.
+#[derive(Debug, Default)]
+struct LastInput {
+    what: String,
+    published_before: usize,
+    saga_id: Option<String>,
+}
+
 /// A saga under test. See the [module docs](self).
 pub struct Scenario<D, S> {
     runtime: Mutex<Runtime<D, S, RecordingBus, MemoryStore>>,
@@ -72,6 +81,9 @@ pub struct Scenario<D, S> {
     store: MemoryStore,
     clock: VirtualClock,
     seen: Arc<Mutex<usize>>,
+    /// The last input: what it was, how many messages were published before it, and the
+    /// instance it reached (for the `then_*` checks).
+    last: Mutex<LastInput>,
     /// What each instance went through, by saga id (see [`Scenario::histories`]).
     log: Mutex<BTreeMap<String, History>>,
 }
@@ -93,10 +105,10 @@ impl<D: Data, S: State> Scenario<D, S> {
         let bus = RecordingBus::new().await;
         let store = MemoryStore::new();
         let clock = VirtualClock::at(start);
-        let runtime =
-            Runtime::new(definition.clone(), bus.clone(), store.clone()).clock(clock.clone());
+        let runtime = runtime_on(&definition, &bus, &store, &clock);
         Scenario {
             runtime: Mutex::new(runtime),
+            last: Mutex::default(),
             definition,
             bus,
             store,
@@ -163,8 +175,10 @@ impl<D: Data, S: State> Scenario<D, S> {
     ) -> Result<Applied, a4co_saga::RuntimeError> {
         let runtime = self.runtime();
         let before = self.bus.all_published().len();
+        let saga_id = runtime.definition().instance_id(message);
+        self.note_input(message.event_type().to_owned(), before, saga_id.clone());
         let applied = runtime.handle(message).await?;
-        if let Some(saga_id) = runtime.definition().instance_id(message) {
+        if let Some(saga_id) = saga_id {
             self.record(&saga_id, Input::message(message), before).await;
         }
         Ok(applied)
@@ -190,6 +204,8 @@ impl<D: Data, S: State> Scenario<D, S> {
             }
         }
         let before = self.bus.all_published().len();
+        let only = (due.len() == 1).then(|| due[0].clone());
+        self.note_input(format!("{by:?} passing"), before, only);
         let changed = runtime
             .fire_due_timers()
             .await
@@ -243,12 +259,9 @@ impl<D: Data, S: State> Scenario<D, S> {
     /// # Panics
     /// When re-sending fails.
     pub async fn restart(&self) -> usize {
-        let fresh = Runtime::new(
-            self.definition.clone(),
-            self.bus.clone(),
-            self.store.clone(),
-        )
-        .clock(self.clock.clone());
+        let fresh = runtime_on(&self.definition, &self.bus, &self.store, &self.clock);
+        let before = self.bus.all_published().len();
+        self.note_input("the restart".to_owned(), before, None);
         *self.runtime.lock().unwrap_or_else(PoisonError::into_inner) = fresh.clone();
         fresh
             .resend_pending()
@@ -308,6 +321,101 @@ impl<D: Data, S: State> Scenario<D, S> {
             .filter_map(|m| m.downcast::<M>().ok())
             .collect()
     }
+}
+
+impl<D: Data, S: State> Scenario<D, S> {
+    fn note_input(&self, what: String, published_before: usize, saga_id: Option<String>) {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = LastInput {
+            what,
+            published_before,
+            saga_id,
+        };
+    }
+
+    /// Checks that the last input (the last `when`, `given` message, `when_time_passes`
+    /// or `restart`) made the saga send exactly `n` messages of type `M`, and returns them
+    /// for closer checks. Call it once per type: each looks at the same input.
+    ///
+    /// # Panics
+    /// When it sent another number of them; the panic lists what it sent.
+    #[track_caller]
+    pub fn then_sent<M>(&self, n: usize) -> Vec<Envelope<M>>
+    where
+        M: Message + TryFrom<AnyMessage, Error = AnyMessage>,
+    {
+        let last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let since = self
+            .bus
+            .all_published()
+            .get(last.published_before..)
+            .map(<[_]>::to_vec)
+            .unwrap_or_default();
+        let all: Vec<&'static str> = since.iter().map(Envelope::event_type).collect();
+        let sent: Vec<Envelope<M>> = since
+            .into_iter()
+            .filter_map(|m| m.downcast::<M>().ok())
+            .collect();
+        assert!(
+            sent.len() == n,
+            "after {}: expected {n} {} sent, found {} (all it sent: {all:?})",
+            last.what,
+            M::TYPE,
+            sent.len()
+        );
+        sent
+    }
+
+    /// Checks that the instance the last input reached is in `state` now.
+    ///
+    /// # Panics
+    /// When it is in another state or gone, or the last input reached no single instance
+    /// (timers of several instances, a restart: name it with [`Scenario::then_state_of`]).
+    pub async fn then_state(&self, state: S) {
+        let last = {
+            let last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+            (last.what.clone(), last.saga_id.clone())
+        };
+        let (what, Some(saga_id)) = last else {
+            panic!(
+                "after {}: no single instance to check; use then_state_of",
+                last.0
+            );
+        };
+        let now = self.state(&saga_id).await;
+        assert!(
+            now == Some(state),
+            "after {what}: expected {saga_id} in {}, found {}",
+            state.name(),
+            now.map_or("no instance", State::name)
+        );
+    }
+
+    /// Checks that instance `saga_id` is in `state` now.
+    ///
+    /// # Panics
+    /// When it is in another state or gone.
+    pub async fn then_state_of(&self, saga_id: &str, state: S) {
+        let now = self.state(saga_id).await;
+        assert!(
+            now == Some(state),
+            "expected {saga_id} in {}, found {}",
+            state.name(),
+            now.map_or("no instance", State::name)
+        );
+    }
+}
+
+/// A runtime for a scenario: `definition` on its bus, store and clock.
+fn runtime_on<D: Data, S: State>(
+    definition: &Definition<D, S>,
+    bus: &RecordingBus,
+    store: &MemoryStore,
+    clock: &VirtualClock,
+) -> Runtime<D, S, RecordingBus, MemoryStore> {
+    Runtime::builder(definition.clone(), bus.clone(), store.clone())
+        .clock(clock.clone())
+        .build()
+        .unwrap_or_else(|e| panic!("a runtime of the current version only cannot fail: {e}"))
 }
 
 /// The messages `saga_id` sent among those published after the first `before`.

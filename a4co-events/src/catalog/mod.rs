@@ -130,6 +130,26 @@ pub enum AnyDataError {
     Invalid(serde_json::Error),
 }
 
+/// `no message has this type`, `no such version of the type`, or why the JSON does not fit.
+impl std::fmt::Display for AnyDataError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AnyDataError::UnknownType => f.write_str("no message has this type"),
+            AnyDataError::UnknownVersion => f.write_str("no such version of the type"),
+            AnyDataError::Invalid(e) => write!(f, "the data does not fit the type: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for AnyDataError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AnyDataError::Invalid(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl From<DataError> for AnyDataError {
     fn from(e: DataError) -> Self {
         match e {

@@ -33,42 +33,33 @@ impl State for Check {
 
 fn definition(payment: Client) -> Definition<u32, Check> {
     Definition::<u32, Check>::builder("payment-check", "order-service")
-        .starts_with::<a4co_events::catalog::order::OrderCreated>(&[Check::Waiting], |step, _| {
+        .starts_with::<a4co_events::catalog::order::OrderCreated>()
+        .to(Check::Waiting, |step, _| {
             step.schedule("check", Duration::from_secs(10));
-            Check::Waiting
         })
-        .on_async::<OrderConfirmed, _>(
-            Check::Waiting,
-            &[Check::Valid, Check::Refused],
-            move |mut step, _| {
-                let payment = payment.clone();
-                async move {
-                    let call = step.http(payment.post("/api/v1/payments/validate"), "validate");
-                    step.data += 1;
-                    match call.send().await {
-                        Ok(_) => (step, Check::Valid),
-                        Err(e) => {
-                            let order = step
-                                .saga_id()
-                                .rsplit('/')
-                                .next()
-                                .unwrap_or_default()
-                                .to_owned();
-                            let cancel = CancelOrder {
-                                reason: CancellationReason::PaymentFailed,
-                                refund_required: false,
-                                detail: Some(e.to_string()),
-                            };
-                            step.send("cancel", order, cancel);
-                            (step, Check::Refused)
-                        }
+        .on::<OrderConfirmed>(Check::Waiting)
+        .choose_async([Check::Valid, Check::Refused], move |mut step, _| {
+            let payment = payment.clone();
+            async move {
+                let call = step.http(payment.post("/api/v1/payments/validate"), "validate");
+                step.data += 1;
+                match call.send().await {
+                    Ok(_) => (step, Check::Valid),
+                    Err(e) => {
+                        let order = step.correlation_id().to_owned();
+                        let cancel = CancelOrder {
+                            reason: CancellationReason::PaymentFailed,
+                            refund_required: false,
+                            detail: Some(e.to_string()),
+                        };
+                        step.send("cancel", order, cancel);
+                        (step, Check::Refused)
                     }
                 }
-            },
-        )
-        .on_timeout(Check::Waiting, "check", &[Check::Refused], |_| {
-            Check::Refused
+            }
         })
+        .on_timeout(Check::Waiting, "check")
+        .to(Check::Refused, |_| {})
         .build()
         .unwrap()
 }

@@ -41,12 +41,14 @@ const GIVE_UP: Duration = Duration::from_secs(60);
 /// aggregate, which every consumer would dead-letter).
 fn watch() -> Definition<(), Watch> {
     Definition::<(), Watch>::builder("watch", "order-service")
-        .starts_with::<OrderCreated>(&[Watch::Waiting], |step, _| {
+        .starts_with::<OrderCreated>()
+        .to(Watch::Waiting, |step, _| {
             step.schedule("give-up", GIVE_UP);
-            Watch::Waiting
         })
-        .on::<OrderConfirmed>(Watch::Waiting, &[Watch::Done], |_, _| Watch::Done)
-        .on_timeout(Watch::Waiting, "give-up", &[Watch::Done], |step| {
+        .on::<OrderConfirmed>(Watch::Waiting)
+        .to(Watch::Done, |_, _| {})
+        .on_timeout(Watch::Waiting, "give-up")
+        .to(Watch::Done, |step| {
             let order = step.saga_id().rsplit('/').next().unwrap().to_owned();
             let aggregate = if order.contains("bad") {
                 String::new()
@@ -59,7 +61,6 @@ fn watch() -> Definition<(), Watch> {
                 detail: None,
             };
             step.send("cancel", aggregate, cancel);
-            Watch::Done
         })
         .build()
         .unwrap()
@@ -92,7 +93,10 @@ async fn a_failing_instance_does_not_keep_the_others_from_firing() {
     let bus = connect(&server.url()).await;
     let clock = VirtualClock::at(scenario_start());
     let store = KvStore::open(bus.transport()).await.unwrap();
-    let runtime = Runtime::new(watch(), bus.clone(), store).clock(clock.clone());
+    let runtime = Runtime::builder(watch(), bus.clone(), store)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
     for order in ["ord-a", "ord-bad", "ord-c"] {
         runtime.handle(&created(order)).await.unwrap();
     }
@@ -119,9 +123,11 @@ async fn a_record_that_cannot_be_read_is_set_aside_and_the_rest_runs() {
     let bus = connect(&server.url()).await;
     let clock = VirtualClock::at(scenario_start());
     let store = KvStore::open(bus.transport()).await.unwrap();
-    let runtime = Runtime::new(watch(), bus.clone(), store.clone())
+    let runtime = Runtime::builder(watch(), bus.clone(), store.clone())
         .clock(clock.clone())
-        .tick(Duration::from_millis(20));
+        .tick(Duration::from_millis(20))
+        .build()
+        .unwrap();
     for order in ["ord-a", "ord-b", "ord-c"] {
         runtime.handle(&created(order)).await.unwrap();
     }
@@ -212,9 +218,11 @@ async fn an_outbox_stranded_by_an_outage_is_sent_once_the_broker_is_back() {
         .await
         .unwrap();
     let clock = VirtualClock::at(scenario_start());
-    let runtime = Runtime::new(watch(), bus.clone(), store)
+    let runtime = Runtime::builder(watch(), bus.clone(), store)
         .clock(clock.clone())
-        .tick(Duration::from_millis(20));
+        .tick(Duration::from_millis(20))
+        .build()
+        .unwrap();
     runtime.handle(&created("ord-1")).await.unwrap();
     let running = runtime.start().await.unwrap();
 
@@ -303,10 +311,12 @@ async fn starts_finishes_and_timer_lag_are_measured() {
     let bus = connect(&server.url()).await;
     let clock = VirtualClock::at(scenario_start());
     let store = KvStore::open(bus.transport()).await.unwrap();
-    let runtime = Runtime::new(watch(), bus.clone(), store)
+    let runtime = Runtime::builder(watch(), bus.clone(), store)
         .clock(clock.clone())
         .tick(Duration::from_millis(10))
-        .census_every(Duration::from_millis(20));
+        .census_every(Duration::from_millis(20))
+        .build()
+        .unwrap();
     for order in ["ord-1", "ord-2", "ord-3"] {
         runtime.handle(&created(order)).await.unwrap();
     }

@@ -12,31 +12,21 @@ use a4co_events::catalog::order::{
 };
 use a4co_events::{Envelope, Message};
 use a4co_saga::nats::KvStore;
-use a4co_saga::{Definition, Runtime, RuntimeError, State, VirtualClock};
+use a4co_saga::{
+    Definition, DefinitionErrorKind, Runtime, RuntimeBuilder, RuntimeError, State, VirtualClock,
+};
 use a4co_testkit::bus::Collector;
 use a4co_testkit::nats::NatsServer;
 use a4co_testkit::saga::{History, Scenario, replay, scenario_start};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, State)]
+#[serde(rename_all = "kebab-case")]
 enum Watch {
     Waiting,
     /// Only version 2 goes through here: confirmed, then a minute to cancel.
     Grace,
+    #[state(final)]
     Done,
-}
-
-impl State for Watch {
-    const ALL: &'static [Self] = &[Watch::Waiting, Watch::Grace, Watch::Done];
-    fn name(self) -> &'static str {
-        match self {
-            Watch::Waiting => "waiting",
-            Watch::Grace => "grace",
-            Watch::Done => "done",
-        }
-    }
-    fn is_final(self) -> bool {
-        self == Watch::Done
-    }
 }
 
 const GIVE_UP: Duration = Duration::from_secs(60);
@@ -50,37 +40,35 @@ fn watch(version: u32) -> Definition<(), Watch> {
 
 fn watch_builder(version: u32) -> a4co_saga::Builder<(), Watch> {
     let cancel = move |step: &mut a4co_saga::Step<()>| {
-        let order = step
-            .saga_id()
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let order = step.correlation_id().to_owned();
         let cancel = CancelOrder {
             reason: CancellationReason::PaymentTimeout,
             refund_required: false,
             detail: Some(format!("v{version}")),
         };
         step.send("cancel", order, cancel);
-        Watch::Done
     };
     let builder = Definition::<(), Watch>::builder("watch", "order-service")
         .version(version)
-        .starts_with::<OrderCreated>(&[Watch::Waiting], |step, _| {
+        .starts_with::<OrderCreated>()
+        .to(Watch::Waiting, |step, _| {
             step.schedule("give-up", GIVE_UP);
-            Watch::Waiting
         })
-        .on_timeout(Watch::Waiting, "give-up", &[Watch::Done], cancel);
+        .on_timeout(Watch::Waiting, "give-up")
+        .to(Watch::Done, cancel);
     if version == 1 {
-        builder.on::<OrderConfirmed>(Watch::Waiting, &[Watch::Done], |_, _| Watch::Done)
+        builder
+            .on::<OrderConfirmed>(Watch::Waiting)
+            .to(Watch::Done, |_, _| {})
     } else {
         builder
-            .on::<OrderConfirmed>(Watch::Waiting, &[Watch::Grace], |step, _| {
+            .on::<OrderConfirmed>(Watch::Waiting)
+            .to(Watch::Grace, |step, _| {
                 step.cancel("give-up");
                 step.schedule("grace", GIVE_UP);
-                Watch::Grace
             })
-            .on_timeout(Watch::Grace, "grace", &[Watch::Done], cancel)
+            .on_timeout(Watch::Grace, "grace")
+            .to(Watch::Done, cancel)
     }
 }
 
@@ -103,8 +91,16 @@ fn confirmed(order: &str) -> Envelope<a4co_events::AnyMessage> {
 type Watcher = Runtime<(), Watch, NatsBus, KvStore>;
 
 async fn runtime(bus: &NatsBus, clock: &VirtualClock, version: u32) -> Watcher {
+    builder(bus, clock, version).await.build().unwrap()
+}
+
+async fn builder(
+    bus: &NatsBus,
+    clock: &VirtualClock,
+    version: u32,
+) -> RuntimeBuilder<(), Watch, NatsBus, KvStore> {
     let store = KvStore::open(bus.transport()).await.unwrap();
-    Runtime::new(watch(version), bus.clone(), store)
+    Runtime::builder(watch(version), bus.clone(), store)
         .clock(clock.clone())
         .tick(Duration::from_millis(20))
 }
@@ -156,9 +152,10 @@ async fn a_new_version_deployed_mid_flight_leaves_each_instance_on_its_own_versi
     running.shutdown().await;
 
     // Version 2 is deployed, keeping version 1 for the instances that started on it.
-    let v2 = runtime(&bus, &clock, 2)
+    let v2 = builder(&bus, &clock, 2)
         .await
         .keep_running(watch(1))
+        .build()
         .unwrap();
     assert_eq!(v2.versions(), [1, 2]);
     let running = v2.start().await.unwrap();
@@ -249,18 +246,23 @@ async fn a_version_the_runtime_does_not_have_is_refused_and_a_migration_moves_it
     );
 
     // With a migration, it continues on version 2 from the state the team chose.
-    let v2 = v2.migrate(1, |state, data| (state, data));
+    let v2 = builder(&bus, &clock, 2)
+        .await
+        .migrate(1, |state, data| (state, data))
+        .build()
+        .unwrap();
     v2.handle(&confirmed("ord-1")).await.unwrap();
     let moved = v2.instance("watch/ord-1").await.unwrap().unwrap();
     assert_eq!((moved.state, moved.version()), (Watch::Grace, 2));
-    // Only an older version can be kept beside the current one.
-    assert!(v2.clone().keep_running(watch(2)).is_err());
-    assert!(
-        runtime(&bus, &clock, 1)
+    // Only an older version of the same saga can be kept beside the current one.
+    for (current, older) in [(2, watch(2)), (1, watch(2))] {
+        let refused = builder(&bus, &clock, current)
             .await
-            .keep_running(watch(2))
-            .is_err()
-    );
+            .keep_running(older)
+            .build()
+            .unwrap_err();
+        assert_eq!(refused.kind(), DefinitionErrorKind::Version, "{refused}");
+    }
 }
 
 #[tokio::test]
@@ -286,7 +288,8 @@ async fn the_replay_check_flags_a_changed_transition_and_passes_an_additive_one(
 
     // A reaction to a message the histories never had: nothing they did changes.
     let additive = watch_builder(1)
-        .on::<OrderCancelled>(Watch::Waiting, &[Watch::Done], |_, _| Watch::Done)
+        .on::<OrderCancelled>(Watch::Waiting)
+        .to(Watch::Done, |_, _| {})
         .build()
         .unwrap();
     let report = replay(&additive, &histories).await;
@@ -316,12 +319,14 @@ async fn the_replay_check_flags_a_changed_transition_and_passes_an_additive_one(
 
     // A shorter timer shows too: ord-2 would give up before its recorded step.
     let hasty = Definition::<(), Watch>::builder("watch", "order-service")
-        .starts_with::<OrderCreated>(&[Watch::Waiting], |step, _| {
+        .starts_with::<OrderCreated>()
+        .to(Watch::Waiting, |step, _| {
             step.schedule("give-up", Duration::from_secs(1));
-            Watch::Waiting
         })
-        .on::<OrderConfirmed>(Watch::Waiting, &[Watch::Done], |_, _| Watch::Done)
-        .on_timeout(Watch::Waiting, "give-up", &[Watch::Done], |_| Watch::Done)
+        .on::<OrderConfirmed>(Watch::Waiting)
+        .to(Watch::Done, |_, _| {})
+        .on_timeout(Watch::Waiting, "give-up")
+        .to(Watch::Done, |_| {})
         .build()
         .unwrap();
     let report = replay(&hasty, &histories).await;

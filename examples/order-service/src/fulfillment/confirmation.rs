@@ -9,11 +9,12 @@ use super::{Fulfillment, Phase, release_all};
 pub(super) fn reactions(builder: Builder<Fulfillment, Phase>) -> Builder<Fulfillment, Phase> {
     use Phase::{Cancelled, Confirmed, Confirming};
     builder
-        .on::<OrderConfirmed>(Confirming, &[Confirmed], |_, _| Confirmed)
-        .on::<OrderCancelled>(Confirming, &[Cancelled], |step, cancelled| {
+        .on::<OrderConfirmed>(Confirming)
+        .to(Confirmed, |_, _| {})
+        .on::<OrderCancelled>(Confirming)
+        .to(Cancelled, |step, cancelled| {
             step.data.cancelled_by_order = true;
             step.data.cancellation = Some(cancelled.data.reason);
             release_all(step);
-            Cancelled
         })
 }

@@ -16,26 +16,29 @@ use super::{Fulfillment, LineStatus, PAYMENT_TIMER, Phase, cancel_order, release
 pub(super) fn reactions(builder: Builder<Fulfillment, Phase>) -> Builder<Fulfillment, Phase> {
     use Phase::{Cancelled, Confirmed, Confirming, Paying};
     builder
-        .on::<StockReleased>(Paying, &[Paying, Cancelled], |step, released| {
+        .on::<StockReleased>(Paying)
+        .choose([Paying, Cancelled], |step, released| {
             hold_lapsed(step, &released, Paying)
         })
-        .on::<StockReleased>(Confirming, &[Confirming, Cancelled], |step, released| {
+        .on::<StockReleased>(Confirming)
+        .choose([Confirming, Cancelled], |step, released| {
             hold_lapsed(step, &released, Confirming)
         })
-        .on::<StockReleased>(Confirmed, &[Confirmed, Cancelled], |step, released| {
+        .on::<StockReleased>(Confirmed)
+        .choose([Confirmed, Cancelled], |step, released| {
             hold_lapsed(step, &released, Confirmed)
         })
-        .on::<PaymentSucceeded>(Confirming, &[Confirming], |step, paid| {
+        .on::<PaymentSucceeded>(Confirming)
+        .to(Confirming, |step, paid| {
             refund_unasked(step, &paid, "a second payment for an order already paid");
-            Confirming
         })
-        .on::<PaymentSucceeded>(Cancelled, &[Cancelled], |step, paid| {
+        .on::<PaymentSucceeded>(Cancelled)
+        .to(Cancelled, |step, paid| {
             refund_unasked(step, &paid, "payment arrived after the order was cancelled");
-            Cancelled
         })
-        .on::<PaymentSucceeded>(Confirmed, &[Confirmed], |step, paid| {
+        .on::<PaymentSucceeded>(Confirmed)
+        .to(Confirmed, |step, paid| {
             refund_unasked(step, &paid, "a second payment for an order already paid");
-            Confirmed
         })
 }
 

@@ -276,12 +276,7 @@ pub(crate) fn give_up_on_stock(
 /// A [`DefinitionError`] when the payment timeout does not end before reservations lapse,
 /// or a timing is zero.
 pub fn definition(settings: Settings) -> Result<Definition<Fulfillment, Phase>, DefinitionError> {
-    let reject = |problem: &str| {
-        Err(DefinitionError {
-            saga: NAME.to_owned(),
-            problem: problem.to_owned(),
-        })
-    };
+    let reject = |problem: &str| Err(DefinitionError::settings(NAME, problem));
     if settings.payment_timeout >= settings.reservation_ttl {
         return reject(
             "payment_timeout must be shorter than reservation_ttl: a payment must not outlive the stock held for it",

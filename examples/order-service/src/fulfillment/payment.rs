@@ -20,7 +20,8 @@ pub(super) fn reactions(
     use Phase::{AwaitingLatePayment, Cancelled, Confirming, Paying};
     let late_payment_window = settings.late_payment_window;
     builder
-        .on::<PaymentSucceeded>(Paying, &[Confirming], |step, paid| {
+        .on::<PaymentSucceeded>(Paying)
+        .to(Confirming, |step, paid| {
             step.cancel(PAYMENT_TIMER);
             let charge = Charge {
                 payment_id: paid.data.transaction_id.clone(),
@@ -41,9 +42,9 @@ pub(super) fn reactions(
             };
             step.data.charge = Some(charge);
             step.send("confirm", order, confirm);
-            Confirming
         })
-        .on::<PaymentFailed>(Paying, &[Cancelled], |step, failed| {
+        .on::<PaymentFailed>(Paying)
+        .to(Cancelled, |step, failed| {
             step.cancel(PAYMENT_TIMER);
             step.data.cancellation = Some(CancellationReason::PaymentFailed);
             step.data.detail = Some(format!(
@@ -51,37 +52,33 @@ pub(super) fn reactions(
                 failed.data.error_code, failed.data.error_message
             ));
             release_all(step);
-            cancel_order(step)
+            cancel_order(step);
         })
-        .on_timeout(Paying, PAYMENT_TIMER, &[AwaitingLatePayment], move |step| {
+        .on_timeout(Paying, PAYMENT_TIMER)
+        .to(AwaitingLatePayment, move |step| {
             step.data.cancellation = Some(CancellationReason::PaymentTimeout);
             step.data.detail = Some("the payment was not answered in time".to_owned());
             release_all(step);
             cancel_order(step);
             step.schedule(LATE_PAYMENT_TIMER, late_payment_window);
-            AwaitingLatePayment
         })
-        .on::<OrderCancelled>(Paying, &[AwaitingLatePayment], move |step, cancelled| {
+        .on::<OrderCancelled>(Paying)
+        .to(AwaitingLatePayment, move |step, cancelled| {
             step.cancel(PAYMENT_TIMER);
             step.data.cancelled_by_order = true;
             step.data.cancellation = Some(cancelled.data.reason);
             release_all(step);
             step.schedule(LATE_PAYMENT_TIMER, late_payment_window);
-            AwaitingLatePayment
         })
-        .on::<PaymentSucceeded>(AwaitingLatePayment, &[Cancelled], |step, paid| {
+        .on::<PaymentSucceeded>(AwaitingLatePayment)
+        .to(Cancelled, |step, paid| {
             step.cancel(LATE_PAYMENT_TIMER);
             refund_unasked(step, &paid, "payment arrived after the order was cancelled");
-            Cancelled
         })
-        .on::<PaymentFailed>(AwaitingLatePayment, &[Cancelled], |step, _| {
+        .on::<PaymentFailed>(AwaitingLatePayment)
+        .to(Cancelled, |step, _| {
             step.cancel(LATE_PAYMENT_TIMER);
-            Cancelled
         })
-        .on_timeout(
-            AwaitingLatePayment,
-            LATE_PAYMENT_TIMER,
-            &[Cancelled],
-            |_| Cancelled,
-        )
+        .on_timeout(AwaitingLatePayment, LATE_PAYMENT_TIMER)
+        .to(Cancelled, |_| {})
 }

@@ -27,7 +27,7 @@ pub(super) fn reactions(
     let ttl = chrono::Duration::from_std(reservation_ttl).unwrap_or(chrono::Duration::MAX);
     let payment_wait = chrono::Duration::from_std(payment_timeout).unwrap_or(chrono::Duration::MAX);
     builder
-        .starts_with::<OrderCreated>(&[Reserving, Cancelled], move |step, order| {
+        .starts_with::<OrderCreated>().choose([Reserving, Cancelled], move |step, order| {
             let data = &mut step.data;
             data.order_id.clone_from(&order.aggregate_id);
             data.customer_id.clone_from(&order.data.customer_id);
@@ -61,7 +61,7 @@ pub(super) fn reactions(
             step.schedule(STOCK_TIMER, stock_timeout);
             Reserving
         })
-        .on::<StockReserved>(Reserving, &[Reserving, Paying], move |step, reserved| {
+        .on::<StockReserved>(Reserving).choose([Reserving, Paying], move |step, reserved| {
             let product = reserved.aggregate_id.clone();
             let Some(line) = step.data.line(&product) else {
                 tracing::warn!(product = %product, "a reservation for a product not in the order; releasing it");
@@ -95,7 +95,7 @@ pub(super) fn reactions(
             step.schedule(PAYMENT_TIMER, payment_timeout);
             Paying
         })
-        .on::<StockReservationFailed>(Reserving, &[Releasing, Cancelled], move |step, failed| {
+        .on::<StockReservationFailed>(Reserving).choose([Releasing, Cancelled], move |step, failed| {
             let product = failed.aggregate_id.clone();
             if let Some(line) = step.data.line(&product) {
                 line.status = LineStatus::Failed;
@@ -111,17 +111,17 @@ pub(super) fn reactions(
             );
             give_up_on_stock(step, CancellationReason::InventoryUnavailable, stock_timeout)
         })
-        .on_timeout(Reserving, STOCK_TIMER, &[Releasing, Cancelled], move |step| {
+        .on_timeout(Reserving, STOCK_TIMER).choose([Releasing, Cancelled], move |step| {
             step.data.detail = Some("inventory did not answer in time".to_owned());
             // Lines still unanswered get no more waiting: their holds lapse at inventory.
             give_up_unanswered(&mut step.data);
             give_up_on_stock(step, CancellationReason::InventoryUnavailable, stock_timeout)
         })
-        .on::<OrderCancelled>(Reserving, &[Releasing, Cancelled], move |step, cancelled| {
+        .on::<OrderCancelled>(Reserving).choose([Releasing, Cancelled], move |step, cancelled| {
             step.data.cancelled_by_order = true;
             give_up_on_stock(step, cancelled.data.reason, stock_timeout)
         })
-        .on::<StockReserved>(Releasing, &[Releasing, Cancelled], |step, reserved| {
+        .on::<StockReserved>(Releasing).choose([Releasing, Cancelled], |step, reserved| {
             let product = reserved.aggregate_id.clone();
             let undo = release(&reserved.data);
             let asked = step.data.line(&product).is_some_and(|l| l.status == LineStatus::Asked);
@@ -136,7 +136,7 @@ pub(super) fn reactions(
             }
             if step.data.waiting_for_stock() { Releasing } else { cancel_order(step) }
         })
-        .on::<StockReservationFailed>(Releasing, &[Releasing, Cancelled], |step, failed| {
+        .on::<StockReservationFailed>(Releasing).choose([Releasing, Cancelled], |step, failed| {
             if let Some(line) = step.data.line(&failed.aggregate_id)
                 && line.status == LineStatus::Asked
             {
@@ -144,8 +144,8 @@ pub(super) fn reactions(
             }
             if step.data.waiting_for_stock() { Releasing } else { cancel_order(step) }
         })
-        .on_timeout(Releasing, STOCK_TIMER, &[Cancelled], |step| {
+        .on_timeout(Releasing, STOCK_TIMER).to(Cancelled, |step| {
             give_up_unanswered(&mut step.data);
-            cancel_order(step)
+            cancel_order(step);
         })
 }

@@ -40,8 +40,10 @@ impl<B: Publisher + Subscriber> Orders<B> {
     ) -> Result<Workers, StartError> {
         let definition = fulfillment::definition(settings)
             .map_err(|e| StartError::invalid_config(format!("the fulfillment saga: {e}")))?;
-        let saga = Runtime::new(definition, self.bus.clone(), store)
+        let saga = Runtime::builder(definition, self.bus.clone(), store)
             .migrate(1, fulfillment::migrate_from_1)
+            .build()
+            .map_err(|e| StartError::invalid_config(format!("the fulfillment saga: {e}")))?
             .start()
             .await
             .map_err(|e| {

@@ -27,14 +27,20 @@ async fn connect(server: &NatsServer) -> NatsBus {
 }
 
 async fn runtime(bus: &NatsBus, clock: &VirtualClock) -> Fr {
+    runtime_ticking(bus, clock, Duration::from_millis(20)).await
+}
+
+async fn runtime_ticking(bus: &NatsBus, clock: &VirtualClock, tick: Duration) -> Fr {
     let store = KvStore::open(bus.transport()).await.unwrap();
-    Runtime::new(
+    Runtime::builder(
         fulfillment::definition(fulfillment::Settings::default()).unwrap(),
         bus.clone(),
         store,
     )
     .clock(clock.clone())
-    .tick(Duration::from_millis(20))
+    .tick(tick)
+    .build()
+    .unwrap()
 }
 
 fn order(id: &str, products: &[&str]) -> Envelope<OrderCreated> {
@@ -536,7 +542,7 @@ async fn a_started_runtime_empties_published_outboxes_later() {
     let bus = connect(&server).await;
     let clock = VirtualClock::at(scenario_start());
     // No tick during the test: only the shutdown empties the outbox.
-    let saga = runtime(&bus, &clock).await.tick(Duration::from_secs(3600));
+    let saga = runtime_ticking(&bus, &clock, Duration::from_secs(3600)).await;
     let commands = Collector::start(
         &bus,
         Subscription::new("test-inventory", "reserve").to::<ReserveStock>(),
@@ -562,7 +568,7 @@ async fn a_started_runtime_empties_published_outboxes_later() {
     assert_eq!(flushed.state, Phase::Reserving);
 
     // Running, with ticks: emptied about a second after publishing, without a next save.
-    let saga = saga.tick(Duration::from_millis(50));
+    let saga = runtime_ticking(&bus, &clock, Duration::from_millis(50)).await;
     let running = saga.start().await.unwrap();
     bus.publish(&order("ord-e", &["p1"])).await.unwrap();
     let id = format!("{}/ord-e", fulfillment::NAME);
