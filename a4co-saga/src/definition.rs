@@ -123,7 +123,7 @@ impl<D: Data, S: State> Definition<D, S> {
 
     /// Its version (1 unless [`Builder::version`] says otherwise): every instance records
     /// the version it started on and runs on it to the end (see
-    /// [`Runtime::keep_running`](crate::Runtime::keep_running)).
+    /// [`RuntimeBuilder::keep_running`](crate::RuntimeBuilder::keep_running)).
     pub fn version(&self) -> u32 {
         self.inner.version
     }

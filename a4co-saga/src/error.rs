@@ -106,7 +106,7 @@ pub enum RuntimeError {
     /// migration from it: the message is retried (a runtime that has it may take it) and
     /// dead-lettered with this reason if none does.
     #[error(
-        "instance {saga_id} runs on version {version} of {saga}, which this runtime does not have (it runs {known:?}): give it that definition with Runtime::keep_running, or a migration with Runtime::migrate"
+        "instance {saga_id} runs on version {version} of {saga}, which this runtime does not have (it runs {known:?}): give it that definition with RuntimeBuilder::keep_running, or a migration with RuntimeBuilder::migrate"
     )]
     UnknownVersion {
         /// The instance (`order-fulfillment/ord-1`).

@@ -934,7 +934,7 @@ where
     /// How many instances of this saga wait in each state that is not final (every such
     /// state listed, 0 included), counted from the records in the store: a full read (on
     /// NATS, one pass over the bucket), which a started runtime does every
-    /// [`Runtime::census_every`]. Records of other sagas in the same store, and records
+    /// [`RuntimeBuilder::census_every`]. Records of other sagas in the same store, and records
     /// that cannot be read, are not counted.
     ///
     /// # Errors

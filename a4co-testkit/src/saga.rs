@@ -576,9 +576,9 @@ impl std::fmt::Display for ReplayReport {
 /// recorded times; before each step the timers then due fire, as a running service would.
 ///
 /// A definition that passes can replace the recorded one for the instances under way (the
-/// same version, or a [`Runtime::migrate`]); one that does not needs a new
+/// same version, or a [`RuntimeBuilder::migrate`](a4co_saga::RuntimeBuilder::migrate)); one that does not needs a new
 /// [`Builder::version`](a4co_saga::Builder::version), with the old one kept running
-/// ([`Runtime::keep_running`]). An additive change (a reaction to a message the histories
+/// ([`RuntimeBuilder::keep_running`](a4co_saga::RuntimeBuilder::keep_running)). An additive change (a reaction to a message the histories
 /// never had) passes.
 pub async fn replay<D: Data, S: State>(
     definition: &Definition<D, S>,

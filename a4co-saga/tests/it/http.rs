@@ -10,25 +10,14 @@ use a4co_testkit::saga::Scenario;
 
 use crate::support::{ORDER, confirmed, order_created};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, State)]
+#[serde(rename_all = "lowercase")]
 enum Check {
     Waiting,
+    #[state(final)]
     Valid,
+    #[state(final)]
     Refused,
-}
-
-impl State for Check {
-    const ALL: &'static [Self] = &[Check::Waiting, Check::Valid, Check::Refused];
-    fn name(self) -> &'static str {
-        match self {
-            Check::Waiting => "waiting",
-            Check::Valid => "valid",
-            Check::Refused => "refused",
-        }
-    }
-    fn is_final(self) -> bool {
-        self != Check::Waiting
-    }
 }
 
 fn definition(payment: Client) -> Definition<u32, Check> {

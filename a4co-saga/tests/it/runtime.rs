@@ -15,23 +15,12 @@ use a4co_testkit::bus::Collector;
 use a4co_testkit::nats::NatsServer;
 use a4co_testkit::saga::scenario_start;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, State)]
+#[serde(rename_all = "lowercase")]
 enum Watch {
     Waiting,
+    #[state(final)]
     Done,
-}
-
-impl State for Watch {
-    const ALL: &'static [Self] = &[Watch::Waiting, Watch::Done];
-    fn name(self) -> &'static str {
-        match self {
-            Watch::Waiting => "waiting",
-            Watch::Done => "done",
-        }
-    }
-    fn is_final(self) -> bool {
-        self == Watch::Done
-    }
 }
 
 const GIVE_UP: Duration = Duration::from_secs(60);
@@ -49,7 +38,7 @@ fn watch() -> Definition<(), Watch> {
         .to(Watch::Done, |_, _| {})
         .on_timeout(Watch::Waiting, "give-up")
         .to(Watch::Done, |step| {
-            let order = step.saga_id().rsplit('/').next().unwrap().to_owned();
+            let order = step.correlation_id().to_owned();
             let aggregate = if order.contains("bad") {
                 String::new()
             } else {
@@ -200,7 +189,10 @@ async fn a_record_that_cannot_be_read_is_set_aside_and_the_rest_runs() {
     assert!(lines[0]["reason"].as_str().unwrap().contains("line 1"));
     let shown: serde_json::Value =
         serde_json::from_str(&tool(&["show", "watch/ord-a", "--json"])).unwrap();
-    assert_eq!(shown["record"]["state"], "Done");
+    assert_eq!(
+        shown["record"]["state"], "done",
+        "stored under its State name"
+    );
     assert_eq!(shown["record"]["book"]["version"], 1);
     running.shutdown().await;
     cancels.stop().await;

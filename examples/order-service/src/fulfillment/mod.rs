@@ -61,7 +61,7 @@ pub fn migrate_from_1(state: Phase, data: Fulfillment) -> (Phase, Fulfillment) {
 }
 
 /// Where the fulfillment saga stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, State)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
     /// Waiting for inventory's answer on every line.
@@ -75,46 +75,12 @@ pub enum Phase {
     /// Paid; waiting for the order service to confirm.
     Confirming,
     /// Done: the order is confirmed.
+    #[state(final)]
     Confirmed,
-    /// Done: the order is cancelled, everything taken given back.
+    /// Done: the order is cancelled, everything taken given back. A saga that failed:
+    /// compensated when it had holds or a payment to undo.
+    #[state(final, outcome = "failed")]
     Cancelled,
-}
-
-impl State for Phase {
-    const ALL: &'static [Self] = &[
-        Phase::Reserving,
-        Phase::Releasing,
-        Phase::Paying,
-        Phase::AwaitingLatePayment,
-        Phase::Confirming,
-        Phase::Confirmed,
-        Phase::Cancelled,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Phase::Reserving => "reserving",
-            Phase::Releasing => "releasing",
-            Phase::Paying => "paying",
-            Phase::AwaitingLatePayment => "awaiting-late-payment",
-            Phase::Confirming => "confirming",
-            Phase::Confirmed => "confirmed",
-            Phase::Cancelled => "cancelled",
-        }
-    }
-
-    fn is_final(self) -> bool {
-        matches!(self, Phase::Confirmed | Phase::Cancelled)
-    }
-
-    /// A cancelled order is a saga that failed: compensated when it had holds or a
-    /// payment to undo.
-    fn outcome(self) -> a4co_saga::Outcome {
-        match self {
-            Phase::Cancelled => a4co_saga::Outcome::Failed,
-            _ => a4co_saga::Outcome::Completed,
-        }
-    }
 }
 
 /// Where one line of the order stands with inventory.

@@ -72,7 +72,7 @@ async fn recorded_histories_take_the_same_path_on_this_definition() {
     .await;
     assert!(
         report.is_clean(),
-        "{report}\nInstances under way would take another path: give the definition a new version (fulfillment::VERSION) and keep the old one running (Runtime::keep_running) or migrate them (Runtime::migrate)."
+        "{report}\nInstances under way would take another path: give the definition a new version (fulfillment::VERSION) and keep the old one running (RuntimeBuilder::keep_running) or migrate them (RuntimeBuilder::migrate)."
     );
 }
 
