@@ -14,7 +14,7 @@ use crate::envelope::{Envelope, WireEnvelope};
 use crate::error::clip;
 pub use crate::error::{DecodeError, DecodeErrorKind, MAX_VIOLATIONS, Violation};
 use crate::headers::{EnvelopeHeaders, Headers, TraceContext, names};
-use crate::message::{DataError, Message};
+use crate::message::{DataError, Message, Payload};
 #[cfg(feature = "validate")]
 use crate::schema::validator;
 
@@ -47,6 +47,51 @@ pub fn decode(bytes: &[u8], headers: &Headers) -> Result<Envelope<AnyMessage>, D
 /// As [`decode`], plus [`DecodeErrorKind::UnexpectedType`] for a message of another type.
 pub fn decode_as<M: Message>(bytes: &[u8], headers: &Headers) -> Result<Envelope<M>, DecodeError> {
     Decoder::new().decode_as(bytes, headers)
+}
+
+/// The checked encoding lives with the checks it runs: what a consumer would refuse is
+/// refused before it is sent.
+impl<T: Payload> Envelope<T> {
+    /// The JSON body as [`Envelope::to_json`] writes it, checked first as every consumer
+    /// will check it ([`crate::decode::check_body`] gives the same answer): no empty
+    /// `aggregateId`, `source` or metadata id, a payload valid against its schema, at most
+    /// 1 MiB. The payload is serialized once and checked as text, without parsing the body
+    /// back.
+    ///
+    /// # Errors
+    /// The [`DecodeError`](crate::DecodeError) a consumer would dead-letter the body with.
+    pub fn to_checked_json(&self) -> Result<Vec<u8>, crate::DecodeError> {
+        let m = &self.metadata;
+        let empty = [
+            &self.aggregate_id,
+            &self.source,
+            &m.correlation_id,
+            &m.causation_id,
+            &m.user_id,
+        ]
+        .iter()
+        .any(|s| s.is_empty());
+        let data = serde_json::value::to_raw_value(&self.data).ok();
+        let checked = match &data {
+            Some(data) if !empty => {
+                check_payload(self.data.event_type(), self.data.event_version(), data)
+            }
+            // Rare: let the decoder say exactly what a consumer would.
+            _ => check_body(&self.to_json()),
+        };
+        checked?;
+        let mut body = Vec::with_capacity(1024);
+        if let Err(e) = serde_json::to_writer(&mut body, &self.wire(&data)) {
+            return Err(DecodeError::new(
+                DecodeErrorKind::InvalidEnvelope,
+                format!("the envelope does not serialize: {e}"),
+            ));
+        }
+        if body.len() > DEFAULT_MAX_BYTES {
+            check_body(&body)?;
+        }
+        Ok(body)
+    }
 }
 
 /// Checks a message body as a consumer will, without building the typed envelope: size,

@@ -214,49 +214,6 @@ impl<T: Payload> Envelope<T> {
         }
     }
 
-    /// The JSON body as [`Envelope::to_json`] writes it, checked first as every consumer
-    /// will check it ([`crate::decode::check_body`] gives the same answer): no empty
-    /// `aggregateId`, `source` or metadata id, a payload valid against its schema, at most
-    /// 1 MiB. The payload is serialized once and checked as text, without parsing the body
-    /// back.
-    ///
-    /// # Errors
-    /// The [`DecodeError`](crate::DecodeError) a consumer would dead-letter the body with.
-    pub fn to_checked_json(&self) -> Result<Vec<u8>, crate::DecodeError> {
-        let m = &self.metadata;
-        let empty = [
-            &self.aggregate_id,
-            &self.source,
-            &m.correlation_id,
-            &m.causation_id,
-            &m.user_id,
-        ]
-        .iter()
-        .any(|s| s.is_empty());
-        let data = serde_json::value::to_raw_value(&self.data).ok();
-        let checked = match &data {
-            Some(data) if !empty => crate::decode::check_payload(
-                self.data.event_type(),
-                self.data.event_version(),
-                data,
-            ),
-            // Rare: let the decoder say exactly what a consumer would.
-            _ => crate::decode::check_body(&self.to_json()),
-        };
-        checked?;
-        let mut body = Vec::with_capacity(1024);
-        if let Err(e) = serde_json::to_writer(&mut body, &self.wire(&data)) {
-            return Err(crate::DecodeError::new(
-                crate::DecodeErrorKind::InvalidEnvelope,
-                format!("the envelope does not serialize: {e}"),
-            ));
-        }
-        if body.len() > crate::decode::DEFAULT_MAX_BYTES {
-            crate::decode::check_body(&body)?;
-        }
-        Ok(body)
-    }
-
     /// The NATS headers: `Nats-Msg-Id` (dedup) and the W3C `traceparent`/`tracestate` when
     /// traced. Nothing more: the body says the rest, and every header costs every message
     /// on both sides (docs/benchmarks.md measures it).
@@ -338,7 +295,7 @@ impl Envelope<AnyMessage> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct WireRef<'a, T> {
+pub(crate) struct WireRef<'a, T> {
     event_id: &'a EventId,
     event_type: &'static str,
     event_version: u32,
@@ -353,7 +310,7 @@ struct WireRef<'a, T> {
 impl<T: Payload> Envelope<T> {
     /// The wire form of this envelope with `data` as its payload (the payload itself, or
     /// its JSON text).
-    fn wire<'a, D>(&'a self, data: &'a D) -> WireRef<'a, D> {
+    pub(crate) fn wire<'a, D>(&'a self, data: &'a D) -> WireRef<'a, D> {
         WireRef {
             event_id: &self.event_id,
             event_type: self.data.event_type(),

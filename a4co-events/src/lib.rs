@@ -2,7 +2,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
 
-// The layers, bottom up; each imports only from the layers below it.
+// The layers, from the bottom; a module imports only from its own layer and the ones listed
+// before it, with no circle (scripts/lib/layers.py checks it).
 // 1. identifiers, time, money, errors
 mod error;
 mod id;
@@ -16,7 +17,7 @@ pub mod catalog;
 pub mod envelope;
 // 4. the JSON Schemas
 pub mod schema;
-// 5. decoding at the boundary, CloudEvents
+// 5. decoding at the boundary and the checked encoding, CloudEvents
 pub mod cloudevents;
 pub mod decode;
 // 6. the bus
@@ -29,8 +30,8 @@ pub mod service;
 // what a service imports first
 pub mod prelude;
 // 7. the tooling: the published contract (the `a4co` CLI is src/bin/a4co.rs)
-#[cfg(feature = "validate")]
-#[cfg_attr(docsrs, doc(cfg(feature = "validate")))]
+#[cfg(feature = "contract")]
+#[cfg_attr(docsrs, doc(cfg(feature = "contract")))]
 pub mod contract;
 
 pub use catalog::AnyMessage;

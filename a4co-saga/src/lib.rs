@@ -1,23 +1,29 @@
 #![doc = include_str!("../README.md")]
 
-// Layers, each importing only those above it: errors; the record (state and data traits,
-// what an instance keeps); the `Step` API reactions use; definitions and their builder;
-// the engine (pure: applies a message or a timer to a record); stores; the runtime
-// (the bus and a store around the engine); the NATS store.
+// The layers, from the bottom; a module imports only from its own layer and the ones listed
+// before it, with no circle (scripts/lib/layers.py checks it).
+// 1. errors and the clock
+mod clock;
+mod error;
+// 2. the record: the state and data traits, what an instance keeps
+pub mod record;
+// 3. the `Step` API reactions use
+mod step;
+// 4. definitions and their builder
+mod definition;
+// 5. the engine: applies a message or a timer to a record, pure
+mod engine;
+// 6. stores
+pub mod store;
+// 7. the runtime: the bus and a store around the engine, and its metrics
+mod metrics;
+mod runtime;
+// 8. the NATS store, and the store that goes with a service's bus
 #[cfg(feature = "nats")]
 mod any_store;
-mod clock;
-mod definition;
-mod engine;
-mod error;
-mod metrics;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod nats;
-pub mod record;
-mod runtime;
-mod step;
-pub mod store;
 
 /// `#[derive(State)]`: the [`State`] of an enum of unit variants, each named as serde names
 /// it, `#[state(final)]` on those the saga ends in (`#[state(final, outcome = "failed")]`

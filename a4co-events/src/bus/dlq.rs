@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{DLQ_PREFIX, DLQ_STREAM};
 use super::error::{ConsumeError, PublishError};
-use super::transport::{Attempt, DeliveryInfo, PublishAck, RawMessage, Transport};
+pub use super::fault::FaultKind;
+use super::transport::{Attempt, Transport};
+use crate::bus::{DeliveryInfo, PublishAck, RawMessage};
 use crate::headers::{Headers, TraceContext, names};
 
 /// Header of a replayed message: the dead letter's sequence in `DLQ`.
@@ -35,33 +37,6 @@ pub const REFERENCE_ENCODING: &str = "reference";
 pub const REASON_HEADER: &str = "a4co-dlq-reason";
 /// Header of a dead letter: the consumer, `<service>/<subscription>`.
 pub const CONSUMER_HEADER: &str = "a4co-dlq-consumer";
-
-/// Why a message was given up on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FaultKind {
-    /// It could not be decoded (malformed, unknown type or version, schema violation, ...).
-    Undecodable,
-    /// Its handler failed with a permanent error.
-    Permanent,
-    /// Its handler failed on every allowed delivery.
-    RetriesExhausted,
-    /// It was delivered many times without its handler ever returning (the handler
-    /// crashes or hangs the process), or its failures could not be recorded.
-    NoOutcome,
-}
-
-impl FaultKind {
-    /// `undecodable`, `permanent`, `retries_exhausted` or `no_outcome`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FaultKind::Undecodable => "undecodable",
-            FaultKind::Permanent => "permanent",
-            FaultKind::RetriesExhausted => "retries_exhausted",
-            FaultKind::NoOutcome => "no_outcome",
-        }
-    }
-}
 
 /// The record of a dead-lettered message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

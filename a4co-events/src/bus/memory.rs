@@ -20,10 +20,8 @@ use super::error::{
     AckError, ConsumeError, ConsumeErrorKind, InboxError, ProvisionError, PublishError,
     PublishErrorKind, SubscribeError, SubscribeErrorKind,
 };
-use super::transport::{
-    AckState, Attempt, Consumer, Delivery, DeliveryInfo, Inbox, PendingAck, Provisioned,
-    PublishAck, RawMessage, Transport,
-};
+use super::transport::{AckState, Attempt, Consumer, Delivery, Inbox, Transport};
+use crate::bus::{DeliveryInfo, PendingAck, Provisioned, PublishAck, RawMessage};
 
 /// Whether a NATS subject matches a filter with `*` (one token) and `>` (the rest).
 pub(crate) fn subject_matches(filter: &str, subject: &str) -> bool {

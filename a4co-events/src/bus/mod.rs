@@ -1,9 +1,10 @@
 //! The event bus: publish envelopes, subscribe handlers, with at-least-once delivery.
 //!
 //! Services and sagas depend on two small traits, [`Publisher`] and [`Subscriber`]. Both are
-//! implemented by [`EventBus`] over a [`Transport`]: [`MemoryBus`] (in memory, for demos and
+//! implemented by [`EventBus`] over a transport: [`MemoryBus`] (in memory, for demos and
 //! fast tests) and, with the `nats` feature, [`nats::NatsBus`] (JetStream). The guarantees
-//! are built once, above the transport, so both behave the same:
+//! are built once, above the transport, so both behave the same (the contract a broker
+//! implements is [`transport`]'s, for those who bring the bus to another one):
 //!
 //! - **publish** waits for the broker's acknowledgement; the broker stores a message once
 //!   per event id (`Nats-Msg-Id`) within the 2-minute dedup window; a pipelined path keeps
@@ -67,11 +68,14 @@ use crate::decode::Decoder;
 use crate::envelope::Envelope;
 use crate::headers::TraceContext;
 use crate::message::{BoundedContext, Message, Payload};
+use memory::MemoryTransport;
+use transport::{ConsumerSpec, StreamSpec, Transport};
 
 mod config;
 mod consume;
 pub mod dlq;
 mod error;
+mod fault;
 pub mod handlers;
 pub mod memory;
 #[cfg(feature = "nats")]
@@ -79,8 +83,9 @@ pub mod memory;
 pub mod nats;
 mod telemetry;
 pub mod transport;
+mod wire;
 
-pub use config::{ConsumerSpec, DLQ_PREFIX, DLQ_STREAM, PIN_GROUP, RetryPolicy, StreamSpec};
+pub use config::{DLQ_PREFIX, DLQ_STREAM, RetryPolicy};
 pub use consume::{Stats, SubscriptionHandle, SubscriptionHealth};
 pub use error::{
     AckError, AckErrorKind, BoxError, ConsumeError, ConsumeErrorKind, Error, InboxError,
@@ -88,14 +93,12 @@ pub use error::{
     SubscribeError, SubscribeErrorKind,
 };
 pub use handlers::{Handlers, Next, Route, TypedHandler};
-pub use memory::MemoryTransport;
 #[cfg(feature = "server")]
 pub(crate) use telemetry::SPAN_TARGET;
 pub use telemetry::current_trace;
 #[cfg(feature = "otel")]
 pub use telemetry::otel_layer;
-pub use transport::{AckState, Consumer, Delivery, Inbox};
-pub use transport::{DeliveryInfo, PendingAck, Provisioned, PublishAck, RawMessage, Transport};
+pub use wire::{DeliveryInfo, PendingAck, Provisioned, PublishAck, RawMessage};
 
 /// Publishes envelopes. Implemented by [`EventBus`]; depend on this trait, not a transport.
 pub trait Publisher: Clone + Send + Sync + 'static {

@@ -30,7 +30,7 @@ use opentelemetry::{Context, KeyValue, Value, global};
 #[cfg(feature = "otel")]
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use super::dlq::FaultKind;
+use super::fault::FaultKind;
 use crate::headers::TraceContext;
 
 /// The bus's instruments (none without the `otel` feature).

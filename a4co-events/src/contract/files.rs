@@ -258,7 +258,7 @@ fn compare_schema(path: &str, old_text: &str, new_text: &str) -> Finding {
         let Some(example) = example_of.pointer("/examples/0") else {
             continue;
         };
-        let Some(validator) = crate::schema::validator::compile(schema) else {
+        let Some(validator) = crate::schema::compile(schema) else {
             continue;
         };
         if let Some(error) = validator.iter_errors(example).next() {

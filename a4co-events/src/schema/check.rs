@@ -299,7 +299,7 @@ impl Compiler<'_> {
         if let Some(draft) = self.root.get("$schema") {
             schema.insert("$schema".into(), draft.clone());
         }
-        super::validator::compile(&Value::Object(schema))
+        super::compile(&Value::Object(schema))
     }
 }
 
@@ -642,7 +642,7 @@ mod tests {
                     let schema = schema::message_schema(info);
                     Compiled {
                         check: Check::compile(&schema),
-                        full: crate::schema::validator::compile(&schema).unwrap(),
+                        full: crate::schema::compile(&schema).unwrap(),
                         example: info.example(),
                         name: format!("{} v{}", info.type_name, info.version),
                     }

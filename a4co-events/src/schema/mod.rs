@@ -2,7 +2,7 @@
 //! headers: what the decoder validates against and what the published catalog holds.
 //!
 //! The files, the AsyncAPI document and the evolution checks built from them are in
-//! `contract` (feature `validate`).
+//! `contract` (feature `contract`).
 
 use serde_json::{Value, json};
 
@@ -14,6 +14,17 @@ use crate::headers::names;
 pub(crate) mod check;
 #[cfg(feature = "validate")]
 pub(crate) mod validator;
+
+/// A validator with the decoder's options (formats checked); `None` for a schema that does
+/// not compile. Both the text check ([`check`]) and the full validators ([`validator`])
+/// build on it.
+#[cfg(feature = "validate")]
+pub(crate) fn compile(schema: &Value) -> Option<jsonschema::Validator> {
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(schema)
+        .ok()
+}
 
 /// The base of every `$id`: ids mirror the catalog's layout.
 pub const ID_BASE: &str = "https://a4co.dev/catalog/";

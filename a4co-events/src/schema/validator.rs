@@ -4,8 +4,6 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use serde_json::Value;
-
 use super::check::Check;
 use crate::catalog;
 use crate::error::{MAX_VIOLATIONS, Violation, clip};
@@ -29,7 +27,7 @@ pub(crate) fn payload(event_type: &str, version: u32) -> Option<&PayloadSchema> 
                 .iter()
                 .filter_map(|info| {
                     let schema = super::message_schema(info);
-                    let full = compile(&schema)?;
+                    let full = super::compile(&schema)?;
                     let check = Check::compile(&schema);
                     Some((
                         (info.type_name, info.version),
@@ -46,16 +44,8 @@ pub(crate) fn payload(event_type: &str, version: u32) -> Option<&PayloadSchema> 
 pub(crate) fn envelope() -> Option<&'static jsonschema::Validator> {
     static VALIDATOR: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
     VALIDATOR
-        .get_or_init(|| compile(&super::envelope_schema()))
+        .get_or_init(|| super::compile(&super::envelope_schema()))
         .as_ref()
-}
-
-/// A validator with the decoder's options (formats checked).
-pub(crate) fn compile(schema: &Value) -> Option<jsonschema::Validator> {
-    jsonschema::options()
-        .should_validate_formats(true)
-        .build(schema)
-        .ok()
 }
 
 /// The first [`MAX_VIOLATIONS`] errors as violations, their paths under `prefix`.

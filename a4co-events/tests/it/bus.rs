@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use a4co_events::bus::dlq::{DeadLetters, FaultKind, Filter, ReplayOptions};
+use a4co_events::bus::transport::Transport;
 use a4co_events::bus::{
     DLQ_STREAM, DeliveryInfo, EventBus, HandlerError, Handlers, InboxCheck, Next, PublishErrorKind,
-    Publisher, RawMessage, RetryPolicy, Subscriber, Subscription, Transport,
+    Publisher, RawMessage, RetryPolicy, Subscriber, Subscription,
 };
 use a4co_events::catalog::inventory::InventoryAdjusted;
 use a4co_events::catalog::order::{OrderConfirmed, OrderCreated};

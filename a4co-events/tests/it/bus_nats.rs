@@ -4,9 +4,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use a4co_events::bus::nats::{BucketSpec, Config, ConnectErrorKind, NatsBus};
-use a4co_events::bus::{
-    DeliveryInfo, HandlerError, Publisher, StreamSpec, Subscriber, Subscription, Transport,
-};
+use a4co_events::bus::transport::{StreamSpec, Transport};
+use a4co_events::bus::{DeliveryInfo, HandlerError, Publisher, Subscriber, Subscription};
 use a4co_events::catalog::order::OrderCreated;
 use a4co_events::{AnyMessage, BoundedContext, Envelope, Message};
 use a4co_testkit::nats::{NatsCluster, NatsServer};

@@ -10,10 +10,11 @@ use std::time::Duration;
 use a4co_events::bus::dlq::{
     DeadLetter, DeadLetters, FaultKind, Filter, REPLAY_LIMIT, ReplayError, ReplayOptions,
 };
+use a4co_events::bus::memory::MemoryTransport;
 use a4co_events::bus::nats::NatsTransport;
+use a4co_events::bus::transport::Transport;
 use a4co_events::bus::{
-    DLQ_STREAM, DeliveryInfo, HandlerError, MemoryTransport, Publisher, RetryPolicy, Subscriber,
-    Subscription, Transport,
+    DLQ_STREAM, DeliveryInfo, HandlerError, Publisher, RetryPolicy, Subscriber, Subscription,
 };
 use a4co_events::catalog::order::OrderCreated;
 use a4co_events::{AnyMessage, Envelope, Message};
@@ -697,7 +698,7 @@ async fn order_holds_across_instances_while_one_dies_and_another_joins() {
         .get_stream("ORDERS")
         .await
         .unwrap()
-        .unpin_consumer("t_ordered", a4co_events::bus::PIN_GROUP)
+        .unpin_consumer("t_ordered", a4co_events::bus::transport::PIN_GROUP)
         .await
         .unwrap();
     // Another joins.

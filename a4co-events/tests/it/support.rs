@@ -44,13 +44,13 @@ macro_rules! conformance {
 pub(crate) use conformance;
 
 /// A bus under test and what keeps it alive (the nats-server, for NATS).
-pub(crate) struct Fixture<T: a4co_events::bus::Transport> {
+pub(crate) struct Fixture<T: a4co_events::bus::transport::Transport> {
     pub(crate) bus: a4co_events::bus::EventBus<T>,
     pub(crate) server: Option<a4co_testkit::nats::NatsServer>,
 }
 
 /// A provisioned in-memory bus.
-pub(crate) async fn memory_bus() -> Fixture<a4co_events::bus::MemoryTransport> {
+pub(crate) async fn memory_bus() -> Fixture<a4co_events::bus::memory::MemoryTransport> {
     Fixture {
         bus: a4co_events::bus::MemoryBus::provisioned().await.unwrap(),
         server: None,
@@ -112,12 +112,12 @@ where
 
 /// Whether the inbox of `sub` holds finished work for `event_id` (an error while the broker
 /// is unreachable).
-pub(crate) async fn in_inbox<T: a4co_events::bus::Transport>(
+pub(crate) async fn in_inbox<T: a4co_events::bus::transport::Transport>(
     f: &Fixture<T>,
     sub: &a4co_events::bus::Subscription,
     event_id: &str,
 ) -> Result<bool, String> {
-    use a4co_events::bus::Inbox as _;
+    use a4co_events::bus::transport::Inbox as _;
     let durable = sub.durable();
     let inbox = f
         .bus
@@ -145,7 +145,9 @@ pub(crate) struct LosingConsumer<C>(C);
 /// A delivery of [`LosingAcks`].
 pub(crate) struct LosingDelivery<D>(D);
 
-impl<D: a4co_events::bus::Delivery> a4co_events::bus::Delivery for LosingDelivery<D> {
+impl<D: a4co_events::bus::transport::Delivery> a4co_events::bus::transport::Delivery
+    for LosingDelivery<D>
+{
     fn message(&self) -> &a4co_events::bus::RawMessage {
         self.0.message()
     }
@@ -166,7 +168,9 @@ impl<D: a4co_events::bus::Delivery> a4co_events::bus::Delivery for LosingDeliver
     }
 }
 
-impl<C: a4co_events::bus::Consumer> a4co_events::bus::Consumer for LosingConsumer<C> {
+impl<C: a4co_events::bus::transport::Consumer> a4co_events::bus::transport::Consumer
+    for LosingConsumer<C>
+{
     type Delivery = LosingDelivery<C::Delivery>;
     async fn next(
         &mut self,
@@ -176,13 +180,15 @@ impl<C: a4co_events::bus::Consumer> a4co_events::bus::Consumer for LosingConsume
     }
     fn ack_state(
         &self,
-    ) -> impl std::future::Future<Output = Option<a4co_events::bus::AckState>> + Send + 'static
+    ) -> impl std::future::Future<Output = Option<a4co_events::bus::transport::AckState>> + Send + 'static
     {
         self.0.ack_state()
     }
 }
 
-impl<T: a4co_events::bus::Transport> a4co_events::bus::Transport for LosingAcks<T> {
+impl<T: a4co_events::bus::transport::Transport> a4co_events::bus::transport::Transport
+    for LosingAcks<T>
+{
     type Consumer = LosingConsumer<T::Consumer>;
     type Inbox = T::Inbox;
     async fn publish(
@@ -199,13 +205,13 @@ impl<T: a4co_events::bus::Transport> a4co_events::bus::Transport for LosingAcks<
     }
     async fn ensure_stream(
         &self,
-        s: &a4co_events::bus::StreamSpec,
+        s: &a4co_events::bus::transport::StreamSpec,
     ) -> Result<a4co_events::bus::Provisioned, a4co_events::bus::ProvisionError> {
         self.0.ensure_stream(s).await
     }
     async fn consumer(
         &self,
-        s: &a4co_events::bus::ConsumerSpec,
+        s: &a4co_events::bus::transport::ConsumerSpec,
     ) -> Result<Self::Consumer, a4co_events::bus::SubscribeError> {
         Ok(LosingConsumer(self.0.consumer(s).await?))
     }

@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use a4co_events::bus::{
-    DeliveryInfo, EventBus, HandlerError, Publisher, Subscriber, Subscription, Transport,
-};
+use a4co_events::bus::transport::Transport;
+use a4co_events::bus::{DeliveryInfo, EventBus, HandlerError, Publisher, Subscriber, Subscription};
 use a4co_events::catalog::order::OrderCreated;
 use a4co_events::{AnyMessage, Envelope, Message};
 use a4co_testkit::telemetry::Telemetry;

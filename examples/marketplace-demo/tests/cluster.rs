@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use a4co_events::Money;
-use a4co_events::bus::Transport as _;
 use a4co_events::bus::nats::Config;
+use a4co_events::bus::transport::Transport as _;
 use a4co_events::catalog::order::OrderStatus;
 use a4co_events::service::AnyBus;
 use a4co_http::auth::Secret;

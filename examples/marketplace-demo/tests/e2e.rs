@@ -1061,7 +1061,7 @@ async fn the_showcase_over_nats_adds_up() {
 #[tokio::test]
 async fn every_message_of_the_demo_carries_trace_context_at_rust_log_warn() {
     use a4co_events::TraceContext;
-    use a4co_events::bus::{StreamSpec, Transport as _};
+    use a4co_events::bus::transport::{StreamSpec, Transport as _};
     let server = NatsServer::start();
     let (ok, out) = demo_output(
         &["--orders", "20", "--quiet"],

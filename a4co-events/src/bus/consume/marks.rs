@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::bus::AckState;
+use crate::bus::transport::AckState;
 use crate::id::EventId;
 
 /// Finished work, as the inbox names it: an event, or a deliberate replay of it.

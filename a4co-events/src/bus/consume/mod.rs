@@ -153,7 +153,7 @@ struct Shared<T: Transport, H> {
     books: Vec<Option<std::sync::Mutex<Book>>>,
     timing: Timing,
     /// Per consumer, its settings (to re-create it).
-    specs: Vec<super::ConsumerSpec>,
+    specs: Vec<super::transport::ConsumerSpec>,
     health: SubscriptionHealth,
 }
 

@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use crate::bus::AckState;
+use crate::bus::transport::AckState;
 
 /// The barrier, and the deliveries it holds.
 #[derive(Debug)]

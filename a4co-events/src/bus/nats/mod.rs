@@ -35,10 +35,9 @@ use super::error::{
     ConsumeError, ConsumeErrorKind, InboxError, InboxErrorKind, ProvisionError, ProvisionErrorKind,
     PublishError, PublishErrorKind, SubscribeError, SubscribeErrorKind,
 };
-use super::transport::{
-    Attempt, Inbox, PendingAck, Provisioned, PublishAck, RawMessage, Transport,
-};
+use super::transport::{Attempt, Inbox, Transport};
 use super::{Error, EventBus};
+use crate::bus::{PendingAck, Provisioned, PublishAck, RawMessage};
 use crate::headers::{Headers, known_name};
 
 mod connect;

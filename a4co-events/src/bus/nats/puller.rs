@@ -22,7 +22,8 @@ use tokio::time::Instant;
 use super::{from_header_map, shared_name, to_chrono};
 use crate::bus::config::PIN_GROUP;
 use crate::bus::error::{AckError, AckErrorKind, ConsumeError, ConsumeErrorKind};
-use crate::bus::transport::{AckState, Consumer, Delivery, DeliveryInfo, RawMessage};
+use crate::bus::transport::{AckState, Consumer, Delivery};
+use crate::bus::{DeliveryInfo, RawMessage};
 
 /// How long a pull request lives on the server (a pinned consumer's, at most its ack
 /// wait: a standby's waiting requests are not served when it takes over, so they must be
@@ -87,7 +88,7 @@ impl NatsConsumer {
         js: &jetstream::Context,
         client: &async_nats::Client,
         handle: jetstream::consumer::PullConsumer,
-        spec: &crate::bus::ConsumerSpec,
+        spec: &crate::bus::transport::ConsumerSpec,
     ) -> Result<Self, async_nats::SubscribeError> {
         let (stream, durable) = (spec.stream.as_str(), spec.durable.as_str());
         let expires = if spec.pinned {
