@@ -378,11 +378,8 @@ impl ClientBuilder {
                 "retry.max_attempts must be at least 1 (1 = no retry)",
             ));
         }
-        if r.initial_backoff > r.max_backoff {
-            return Err(ConfigError::new(
-                t,
-                "retry.initial_backoff must not exceed retry.max_backoff",
-            ));
+        if let Some(problem) = r.backoff.problem() {
+            return Err(ConfigError::new(t, format!("retry.backoff: {problem}")));
         }
         let b = &r.budget;
         if !(b.ratio.is_finite()
@@ -938,7 +935,7 @@ impl Call {
             // A Retry-After is honoured up to an hour: a bogus huge one must not hang the call.
             let wait = wait
                 .map(|w| w.min(MAX_RETRY_AFTER))
-                .unwrap_or_else(|| inner.retry.backoff(attempt));
+                .unwrap_or_else(|| inner.retry.wait(attempt));
             if end.is_some_and(|e| Instant::now().checked_add(wait).is_none_or(|t| t >= e)) {
                 return Err(error.with_detail(format!(
                     "no retry: the next attempt ({wait:?} from now) would start past the {}",

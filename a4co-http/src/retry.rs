@@ -8,17 +8,17 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub use a4co_backoff::Backoff;
+
 /// How to retry. `Config { max_attempts: 5, ..Default::default() }`, or [`never()`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Attempts in all, the first included (1 = no retry). Default 3 (the documents').
     pub max_attempts: u32,
-    /// The wait before the first retry; it doubles per retry. Default 1 s.
-    pub initial_backoff: Duration,
-    /// The longest wait between attempts (without a `Retry-After`). Default 30 s.
-    pub max_backoff: Duration,
-    /// Randomize each wait between half and all of it, so clients do not retry in step.
-    pub jitter: bool,
+    /// The wait between attempts without a `Retry-After`: [`Backoff`], the same timing as
+    /// the bus's redeliveries (default 1 s doubling to 30 s, jittered between half and all
+    /// of it, so clients do not retry in step).
+    pub backoff: Backoff,
     /// Shared by every call of the client: retries allowed beyond the first attempts.
     pub budget: Budget,
 }
@@ -27,9 +27,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             max_attempts: 3,
-            initial_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(30),
-            jitter: true,
+            backoff: Backoff::default(),
             budget: Budget::default(),
         }
     }
@@ -45,17 +43,8 @@ pub fn never() -> Config {
 
 impl Config {
     /// The wait before attempt `attempt + 1`, after `attempt` failed ones (from 1).
-    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(30);
-        let full = self
-            .initial_backoff
-            .saturating_mul(1_u32 << exp)
-            .min(self.max_backoff);
-        if self.jitter {
-            full / 2 + full.mul_f64(fastrand::f64() / 2.0)
-        } else {
-            full
-        }
+    pub(crate) fn wait(&self, attempt: u32) -> Duration {
+        self.backoff.delay(u64::from(attempt))
     }
 }
 
@@ -197,18 +186,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_up_to_the_cap() {
+    fn waits_follow_the_backoff_up_to_the_cap() {
+        let plain = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
         let c = Config {
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(350),
-            jitter: false,
+            backoff: plain.without_jitter(),
             ..Config::default()
         };
-        let waits: Vec<u128> = (1..=4).map(|a| c.backoff(a).as_millis()).collect();
+        let waits: Vec<u128> = (1..=4).map(|a| c.wait(a).as_millis()).collect();
         assert_eq!(waits, [100, 200, 350, 350]);
-        let jittered = Config { jitter: true, ..c };
+        let jittered = Config {
+            backoff: plain,
+            ..c
+        };
         for _ in 0..100 {
-            let w = jittered.backoff(2);
+            let w = jittered.wait(2);
             assert!(
                 w >= Duration::from_millis(100) && w <= Duration::from_millis(200),
                 "{w:?}"

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub use a4co_backoff::Backoff;
+
 use crate::message::BoundedContext;
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -124,7 +126,8 @@ impl ConsumerSpec {
     }
 }
 
-/// The retry ladder of a subscription: how often, and how long to wait between tries.
+/// The retry ladder of a subscription: how many deliveries, and how long to wait between
+/// them ([`Backoff`], the same timing as the HTTP client's retries).
 ///
 /// Defaults from the documents: 3 retries (4 deliveries in all), 1 s initial delay doubling
 /// up to 30 s, with jitter. After the last try the message is dead-lettered.
@@ -132,33 +135,37 @@ impl ConsumerSpec {
 pub struct RetryPolicy {
     /// Deliveries in all, the first included (at least 1).
     pub max_deliver: u32,
-    /// The delay before the first retry.
-    pub initial_delay: Duration,
-    /// The longest delay between two deliveries, jitter included.
-    pub max_delay: Duration,
-    /// Whether to add up to 50 % random delay, so retries of many messages spread out.
-    pub jitter: bool,
+    /// The wait before each redelivery.
+    pub backoff: Backoff,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             max_deliver: 4,
-            initial_delay: Duration::from_secs(1),
-            max_delay: Duration::from_secs(30),
-            jitter: true,
+            backoff: Backoff::default(),
         }
     }
 }
 
 impl RetryPolicy {
+    /// `max_deliver` deliveries in all, the waits between them as `backoff` says.
+    pub fn new(max_deliver: u32, backoff: Backoff) -> Self {
+        RetryPolicy {
+            max_deliver,
+            backoff,
+        }
+    }
+
     /// `max_deliver` deliveries in all, the first retry `initial_delay` after the first
     /// failure, each further one twice as late (up to the default 30 s), with jitter.
     pub fn attempts(max_deliver: u32, initial_delay: Duration) -> Self {
         RetryPolicy {
             max_deliver,
-            initial_delay,
-            ..RetryPolicy::default()
+            backoff: Backoff {
+                initial: initial_delay,
+                ..Backoff::default()
+            },
         }
     }
 
@@ -170,22 +177,10 @@ impl RetryPolicy {
         }
     }
 
-    /// How long to wait before redelivering after failed delivery number `attempt` (from
-    /// 1): `initial × 2^(attempt−1)`, capped at the maximum, plus jitter.
+    /// How long to wait before redelivering after failed attempt `attempt` (from 1): see
+    /// [`Backoff::delay`].
     pub fn delay(&self, attempt: u64) -> Duration {
-        let exponent = u32::try_from(attempt.saturating_sub(1))
-            .unwrap_or(u32::MAX)
-            .min(20);
-        let base = self
-            .initial_delay
-            .saturating_mul(2u32.saturating_pow(exponent))
-            .min(self.max_delay);
-        if self.jitter && !base.is_zero() {
-            let extra = fastrand::u64(0..=u64::try_from(base.as_millis() / 2).unwrap_or(u64::MAX));
-            (base + Duration::from_millis(extra)).min(self.max_delay.max(base))
-        } else {
-            base
-        }
+        self.backoff.delay(attempt)
     }
 
     /// Whether delivery number `attempt` was the last one allowed.
@@ -197,32 +192,6 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn delays_double_from_the_initial_delay_up_to_the_maximum() {
-        let p = RetryPolicy {
-            jitter: false,
-            ..RetryPolicy::default()
-        };
-        let secs: Vec<u64> = (1..=7).map(|a| p.delay(a).as_secs()).collect();
-        assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30]);
-        assert_eq!(p.delay(u64::MAX), Duration::from_secs(30));
-    }
-
-    #[test]
-    fn jitter_stays_within_half_the_delay_and_the_maximum() {
-        let p = RetryPolicy::default();
-        for attempt in 1..=8 {
-            let plain = RetryPolicy { jitter: false, ..p }.delay(attempt);
-            for _ in 0..50 {
-                let d = p.delay(attempt);
-                assert!(
-                    d >= plain && d <= plain + plain / 2 && d <= p.max_delay,
-                    "{d:?} for {attempt}"
-                );
-            }
-        }
-    }
 
     #[test]
     fn the_ladder_ends_after_max_deliver_deliveries() {

@@ -85,7 +85,7 @@ mod telemetry;
 pub mod transport;
 mod wire;
 
-pub use config::{DLQ_PREFIX, DLQ_STREAM, RetryPolicy};
+pub use config::{Backoff, DLQ_PREFIX, DLQ_STREAM, RetryPolicy};
 pub use consume::{Stats, SubscriptionHandle, SubscriptionHealth};
 pub use error::{
     AckError, AckErrorKind, BoxError, ConsumeError, ConsumeErrorKind, Error, InboxError,
@@ -554,6 +554,9 @@ impl Subscription {
                 "{}: max_in_flight, max_ack_pending, retry.max_deliver and ack_wait must be above zero",
                 self.label()
             )));
+        }
+        if let Some(problem) = self.retry.backoff.problem() {
+            return Err(invalid(format!("{}: retry: {problem}", self.label())));
         }
         let mut by_stream: Vec<(String, Vec<String>)> = Vec::new();
         for subject in &self.subjects {

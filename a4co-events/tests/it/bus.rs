@@ -9,8 +9,8 @@ use std::time::Duration;
 use a4co_events::bus::dlq::{DeadLetters, FaultKind, Filter, ReplayOptions};
 use a4co_events::bus::transport::Transport;
 use a4co_events::bus::{
-    DLQ_STREAM, DeliveryInfo, EventBus, HandlerError, Handlers, InboxCheck, Next, PublishErrorKind,
-    Publisher, RawMessage, RetryPolicy, Subscriber, Subscription,
+    Backoff, DLQ_STREAM, DeliveryInfo, EventBus, HandlerError, Handlers, InboxCheck, Next,
+    PublishErrorKind, Publisher, RawMessage, RetryPolicy, Subscriber, Subscription,
 };
 use a4co_events::catalog::inventory::InventoryAdjusted;
 use a4co_events::catalog::order::{OrderConfirmed, OrderCreated};
@@ -52,12 +52,10 @@ fn counting(
 }
 
 fn fast_retry(max_deliver: u32) -> RetryPolicy {
-    RetryPolicy {
+    RetryPolicy::new(
         max_deliver,
-        initial_delay: Duration::from_millis(100),
-        max_delay: Duration::from_secs(2),
-        jitter: false,
-    }
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(2)).without_jitter(),
+    )
 }
 
 fn order(aggregate: &str) -> Envelope<OrderCreated> {

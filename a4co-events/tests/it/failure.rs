@@ -14,7 +14,8 @@ use a4co_events::bus::memory::MemoryTransport;
 use a4co_events::bus::nats::NatsTransport;
 use a4co_events::bus::transport::Transport;
 use a4co_events::bus::{
-    DLQ_STREAM, DeliveryInfo, HandlerError, Publisher, RetryPolicy, Subscriber, Subscription,
+    Backoff, DLQ_STREAM, DeliveryInfo, HandlerError, Publisher, RetryPolicy, Subscriber,
+    Subscription,
 };
 use a4co_events::catalog::order::OrderCreated;
 use a4co_events::{AnyMessage, Envelope, Message};
@@ -30,12 +31,10 @@ fn order(aggregate: &str) -> Envelope<OrderCreated> {
 }
 
 fn fast_retry(max_deliver: u32) -> RetryPolicy {
-    RetryPolicy {
+    RetryPolicy::new(
         max_deliver,
-        initial_delay: Duration::from_millis(100),
-        max_delay: Duration::from_secs(1),
-        jitter: false,
-    }
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).without_jitter(),
+    )
 }
 
 /// The dead letters of one consumer, with their sequences in `DLQ`.

@@ -9,9 +9,8 @@ use serde_json::{Value, json};
 fn fast_retry() -> retry::Config {
     retry::Config {
         max_attempts: 3,
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-        jitter: false,
+        backoff: retry::Backoff::new(Duration::from_millis(10), Duration::from_millis(50))
+            .without_jitter(),
         ..Default::default()
     }
 }
@@ -406,10 +405,10 @@ fn bad_config_fails_at_build_saying_what_to_fix() {
         ),
         (
             Client::builder("inv", "http://h").retry(retry::Config {
-                initial_backoff: Duration::from_secs(60),
+                backoff: retry::Backoff::new(Duration::from_secs(60), Duration::from_secs(30)),
                 ..Default::default()
             }),
-            "initial_backoff must not exceed",
+            "the initial backoff must not exceed the maximum",
         ),
         (
             Client::builder("inv", "http://h").max_in_flight(0),

@@ -14,9 +14,8 @@ const SECRET: &str = "an-in-process-test-secret-of-32-bytes-or-more";
 
 fn fast_retry() -> retry::Config {
     retry::Config {
-        initial_backoff: Duration::from_millis(5),
-        max_backoff: Duration::from_millis(20),
-        jitter: false,
+        backoff: retry::Backoff::new(Duration::from_millis(5), Duration::from_millis(20))
+            .without_jitter(),
         ..Default::default()
     }
 }

@@ -23,8 +23,8 @@ async fn trace_context_arrives_and_calls_are_counted() {
     let client = Client::builder("inventory-service", server.base_url())
         .source("order-service")
         .retry(retry::Config {
-            initial_backoff: Duration::from_millis(5),
-            jitter: false,
+            backoff: retry::Backoff::new(Duration::from_millis(5), Duration::from_secs(30))
+                .without_jitter(),
             ..Default::default()
         })
         .build()

@@ -62,8 +62,11 @@ async fn the_key_and_the_time_left_reach_the_target() {
     let client = Client::builder("payment-service", server.base_url())
         .timeout(Duration::from_secs(30))
         .retry(a4co_http::retry::Config {
-            initial_backoff: Duration::from_millis(5),
-            jitter: false,
+            backoff: a4co_http::retry::Backoff::new(
+                Duration::from_millis(5),
+                Duration::from_secs(30),
+            )
+            .without_jitter(),
             ..Default::default()
         })
         .build()
