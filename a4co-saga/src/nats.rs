@@ -157,29 +157,6 @@ impl KvStore {
         Ok(self)
     }
 
-    /// Saves a finished instance's record with its own lifetime (`Nats-TTL`), compare-and-swap
-    /// on `expected` (`None`: only if there is none).
-    async fn save_finished(
-        &self,
-        key: &str,
-        record: Bytes,
-        expected: Option<u64>,
-    ) -> Result<u64, StoreError> {
-        self.transport
-            .kv_put_expiring(
-                &self.instances,
-                &encode(key),
-                record,
-                expected,
-                self.finished_retention,
-            )
-            .await
-            .map_err(|e| match e.kind() {
-                PublishErrorKind::Conflict => StoreError::Conflict(key.to_owned()),
-                _ => unavailable(&format!("saving {key}"), e),
-            })
-    }
-
     /// Writes the index entry for `key`'s timer at `at`.
     async fn put_entry(&self, key: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
         let ms = at.timestamp_millis().max(0);
@@ -240,29 +217,15 @@ impl Store for KvStore {
         if let Some(at) = index.new_entry {
             self.put_entry(key, at).await?;
         }
-        if index.finished {
-            return self.save_finished(key, record, expected).await;
-        }
-        match expected {
-            None => self.instances.create(&encoded, record).await.map_err(|e| {
-                if e.kind() == kv::CreateErrorKind::AlreadyExists {
-                    StoreError::Conflict(key.to_owned())
-                } else {
-                    unavailable(&format!("creating {key}"), e)
-                }
-            }),
-            Some(revision) => self
-                .instances
-                .update(&encoded, record, revision)
-                .await
-                .map_err(|e| {
-                    if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
-                        StoreError::Conflict(key.to_owned())
-                    } else {
-                        unavailable(&format!("saving {key}"), e)
-                    }
-                }),
-        }
+        // A finished instance is saved with its own lifetime (`Nats-TTL`).
+        let lifetime = index.finished.then_some(self.finished_retention);
+        self.transport
+            .kv_swap(&self.instances, &encoded, record, expected, lifetime)
+            .await
+            .map_err(|e| match e.kind() {
+                PublishErrorKind::Conflict => StoreError::Conflict(key.to_owned()),
+                _ => unavailable(&format!("saving {key}"), e),
+            })
     }
 
     async fn due(&self, now: DateTime<Utc>) -> Result<Vec<Due>, StoreError> {

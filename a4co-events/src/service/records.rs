@@ -199,10 +199,10 @@ impl Records {
                 Ok(revision)
             }
             #[cfg(feature = "nats")]
-            (Inner::Nats(nats), Some(ttl)) => {
+            (Inner::Nats(nats), lifetime) => {
                 let (store, transport) = &**nats;
                 transport
-                    .kv_put_expiring(store, key, bytes, expected, ttl)
+                    .kv_swap(store, key, bytes, expected, lifetime)
                     .await
                     .map_err(|e| match e.kind() {
                         crate::bus::PublishErrorKind::Conflict => {
@@ -211,23 +211,6 @@ impl Records {
                         _ => RecordsError::Unavailable(e.to_string()),
                     })
             }
-            #[cfg(feature = "nats")]
-            (Inner::Nats(nats), None) => match expected {
-                None => nats.0.create(key, bytes).await.map_err(|e| {
-                    if e.kind() == kv::CreateErrorKind::AlreadyExists {
-                        RecordsError::Conflict(key.to_owned())
-                    } else {
-                        RecordsError::Unavailable(e.to_string())
-                    }
-                }),
-                Some(revision) => nats.0.update(key, bytes, revision).await.map_err(|e| {
-                    if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
-                        RecordsError::Conflict(key.to_owned())
-                    } else {
-                        RecordsError::Unavailable(e.to_string())
-                    }
-                }),
-            },
         }
     }
 

@@ -471,16 +471,60 @@ impl NatsTransport {
         }
     }
 
-    /// Writes `value` under `key` in the KV bucket `store` if the key is still at revision
-    /// `expected` (`None`: only if the key holds nothing, not even a removal marker), with
-    /// its own lifetime: the server drops the entry `ttl` after this write (whole seconds,
-    /// at least one) unless a later write replaces it. The bucket must allow per-message
-    /// TTLs ([`BucketSpec::message_ttl`]). Returns the new revision.
+    /// Compare-and-swap on a KV entry, the one every record store of the SDK goes through
+    /// (`service::Records`, the saga store): writes `value` under `key` in the bucket
+    /// `store` if the key is still at revision `expected`, and returns the new revision.
+    /// `expected` `None` writes only a key that holds nothing (with `ttl` `None`, a
+    /// removed key counts as nothing; with a `ttl`, not even a removal marker may be
+    /// there). With `ttl`, the entry has its own lifetime: the server drops it `ttl` after
+    /// this write (whole seconds, at least one) unless a later write replaces it, and the
+    /// bucket must allow per-message TTLs ([`BucketSpec::message_ttl`]).
     ///
     /// # Errors
-    /// [`PublishErrorKind::Conflict`] when the key is not at `expected`; the other kinds as
-    /// for a publish.
-    pub async fn kv_put_expiring(
+    /// [`PublishErrorKind::Conflict`] when the key is not at `expected` (someone wrote it
+    /// since it was read: read again and retry); the other kinds as for a publish.
+    pub async fn kv_swap(
+        &self,
+        store: &kv::Store,
+        key: &str,
+        value: Bytes,
+        expected: Option<u64>,
+        ttl: Option<Duration>,
+    ) -> Result<u64, PublishError> {
+        let conflict = || {
+            PublishError::new(
+                PublishErrorKind::Conflict,
+                format!("{key} changed since it was read"),
+            )
+        };
+        let failed = |e: &dyn std::fmt::Display| {
+            PublishError::new(
+                PublishErrorKind::Other,
+                format!("writing {key} in bucket {}: {e}", store.name),
+            )
+        };
+        match (ttl, expected) {
+            (Some(ttl), _) => self.kv_put_expiring(store, key, value, expected, ttl).await,
+            (None, None) => store.create(key, value).await.map_err(|e| {
+                if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                    conflict()
+                } else {
+                    failed(&e)
+                }
+            }),
+            (None, Some(revision)) => store.update(key, value, revision).await.map_err(|e| {
+                if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                    conflict()
+                } else {
+                    failed(&e)
+                }
+            }),
+        }
+    }
+
+    /// [`NatsTransport::kv_swap`] with a lifetime: a publish on the key's subject expecting
+    /// its last sequence, with `Nats-TTL`.
+    async fn kv_put_expiring(
         &self,
         store: &kv::Store,
         key: &str,
