@@ -309,86 +309,70 @@ impl<D: Data, S: State> Builder<D, S> {
     /// a reaction with no target state, a state reachable from the start that can never
     /// reach a final state, a name unfit for ids.
     pub fn build(self) -> Result<Definition<D, S>, DefinitionError> {
-        use DefinitionErrorKind as Kind;
-        let err = |kind, what: String| Err(DefinitionError::new(&self.name, kind, what));
+        let refuse = |(kind, what): (DefinitionErrorKind, String)| {
+            DefinitionError::new(&self.name, kind, what)
+        };
+        self.check_names().map_err(refuse)?;
+        let mut seen = BTreeSet::new();
+        for r in &self.reactions {
+            check_reaction(r, &mut seen).map_err(refuse)?;
+        }
+        self.check_liveness().map_err(refuse)?;
+        let mut correlate = self.correlate;
+        let mut subjects = BTreeSet::new();
+        for r in &self.reactions {
+            if let Trigger::Message(t) = r.trigger {
+                subjects.insert(t);
+                correlate
+                    .entry(t)
+                    .or_insert_with(|| Arc::new(|e: &Envelope<AnyMessage>| e.aggregate_id.clone()));
+            }
+        }
+        Ok(Definition {
+            inner: Arc::new(Inner {
+                name: self.name,
+                version: self.version,
+                service: Arc::from(self.service),
+                reactions: self.reactions,
+                correlate,
+                subjects,
+            }),
+        })
+    }
+
+    /// The names fit for ids, a version, a start.
+    fn check_names(&self) -> Result<(), (DefinitionErrorKind, String)> {
         let name_ok = |s: &str| {
             !s.is_empty()
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         };
         if !name_ok(&self.name) || !name_ok(&self.service) {
-            return err(
-                Kind::Name,
+            return Err((
+                DefinitionErrorKind::Name,
                 format!(
                     "the saga name {:?} and service {:?} must be non-empty and use only letters, digits, '-' and '_'",
                     self.name, self.service
                 ),
-            );
+            ));
         }
         if self.version == 0 {
-            return err(Kind::Version, "the version must be 1 or more".to_owned());
+            return Err((
+                DefinitionErrorKind::Version,
+                "the version must be 1 or more".to_owned(),
+            ));
         }
         if !self.reactions.iter().any(|r| r.from.is_none()) {
-            return err(
-                Kind::NoStart,
+            return Err((
+                DefinitionErrorKind::NoStart,
                 "no message starts it: add .starts_with::<M>().to(..)".to_owned(),
-            );
+            ));
         }
-        let mut seen = BTreeSet::new();
-        for r in &self.reactions {
-            let from = r.from.map_or("(start)", State::name);
-            if !seen.insert((r.from.map(State::name), r.trigger)) {
-                return err(
-                    Kind::Duplicate,
-                    format!("state {from} reacts twice to {}", r.trigger),
-                );
-            }
-            match r.to.as_slice() {
-                [] => {
-                    return err(
-                        Kind::Targets,
-                        format!("{from} on {} leads to no state", r.trigger),
-                    );
-                }
-                [only] if r.choice => {
-                    return err(
-                        Kind::Targets,
-                        format!(
-                            "{from} on {} chooses among one state: declare it with .to({}, ..), whose reaction returns nothing",
-                            r.trigger,
-                            only.name()
-                        ),
-                    );
-                }
-                _ => {}
-            }
-            if let Some(s) = r.from
-                && s.is_final()
-            {
-                if let Trigger::Timeout(_) = r.trigger {
-                    return err(
-                        Kind::LeavesFinal,
-                        format!(
-                            "final state {} reacts to {}: a finished saga has no timers",
-                            s.name(),
-                            r.trigger
-                        ),
-                    );
-                }
-                if let Some(next) = r.to.iter().find(|to| !to.is_final()) {
-                    return err(
-                        Kind::LeavesFinal,
-                        format!(
-                            "final state {} on {} leads to {}: a finished saga stays finished",
-                            s.name(),
-                            r.trigger,
-                            next.name()
-                        ),
-                    );
-                }
-            }
-        }
-        // Every state the saga can reach must still be able to finish.
+        Ok(())
+    }
+
+    /// Every state the saga can reach can still finish.
+    fn check_liveness(&self) -> Result<(), (DefinitionErrorKind, String)> {
         let edges = |s: Option<S>| {
             self.reactions
                 .iter()
@@ -414,9 +398,7 @@ impl<D: Data, S: State> Builder<D, S> {
                     break;
                 }
                 for next in edges(Some(x)) {
-                    if next.is_final() {
-                        finishes = true;
-                    }
+                    finishes |= next.is_final();
                     if !visited.contains(&next) {
                         visited.push(next);
                         frontier.push(next);
@@ -424,36 +406,78 @@ impl<D: Data, S: State> Builder<D, S> {
                 }
             }
             if !finishes {
-                return err(
-                    Kind::Stuck,
+                return Err((
+                    DefinitionErrorKind::Stuck,
                     format!(
                         "state {} can never reach a final state (no reaction leads out of it to one)",
                         s.name()
                     ),
-                );
+                ));
             }
         }
-        let mut correlate = self.correlate;
-        let mut subjects = BTreeSet::new();
-        for r in &self.reactions {
-            if let Trigger::Message(t) = r.trigger {
-                subjects.insert(t);
-                correlate
-                    .entry(t)
-                    .or_insert_with(|| Arc::new(|e: &Envelope<AnyMessage>| e.aggregate_id.clone()));
-            }
-        }
-        Ok(Definition {
-            inner: Arc::new(Inner {
-                name: self.name,
-                version: self.version,
-                service: Arc::from(self.service),
-                reactions: self.reactions,
-                correlate,
-                subjects,
-            }),
-        })
+        Ok(())
     }
+}
+
+/// One reaction's own rules: a trigger once per state, a target (and a choice among more
+/// than one), a final state without timers that stays final. `seen` collects the (state,
+/// trigger) pairs so far.
+fn check_reaction<D, S: State>(
+    r: &Reaction<D, S>,
+    seen: &mut BTreeSet<(Option<&'static str>, Trigger)>,
+) -> Result<(), (DefinitionErrorKind, String)> {
+    use DefinitionErrorKind as Kind;
+    let from = r.from.map_or("(start)", State::name);
+    if !seen.insert((r.from.map(State::name), r.trigger)) {
+        return Err((
+            Kind::Duplicate,
+            format!("state {from} reacts twice to {}", r.trigger),
+        ));
+    }
+    match r.to.as_slice() {
+        [] => {
+            return Err((
+                Kind::Targets,
+                format!("{from} on {} leads to no state", r.trigger),
+            ));
+        }
+        [only] if r.choice => {
+            return Err((
+                Kind::Targets,
+                format!(
+                    "{from} on {} chooses among one state: declare it with .to({}, ..), whose reaction returns nothing",
+                    r.trigger,
+                    only.name()
+                ),
+            ));
+        }
+        _ => {}
+    }
+    let Some(s) = r.from.filter(|s| s.is_final()) else {
+        return Ok(());
+    };
+    if let Trigger::Timeout(_) = r.trigger {
+        return Err((
+            Kind::LeavesFinal,
+            format!(
+                "final state {} reacts to {}: a finished saga has no timers",
+                s.name(),
+                r.trigger
+            ),
+        ));
+    }
+    if let Some(next) = r.to.iter().find(|to| !to.is_final()) {
+        return Err((
+            Kind::LeavesFinal,
+            format!(
+                "final state {} on {} leads to {}: a finished saga stays finished",
+                s.name(),
+                r.trigger,
+                next.name()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A message's reaction being declared: [`Builder::starts_with`] or [`Builder::on`], then
