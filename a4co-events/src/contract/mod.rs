@@ -1,5 +1,6 @@
-//! The published contract (feature `validate`): the catalog folder (docs/catalog/), the
-//! AsyncAPI document, and the evolution checks that keep published versions compatible.
+//! The published contract (feature `contract`, which the `a4co` CLI implies): the catalog
+//! folder (docs/catalog/), the AsyncAPI document, and the evolution checks that keep
+//! published versions compatible.
 //!
 //! The checked-in catalog is the published contract. [`generate`] renders it from the code;
 //! [`check`] fails when the code and the checked-in files differ, and says whether the
