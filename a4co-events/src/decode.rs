@@ -59,7 +59,7 @@ impl<T: Payload> Envelope<T> {
     /// back.
     ///
     /// # Errors
-    /// The [`DecodeError`](crate::DecodeError) a consumer would dead-letter the body with.
+    /// The [`DecodeError`] a consumer would dead-letter the body with.
     pub fn to_checked_json(&self) -> Result<Vec<u8>, crate::DecodeError> {
         let m = &self.metadata;
         let empty = [
