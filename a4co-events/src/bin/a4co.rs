@@ -100,8 +100,12 @@ enum DlqCommand {
         #[command(flatten)]
         nats: Nats,
     },
-    /// Removes the dead letters the filters match.
+    /// Removes the dead letters the filters match; with no filter, `--all` says to remove
+    /// every one (a `--dry-run` needs neither).
     Purge {
+        /// Remove every dead letter (instead of a filter).
+        #[arg(long, conflicts_with_all = ["consumer", "event_type", "since", "until"])]
+        all: bool,
         #[command(flatten)]
         nats: Nats,
         #[command(flatten)]
@@ -112,7 +116,12 @@ enum DlqCommand {
 #[derive(Debug, Args)]
 struct Nats {
     /// The NATS server.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "NATS_URL",
+        hide_env_values = true,
+        default_value = "nats://127.0.0.1:4222"
+    )]
     url: String,
     /// Print one JSON object per line instead of text.
     #[arg(long)]
@@ -384,7 +393,22 @@ fn dlq(command: DlqCommand) -> Result<ExitCode, String> {
                     return Ok(ExitCode::FAILURE);
                 }
             }
-            DlqCommand::Purge { filter, .. } => {
+            DlqCommand::Purge { filter, all, .. } => {
+                let filtered = filter.consumer.is_some()
+                    || filter.event_type.is_some()
+                    || filter.since.is_some()
+                    || filter.until.is_some();
+                if !filtered && !all && !dry_run {
+                    use clap::CommandFactory as _;
+                    Cli::command()
+                        .error(
+                            clap::error::ErrorKind::MissingRequiredArgument,
+                            "dlq purge without a filter removes every dead letter: say --all, \
+                             or give --consumer, --type, --since or --until (--dry-run shows \
+                             what would go)",
+                        )
+                        .exit();
+                }
                 let removed = tools
                     .purge(&filter.into(), dry_run)
                     .await

@@ -43,7 +43,12 @@ enum Command {
 #[derive(Debug, Args)]
 struct Nats {
     /// The NATS server.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "NATS_URL",
+        hide_env_values = true,
+        default_value = "nats://127.0.0.1:4222"
+    )]
     url: String,
     /// Print one JSON object per line instead of text.
     #[arg(long)]

@@ -397,9 +397,8 @@ impl Config {
         if self.client.is_some() {
             return "the given client".to_owned();
         }
-        self.urls
-            .split(',')
-            .map(|u| redact_url(u.trim()))
+        seeds(&self.urls)
+            .map(redact_url)
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -473,15 +472,11 @@ impl Config {
     fn servers(&self) -> Result<(Vec<async_nats::ServerAddr>, Option<Auth>), ConnectError> {
         let mut addrs = Vec::new();
         let mut found: Option<(String, Option<String>)> = None;
-        for seed in self
-            .urls
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-        {
+        for seed in seeds(&self.urls) {
             let addr = seed.parse::<async_nats::ServerAddr>().map_err(|_| {
                 self.invalid(format!(
-                    "{}: {:?} is not a NATS URL (expected nats://host:port, or tls://)",
+                    "{}: {:?} is not a NATS URL (expected nats://host:port, or tls://; a \
+                     password holding '/', '@' or '%' must be percent-encoded)",
                     self.names.urls,
                     redact_url(seed)
                 ))
@@ -713,8 +708,8 @@ fn redact_text(text: &str, config: &Config) -> String {
         Some(Auth::Token(t) | Auth::NkeySeed(t)) => secrets.push(t.0.to_string()),
         _ => {}
     }
-    for seed in config.urls.split(',') {
-        if let Some((userinfo, _)) = userinfo(seed.trim()) {
+    for seed in seeds(&config.urls) {
+        if let Some((userinfo, _)) = userinfo(seed) {
             secrets.push(userinfo.to_owned());
             if let Some((_, password)) = userinfo.split_once(':') {
                 secrets.push(password.to_owned());
@@ -727,12 +722,49 @@ fn redact_text(text: &str, config: &Config) -> String {
     out
 }
 
-/// The user-info part of `url` (`user:password` or `token`) and what follows it.
+/// The seeds of a comma-separated server list, trimmed, empty ones left out. A comma starts
+/// a new seed only where what follows is a URL or a plain `host[:port]`, so a password
+/// holding a comma stays in its seed (and is redacted with it).
+fn seeds(urls: &str) -> impl Iterator<Item = &str> {
+    let mut seeds: Vec<&str> = Vec::new();
+    let mut start = 0;
+    for (i, _) in urls.match_indices(',') {
+        let next = urls[i + 1..].trim_start();
+        let piece = next.split(',').next().unwrap_or_default();
+        let new_seed = match (piece.find("://"), piece.find('@')) {
+            (Some(scheme), Some(at)) => scheme < at,
+            (Some(_), None) => true,
+            (None, at) => at.is_none() && plain_host(piece.split('/').next().unwrap_or_default()),
+        };
+        if new_seed {
+            seeds.push(&urls[start..i]);
+            start = i + 1;
+        }
+    }
+    seeds.push(&urls[start..]);
+    seeds.into_iter().map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// Whether `authority` is a plain `host[:port]` (no user info).
+fn plain_host(authority: &str) -> bool {
+    !authority.contains('@')
+        && authority
+            .rsplit_once(':')
+            .is_none_or(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The user-info part of `url` (`user:password` or `token`) and what follows it. The user
+/// info runs to the last `@` of the seed, so a password holding `/`, `,` or `@` (not
+/// percent-encoded) is all in it; a seed whose text before its first `/` is a plain
+/// `host[:port]` has none (an `@` after it is in the path).
 fn userinfo(url: &str) -> Option<(&str, &str)> {
     let start = url.find("://").map_or(0, |i| i + 3);
     let rest = &url[start..];
-    let end = rest.find('/').unwrap_or(rest.len());
-    let at = rest[..end].rfind('@')?;
+    let first = rest.find('/').unwrap_or(rest.len());
+    if plain_host(&rest[..first]) {
+        return None;
+    }
+    let at = rest.rfind('@')?;
     Some((&rest[..at], &rest[at + 1..]))
 }
 
@@ -783,6 +815,18 @@ mod tests {
         assert_eq!(redact_url("app:p@ss@h"), "app:***@h");
         assert_eq!(redact_url("tls://h:4222"), "tls://h:4222");
         assert_eq!(redact_url("nats://h:4222/a@b"), "nats://h:4222/a@b");
+        // Fault 9 (issue 31): a password holding `/` or `,` (not percent-encoded) escaped.
+        assert_eq!(
+            redact_url("nats://app:pa/ss@h:4222"),
+            "nats://app:***@h:4222"
+        );
+        assert_eq!(
+            Config::new("nats://app:pa,ss@a:4222,nats://app:pa,ss@b:4222").shown_urls(),
+            "nats://app:***@a:4222,nats://app:***@b:4222"
+        );
+        let config = Config::new("nats://app:pa,s/s@a:4222");
+        let text = redact_text("cannot parse nats://app:pa,s/s@a:4222 (pa,s/s)", &config);
+        assert!(!text.contains("pa,s/s"), "{text}");
         let config = Config::new("nats://app:s3cret@a:4222, nats://app:s3cret@b:4222");
         assert_eq!(
             config.shown_urls(),
