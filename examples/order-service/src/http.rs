@@ -26,7 +26,9 @@ impl From<PlaceError> for ApiError {
                 };
                 ApiError::unprocessable(code, message)
             }
-            PlaceError::Unavailable(_) => ApiError::unavailable(message),
+            PlaceError::Unavailable { dependency, detail } => {
+                ApiError::unavailable(dependency, detail)
+            }
         }
     }
 }

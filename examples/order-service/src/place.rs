@@ -75,14 +75,28 @@ pub enum PlaceError {
     },
     /// A dependency did not answer (503): try again later. Retried with the same
     /// idempotency key, the request completes the order if this one got as far as
-    /// claiming the key.
-    #[error("{0}")]
-    Unavailable(String),
+    /// claiming the key. `detail` is for the log, never for the customer.
+    #[error("{dependency}: {detail}")]
+    Unavailable {
+        /// Which one: `inventory`, `payment`, `the order store`.
+        dependency: &'static str,
+        /// What it said.
+        detail: String,
+    },
+}
+
+impl PlaceError {
+    fn unavailable(dependency: &'static str, detail: impl std::fmt::Display) -> Self {
+        PlaceError::Unavailable {
+            dependency,
+            detail: detail.to_string(),
+        }
+    }
 }
 
 impl From<RecordsError> for PlaceError {
     fn from(error: RecordsError) -> Self {
-        PlaceError::Unavailable(format!("orders: {error}"))
+        PlaceError::unavailable("the order store", error)
     }
 }
 
@@ -174,7 +188,7 @@ impl<B: Publisher + Subscriber> Orders<B> {
                 Err(e) if e.status() == Some(404) => {
                     return Err(PlaceError::UnknownProduct(product_id.clone()));
                 }
-                Err(e) => return Err(PlaceError::Unavailable(format!("inventory: {e}"))),
+                Err(e) => return Err(PlaceError::unavailable("inventory", e)),
             };
             if found.available < *quantity {
                 return Err(PlaceError::OutOfStock {
@@ -314,7 +328,7 @@ impl<B: Publisher + Subscriber> Orders<B> {
                         .to_owned(),
                 })
             }
-            Err(e) => Err(PlaceError::Unavailable(format!("payment: {e}"))),
+            Err(e) => Err(PlaceError::unavailable("payment", e)),
         }
     }
 

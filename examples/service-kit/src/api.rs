@@ -18,6 +18,9 @@ pub struct ApiError {
     pub code: &'static str,
     /// What happened, for people.
     pub message: String,
+    /// For a failure of ours or a dependency's: the id its details are logged under
+    /// (answered as `reference`, for the caller to quote to support).
+    pub reference: Option<String>,
 }
 
 impl ApiError {
@@ -27,6 +30,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             code: "invalid-request",
             message: message.into(),
+            reference: None,
         }
     }
 
@@ -36,6 +40,7 @@ impl ApiError {
             status: StatusCode::NOT_FOUND,
             code: "not-found",
             message: message.into(),
+            reference: None,
         }
     }
 
@@ -45,6 +50,7 @@ impl ApiError {
             status: StatusCode::CONFLICT,
             code,
             message: message.into(),
+            reference: None,
         }
     }
 
@@ -54,37 +60,85 @@ impl ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             code,
             message: message.into(),
+            reference: None,
         }
     }
 
-    /// 503: a dependency is down; the caller may retry later.
-    pub fn unavailable(message: impl Into<String>) -> Self {
+    /// 503: `dependency` (`inventory`, `the state store`) is down; the caller may retry
+    /// later. The caller learns which dependency and a reference, nothing of `detail` (an
+    /// upstream's URL or error body): that is logged at warn level under the reference,
+    /// user info in URLs blanked.
+    pub fn unavailable(dependency: &str, detail: impl std::fmt::Display) -> Self {
+        let reference = a4co_events::EventId::new().to_string();
+        let detail = blank_userinfo(&detail.to_string());
+        tracing::warn!(%reference, %detail, "answering 503: {dependency} is unavailable");
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "unavailable",
-            message: message.into(),
+            message: format!("{dependency} is unavailable; retry later"),
+            reference: Some(reference),
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.code, "message": self.message});
+        let mut body = serde_json::json!({"error": self.code, "message": self.message});
+        if let Some(reference) = self.reference {
+            body["reference"] = serde_json::Value::String(reference);
+        }
         (self.status, axum::Json(body)).into_response()
     }
 }
 
 impl From<RecordsError> for ApiError {
     fn from(error: RecordsError) -> Self {
-        tracing::warn!(error = %error, "state store");
-        ApiError::unavailable(error.to_string())
+        ApiError::unavailable("the state store", error)
     }
 }
 
 impl From<a4co_events::bus::PublishError> for ApiError {
     fn from(error: a4co_events::bus::PublishError) -> Self {
-        tracing::warn!(error = %error, "publishing");
-        ApiError::unavailable(format!("the event bus refused the message: {error}"))
+        ApiError::unavailable("the event bus", error)
+    }
+}
+
+/// `text` with the user info of every URL in it (`scheme://user:password@`) blanked to
+/// `scheme://***@`.
+fn blank_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        // The authority runs to the next space, quote or slash; user info to its last '@'.
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '/' | '>'))
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                rest = &tail[at..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::blank_userinfo;
+
+    #[test]
+    fn user_info_is_blanked_wherever_a_url_appears() {
+        assert_eq!(
+            blank_userinfo("GET http://ops:hunter2@inv:8080/a failed; see nats://t0k@n:4222"),
+            "GET http://***@inv:8080/a failed; see nats://***@n:4222"
+        );
+        assert_eq!(blank_userinfo("http://inv:8080/a@b"), "http://inv:8080/a@b");
+        assert_eq!(blank_userinfo("no url here"), "no url here");
     }
 }
 

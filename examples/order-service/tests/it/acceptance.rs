@@ -228,6 +228,54 @@ async fn a_dependency_down_is_a_503_and_nothing_is_placed() {
     assert!(bus.all_published().is_empty());
 }
 
+/// Fault 9 (issue 31): a 503 carried the upstream's URL (its user info too) and the
+/// upstream's error body to the customer. The customer sees the error shape, which
+/// dependency, and a reference; the details go to the log under that reference.
+#[tokio::test]
+async fn a_503_shows_the_customer_a_reference_not_the_upstream() {
+    let inventory = FaultServer::start().await;
+    inventory.script(
+        "GET /api/v1/inventory/availability/oil",
+        [Reply::json(
+            503,
+            r#"{"detail":"db at 10.9.8.7 refused user inv, password xyzzy"}"#,
+        )],
+    );
+    let base = inventory
+        .base_url()
+        .replacen("http://", "http://ops:hunter2@", 1);
+    let clients = Clients::new(&base, "http://127.0.0.1:9", None).unwrap_or_else(|e| panic!("{e}"));
+    let bus = RecordingBus::new().await;
+    let orders = Orders::new(bus.clone(), Records::memory(), clients);
+    let api = in_process("order-service", orders.router(), "customer", &[]);
+    let (status, text) = error_of(&api, order_body("oil", 1, "pm-card-1")).await;
+    assert_eq!(status, Some(503), "{text}");
+    for leak in [
+        "hunter2",
+        "ops:",
+        "127.0.0.1",
+        "10.9.8.7",
+        "xyzzy",
+        "availability",
+    ] {
+        assert!(!text.contains(leak), "the 503 body shows {leak:?}: {text}");
+    }
+    let body: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(body["error"], "unavailable", "{text}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("inventory")),
+        "{text}"
+    );
+    assert!(
+        body["reference"].as_str().is_some_and(|r| r.len() >= 8),
+        "{text}"
+    );
+    assert!(orders.all().await.is_ok_and(|o| o.is_empty()));
+}
+
 #[tokio::test]
 async fn orders_follow_the_saga() {
     let Shop {

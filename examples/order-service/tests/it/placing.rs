@@ -56,7 +56,7 @@ async fn a_placement_cut_short_after_claiming_its_key_is_finished_by_the_retry()
 
     let failed = first.place(request(), Some("key-1")).await;
     assert!(
-        matches!(failed, Err(PlaceError::Unavailable(_))),
+        matches!(failed, Err(PlaceError::Unavailable { .. })),
         "{failed:?}"
     );
     assert!(
