@@ -38,6 +38,30 @@ pub const REASON_HEADER: &str = "a4co-dlq-reason";
 /// Header of a dead letter: the consumer, `<service>/<subscription>`.
 pub const CONSUMER_HEADER: &str = "a4co-dlq-consumer";
 
+/// The most bytes of one error (of the chain, or of an earlier attempt) a letter keeps; the
+/// rest is cut at a character boundary and marked `…`. With [`MAX_CHAIN`] causes and
+/// [`MAX_ATTEMPTS_KEPT`] attempts, the text of a letter stays far below a broker's payload
+/// limit, so it can always be written (by reference when the payload is large).
+pub const MAX_ERROR_BYTES: usize = 4096;
+/// The most bytes of the one-line reason.
+const MAX_REASON_BYTES: usize = 512;
+/// The most causes of an error chain a letter keeps (the last says how many more there were).
+const MAX_CHAIN: usize = 16;
+/// The most earlier attempts a letter keeps: the latest.
+const MAX_ATTEMPTS_KEPT: usize = 64;
+
+/// `text` cut to at most `max` bytes at a character boundary, `…` marking the cut.
+pub(crate) fn clip_bytes(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// The record of a dead-lettered message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -105,11 +129,31 @@ impl DeadLetter {
                 "base64",
             ),
         };
+        let mut error_chain = error_chain;
+        if error_chain.len() > MAX_CHAIN {
+            let more = error_chain.len() - MAX_CHAIN + 1;
+            error_chain.truncate(MAX_CHAIN - 1);
+            error_chain.push(format!("… {more} more causes"));
+        }
+        let error_chain: Vec<String> = error_chain
+            .iter()
+            .map(|e| clip_bytes(e, MAX_ERROR_BYTES))
+            .collect();
+        let mut attempts = attempts;
+        if attempts.len() > MAX_ATTEMPTS_KEPT {
+            attempts.drain(..attempts.len() - MAX_ATTEMPTS_KEPT);
+        }
+        for attempt in &mut attempts {
+            attempt.error = clip_bytes(&attempt.error, MAX_ERROR_BYTES);
+        }
         DeadLetter {
             reason: format!(
                 "{}: {}",
                 fault.as_str(),
-                error_chain.first().map_or("", String::as_str)
+                clip_bytes(
+                    error_chain.first().map_or("", String::as_str),
+                    MAX_REASON_BYTES
+                )
             ),
             fault,
             error_chain,
@@ -467,6 +511,14 @@ pub enum ReplayError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clipping_keeps_short_text_and_cuts_long_text_at_a_character() {
+        assert_eq!(clip_bytes("short", 10), "short");
+        let cut = clip_bytes(&"é".repeat(100), 11);
+        assert!(cut.len() <= 11 && cut.ends_with('…'), "{cut}");
+        assert!(cut.trim_end_matches('…').chars().all(|c| c == 'é'));
+    }
 
     fn letter(payload: &[u8]) -> DeadLetter {
         let message = RawMessage {

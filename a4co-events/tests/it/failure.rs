@@ -394,11 +394,56 @@ async fn a_message_that_keeps_killing_its_handler_is_dead_lettered<T: Operator>(
     );
 }
 
+/// Fault 5 (issue 31): a handler error of a megabyte made a dead letter larger than the
+/// broker takes even by reference, so it could never be written and the message came back
+/// for ever. The error text in a letter is clipped.
+async fn a_huge_error_is_clipped_and_its_letter_written<T: Operator>(f: Fixture<T>) {
+    let huge = "x".repeat(2 * 1024 * 1024);
+    let handle = f
+        .bus
+        .subscribe(
+            Subscription::new("t", "loud").to::<OrderCreated>(),
+            move |_: Envelope<AnyMessage>, _: DeliveryInfo| {
+                let huge = huge.clone();
+                async move { Err::<(), _>(HandlerError::permanent(huge)) }
+            },
+        )
+        .await
+        .unwrap();
+    f.bus.publish(&order("ord-loud")).await.unwrap();
+    eventually(10, "dead-lettered", || async {
+        handle.stats().dead_lettered == 1
+    })
+    .await;
+    assert_eq!(
+        handle.stats().dead_letter_failures,
+        0,
+        "written at the first try"
+    );
+    let letters = letters_of(&f, "t/loud").await;
+    let [(_, letter)] = letters.as_slice() else {
+        panic!("one letter: {letters:?}")
+    };
+    let chain: usize = letter.error_chain.iter().map(String::len).sum();
+    assert!(chain < 64 * 1024, "the chain is clipped: {chain} bytes");
+    assert!(
+        letter.error_chain[0].starts_with("xxx"),
+        "the start of the error is kept"
+    );
+    assert!(
+        letter.reason.len() < 4 * 1024,
+        "{} bytes",
+        letter.reason.len()
+    );
+    handle.shutdown().await;
+}
+
 conformance!(
     a_message_that_keeps_killing_its_handler_is_dead_lettered,
     replay_reaches_only_the_consumer_that_failed,
     a_letter_replayed_to_the_limit_needs_force,
     an_oversized_dead_letter_refers_to_its_original,
+    a_huge_error_is_clipped_and_its_letter_written,
     a_deleted_consumer_is_recreated_and_the_rest_handled,
 );
 

@@ -16,7 +16,9 @@ use tracing::Instrument as _;
 
 use super::marks::Mark;
 use super::{Decoded, DeliveryOf, Shared, write_later};
-use crate::bus::dlq::{DeadLetter, FaultKind, REPLAY_FOR_HEADER, REPLAY_HEADER};
+use crate::bus::dlq::{
+    DeadLetter, FaultKind, MAX_ERROR_BYTES, REPLAY_FOR_HEADER, REPLAY_HEADER, clip_bytes,
+};
 use crate::bus::transport::{Attempt, Delivery, Inbox, Transport};
 use crate::bus::{Handler, HandlerError, InboxCheck, telemetry};
 use crate::catalog::AnyMessage;
@@ -408,10 +410,11 @@ impl<T: Transport, H: Handler> Settling<'_, T, H> {
         let delay = self.shared.subscription.retry.delay(attempt);
         tracing::info!(error = %error, ?delay, attempt, "handler failed; retrying later");
         if let Some(inbox) = &self.shared.inbox {
+            // Clipped as a letter clips it: the record must fit the inbox's bucket.
             let failed = Attempt {
                 attempt,
                 at: Utc::now(),
-                error: error.chain().join(": "),
+                error: clip_bytes(&error.chain().join(": "), MAX_ERROR_BYTES),
                 fault: None,
             };
             if let Err(e) = inbox.record_attempt(&self.attempts_key(), failed).await {
