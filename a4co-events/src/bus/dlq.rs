@@ -359,7 +359,8 @@ impl<T: Transport> DeadLetters<T> {
             return Ok(letter.original()?);
         }
         let (stream, sequence) = (letter.stream.as_str(), letter.stream_sequence);
-        self.transport
+        let found = self
+            .transport
             .read_stream(stream, sequence, 1)
             .await?
             .into_iter()
@@ -368,7 +369,28 @@ impl<T: Transport> DeadLetters<T> {
             .ok_or_else(|| ReplayError::OriginalGone {
                 stream: stream.to_owned(),
                 sequence,
+            })?;
+        // The stream may have been re-created since: the same sequence then holds another
+        // message. Only the original's own id (or, without one, its event id) will do.
+        let expected = letter
+            .headers
+            .get(names::MSG_ID)
+            .cloned()
+            .or_else(|| letter.event_id.clone());
+        let id_of = |m: &RawMessage| {
+            m.message_id().map(str::to_owned).or_else(|| {
+                serde_json::from_slice::<serde_json::Value>(&m.payload)
+                    .ok()
+                    .and_then(|body| body["eventId"].as_str().map(str::to_owned))
             })
+        };
+        if found.subject != letter.subject || expected.is_some_and(|id| id_of(&found) != Some(id)) {
+            return Err(ReplayError::OriginalReplaced {
+                stream: stream.to_owned(),
+                sequence,
+            });
+        }
+        Ok(found)
     }
 
     /// Publishes the original back to its subject for the consumer that dead-lettered it
@@ -393,6 +415,13 @@ impl<T: Transport> DeadLetters<T> {
             .show(sequence)
             .await?
             .ok_or(ReplayError::NotFound(sequence))?;
+        // A record names its own subject: replay publishes only to a catalog message type.
+        if crate::catalog::versions(&letter.subject).next().is_none() {
+            return Err(ReplayError::NotCatalog {
+                sequence,
+                subject: crate::error::clip(&letter.subject),
+            });
+        }
         if letter.replay_exhausted() && !options.force {
             return Err(ReplayError::Refused {
                 sequence,
@@ -496,6 +525,31 @@ pub enum ReplayError {
         stream: String,
         /// The original's sequence.
         sequence: u64,
+    },
+    /// The letter refers to its original, but its stream now holds another message at that
+    /// sequence (the stream was re-created): nothing is replayed, the letter stays.
+    #[error(
+        "the dead letter refers to its original in {stream} at sequence {sequence}, but that \
+         sequence now holds another message (the stream was re-created): nothing replayed, the \
+         letter kept"
+    )]
+    OriginalReplaced {
+        /// The original's stream.
+        stream: String,
+        /// The original's sequence.
+        sequence: u64,
+    },
+    /// The record's subject is no message type of the catalog: replaying it would publish
+    /// where no consumer of the catalog expects it.
+    #[error(
+        "dead letter {sequence} names subject {subject:?}, which is no catalog message type: \
+         nothing replayed, the letter kept"
+    )]
+    NotCatalog {
+        /// The letter's sequence in `DLQ`.
+        sequence: u64,
+        /// Its subject, clipped.
+        subject: String,
     },
     /// The record's payload cannot be restored.
     #[error(transparent)]

@@ -797,3 +797,89 @@ async fn order_holds_across_instances_while_one_dies_and_another_joins() {
         handle.shutdown().await;
     }
 }
+
+/// Fault 5 (issue 31): a letter that refers to its original replayed whatever its stream
+/// held at that sequence, even after the stream was re-created; and a record's subject was
+/// published to as it stood, catalog type or not. Both are refused now, the letter kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_refuses_a_replaced_original_and_a_subject_outside_the_catalog() {
+    let f = crate::support::nats_bus().await;
+    let mut big = order("ord-big");
+    big.data.customer_id = "c".repeat(972 * 1024);
+    let handle = f
+        .bus
+        .subscribe(
+            Subscription::new("t", "big").to::<OrderCreated>(),
+            |_: Envelope<AnyMessage>, _: DeliveryInfo| {
+                std::future::ready(Err(HandlerError::permanent("too big for us")))
+            },
+        )
+        .await
+        .unwrap();
+    let published = f.bus.publish(&big).await.unwrap();
+    eventually(10, "dead-lettered", || async {
+        handle.stats().dead_lettered == 1
+    })
+    .await;
+    handle.shutdown().await;
+    let tools = DeadLetters::new(f.bus.transport().clone());
+    let [(seq, letter)] = letters_of(&f, "t/big").await.try_into().unwrap();
+    assert!(letter.is_reference());
+
+    // ORDERS is deleted and re-created; other orders fill it up to the original's sequence.
+    f.bus
+        .transport()
+        .jetstream()
+        .delete_stream("ORDERS")
+        .await
+        .unwrap();
+    f.bus.provision().await.unwrap();
+    let mut last = 0;
+    while last < published.sequence {
+        last = f.bus.publish(&order("ord-other")).await.unwrap().sequence;
+    }
+    let refused = tools
+        .replay(seq, ReplayOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, ReplayError::OriginalReplaced { sequence, .. } if sequence == published.sequence),
+        "{refused}"
+    );
+    assert_eq!(letters_of(&f, "t/big").await.len(), 1, "the letter is kept");
+
+    // A record whose subject is no message type: its replay would publish anywhere.
+    let mut forged = letter.clone();
+    forged.subject = "payments.cmd.charge_everyone".to_owned();
+    let mut record = forged.to_message();
+    // Its own broker id: the original letter's would be dropped as a duplicate.
+    record
+        .headers
+        .insert(a4co_events::headers::names::MSG_ID, "forged-1");
+    f.bus.transport().publish(record).await.unwrap();
+    let all = DeadLetters::new(f.bus.transport().clone())
+        .list(&Filter::default())
+        .await
+        .unwrap();
+    let (forged_seq, _) = all
+        .iter()
+        .find(|(_, l)| l.subject == "payments.cmd.charge_everyone")
+        .expect("the forged record is listed");
+    let refused = tools
+        .replay(*forged_seq, ReplayOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, ReplayError::NotCatalog { .. }),
+        "{refused}"
+    );
+    assert_eq!(
+        DeadLetters::new(f.bus.transport().clone())
+            .list(&Filter::default())
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "both letters kept"
+    );
+}
