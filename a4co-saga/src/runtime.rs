@@ -996,6 +996,12 @@ pub struct Running {
 }
 
 impl Running {
+    /// The health of the runtime's subscription (`<service>/<saga>`), for a service's
+    /// `/health` (`service::Workers::watch`).
+    pub fn health(&self) -> a4co_events::bus::SubscriptionHealth {
+        self.handle.health()
+    }
+
     /// Stops taking messages and timers, letting the reactions under way finish, then
     /// takes what they published out of the records.
     pub async fn shutdown(self) {

@@ -16,6 +16,8 @@ type Stopper = Box<dyn FnOnce(bool) -> Pin<Box<dyn Future<Output = ()> + Send>> 
 #[derive(Default)]
 pub struct Workers {
     subscriptions: Vec<SubscriptionHandle>,
+    /// The health of what runs its own subscription (a saga runtime), reported with ours.
+    watched: Vec<SubscriptionHealth>,
     tasks: Vec<JoinHandle<()>>,
     stoppers: Vec<Stopper>,
     stop: Option<watch::Sender<bool>>,
@@ -42,13 +44,21 @@ impl Workers {
         self.subscriptions.push(handle);
     }
 
-    /// The health of every subscription added so far, to check from a `/health` route: a
-    /// subscription whose consumer is being re-created (deleted on the broker, its stream
-    /// gone) reports what is wrong until it runs again.
+    /// Reports `health` with the subscriptions': for what runs a subscription of its own
+    /// and is added with [`Workers::other`] (a saga runtime's `Running::health`), so
+    /// `/health` sees it too.
+    pub fn watch(&mut self, health: SubscriptionHealth) {
+        self.watched.push(health);
+    }
+
+    /// The health of every subscription added or watched so far, to check from a
+    /// `/health` route: a subscription whose consumer is being re-created (deleted on the
+    /// broker, its stream gone) reports what is wrong until it runs again.
     pub fn health(&self) -> Vec<SubscriptionHealth> {
         self.subscriptions
             .iter()
             .map(SubscriptionHandle::health)
+            .chain(self.watched.iter().cloned())
             .collect()
     }
 

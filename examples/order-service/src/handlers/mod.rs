@@ -50,6 +50,8 @@ impl<B: Publisher + Subscriber> Orders<B> {
                 StartError::invalid_config(format!("starting the fulfillment saga: {e}"))
             })?;
         let mut workers = Workers::new();
+        // The saga runs its own subscription: /health reports it with the others.
+        workers.watch(saga.health());
         workers.other(move |graceful| async move {
             if graceful {
                 saga.shutdown().await;

@@ -393,3 +393,36 @@ async fn orders_follow_the_saga() {
         Workers::shutdown(w).await;
     }
 }
+
+/// Fault 7 (issue 31): `/health` listed the command subscription but not the saga runtime's,
+/// so a saga whose consumer was gone looked healthy.
+#[tokio::test]
+async fn health_sees_the_saga_runtime_and_the_command_handler() {
+    let clients = Clients::new("http://127.0.0.1:9", "http://127.0.0.1:9", None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bus = RecordingBus::new().await;
+    let orders = Orders::new(bus.clone(), Records::memory(), clients);
+    let workers = orders
+        .start_with(MemoryStore::new(), Settings::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let labels: Vec<String> = workers
+        .health()
+        .iter()
+        .map(|h| h.label().to_owned())
+        .collect();
+    assert!(
+        labels
+            .iter()
+            .any(|l| l == "order-service/order-fulfillment"),
+        "{labels:?}"
+    );
+    assert!(
+        labels
+            .iter()
+            .any(|l| l != "order-service/order-fulfillment"),
+        "the command handler too: {labels:?}"
+    );
+    assert!(workers.health().iter().all(|h| h.is_running()));
+    workers.shutdown().await;
+}
