@@ -883,3 +883,55 @@ async fn a_replay_refuses_a_replaced_original_and_a_subject_outside_the_catalog(
         "both letters kept"
     );
 }
+
+/// Fault 6 (issue 31): while the `DLQ` stream is down, a message whose letter cannot be
+/// written came back after the ladder's first delay every time (about 1 Hz with the
+/// defaults) when the bus could not count its attempts: undecodable input, or no inbox.
+/// The waits now grow along the ladder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_letter_backs_off_along_the_ladder_without_an_inbox() {
+    let f = crate::support::nats_bus().await;
+    let sub = Subscription::new("t", "spin")
+        .to::<OrderCreated>()
+        .inbox_ttl(None)
+        .retry(fast_retry(2));
+    let handle = f
+        .bus
+        .subscribe(sub, |_: Envelope<AnyMessage>, _: DeliveryInfo| {
+            std::future::ready(Ok(()))
+        })
+        .await
+        .unwrap();
+    f.bus
+        .transport()
+        .jetstream()
+        .delete_stream(DLQ_STREAM)
+        .await
+        .unwrap();
+    let junk = a4co_events::bus::RawMessage {
+        subject: "order.created".into(),
+        headers: a4co_events::Headers::new(),
+        payload: bytes::Bytes::from_static(b"not json"),
+    };
+    f.bus.publish_raw(junk).await.unwrap();
+    // When each failed write happened.
+    let mut at = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while at.len() < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} failed writes",
+            at.len()
+        );
+        let failures = handle.stats().dead_letter_failures as usize;
+        while at.len() < failures {
+            at.push(std::time::Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    // 100 ms doubling (no jitter): about 200, 400 and 800 ms; stuck, each about 100 ms.
+    assert!(gaps[3] >= gaps[0] * 3, "the waits do not grow: {gaps:?}");
+    assert_eq!(handle.stats().dead_lettered, 0);
+    handle.shutdown().await;
+}

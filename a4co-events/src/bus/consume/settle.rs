@@ -508,8 +508,17 @@ impl<T: Transport, H: Handler> Settling<'_, T, H> {
         kept: bool,
     ) {
         let shared = self.shared;
-        // Delivery count beyond the attempts: how often writing it failed already.
-        let failures = self.delivery.info().delivered.saturating_sub(attempt) + 1;
+        // How often writing it failed already: the deliveries beyond its recorded attempts
+        // where the attempts are counted apart (an inbox, a decoded message); else every
+        // delivery counts (undecodable input, or no inbox, where the attempt is the broker's
+        // count), so the waits still grow along the ladder.
+        let delivered = self.delivery.info().delivered;
+        let counted_apart = shared.inbox.is_some() && letter.fault != FaultKind::Undecodable;
+        let failures = if counted_apart {
+            delivered.saturating_sub(attempt) + 1
+        } else {
+            delivered
+        };
         let delay = shared.subscription.retry.delay(failures);
         tracing::error!(error = %error, reason = %letter.reason, ?delay, "cannot write the dead letter; the message is kept and comes back to write it again");
         shared
