@@ -39,8 +39,8 @@ pub const REASON_HEADER: &str = "a4co-dlq-reason";
 pub const CONSUMER_HEADER: &str = "a4co-dlq-consumer";
 
 /// The most bytes of one error (of the chain, or of an earlier attempt) a letter keeps; the
-/// rest is cut at a character boundary and marked `…`. With [`MAX_CHAIN`] causes and
-/// [`MAX_ATTEMPTS_KEPT`] attempts, the text of a letter stays far below a broker's payload
+/// rest is cut at a character boundary and marked `…`. With at most 16 causes and the latest
+/// 64 attempts kept, the text of a letter stays far below a broker's payload
 /// limit, so it can always be written (by reference when the payload is large).
 pub const MAX_ERROR_BYTES: usize = 4096;
 /// The most bytes of the one-line reason.
