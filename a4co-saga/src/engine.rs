@@ -84,21 +84,30 @@ async fn run_reaction<D: Data, S: State>(
         return Err(fail(kind, problem));
     }
     if !reaction.to.contains(&to) {
+        let declared: Vec<&str> = reaction.to.iter().map(|s| s.name()).collect();
         return Err(fail(
             ReactionErrorKind::UndeclaredState,
             format!(
                 "{} on {trigger} moved to {}, which the definition does not declare (declared: {})",
                 from.map_or("(start)", State::name),
                 to.name(),
-                reaction
-                    .to
-                    .iter()
-                    .map(|s| s.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                declared.join(", ")
             ),
         ));
     }
+    enter(instance, from, trigger, to, now);
+    Ok(true)
+}
+
+/// Moves the instance to `to`, as `trigger` took it from `from`: a final state drops the
+/// timers; the move joins the history (the latest 64).
+fn enter<D, S: State>(
+    instance: &mut Instance<D, S>,
+    from: Option<S>,
+    trigger: Trigger,
+    to: S,
+    now: DateTime<Utc>,
+) {
     instance.state = to;
     if to.is_final() {
         // A finished saga waits for nothing.
@@ -113,7 +122,6 @@ async fn run_reaction<D: Data, S: State>(
     if instance.ledger.history.len() > 64 {
         instance.ledger.history.remove(0);
     }
-    Ok(true)
 }
 
 /// Applies `message` to the instance `saga_id` (`None`: not stored yet).

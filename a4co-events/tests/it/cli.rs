@@ -336,7 +336,7 @@ async fn the_cli_speaks_json_dry_runs_follows_references_and_guards_replays() {
     handle.shutdown().await;
 }
 
-/// Faults 9 and 5 (issue 31): `--help` printed `NATS_URL` as set, password included (clap
+/// Guards against: `--help` printed `NATS_URL` as set, password included (clap
 /// shows an argument's environment value); `dlq purge` without a filter removed every letter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn help_hides_the_nats_url_and_purge_without_a_filter_asks_for_all() {

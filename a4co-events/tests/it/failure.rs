@@ -394,7 +394,7 @@ async fn a_message_that_keeps_killing_its_handler_is_dead_lettered<T: Operator>(
     );
 }
 
-/// Fault 5 (issue 31): a handler error of a megabyte made a dead letter larger than the
+/// Guards against: a handler error of a megabyte made a dead letter larger than the
 /// broker takes even by reference, so it could never be written and the message came back
 /// for ever. The error text in a letter is clipped.
 async fn a_huge_error_is_clipped_and_its_letter_written<T: Operator>(f: Fixture<T>) {
@@ -798,7 +798,7 @@ async fn order_holds_across_instances_while_one_dies_and_another_joins() {
     }
 }
 
-/// Fault 5 (issue 31): a letter that refers to its original replayed whatever its stream
+/// Guards against: a letter that refers to its original replayed whatever its stream
 /// held at that sequence, even after the stream was re-created; and a record's subject was
 /// published to as it stood, catalog type or not. Both are refused now, the letter kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -884,7 +884,7 @@ async fn a_replay_refuses_a_replaced_original_and_a_subject_outside_the_catalog(
     );
 }
 
-/// Fault 6 (issue 31): while the `DLQ` stream is down, a message whose letter cannot be
+/// Guards against: while the `DLQ` stream is down, a message whose letter cannot be
 /// written came back after the ladder's first delay every time (about 1 Hz with the
 /// defaults) when the bus could not count its attempts: undecodable input, or no inbox.
 /// The waits now grow along the ladder.

@@ -815,7 +815,7 @@ mod tests {
         assert_eq!(redact_url("app:p@ss@h"), "app:***@h");
         assert_eq!(redact_url("tls://h:4222"), "tls://h:4222");
         assert_eq!(redact_url("nats://h:4222/a@b"), "nats://h:4222/a@b");
-        // Fault 9 (issue 31): a password holding `/` or `,` (not percent-encoded) escaped.
+        // Guards against: a password holding `/` or `,` (not percent-encoded) escaped.
         assert_eq!(
             redact_url("nats://app:pa/ss@h:4222"),
             "nats://app:***@h:4222"

@@ -228,7 +228,7 @@ async fn a_dependency_down_is_a_503_and_nothing_is_placed() {
     assert!(bus.all_published().is_empty());
 }
 
-/// Fault 9 (issue 31): a 503 carried the upstream's URL (its user info too) and the
+/// Guards against: a 503 carried the upstream's URL (its user info too) and the
 /// upstream's error body to the customer. The customer sees the error shape, which
 /// dependency, and a reference; the details go to the log under that reference.
 #[tokio::test]
@@ -394,7 +394,7 @@ async fn orders_follow_the_saga() {
     }
 }
 
-/// Fault 7 (issue 31): `/health` listed the command subscription but not the saga runtime's,
+/// Guards against: `/health` listed the command subscription but not the saga runtime's,
 /// so a saga whose consumer was gone looked healthy.
 #[tokio::test]
 async fn health_sees_the_saga_runtime_and_the_command_handler() {
