@@ -4,6 +4,7 @@ use std::time::Duration;
 
 pub use a4co_backoff::Backoff;
 
+use super::error::{SubscribeError, SubscribeErrorKind};
 use crate::message::BoundedContext;
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -115,6 +116,12 @@ pub struct ConsumerSpec {
     pub start_sequence: Option<u64>,
     /// How many deliveries may be unsettled at once across all instances.
     pub max_ack_pending: u32,
+    /// Whether messages of the stream may have been handled under this durable name
+    /// before: the consumer is being re-created, or its subscription's inbox holds
+    /// records. A consumer created with it records the stream's last sequence then
+    /// ([`AckState::created_after`](super::transport::AckState::created_after)), and every
+    /// instance asks the inbox before running a first delivery at or below it.
+    pub handled_before: bool,
 }
 
 impl ConsumerSpec {
@@ -123,6 +130,34 @@ impl ConsumerSpec {
     /// least three times as often, busy or not).
     pub fn pin_timeout(&self) -> Duration {
         self.ack_wait.min(Duration::from_secs(5))
+    }
+
+    /// The error for its consumer found with the other sharing (`existing_pinned`), which
+    /// a transport returns instead of changing it: instances that disagree must not delete
+    /// each other's consumer.
+    pub fn conflict(&self, existing_pinned: bool) -> SubscribeError {
+        let (is, asked) = if existing_pinned {
+            (
+                "taken by one pinned instance at a time",
+                "shared by every instance at once",
+            )
+        } else {
+            (
+                "shared by every instance at once",
+                "taken by one pinned instance at a time",
+            )
+        };
+        SubscribeError::new(
+            SubscribeErrorKind::Conflict,
+            format!(
+                "consumer {} on {} is {is}, and this instance asks for it {asked}: the \
+                 instances of one subscription must agree (Subscription::exclusive), so it \
+                 is left as it is. Run them all with the same setting; to change it, stop \
+                 every instance and call EventBus::recreate_consumers once (docs/bus.md, \
+                 \"Changing how instances share a consumer\")",
+                self.durable, self.stream
+            ),
+        )
     }
 }
 

@@ -122,6 +122,10 @@ kinds!(
         NoStream => "no stream",
         /// The subscription's settings are invalid; the message says which and why.
         InvalidConfig => "invalid subscription",
+        /// Its durable consumer exists with settings JetStream cannot change in place
+        /// (whether instances share it or one is pinned), set by other instances: the
+        /// consumer is left as it is, and the message says how to change it.
+        Conflict => "conflicting consumer",
         /// The broker could not be reached.
         Unavailable => "unavailable",
         /// Anything else.

@@ -87,6 +87,8 @@ struct ConsumerState {
     pending: BTreeMap<u64, (u64, Instant)>,
     /// For a pinned consumer, the instance ([`MemoryConsumer`]) that takes its messages.
     pinned: Option<u64>,
+    /// [`AckState::created_after`].
+    created_after: u64,
 }
 
 #[derive(Debug, Default)]
@@ -95,6 +97,23 @@ struct Bucket {
     entries: HashMap<String, (Vec<u8>, Instant)>,
     /// Keys by expiry, soonest first (a key written again has a later entry too).
     expiry: VecDeque<(Instant, String)>,
+}
+
+impl ConsumerState {
+    /// Its ack floor: just below the lowest unsettled delivery, or the last delivered.
+    fn floor(&self) -> u64 {
+        match self.pending.keys().next() {
+            Some(first) => first.saturating_sub(1),
+            None => self.next_sequence.saturating_sub(1),
+        }
+    }
+}
+
+fn no_stream(name: &str) -> SubscribeError {
+    SubscribeError::new(
+        SubscribeErrorKind::NoStream,
+        format!("stream {name} does not exist: provision the streams first"),
+    )
 }
 
 impl MemoryTransport {
@@ -427,10 +446,7 @@ impl Consumer for MemoryConsumer {
     fn ack_state(&self) -> impl Future<Output = Option<AckState>> + Send + 'static {
         let state = self.transport.lock();
         let state = state.consumers.get(&self.key).map(|c| {
-            let floor = match c.pending.keys().next() {
-                Some(first) => first.saturating_sub(1),
-                None => c.next_sequence.saturating_sub(1),
-            };
+            let floor = c.floor();
             let waiting = state.streams.get(&c.spec.stream).map_or(0, |stream| {
                 stream
                     .messages
@@ -450,6 +466,7 @@ impl Consumer for MemoryConsumer {
                 epoch: 0,
                 pending: c.pending.len() as u64,
                 waiting,
+                created_after: c.created_after,
             }
         });
         std::future::ready(state)
@@ -528,6 +545,13 @@ impl Inbox for MemoryInbox {
         }
         Ok(())
     }
+    async fn holds_records(&self) -> Result<bool, InboxError> {
+        let state = self.transport.lock();
+        Ok(state
+            .buckets
+            .get(&self.bucket)
+            .is_some_and(|b| !b.entries.is_empty()))
+    }
 }
 
 impl Transport for MemoryTransport {
@@ -571,13 +595,7 @@ impl Transport for MemoryTransport {
     async fn consumer(&self, spec: &ConsumerSpec) -> Result<MemoryConsumer, SubscribeError> {
         let mut state = self.lock();
         let Some(stream) = state.streams.get(&spec.stream) else {
-            return Err(SubscribeError::new(
-                SubscribeErrorKind::NoStream,
-                format!(
-                    "stream {} does not exist: provision the streams first",
-                    spec.stream
-                ),
-            ));
+            return Err(no_stream(&spec.stream));
         };
         let first = stream
             .messages
@@ -588,17 +606,29 @@ impl Transport for MemoryTransport {
             Some(start) if start <= stream.last_sequence + 1 => start.max(first),
             _ => first,
         };
+        let created_after = if spec.handled_before {
+            stream.last_sequence
+        } else {
+            0
+        };
         let key = (spec.stream.clone(), spec.durable.clone());
-        state
-            .consumers
-            .entry(key.clone())
-            .and_modify(|c| c.spec = spec.clone())
-            .or_insert_with(|| ConsumerState {
-                spec: spec.clone(),
-                next_sequence: first,
-                pending: BTreeMap::new(),
-                pinned: None,
-            });
+        match state.consumers.entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(mut existing) => {
+                if existing.get().spec.pinned != spec.pinned {
+                    return Err(spec.conflict(existing.get().spec.pinned));
+                }
+                existing.get_mut().spec = spec.clone();
+            }
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                vacant.insert(ConsumerState {
+                    spec: spec.clone(),
+                    next_sequence: first,
+                    pending: BTreeMap::new(),
+                    pinned: None,
+                    created_after,
+                });
+            }
+        }
         drop(state);
         static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(MemoryConsumer {
@@ -607,6 +637,17 @@ impl Transport for MemoryTransport {
             instance: INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             took_pin: false,
         })
+    }
+
+    async fn recreate_consumer(&self, spec: &ConsumerSpec) -> Result<(), SubscribeError> {
+        let mut spec = spec.clone();
+        spec.handled_before = true;
+        let key = (spec.stream.clone(), spec.durable.clone());
+        if let Some(old) = self.lock().consumers.remove(&key) {
+            spec.start_sequence = Some(old.floor() + 1);
+        }
+        self.shared.changed.notify_waiters();
+        self.consumer(&spec).await.map(drop)
     }
 
     async fn inbox(&self, name: &str, ttl: Duration) -> Result<MemoryInbox, SubscribeError> {

@@ -590,6 +590,7 @@ impl Subscription {
                 // whose dead letter cannot be written yet is kept, never dropped.
                 max_deliver: None,
                 start_sequence: None,
+                handled_before: false,
                 pinned: self
                     .exclusive
                     .unwrap_or(self.ordered_by != OrderBy::Nothing),
@@ -673,6 +674,29 @@ impl<T: Transport> EventBus<T> {
             out.push(report);
         }
         Ok(out)
+    }
+
+    /// Re-creates the durable consumers of `subscription` with its settings, each from just
+    /// above where its acknowledgements stand: the one way to change whether its instances
+    /// share a consumer or take turns ([`Subscription::exclusive`]), which the broker cannot
+    /// change in place. What the new consumer hands out again is checked against the
+    /// subscription's inbox before it runs (see [`ConsumerSpec::handled_before`]).
+    ///
+    /// Stop every instance first: a running one finds its consumer changed under it and
+    /// reports [`SubscribeErrorKind::Conflict`] until it is stopped (docs/bus.md, "Changing
+    /// how instances share a consumer").
+    ///
+    /// # Errors
+    /// [`SubscribeErrorKind::InvalidConfig`] for a subscription that cannot run,
+    /// [`SubscribeErrorKind::NoStream`], or the broker's refusal.
+    pub async fn recreate_consumers(
+        &self,
+        subscription: &Subscription,
+    ) -> Result<(), SubscribeError> {
+        for spec in subscription.consumers()? {
+            self.transport.recreate_consumer(&spec).await?;
+        }
+        Ok(())
     }
 }
 

@@ -99,6 +99,11 @@ pub struct AckState {
     /// How many messages of the consumer's subjects wait to be delivered (its lag;
     /// JetStream's `num_pending`).
     pub waiting: u64,
+    /// The stream's last sequence when this consumer was created, if it was created with
+    /// [`ConsumerSpec::handled_before`] (else 0): a message at or below it may have been
+    /// handled under the durable's name before, so every instance asks the inbox before
+    /// running it, even on a first delivery.
+    pub created_after: u64,
 }
 
 /// One failed attempt at handling a message, kept for the dead-letter record.
@@ -147,6 +152,11 @@ pub trait Inbox: Clone + Send + Sync + 'static {
     fn attempts(&self, key: &str) -> impl Future<Output = Result<Vec<Attempt>, InboxError>> + Send;
     /// Drops the history under `key`.
     fn forget(&self, key: &str) -> impl Future<Output = Result<(), InboxError>> + Send;
+    /// Whether it holds any record (work was done under its name before). The default
+    /// says yes, which only costs inbox reads.
+    fn holds_records(&self) -> impl Future<Output = Result<bool, InboxError>> + Send {
+        std::future::ready(Ok(true))
+    }
 }
 
 /// A broker the bus can run on.
@@ -186,11 +196,26 @@ pub trait Transport: Clone + Send + Sync + 'static {
         spec: &StreamSpec,
     ) -> impl Future<Output = Result<Provisioned, ProvisionError>> + Send;
 
-    /// Opens (creating if needed) a durable consumer.
+    /// Opens a durable consumer, creating it if needed. One that exists keeps where it
+    /// starts (another instance may have re-created it) and takes `spec`'s other settings.
+    ///
+    /// # Errors
+    /// [`SubscribeErrorKind::Conflict`](super::SubscribeErrorKind::Conflict) when it
+    /// exists with the other [`ConsumerSpec::pinned`] ([`ConsumerSpec::conflict`]): it is
+    /// left as it is, never deleted (instances that disagree would delete each other's).
     fn consumer(
         &self,
         spec: &ConsumerSpec,
     ) -> impl Future<Output = Result<Self::Consumer, SubscribeError>> + Send;
+
+    /// Deletes the durable consumer of `spec`, if it exists, and creates it anew with
+    /// `spec`'s settings from just above its ack floor, with
+    /// [`ConsumerSpec::handled_before`] (what is delivered again is checked against the
+    /// inbox). The one way to change [`ConsumerSpec::pinned`].
+    fn recreate_consumer(
+        &self,
+        spec: &ConsumerSpec,
+    ) -> impl Future<Output = Result<(), SubscribeError>> + Send;
 
     /// Opens (creating if needed) the inbox bucket `name`, whose entries live for `ttl`.
     fn inbox(

@@ -14,8 +14,8 @@ use a4co_events::bus::memory::MemoryTransport;
 use a4co_events::bus::nats::NatsTransport;
 use a4co_events::bus::transport::Transport;
 use a4co_events::bus::{
-    Backoff, DLQ_STREAM, DeliveryInfo, HandlerError, Publisher, RetryPolicy, Subscriber,
-    Subscription,
+    Backoff, DLQ_STREAM, DeliveryInfo, HandlerError, OrderBy, Publisher, RetryPolicy,
+    SubscribeErrorKind, Subscriber, Subscription,
 };
 use a4co_events::catalog::order::OrderCreated;
 use a4co_events::{AnyMessage, Envelope, Message};
@@ -438,7 +438,175 @@ async fn a_huge_error_is_clipped_and_its_letter_written<T: Operator>(f: Fixture<
     handle.shutdown().await;
 }
 
+/// A handler's run, boxed.
+type Running =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HandlerError>> + Send>>;
+
+/// A handler counting runs per aggregate; `ord-0` waits for the gate (so the ack floor
+/// stays below everything else while it runs).
+fn gated_counter(
+    calls: &Arc<Mutex<HashMap<String, u32>>>,
+    gate: &Arc<tokio::sync::Semaphore>,
+) -> impl Fn(Envelope<AnyMessage>, DeliveryInfo) -> Running + Clone + Send + Sync + 'static {
+    let (calls, gate) = (Arc::clone(calls), Arc::clone(gate));
+    move |m: Envelope<AnyMessage>, _: DeliveryInfo| {
+        let (calls, gate) = (Arc::clone(&calls), Arc::clone(&gate));
+        Box::pin(async move {
+            if m.aggregate_id == "ord-0" {
+                // Returned at once: once open, the gate stays open.
+                drop(gate.acquire().await);
+            }
+            *calls.lock().unwrap().entry(m.aggregate_id).or_default() += 1;
+            Ok(())
+        })
+    }
+}
+
+/// Guards against: a consumer re-created from its ack floor hands the messages settled
+/// above the floor out again as first deliveries, and the instance that did not handle
+/// one runs it again (its finished work was only in the other's book).
+async fn instances_skip_settled_work_after_their_consumer_is_recreated<T: Operator>(f: Fixture<T>) {
+    let calls = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    // No order: ord-0 holds only its own lane.
+    let sub = Subscription::new("t", "phoenix-pair")
+        .to::<OrderCreated>()
+        .ordered_by(OrderBy::Nothing);
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        let handle = f
+            .bus
+            .subscribe(sub.clone(), gated_counter(&calls, &gate))
+            .await
+            .unwrap();
+        handles.push(handle);
+    }
+    for i in 0..40 {
+        f.bus.publish(&order(&format!("ord-{i}"))).await.unwrap();
+    }
+    let handled = |calls: &Arc<Mutex<HashMap<String, u32>>>| calls.lock().unwrap().len();
+    eventually(10, "all but ord-0 handled", || async {
+        handled(&calls) == 39
+    })
+    .await;
+    assert!(
+        handles.iter().all(|h| h.stats().handled > 0),
+        "both instances took messages: {:?}",
+        handles.iter().map(|h| h.stats()).collect::<Vec<_>>()
+    );
+    // The floor is below ord-0, everything above it is settled: re-created, the consumer
+    // hands all of it out again.
+    f.bus
+        .transport()
+        .remove_consumer("ORDERS", &sub.durable())
+        .await;
+    eventually(10, "both reported not running", || async {
+        handles.iter().all(|h| !h.is_running())
+    })
+    .await;
+    gate.add_permits(1);
+    eventually(15, "both running again", || async {
+        handles.iter().all(|h| h.is_running())
+    })
+    .await;
+    for i in 40..60 {
+        f.bus.publish(&order(&format!("ord-{i}"))).await.unwrap();
+    }
+    eventually(15, "the new ones handled", || async {
+        handled(&calls) == 60
+    })
+    .await;
+    // The re-created consumer hands the 39 settled ones out again: each is settled again,
+    // by running it or (as it must be) from the inbox.
+    eventually(15, "the old ones settled again", || async {
+        let stats = handles.iter().map(|h| h.stats());
+        stats.map(|s| s.handled + s.duplicates).sum::<u64>() >= 60 + 39
+    })
+    .await;
+    let calls = calls.lock().unwrap().clone();
+    let twice: Vec<_> = calls
+        .iter()
+        .filter(|(id, n)| id.as_str() != "ord-0" && **n != 1)
+        .collect();
+    // ord-0 was not settled when the consumer went (its ack had nowhere to go): at least
+    // once is all it is promised.
+    assert!(twice.is_empty(), "settled work ran again: {twice:?}");
+    let skipped: u64 = handles.iter().map(|h| h.stats().duplicates).sum();
+    assert!(skipped >= 39, "answered from the inbox: {skipped}");
+    for handle in handles {
+        handle.shutdown().await;
+    }
+}
+
+/// Guards against: instances of one durable that disagree on sharing it (pinned or not)
+/// delete and re-create each other's consumer in a loop. Then the upgrade path of
+/// docs/bus.md: stop every instance, `recreate_consumers`, start the new version.
+async fn instances_that_disagree_on_sharing_leave_the_consumer_alone<T: Operator>(f: Fixture<T>) {
+    let calls = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
+    let gate = Arc::new(tokio::sync::Semaphore::new(1));
+    // The version before: every instance takes messages at once.
+    let before = Subscription::new("t", "upgraded")
+        .to::<OrderCreated>()
+        .exclusive(false);
+    let old = f
+        .bus
+        .subscribe(before.clone(), gated_counter(&calls, &gate))
+        .await
+        .unwrap();
+    f.bus.publish(&order("ord-1")).await.unwrap();
+    eventually(10, "the old version handled one", || async {
+        old.stats().handled == 1
+    })
+    .await;
+    // The new version asks for a pinned consumer.
+    let after = Subscription::new("t", "upgraded").to::<OrderCreated>();
+    let refused = f
+        .bus
+        .subscribe(after.clone(), gated_counter(&calls, &gate))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), SubscribeErrorKind::Conflict, "{refused}");
+    let text = refused.to_string();
+    assert!(
+        text.contains("t_upgraded") && text.contains("recreate_consumers"),
+        "says which consumer and what to do: {text}"
+    );
+    // The running instance kept its consumer.
+    f.bus.publish(&order("ord-2")).await.unwrap();
+    eventually(10, "the old version goes on", || async {
+        old.stats().handled == 2
+    })
+    .await;
+    assert!(old.is_running());
+
+    // The upgrade: every instance stopped, the consumer made anew once, pinned.
+    old.shutdown().await;
+    f.bus.recreate_consumers(&after).await.unwrap();
+    let new = f
+        .bus
+        .subscribe(after.clone(), gated_counter(&calls, &gate))
+        .await
+        .unwrap();
+    f.bus.publish(&order("ord-3")).await.unwrap();
+    eventually(10, "the new version handles what follows", || async {
+        new.stats().handled == 1
+    })
+    .await;
+    let behind = f.bus.subscribe(before, gated_counter(&calls, &gate)).await;
+    assert_eq!(
+        behind.map(drop).unwrap_err().kind(),
+        SubscribeErrorKind::Conflict,
+        "an instance left on the old setting is refused now"
+    );
+    new.shutdown().await;
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert!(calls.values().all(|n| *n == 1), "none ran twice: {calls:?}");
+}
+
 conformance!(
+    instances_skip_settled_work_after_their_consumer_is_recreated,
+    instances_that_disagree_on_sharing_leave_the_consumer_alone,
     a_message_that_keeps_killing_its_handler_is_dead_lettered,
     replay_reaches_only_the_consumer_that_failed,
     a_letter_replayed_to_the_limit_needs_force,

@@ -215,6 +215,12 @@ impl<T: a4co_events::bus::transport::Transport> a4co_events::bus::transport::Tra
     ) -> Result<Self::Consumer, a4co_events::bus::SubscribeError> {
         Ok(LosingConsumer(self.0.consumer(s).await?))
     }
+    async fn recreate_consumer(
+        &self,
+        s: &a4co_events::bus::transport::ConsumerSpec,
+    ) -> Result<(), a4co_events::bus::SubscribeError> {
+        self.0.recreate_consumer(s).await
+    }
     async fn inbox(
         &self,
         name: &str,

@@ -159,7 +159,9 @@ impl Book {
         due.into_values().map(|(mark, _)| mark).collect()
     }
 
-    /// Everything kept, settled or not, emptying the book.
+    /// Everything kept, settled or not, emptying the book: after a lost connection, or
+    /// when its consumer is gone (the one made anew may hand any of it out again, to any
+    /// instance).
     pub(super) fn take_all(&mut self) -> Vec<Mark> {
         let settled = std::mem::take(&mut self.settled)
             .into_iter()
@@ -194,6 +196,7 @@ mod tests {
             epoch,
             pending: 0,
             waiting: 0,
+            created_after: 0,
         }
     }
 

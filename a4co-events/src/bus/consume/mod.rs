@@ -188,9 +188,9 @@ struct Held<T: Transport> {
 
 impl<T: Transport> Held<T> {
     /// Whether to ask the inbox before running it even on a first delivery: it may have
-    /// been handled already when it is at or below `recheck_below` (the highest sequence
-    /// seen before its consumer was re-created), or when it waited a whole `ack_wait` (a
-    /// progress that may not have arrived: redelivered and handled elsewhere).
+    /// been handled already when it is at or below `recheck_below` (what the stream held
+    /// when its consumer was re-created), or when it waited a whole `ack_wait` (a progress
+    /// that may not have arrived: redelivered and handled elsewhere).
     fn recheck(&self, recheck_below: u64, ack_wait: Duration) -> bool {
         self.decoded.0.info().stream_sequence <= recheck_below || self.arrived.elapsed() >= ack_wait
     }
@@ -201,7 +201,7 @@ pub(super) async fn start<T: Transport, H: Handler>(
     subscription: Subscription,
     handler: H,
 ) -> Result<SubscriptionHandle, SubscribeError> {
-    let specs = subscription.consumers()?;
+    let mut specs = subscription.consumers()?;
     let durable = subscription.durable();
     let inbox = match subscription.inbox_ttl {
         Some(ttl) => Some(
@@ -211,6 +211,15 @@ pub(super) async fn start<T: Transport, H: Handler>(
         ),
         None => None,
     };
+    // Work done under this name before (the consumer deleted while every instance was
+    // down, say): a consumer created now checks what the stream holds against the inbox.
+    if let Some(inbox) = &inbox
+        && inbox.holds_records().await.unwrap_or(true)
+    {
+        for spec in &mut specs {
+            spec.handled_before = true;
+        }
+    }
     let mut consumers = Vec::with_capacity(specs.len());
     let mut books = Vec::with_capacity(specs.len());
     let lazy = inbox.is_some() && subscription.inbox_check == super::InboxCheck::Redeliveries;
@@ -224,7 +233,7 @@ pub(super) async fn start<T: Transport, H: Handler>(
                 .filter(|_| lazy)
                 .map(|s| std::sync::Mutex::new(Book::new(s.epoch))),
         );
-        consumers.push((consumer, state.map(|s| s.floor)));
+        consumers.push((consumer, state));
     }
     let counters = Arc::new(Counters::default());
     let label = subscription.label();
@@ -247,9 +256,9 @@ pub(super) async fn start<T: Transport, H: Handler>(
     let tasks = consumers
         .into_iter()
         .enumerate()
-        .map(|(index, (consumer, floor))| {
+        .map(|(index, (consumer, state))| {
             let task =
-                task::Task::new(Arc::clone(&shared), consumer, floor, index, stop_rx.clone());
+                task::Task::new(Arc::clone(&shared), consumer, state, index, stop_rx.clone());
             tokio::spawn(task.run())
         })
         .collect();

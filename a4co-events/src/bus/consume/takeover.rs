@@ -105,6 +105,7 @@ mod tests {
             pending,
             waiting: 0,
             epoch: 1,
+            created_after: 0,
         }
     }
 

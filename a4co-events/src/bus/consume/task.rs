@@ -20,8 +20,8 @@ use tokio::time::{Instant, Interval, Sleep};
 
 use super::lanes::Lanes;
 use super::takeover::Takeover;
-use super::{Held, Shared, close_book, count_dead_letters, settle, write_later};
-use crate::bus::transport::{AckState, Consumer, Delivery, Transport};
+use super::{Held, Shared, close_book, count_dead_letters, settle, write_later, write_marks};
+use crate::bus::transport::{AckState, Consumer, Delivery, Inbox as _, Transport};
 use crate::bus::{ConsumeError, ConsumeErrorKind, Handler, OrderBy, SubscribeError};
 
 type DeliveryOf<T> = <<T as Transport>::Consumer as Consumer>::Delivery;
@@ -80,10 +80,16 @@ struct Reopen<C> {
     pending: Option<Reopening<C>>,
     /// Failed tries so far, for the backoff.
     tries: u32,
-    /// The highest sequence seen: after a re-creation, what is at or below it may have
-    /// been handled already and is checked against the inbox first.
+    /// The highest sequence seen: a first delivery at or below it means the consumer was
+    /// made anew (by another instance, maybe).
     seen: u64,
+    /// What the stream held when the consumer was made anew
+    /// ([`AckState::created_after`]): what is at or below it is checked against the inbox
+    /// before it runs.
     recheck_below: u64,
+    /// The consumer was made anew by another instance, as a first delivery showed, and the
+    /// broker was not asked since: every delivery is checked against the inbox.
+    suspect: bool,
 }
 
 /// One consumer of a subscription, and everything its loop keeps between events.
@@ -119,7 +125,7 @@ impl<T: Transport, H: Handler> Task<T, H> {
     pub(super) fn new(
         shared: Arc<Shared<T, H>>,
         consumer: T::Consumer,
-        floor: Option<u64>,
+        state: Option<AckState>,
         index: usize,
         stop: watch::Receiver<bool>,
     ) -> Self {
@@ -145,7 +151,8 @@ impl<T: Transport, H: Handler> Task<T, H> {
                 pending: None,
                 tries: 0,
                 seen: 0,
-                recheck_below: 0,
+                recheck_below: state.map_or(0, |s| s.created_after),
+                suspect: false,
             },
             paused_until: None,
             stopping: false,
@@ -153,7 +160,7 @@ impl<T: Transport, H: Handler> Task<T, H> {
             shared,
             index,
             consumer,
-            floor,
+            floor: state.map(|s| s.floor),
             stop,
             ticker,
             keep_alive,
@@ -258,7 +265,8 @@ impl<T: Transport, H: Handler> Task<T, H> {
 
     /// Runs a delivery on a lane.
     fn start(&mut self, held: Held<T>, lane: usize) {
-        let recheck = held.recheck(self.reopen.recheck_below, self.shared.subscription.ack_wait);
+        let recheck = self.reopen.suspect
+            || held.recheck(self.reopen.recheck_below, self.shared.subscription.ack_wait);
         self.running.push(Box::pin(settle::process(
             Arc::clone(&self.shared),
             held.decoded,
@@ -333,6 +341,8 @@ impl<T: Transport, H: Handler> Task<T, H> {
         let Some(state) = state else { return };
         let shared = Arc::clone(&self.shared);
         self.floor = Some(state.floor);
+        self.reopen.recheck_below = self.reopen.recheck_below.max(state.created_after);
+        self.reopen.suspect = false;
         shared.bus.metrics.backlog(
             &shared.service,
             &shared.label,
@@ -406,6 +416,11 @@ impl<T: Transport, H: Handler> Task<T, H> {
     async fn delivered(&mut self, delivery: DeliveryOf<T>) {
         self.looks.active = true;
         let sequence = delivery.info().stream_sequence;
+        if delivery.info().delivered == 1 && sequence <= self.reopen.seen {
+            // Only a consumer made anew delivers again for the first time.
+            tracing::info!(consumer = %self.shared.durable, sequence, "the consumer was made anew; checking what it hands out against the inbox");
+            self.reopen.suspect = true;
+        }
         self.reopen.seen = self.reopen.seen.max(sequence);
         match self.consumer.pin_changed() {
             Some(true) => {
@@ -451,13 +466,31 @@ impl<T: Transport, H: Handler> Task<T, H> {
     /// growing with `tries`: 250 ms, doubling up to [`MAX_REOPEN_DELAY`] (a pause even
     /// before the first, so a consumer deleted with its stream, or while its server
     /// restarts, is not hammered).
+    ///
+    /// First, the finished work only this instance's book knows of is written to the
+    /// inbox: the consumer made anew hands out again what was above its floor, to any
+    /// instance.
     fn reopening(&self, tries: u32) -> Reopening<T::Consumer> {
         let transport = self.shared.bus.transport.clone();
         let mut spec = self.shared.specs[self.index].clone();
         spec.start_sequence = self.floor.map(|f| f + 1);
+        spec.handled_before = true;
         let delay =
             (Duration::from_millis(250) * 2u32.saturating_pow(tries.min(6))).min(MAX_REOPEN_DELAY);
+        let marks = self
+            .shared
+            .book(self.index)
+            .map(|mut book| book.take_all())
+            .unwrap_or_default();
+        let inbox = self.shared.inbox.clone().filter(|_| !marks.is_empty());
+        let durable = self.shared.durable.clone();
         Box::pin(async move {
+            if let Some(inbox) = inbox {
+                write_marks(inbox.clone(), durable, marks).await;
+                if let Err(e) = inbox.flush().await {
+                    tracing::warn!(error = %e, "could not flush finished work before re-creating the consumer");
+                }
+            }
             tokio::time::sleep(delay).await;
             transport.consumer(&spec).await
         })

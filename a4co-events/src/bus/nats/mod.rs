@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::header::{HeaderName, HeaderValue, IntoHeaderName as _};
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PriorityPolicy, pull};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
@@ -30,7 +30,7 @@ use chrono::{DateTime, Utc};
 use std::future::IntoFuture as _;
 use tokio::sync::broadcast;
 
-use super::config::{ConsumerSpec, PIN_GROUP, StreamSpec};
+use super::config::{ConsumerSpec, StreamSpec};
 use super::error::{
     ConsumeError, ConsumeErrorKind, InboxError, InboxErrorKind, ProvisionError, ProvisionErrorKind,
     PublishError, PublishErrorKind, SubscribeError, SubscribeErrorKind,
@@ -41,6 +41,7 @@ use crate::bus::{PendingAck, Provisioned, PublishAck, RawMessage};
 use crate::headers::{Headers, known_name};
 
 mod connect;
+mod durable;
 mod puller;
 
 pub use connect::{Config, redact_url};
@@ -792,94 +793,7 @@ impl Transport for NatsTransport {
     }
 
     async fn consumer(&self, spec: &ConsumerSpec) -> Result<NatsConsumer, SubscribeError> {
-        let stream = self.js.get_stream(&spec.stream).await.map_err(|e| {
-            SubscribeError::new(
-                SubscribeErrorKind::NoStream,
-                format!(
-                    "stream {} is not available: provision the streams first",
-                    spec.stream
-                ),
-            )
-            .with_source(e)
-        })?;
-        let last = stream.cached_info().state.last_sequence;
-        let deliver_policy = match spec.start_sequence {
-            // A start past the stream's end means the stream was made anew: all of it.
-            Some(start_sequence) if start_sequence <= last.saturating_add(1) => {
-                DeliverPolicy::ByStartSequence { start_sequence }
-            }
-            _ => DeliverPolicy::All,
-        };
-        let (priority_policy, priority_groups) = if spec.pinned {
-            (PriorityPolicy::PinnedClient, vec![PIN_GROUP.to_owned()])
-        } else {
-            (PriorityPolicy::None, Vec::new())
-        };
-        let mut config = pull::Config {
-            durable_name: Some(spec.durable.clone()),
-            priority_policy,
-            priority_groups,
-            // A pinned instance that sends no pull request for this long is taken over.
-            priority_timeout: if spec.pinned {
-                spec.pin_timeout()
-            } else {
-                Duration::ZERO
-            },
-            filter_subjects: spec.filter_subjects.clone(),
-            ack_policy: AckPolicy::Explicit,
-            deliver_policy,
-            ack_wait: spec.ack_wait,
-            // -1: no limit; the bus counts attempts and dead-letters by its own count.
-            max_deliver: spec.max_deliver.map_or(-1, i64::from),
-            max_ack_pending: i64::from(spec.max_ack_pending),
-            ..Default::default()
-        };
-        let handle = match stream.create_consumer(config.clone()).await {
-            Ok(c) => c,
-            // It exists with other settings (a new version of the service), or another
-            // instance re-created it from another position: keep where it starts, update
-            // the rest.
-            Err(create) => {
-                let existing = stream.consumer_info(&spec.durable).await.map_err(|_| {
-                    SubscribeError::new(
-                        SubscribeErrorKind::Other,
-                        format!("creating consumer {}", spec.durable),
-                    )
-                    .with_source(create)
-                })?;
-                let updating = |e: Box<dyn std::error::Error + Send + Sync>| {
-                    SubscribeError::new(
-                        SubscribeErrorKind::Other,
-                        format!("updating consumer {}", spec.durable),
-                    )
-                    .with_source(e)
-                };
-                if existing.config.priority_policy == config.priority_policy {
-                    config.deliver_policy = existing.config.deliver_policy;
-                    stream
-                        .update_consumer(config)
-                        .await
-                        .map_err(|e| updating(e.into()))?
-                } else {
-                    // JetStream cannot add or drop a priority policy on a consumer: make
-                    // it anew from where its acknowledgements stand (what follows may be
-                    // delivered again; the inbox skips finished work).
-                    let start_sequence = existing.ack_floor.stream_sequence + 1;
-                    tracing::warn!(
-                        consumer = %spec.durable,
-                        start_sequence,
-                        pinned = spec.pinned,
-                        "re-creating the consumer to change how instances share it"
-                    );
-                    let _ = stream.delete_consumer(&spec.durable).await;
-                    config.deliver_policy = DeliverPolicy::ByStartSequence { start_sequence };
-                    stream
-                        .create_consumer(config)
-                        .await
-                        .map_err(|e| updating(e.into()))?
-                }
-            }
-        };
+        let handle = durable::create_or_bind(&self.js, spec).await?;
         NatsConsumer::open(&self.js, &self.client, handle, spec)
             .await
             .map_err(|e| {
@@ -889,6 +803,10 @@ impl Transport for NatsTransport {
                 )
                 .with_source(e)
             })
+    }
+
+    async fn recreate_consumer(&self, spec: &ConsumerSpec) -> Result<(), SubscribeError> {
+        durable::recreate(&self.js, spec).await
     }
 
     async fn inbox(&self, name: &str, ttl: Duration) -> Result<NatsInbox, SubscribeError> {
@@ -1047,6 +965,15 @@ impl Inbox for NatsInbox {
             .purge(&key)
             .await
             .map_err(|e| Self::error("purging", &key, e))
+    }
+    async fn holds_records(&self) -> Result<bool, InboxError> {
+        // The bucket's state as it was opened (the subscription opens it just before).
+        let status = self
+            .store
+            .status()
+            .await
+            .map_err(|e| Self::error("reading the state of", &self.bucket, e))?;
+        Ok(status.values() > 0)
     }
 }
 

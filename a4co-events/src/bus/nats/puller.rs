@@ -360,6 +360,7 @@ impl Consumer for NatsConsumer {
                     epoch,
                     pending: info.num_ack_pending as u64,
                     waiting: info.num_pending,
+                    created_after: super::durable::created_after(&info),
                 }),
                 Err(e) => {
                     tracing::debug!(error = %e, "consumer info unavailable");
