@@ -371,6 +371,7 @@ pub struct Subscription {
     decoder: Decoder,
     ordered_by: OrderBy,
     exclusive: Option<bool>,
+    handler_deadline: Duration,
 }
 
 /// Which messages a subscription handles one after another.
@@ -423,6 +424,7 @@ impl Subscription {
             decoder: Decoder::new(),
             ordered_by: OrderBy::Aggregate,
             exclusive: None,
+            handler_deadline: Duration::from_secs(60),
         }
     }
 
@@ -487,6 +489,18 @@ impl Subscription {
         self
     }
 
+    /// How long one run of the handler may take (default 60 s). A run past it is cancelled
+    /// (its future dropped at its next await) and counted as a retryable failure: a hung
+    /// dependency holds one lane for at most this long, not the subscription (or, on an
+    /// exclusive one, every aggregate and the standby's turn). It shows in
+    /// [`Stats::timed_out`], the counter `a4co_handler_timeouts_total{service,consumer}`
+    /// and, for one deadline after it, in [`SubscriptionHealth::problem`]. A handler that
+    /// blocks its thread cannot be cancelled: that shows as a stalled loop in the health.
+    pub fn handler_deadline(mut self, deadline: Duration) -> Self {
+        self.handler_deadline = deadline;
+        self
+    }
+
     /// How many deliveries may be unsettled at once, across all instances (default 1024).
     /// Higher keeps the pipeline from the broker full; lower bounds what an instance buffers.
     pub fn max_ack_pending(mut self, n: u32) -> Self {
@@ -548,10 +562,11 @@ impl Subscription {
         if self.max_in_flight == 0
             || self.retry.max_deliver == 0
             || self.ack_wait.is_zero()
+            || self.handler_deadline.is_zero()
             || self.max_ack_pending == 0
         {
             return Err(invalid(format!(
-                "{}: max_in_flight, max_ack_pending, retry.max_deliver and ack_wait must be above zero",
+                "{}: max_in_flight, max_ack_pending, retry.max_deliver, ack_wait and handler_deadline must be above zero",
                 self.label()
             )));
         }

@@ -58,6 +58,8 @@ impl Metrics {
 
     pub(crate) fn dead_letter_failed(&self, _: &Arc<str>, _: &str) {}
 
+    pub(crate) fn timed_out(&self, _: &Arc<str>, _: &str) {}
+
     pub(crate) fn dead_lettered(&self, _: &Arc<str>, _: &str, _: FaultKind) {}
 
     pub(crate) fn backlog(&self, _: &Arc<str>, _: &str, _: &str, _: u64, _: u64) {}
@@ -74,6 +76,7 @@ pub(crate) struct Metrics {
     duration: opentelemetry::metrics::Histogram<f64>,
     dead_letter_failures: opentelemetry::metrics::Counter<u64>,
     dead_letters: opentelemetry::metrics::Counter<u64>,
+    timeouts: opentelemetry::metrics::Counter<u64>,
     /// Per consumer (service, `<service>/<subscription>`, stream): messages waiting to be
     /// delivered and deliveries unsettled, as last looked up; read by the gauges.
     backlog: Arc<std::sync::Mutex<Backlog>>,
@@ -182,6 +185,11 @@ impl Metrics {
                 .u64_counter("a4co_dead_letters")
                 .with_description("Dead letters written, by consumer and reason (the fault kind)")
                 .build(),
+            // `a4co_handler_timeouts_total` on Prometheus.
+            timeouts: meter
+                .u64_counter("a4co_handler_timeouts")
+                .with_description("Handler runs cancelled at their deadline, by consumer")
+                .build(),
         }
     }
 
@@ -220,6 +228,17 @@ impl Metrics {
                 KeyValue::new("service", Arc::clone(service)),
                 KeyValue::new("consumer", consumer.to_owned()),
                 KeyValue::new("reason", reason.as_str()),
+            ],
+        );
+    }
+
+    /// A handler of `consumer` cancelled at its deadline.
+    pub(crate) fn timed_out(&self, service: &Arc<str>, consumer: &str) {
+        self.timeouts.add(
+            1,
+            &[
+                KeyValue::new("service", Arc::clone(service)),
+                KeyValue::new("consumer", consumer.to_owned()),
             ],
         );
     }

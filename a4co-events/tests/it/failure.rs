@@ -604,7 +604,118 @@ async fn instances_that_disagree_on_sharing_leave_the_consumer_alone<T: Operator
     assert!(calls.values().all(|n| *n == 1), "none ran twice: {calls:?}");
 }
 
+/// Counts a future dropped before it finished (a cancelled handler run).
+struct DropCount(Arc<AtomicU64>);
+
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Guards against: a handler that hangs holds its lane (and, behind it, the subscription's
+/// capacity and the pin) forever, with nothing to see.
+async fn a_hung_handler_is_cancelled_at_its_deadline_and_the_rest_flow<T: Operator>(f: Fixture<T>) {
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let cancelled = Arc::new(AtomicU64::new(0));
+    let (logged, dropped) = (Arc::clone(&log), Arc::clone(&cancelled));
+    let sub = Subscription::new("t", "deadline")
+        .to::<OrderCreated>()
+        .max_in_flight(4)
+        .retry(fast_retry(4))
+        .handler_deadline(Duration::from_secs(2));
+    let handle = f
+        .bus
+        .subscribe(sub, move |m: Envelope<AnyMessage>, info: DeliveryInfo| {
+            let (log, dropped) = (Arc::clone(&logged), Arc::clone(&dropped));
+            Box::pin(async move {
+                if m.aggregate_id == "ord-hang" && info.attempt == 1 {
+                    let _count = DropCount(dropped);
+                    std::future::pending::<()>().await;
+                }
+                let entry = format!("{} at attempt {}", m.aggregate_id, info.attempt);
+                log.lock().unwrap().push(entry);
+                Ok::<_, HandlerError>(())
+            }) as Running
+        })
+        .await
+        .unwrap();
+    f.bus.publish(&order("ord-hang")).await.unwrap();
+    for i in 0..10 {
+        f.bus.publish(&order(&format!("ord-{i}"))).await.unwrap();
+    }
+    eventually(15, "the hung run cancelled", || async {
+        cancelled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let flowed = log.lock().unwrap().len();
+    let problem = handle.health().problem().unwrap_or_default();
+    assert!(
+        problem.contains("ran past its deadline of 2s"),
+        "the health shows it: {problem:?}"
+    );
+    eventually(15, "everything handled", || async {
+        log.lock().unwrap().len() == 11
+    })
+    .await;
+    let log = log.lock().unwrap().clone();
+    assert!(
+        flowed >= 5,
+        "other aggregates flowed while it hung: {flowed} before the cancel"
+    );
+    assert!(
+        log.contains(&"ord-hang at attempt 2".to_owned()),
+        "retried after the cancel: {log:?}"
+    );
+    let stats = handle.shutdown().await;
+    assert_eq!((stats.timed_out, stats.handled), (1, 11), "{stats}");
+    assert!(stats.retried >= 1, "{stats}");
+}
+
+/// Guards against: a handler that blocks its thread (no await, so no deadline can cancel
+/// it) stalls its consumer while `/health` answers 200.
+async fn a_handler_that_blocks_its_thread_shows_as_a_stalled_loop<T: Operator>(f: Fixture<T>) {
+    f.bus.publish(&order("ord-block")).await.unwrap();
+    let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let blocked = Arc::clone(&released);
+    let handle = f
+        .bus
+        .subscribe(
+            Subscription::new("t", "blocking")
+                .to::<OrderCreated>()
+                .ack_wait(Duration::from_secs(1)),
+            move |_: Envelope<AnyMessage>, _: DeliveryInfo| {
+                // Blocking, as a synchronous call in async code would.
+                while !blocked.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                async { Ok::<_, HandlerError>(()) }
+            },
+        )
+        .await
+        .unwrap();
+    let health = handle.health();
+    // Waited for on this thread, with no timer of the runtime: with a worker blocked, the
+    // other may not be driving timers (no worker parks on the driver).
+    let stalled = (0..500).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        health
+            .problem()
+            .is_some_and(|p| p.contains("its loop has not run for"))
+    });
+    let problem = health.problem();
+    released.store(true, Ordering::SeqCst);
+    assert!(stalled, "the stalled loop shows: {problem:?}");
+    eventually(10, "handled, and healthy again", || async {
+        handle.stats().handled >= 1 && health.problem().is_none()
+    })
+    .await;
+    handle.shutdown().await;
+}
+
 conformance!(
+    a_hung_handler_is_cancelled_at_its_deadline_and_the_rest_flow,
+    a_handler_that_blocks_its_thread_shows_as_a_stalled_loop,
     instances_skip_settled_work_after_their_consumer_is_recreated,
     instances_that_disagree_on_sharing_leave_the_consumer_alone,
     a_message_that_keeps_killing_its_handler_is_dead_lettered,

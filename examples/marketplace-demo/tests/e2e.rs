@@ -659,7 +659,7 @@ async fn prometheus_scraping(processes: [&Process; 4]) -> a4co_testkit::promethe
     use a4co_testkit::prometheus::{Prometheus, check_rules};
     let rules = operations_file("alerts.yml");
     let checked = check_rules(&rules).unwrap_or_else(|e| panic!("promtool check rules: {e}"));
-    assert!(checked.contains("SUCCESS: 6 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 7 rules found"), "{checked}");
     let targets = processes.map(|p| p.url.trim_start_matches("http://").to_owned());
     let prometheus = Prometheus::start(&targets, std::slice::from_ref(&rules)).await;
     prometheus

@@ -46,6 +46,9 @@ pub struct Stats {
     pub dead_letter_failures: u64,
     /// Replays of a dead letter meant for another consumer, acknowledged unhandled.
     pub skipped: u64,
+    /// Handlers cancelled at their deadline (each also counted in `retried`, or
+    /// `dead_lettered` when it was the last attempt).
+    pub timed_out: u64,
 }
 
 /// `handled 2, duplicates 0, retried 1, dead-lettered 1`, then the rarer counts when not 0.
@@ -58,6 +61,7 @@ impl std::fmt::Display for Stats {
             dead_lettered,
             dead_letter_failures,
             skipped,
+            timed_out,
         } = self;
         write!(
             f,
@@ -69,6 +73,9 @@ impl std::fmt::Display for Stats {
         }
         if *skipped > 0 {
             write!(f, ", replays for others skipped {skipped}")?;
+        }
+        if *timed_out > 0 {
+            write!(f, ", cancelled at the deadline {timed_out}")?;
         }
         Ok(())
     }
@@ -82,6 +89,7 @@ struct Counters {
     dead_lettered: AtomicU64,
     dead_letter_failures: AtomicU64,
     skipped: AtomicU64,
+    timed_out: AtomicU64,
 }
 
 /// A running subscription. Dropping it leaves it running in the background; call
@@ -124,6 +132,7 @@ impl SubscriptionHandle {
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
             dead_letter_failures: c.dead_letter_failures.load(Ordering::Relaxed),
             skipped: c.skipped.load(Ordering::Relaxed),
+            timed_out: c.timed_out.load(Ordering::Relaxed),
         }
     }
 
@@ -237,7 +246,13 @@ pub(super) async fn start<T: Transport, H: Handler>(
     }
     let counters = Arc::new(Counters::default());
     let label = subscription.label();
-    let health = SubscriptionHealth::new(&label, specs.iter().map(|s| s.stream.clone()));
+    let timing = Timing::for_ack_wait(subscription.ack_wait);
+    let health = SubscriptionHealth::new(
+        &label,
+        specs.iter().map(|s| s.stream.clone()),
+        (timing.tick * 10).max(Duration::from_secs(2)),
+        subscription.handler_deadline,
+    );
     let shared = Arc::new(Shared {
         service: Arc::from(subscription.service.as_str()),
         durable,
@@ -245,7 +260,7 @@ pub(super) async fn start<T: Transport, H: Handler>(
         inbox,
         handler,
         counters: Arc::clone(&counters),
-        timing: Timing::for_ack_wait(subscription.ack_wait),
+        timing,
         subscription,
         books,
         specs,

@@ -326,26 +326,41 @@ impl<T: Transport, H: Handler> Settling<'_, T, H> {
             })
     }
 
-    /// Runs the handler, keeping the delivery alive while it works; a panic is a retryable
-    /// failure.
+    /// Runs the handler, keeping the delivery alive while it works; a panic, or a run past
+    /// the deadline (cancelled), is a retryable failure.
     async fn run_handler(
         &self,
         envelope: Envelope<AnyMessage>,
         attempt: u64,
     ) -> Result<(), HandlerError> {
+        let shared = self.shared;
         let mut handed = self.delivery.info().clone();
         handed.attempt = attempt;
-        let work = AssertUnwindSafe(self.shared.handler.handle(envelope, handed)).catch_unwind();
-        with_progress(self.delivery, self.shared.subscription.ack_wait, work)
-            .await
-            .unwrap_or_else(|panic| {
-                let text = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_owned());
-                Err(HandlerError::retryable(format!("handler panicked: {text}")))
-            })
+        let deadline = shared.subscription.handler_deadline;
+        let work = AssertUnwindSafe(shared.handler.handle(envelope, handed)).catch_unwind();
+        let work = tokio::time::timeout(deadline, work);
+        let Ok(outcome) = with_progress(self.delivery, shared.subscription.ack_wait, work).await
+        else {
+            shared.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+            shared.health.timed_out(self.consumer);
+            shared.bus.metrics.timed_out(&shared.service, &shared.label);
+            tracing::warn!(
+                ?deadline,
+                attempt,
+                "the handler ran past its deadline; cancelled"
+            );
+            return Err(HandlerError::retryable(format!(
+                "the handler ran past its deadline of {deadline:?} and was cancelled"
+            )));
+        };
+        outcome.unwrap_or_else(|panic| {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(HandlerError::retryable(format!("handler panicked: {text}")))
+        })
     }
 
     /// Carries out a verdict and counts it; returns the processed metric's status.

@@ -170,7 +170,9 @@ impl<T: Transport, H: Handler> Task<T, H> {
     /// Runs until shutdown is asked and everything it took is settled.
     pub(super) async fn run(mut self) {
         loop {
-            match self.next_event().await {
+            let event = self.next_event().await;
+            self.shared.health.beat(self.index);
+            match event {
                 Event::Finished(lane) => self.finished(lane),
                 Event::Stop(true) => self.detached = true,
                 Event::Stop(false) => self.stop().await,
@@ -232,8 +234,12 @@ impl<T: Transport, H: Handler> Task<T, H> {
             if listening && let Poll::Ready(changed) = stopped.as_mut().poll(cx) {
                 return Poll::Ready(Event::Stop(changed.is_err()));
             }
+            // Ticks go on while a question is in flight: the loop's heartbeat, and waiting
+            // deliveries kept alive, must not wait for a slow broker's answer.
+            if ticker.poll_tick(cx).is_ready() {
+                return Poll::Ready(Event::Tick);
+            }
             match looks.asking.as_mut() {
-                None if ticker.poll_tick(cx).is_ready() => return Poll::Ready(Event::Tick),
                 None => {
                     if let Some(timer) = looks.relook.as_mut()
                         && timer.as_mut().poll(cx).is_ready()
@@ -305,8 +311,9 @@ impl<T: Transport, H: Handler> Task<T, H> {
         self.give_back().await;
     }
 
-    /// Keeps waiting deliveries alive, notices a lost pin, and asks the broker where it
-    /// stands when something may have changed (or for the backlog gauges, now and then).
+    /// Keeps waiting deliveries alive, notices a lost pin, and (unless a question is in
+    /// flight) asks the broker where it stands when something may have changed, or for
+    /// the backlog gauges now and then.
     async fn tick(&mut self) {
         let period = self.keep_alive;
         let Task {
@@ -315,6 +322,9 @@ impl<T: Transport, H: Handler> Task<T, H> {
         keep_alive_all(lanes.waiting_mut().chain(takeover.held_mut()), period).await;
         if self.consumer.pin_changed() == Some(false) {
             self.give_back().await;
+        }
+        if self.looks.asking.is_some() {
+            return;
         }
         let book_open = self.shared.book(self.index).is_some_and(|b| !b.is_empty());
         let stale = self.looks.last.elapsed() >= BACKLOG_EVERY;
