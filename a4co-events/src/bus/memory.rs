@@ -52,6 +52,8 @@ struct Shared {
     state: Mutex<State>,
     /// Woken on every change a waiting consumer may care about.
     changed: Notify,
+    /// The next fetch panics ([`MemoryTransport::panic_on_next_fetch`]).
+    panic_next: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -134,6 +136,15 @@ impl MemoryTransport {
             .is_some();
         self.shared.changed.notify_waiters();
         removed
+    }
+
+    /// Makes the next fetch of any consumer panic, as a bug in a transport would, inside
+    /// the subscription's task: the bus restarts the task. For tests of that path.
+    pub fn panic_on_next_fetch(&self) {
+        self.shared
+            .panic_next
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.changed.notify_waiters();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -429,6 +440,12 @@ impl Consumer for MemoryConsumer {
             let changed = shared.changed.notified();
             let mut changed = std::pin::pin!(changed);
             changed.as_mut().enable();
+            if shared
+                .panic_next
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                panic!("a fault injected into the in-memory transport's fetch");
+            }
             match self.transport.take(&self.key, self.instance) {
                 Err(e) => return Some(Err(e)),
                 Ok(Ok((delivery, took_pin))) => {

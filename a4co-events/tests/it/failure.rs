@@ -713,7 +713,51 @@ async fn a_handler_that_blocks_its_thread_shows_as_a_stalled_loop<T: Operator>(f
     handle.shutdown().await;
 }
 
+/// Guards against: a handler that panics before it returns its future (in the closure's
+/// synchronous part) kills the subscription's task: nothing more is handled, and the
+/// health does not say so.
+async fn a_handler_that_panics_before_its_future_is_retried_and_the_rest_handled<T: Operator>(
+    f: Fixture<T>,
+) {
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let logged = Arc::clone(&log);
+    let handle = f
+        .bus
+        .subscribe(
+            Subscription::new("t", "sync-panic")
+                .to::<OrderCreated>()
+                .retry(fast_retry(4)),
+            move |m: Envelope<AnyMessage>, info: DeliveryInfo| {
+                assert!(
+                    m.aggregate_id != "ord-p" || info.attempt > 1,
+                    "a bug met before the handler's future"
+                );
+                let entry = format!("{} at attempt {}", m.aggregate_id, info.attempt);
+                logged.lock().unwrap().push(entry);
+                async { Ok::<_, HandlerError>(()) }
+            },
+        )
+        .await
+        .unwrap();
+    f.bus.publish(&order("ord-p")).await.unwrap();
+    for i in 0..5 {
+        f.bus.publish(&order(&format!("ord-{i}"))).await.unwrap();
+    }
+    eventually(10, "everything handled", || async {
+        log.lock().unwrap().len() == 6
+    })
+    .await;
+    assert!(
+        log.lock()
+            .unwrap()
+            .contains(&"ord-p at attempt 2".to_owned())
+    );
+    let stats = handle.shutdown().await;
+    assert_eq!((stats.handled, stats.retried), (6, 1), "{stats}");
+}
+
 conformance!(
+    a_handler_that_panics_before_its_future_is_retried_and_the_rest_handled,
     a_hung_handler_is_cancelled_at_its_deadline_and_the_rest_flow,
     a_handler_that_blocks_its_thread_shows_as_a_stalled_loop,
     instances_skip_settled_work_after_their_consumer_is_recreated,
@@ -1212,5 +1256,47 @@ async fn an_unwritable_letter_backs_off_along_the_ladder_without_an_inbox() {
     // 100 ms doubling (no jitter): about 200, 400 and 800 ms; stuck, each about 100 ms.
     assert!(gaps[3] >= gaps[0] * 3, "the waits do not grow: {gaps:?}");
     assert_eq!(handle.stats().dead_lettered, 0);
+    handle.shutdown().await;
+}
+
+/// Guards against: a panic in a subscription's task (a bug in the engine or a transport)
+/// ends it silently: nothing more is handled while `/health` answers 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_consumer_task_shows_and_the_task_starts_again() {
+    let f = crate::support::memory_bus().await;
+    let handled = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&handled);
+    let handle = f
+        .bus
+        .subscribe(
+            Subscription::new("t", "task-panic").to::<OrderCreated>(),
+            move |_: Envelope<AnyMessage>, _: DeliveryInfo| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, HandlerError>(()) }
+            },
+        )
+        .await
+        .unwrap();
+    let health = handle.health();
+    f.bus.publish(&order("ord-0")).await.unwrap();
+    eventually(10, "the first handled", || async {
+        handled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    f.bus.transport().panic_on_next_fetch();
+    eventually(10, "the panic shows in the health", || async {
+        health
+            .problem()
+            .is_some_and(|p| p.contains("its task panicked (a fault injected"))
+    })
+    .await;
+    eventually(10, "started again", || async { health.problem().is_none() }).await;
+    for i in 1..6 {
+        f.bus.publish(&order(&format!("ord-{i}"))).await.unwrap();
+    }
+    eventually(10, "the rest handled", || async {
+        handled.load(Ordering::SeqCst) == 6
+    })
+    .await;
     handle.shutdown().await;
 }

@@ -272,9 +272,8 @@ pub(super) async fn start<T: Transport, H: Handler>(
         .into_iter()
         .enumerate()
         .map(|(index, (consumer, state))| {
-            let task =
-                task::Task::new(Arc::clone(&shared), consumer, state, index, stop_rx.clone());
-            tokio::spawn(task.run())
+            let shared = Arc::clone(&shared);
+            tokio::spawn(supervise(shared, (consumer, state), index, stop_rx.clone()))
         })
         .collect();
     Ok(SubscriptionHandle {
@@ -283,6 +282,66 @@ pub(super) async fn start<T: Transport, H: Handler>(
         counters,
         health,
     })
+}
+
+/// Runs consumer `index`'s task. A panic in it (a bug: the handlers' and decoding's panics
+/// are caught where they happen) is logged, named in the health, and the task started
+/// again on the consumer opened anew, after the re-creation backoff (250 ms doubling to
+/// 10 s, from the start again after a minute without one). The deliveries it held come back
+/// after their ack wait, and are checked against the inbox.
+async fn supervise<T: Transport, H: Handler>(
+    shared: Arc<Shared<T, H>>,
+    opened: (T::Consumer, Option<AckState>),
+    index: usize,
+    stop: watch::Receiver<bool>,
+) {
+    use futures::FutureExt as _;
+    let mut opened = Some(opened);
+    let mut panics = 0;
+    loop {
+        let (consumer, state) = match opened.take() {
+            Some(opened) => opened,
+            None => {
+                let mut spec = shared.specs[index].clone();
+                spec.handled_before = true;
+                match shared.bus.transport.consumer(&spec).await {
+                    Ok(consumer) => {
+                        let state = consumer.ack_state().await;
+                        shared.health.set(index, None);
+                        (consumer, state)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, consumer = %shared.durable, "cannot open the consumer again yet");
+                        tokio::time::sleep(task::reopen_delay(panics)).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        let task = task::Task::new(Arc::clone(&shared), consumer, state, index, stop.clone());
+        let started = std::time::Instant::now();
+        let Err(panic) = std::panic::AssertUnwindSafe(task.run())
+            .catch_unwind()
+            .await
+        else {
+            return;
+        };
+        let text = settle::panic_text(&*panic);
+        tracing::error!(consumer = %shared.durable, panic = %text, "the subscription's task panicked; starting it again");
+        shared.health.set(
+            index,
+            Some(format!("its task panicked ({text}); starting it again")),
+        );
+        if *stop.borrow() {
+            return;
+        }
+        panics = if started.elapsed() > Duration::from_secs(60) {
+            0
+        } else {
+            panics + 1
+        };
+        tokio::time::sleep(task::reopen_delay(panics)).await;
+    }
 }
 
 /// Writes finished work to the inbox in the background (what a book says is due).

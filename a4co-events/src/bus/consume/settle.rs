@@ -337,7 +337,13 @@ impl<T: Transport, H: Handler> Settling<'_, T, H> {
         let mut handed = self.delivery.info().clone();
         handed.attempt = attempt;
         let deadline = shared.subscription.handler_deadline;
-        let work = AssertUnwindSafe(shared.handler.handle(envelope, handed)).catch_unwind();
+        // A panic in the handler's synchronous part (before its future) is caught too.
+        let work =
+            std::panic::catch_unwind(AssertUnwindSafe(|| shared.handler.handle(envelope, handed)));
+        let work = match work {
+            Ok(work) => AssertUnwindSafe(work).catch_unwind(),
+            Err(panic) => return Err(panicked(&*panic)),
+        };
         let work = tokio::time::timeout(deadline, work);
         let Ok(outcome) = with_progress(self.delivery, shared.subscription.ack_wait, work).await
         else {
@@ -353,14 +359,7 @@ impl<T: Transport, H: Handler> Settling<'_, T, H> {
                 "the handler ran past its deadline of {deadline:?} and was cancelled"
             )));
         };
-        outcome.unwrap_or_else(|panic| {
-            let text = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_owned());
-            Err(HandlerError::retryable(format!("handler panicked: {text}")))
-        })
+        outcome.unwrap_or_else(|panic| Err(panicked(&*panic)))
     }
 
     /// Carries out a verdict and counts it; returns the processed metric's status.
@@ -559,6 +558,20 @@ impl<T: Transport, H: Handler> Settling<'_, T, H> {
         }
         let _ = self.delivery.nak(delay).await;
     }
+}
+
+/// A panic's message, as a retryable failure.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> HandlerError {
+    HandlerError::retryable(format!("handler panicked: {}", panic_text(panic)))
+}
+
+/// What a panic said.
+pub(super) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
 async fn ack<D: Delivery>(delivery: &D) {

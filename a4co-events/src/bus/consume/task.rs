@@ -443,11 +443,17 @@ impl<T: Transport, H: Handler> Task<T, H> {
             None => {}
         }
         let message = delivery.message();
-        let decoded = self
-            .shared
-            .subscription
-            .decoder
-            .decode(&message.payload, &message.headers);
+        let decoder = &self.shared.subscription.decoder;
+        // A panic while decoding (a bug met by some input) dead-letters that message.
+        let decoded =
+            std::panic::catch_unwind(|| decoder.decode(&message.payload, &message.headers))
+                .unwrap_or_else(|panic| {
+                    let text = settle::panic_text(&*panic);
+                    Err(crate::DecodeError::new(
+                        crate::DecodeErrorKind::InvalidEnvelope,
+                        format!("decoding panicked: {text}"),
+                    ))
+                });
         let now = Instant::now();
         let held = Held {
             decoded: (delivery, decoded),
@@ -485,8 +491,7 @@ impl<T: Transport, H: Handler> Task<T, H> {
         let mut spec = self.shared.specs[self.index].clone();
         spec.start_sequence = self.floor.map(|f| f + 1);
         spec.handled_before = true;
-        let delay =
-            (Duration::from_millis(250) * 2u32.saturating_pow(tries.min(6))).min(MAX_REOPEN_DELAY);
+        let delay = reopen_delay(tries);
         let marks = self
             .shared
             .book(self.index)
@@ -518,6 +523,12 @@ impl<T: Transport, H: Handler> Task<T, H> {
             Some("the subscription was shut down".to_owned()),
         );
     }
+}
+
+/// The pause before re-creating a consumer after `tries` failed tries: 250 ms, doubling up
+/// to [`MAX_REOPEN_DELAY`].
+pub(super) fn reopen_delay(tries: u32) -> Duration {
+    (Duration::from_millis(250) * 2u32.saturating_pow(tries.min(6))).min(MAX_REOPEN_DELAY)
 }
 
 /// Tells the broker that deliveries waiting to start are still being worked on, each once
