@@ -734,7 +734,9 @@ impl Call {
     }
 
     /// The route template for metrics and spans (`/api/v1/inventory/{productId}`). Default:
-    /// the path with segments holding digits replaced by `{id}`.
+    /// the path with segments holding digits replaced by `{id}`; a client derives at most
+    /// 32 such labels, then labels new paths `{other}` (so ids without digits cannot fill
+    /// the metrics' series cap): name the template wherever a path carries input.
     pub fn endpoint(mut self, template: impl Into<String>) -> Self {
         self.endpoint = Some(template.into());
         self
@@ -770,6 +772,7 @@ impl Call {
     /// the body the target sent), rejected by the concurrency limit, or a bad request.
     pub async fn send(mut self) -> Result<Response, Error> {
         let fallback = self.fallback.take();
+        let named = self.endpoint.is_some();
         let endpoint = self
             .endpoint
             .take()
@@ -796,7 +799,9 @@ impl Call {
         let result = self.run(started).instrument(span.clone()).await;
         let status = telemetry::status_label(result.as_ref().map(|r| r.status));
         telemetry::record_outcome(&span, result.as_ref().map(|r| r.status), &status);
-        inner.metrics.record(endpoint, status, started.elapsed());
+        inner
+            .metrics
+            .record(endpoint, named, status, started.elapsed());
         match result {
             Err(error) if error.is_unavailable() => match fallback {
                 Some(fallback) => {

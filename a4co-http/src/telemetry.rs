@@ -34,7 +34,15 @@ pub(crate) struct Metrics {
     target: Arc<str>,
     /// Keeps the breaker gauge registered as long as the client lives.
     _gauge: Option<opentelemetry::metrics::ObservableGauge<u64>>,
+    /// The endpoint labels derived from paths so far (at most [`MAX_DERIVED_ENDPOINTS`]).
+    derived: Arc<std::sync::RwLock<std::collections::HashSet<Box<str>>>>,
 }
+
+/// How many endpoint labels a client derives from paths ([`endpoint_of`]); beyond, a path
+/// not seen before is labelled `{other}`. A path can carry input the digit rule misses
+/// (`/products/ceramic-vase/stock`): without a bound, such values would fill the exporter's
+/// series cap and push the real series out. [`crate::Call::endpoint`] names are not counted.
+pub(crate) const MAX_DERIVED_ENDPOINTS: usize = 32;
 
 impl Metrics {
     pub(crate) fn new(source: &str, target: &str, breaker: Option<&Breaker>) -> Self {
@@ -62,10 +70,24 @@ impl Metrics {
             source: Arc::from(source),
             target: Arc::from(target),
             _gauge: gauge,
+            derived: Arc::default(),
         }
     }
 
-    pub(crate) fn record(&self, endpoint: String, status: Cow<'static, str>, took: Duration) {
+    /// Records one call. `named`: the endpoint is the call's own template, not one derived
+    /// from its path (which is bounded: see [`MAX_DERIVED_ENDPOINTS`]).
+    pub(crate) fn record(
+        &self,
+        endpoint: String,
+        named: bool,
+        status: Cow<'static, str>,
+        took: Duration,
+    ) {
+        let endpoint = if named {
+            endpoint
+        } else {
+            self.bounded(endpoint)
+        };
         let labels = [
             KeyValue::new("source_service", Arc::clone(&self.source)),
             KeyValue::new("target_service", Arc::clone(&self.target)),
@@ -74,6 +96,36 @@ impl Metrics {
         ];
         self.requests.add(1, &labels);
         self.duration.record(took.as_secs_f64(), &labels);
+    }
+}
+
+impl Metrics {
+    /// `endpoint` if it is among the first [`MAX_DERIVED_ENDPOINTS`] derived, else `{other}`.
+    fn bounded(&self, endpoint: String) -> String {
+        let known = |set: &std::collections::HashSet<Box<str>>| set.contains(endpoint.as_str());
+        let derived = self
+            .derived
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if known(&derived) {
+            return endpoint;
+        }
+        drop(derived);
+        let mut derived = self
+            .derived
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if known(&derived) {
+            return endpoint;
+        }
+        if derived.len() < MAX_DERIVED_ENDPOINTS {
+            derived.insert(endpoint.clone().into_boxed_str());
+            return endpoint;
+        }
+        if derived.insert("{other}".into()) {
+            tracing::warn!(target_service = %self.target, "more than {MAX_DERIVED_ENDPOINTS} endpoint labels derived from paths; further ones are `{{other}}`: name the route with Call::endpoint");
+        }
+        "{other}".to_owned()
     }
 }
 

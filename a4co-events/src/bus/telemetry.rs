@@ -265,8 +265,7 @@ impl Metrics {
         );
     }
 
-    /// One handling. Labels come from statics and the shared service name; only a message
-    /// that could not be decoded, or whose subject is not its type, costs a copy.
+    /// One handling. Labels come from statics and the shared service name.
     pub(crate) fn processed(
         &self,
         service: &Arc<str>,
@@ -275,9 +274,16 @@ impl Metrics {
         status: &'static str,
         took: Duration,
     ) {
+        // The subject comes from input when the message did not decode: only a catalog
+        // subject is a label value (any other is `unknown`), so junk cannot fill the
+        // series cap and push the real series out.
         let subject: Value = match event_type {
             Some(t) if t == subject => t.into(),
-            _ => subject.to_owned().into(),
+            _ => crate::catalog::versions(subject)
+                .next()
+                .and_then(|v| crate::catalog::find(subject, v))
+                .map_or("unknown", |m| m.type_name)
+                .into(),
         };
         let attributes = [
             KeyValue::new("service", Arc::clone(service)),

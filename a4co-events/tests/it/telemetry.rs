@@ -385,3 +385,78 @@ async fn a_message_without_trace_context_starts_a_trace_at_its_handling() {
     handle.shutdown().await;
     confirmations.shutdown().await;
 }
+
+/// Guards against: the processed metric's `subject` label copied from input (any subject a
+/// filter such as `order.>` lets in), so junk subjects fill the series cap.
+#[test]
+fn junk_subjects_are_one_series() {
+    use a4co_events::bus::RawMessage;
+    use a4co_events::headers::Headers;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (telemetry, _guard) = Telemetry::install();
+    runtime.block_on(async {
+        let nats = crate::support::nats_bus().await;
+        let bus = nats.bus.clone();
+        let handle = bus
+            .subscribe(
+                Subscription::new("inventory-service", "junk").subject("order.>"),
+                |_: Envelope<AnyMessage>, _: DeliveryInfo| async { Ok::<_, HandlerError>(()) },
+            )
+            .await
+            .unwrap();
+        for n in 0..5 {
+            bus.transport()
+                .publish(RawMessage {
+                    subject: format!("order.junk-{n}"),
+                    headers: Headers::new(),
+                    payload: b"{}".to_vec().into(),
+                })
+                .await
+                .unwrap();
+        }
+        // A catalog subject with a body that breaks it keeps its own label.
+        bus.transport()
+            .publish(RawMessage {
+                subject: "order.created".into(),
+                headers: Headers::new(),
+                payload: b"{}".to_vec().into(),
+            })
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while handle.stats().dead_lettered < 6 {
+            assert!(tokio::time::Instant::now() < deadline, "{}", handle.stats());
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        handle.shutdown().await;
+        telemetry.meter_provider.force_flush().unwrap();
+        let exported = telemetry.metrics.get_finished_metrics().unwrap();
+        let processed = exported
+            .iter()
+            .flat_map(|r| r.scope_metrics())
+            .flat_map(|s| s.metrics())
+            .find(|m| m.name() == "microservices_events_processed")
+            .expect("the processed counter");
+        let AggregatedMetrics::U64(MetricData::Sum(sum)) = processed.data() else {
+            panic!("not a u64 sum")
+        };
+        let mut by_subject = std::collections::BTreeMap::<String, u64>::new();
+        for point in sum.data_points() {
+            let subject = point
+                .attributes()
+                .find(|kv| kv.key.as_str() == "subject")
+                .map(|kv| kv.value.to_string())
+                .unwrap_or_default();
+            *by_subject.entry(subject).or_default() += point.value();
+        }
+        let expected = std::collections::BTreeMap::from([
+            ("order.created".to_owned(), 1),
+            ("unknown".to_owned(), 5),
+        ]);
+        assert_eq!(by_subject, expected);
+        drop(nats);
+    });
+}

@@ -170,3 +170,70 @@ async fn trace_context_arrives_and_calls_are_counted() {
         [("target_service".to_owned(), "inventory-service".to_owned())]
     );
 }
+
+/// Guards against: paths carrying input the `{id}` rule misses (ids without digits) give
+/// one `endpoint` series each, until the exporter's series cap pushes the real ones out.
+#[tokio::test]
+async fn paths_carrying_input_cannot_fill_the_endpoint_series() {
+    let (t, _guard) = Telemetry::install();
+    let server = FaultServer::start().await;
+    let client = Client::builder("product-service", server.base_url())
+        .source("order-service")
+        .build()
+        .unwrap();
+    // Any status will do: each call is counted under its endpoint.
+    let call = |path: String| {
+        let client = client.clone();
+        async move {
+            let _ = client.get(&path).send().await;
+        }
+    };
+    call("/api/v1/health".to_owned()).await;
+    let letters = |i: usize| -> String {
+        let (a, b) = (b'a' + (i / 26) as u8, b'a' + (i % 26) as u8);
+        String::from_utf8(vec![a, b]).unwrap()
+    };
+    for i in 0..40 {
+        call(format!("/api/v1/products/vase-{}/stock", letters(i))).await;
+    }
+    call("/api/v1/health".to_owned()).await;
+    client
+        .get("/api/v1/products/vase-zz/stock")
+        .endpoint("/api/v1/products/{id}/stock")
+        .send()
+        .await
+        .ok();
+
+    let exported = t.exported_metrics();
+    let requests = exported
+        .iter()
+        .flat_map(|r| r.scope_metrics())
+        .flat_map(|s| s.metrics())
+        .find(|m| m.name() == "microservices_sync_requests")
+        .expect("the requests counter");
+    let AggregatedMetrics::U64(MetricData::Sum(sum)) = requests.data() else {
+        panic!("not a u64 sum")
+    };
+    let mut by_endpoint = std::collections::BTreeMap::<String, u64>::new();
+    for point in sum.data_points() {
+        let endpoint = point
+            .attributes()
+            .find(|kv| kv.key.as_str() == "endpoint")
+            .map(|kv| kv.value.to_string())
+            .unwrap_or_default();
+        *by_endpoint.entry(endpoint).or_default() += point.value();
+    }
+    assert_eq!(
+        by_endpoint.get("/api/v1/health"),
+        Some(&2),
+        "{by_endpoint:?}"
+    );
+    // The health path and the first 31 products take the 32 derived labels.
+    assert_eq!(by_endpoint.get("{other}"), Some(&9), "{by_endpoint:?}");
+    assert_eq!(
+        by_endpoint.get("/api/v1/products/{id}/stock"),
+        Some(&1),
+        "a named template is always its own series"
+    );
+    assert_eq!(by_endpoint.len(), 32 + 2, "{by_endpoint:?}");
+}
