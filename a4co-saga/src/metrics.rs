@@ -34,6 +34,26 @@ pub(crate) fn set_aside(saga: &str) {
 #[cfg(not(feature = "otel"))]
 pub(crate) fn set_aside(_: &str) {}
 
+/// An instance's saved messages were refused by the broker for good (a message it will not
+/// take as it is): `a4co_saga_outbox_refused_total` in Prometheus, by saga. Counted once
+/// per instance and refusal, however often it is tried again.
+#[cfg(feature = "otel")]
+pub(crate) fn outbox_refused(saga: &str) {
+    use std::sync::OnceLock;
+    static COUNTER: OnceLock<opentelemetry::metrics::Counter<u64>> = OnceLock::new();
+    COUNTER
+        .get_or_init(|| {
+            opentelemetry::global::meter("a4co-saga")
+                .u64_counter("a4co_saga_outbox_refused")
+                .with_description("Saga instances whose saved messages the broker refused for good")
+                .build()
+        })
+        .add(1, &[opentelemetry::KeyValue::new("saga", saga.to_owned())]);
+}
+
+#[cfg(not(feature = "otel"))]
+pub(crate) fn outbox_refused(_: &str) {}
+
 /// An instance moved from `before` (none: it started) to where it is now, saved.
 pub(crate) fn moved<D: crate::Data, S: crate::State>(before: Option<S>, instance: &Instance<D, S>) {
     let started = before.is_none();

@@ -108,6 +108,10 @@ struct Inner<D, S, B, St> {
     /// Instances whose saved messages could not be published (the broker was away): the
     /// timer task publishes them every tick until it can.
     stranded: Arc<Mutex<std::collections::BTreeSet<String>>>,
+    /// Of those, the instances whose messages the broker refused for good (logged and
+    /// counted once; still tried every tick, in case the refusal was a setting since
+    /// fixed).
+    refused: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
 /// Sets up a [`Runtime`]: made by [`Runtime::builder`], finished by
@@ -270,6 +274,7 @@ where
                 }),
                 unflushed: Arc::default(),
                 stranded: Arc::default(),
+                refused: Arc::default(),
             }),
         }
     }
@@ -422,6 +427,17 @@ where
         self.stranded().len()
     }
 
+    /// Of [`Runtime::waiting_outboxes`], how many the broker refused for good (a message it
+    /// will not take as it is), not for being away: each was logged at error and counted in
+    /// `a4co_saga_outbox_refused_total{saga}`.
+    pub fn refused_outboxes(&self) -> usize {
+        let stranded = self.stranded();
+        self.refused()
+            .iter()
+            .filter(|k| stranded.contains(*k))
+            .count()
+    }
+
     /// The records of this runtime's store that cannot be read and were set aside.
     ///
     /// # Errors
@@ -464,6 +480,13 @@ where
         // publishes that (again, if need be: the broker drops a re-send).
         self.unflushed().remove(key);
         Ok(revision)
+    }
+
+    fn refused(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.inner
+            .refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn stranded(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
@@ -733,7 +756,10 @@ where
     }
 
     /// Publishes the outboxes whose publish failed (the broker was away), now that it may
-    /// be back. Those that fail again wait for the next call.
+    /// be back. Those that fail again wait for the next call. An outbox the broker refuses
+    /// for good (a message too large, one it cannot carry, a permission missing) is logged
+    /// at error and counted once, and the ones behind it go on; a broker still away stops
+    /// the round (the rest would fail the same way).
     async fn resend_stranded(&self) {
         let keys: Vec<String> = self.stranded().iter().cloned().collect();
         for key in keys {
@@ -750,7 +776,14 @@ where
             };
             match outcome {
                 Ok(()) => {
+                    self.refused().remove(&key);
                     tracing::info!(saga_id = %key, "saved messages sent after the broker came back");
+                }
+                Err(RuntimeError::Publish(e)) if refused_for_good(&e) => {
+                    if self.refused().insert(key.clone()) {
+                        tracing::error!(saga_id = %key, error = %e, "the broker refuses this instance's saved messages; they are kept and tried again every tick, and the other instances go on");
+                        crate::metrics::outbox_refused(self.inner.definition.name());
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(saga_id = %key, error = %e, "saved messages still not sent; next tick");
@@ -1016,4 +1049,14 @@ impl Running {
         self.ticker.abort();
         self.handle.abort();
     }
+}
+
+/// Whether the broker refused a publish for good: sending it again as it is fails again,
+/// so it must not hold up the outboxes behind it.
+fn refused_for_good(e: &a4co_events::bus::PublishError) -> bool {
+    use a4co_events::bus::PublishErrorKind as Kind;
+    matches!(
+        e.kind(),
+        Kind::Rejected | Kind::InvalidMessage | Kind::PermissionDenied
+    )
 }

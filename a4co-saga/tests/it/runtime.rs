@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use a4co_events::bus::Subscription;
 use a4co_events::bus::nats::{Config, NatsBus};
-use a4co_events::catalog::order::{CancelOrder, CancellationReason, OrderConfirmed, OrderCreated};
+use a4co_events::catalog::order::{
+    CancelOrder, CancellationReason, ConfirmOrder, OrderConfirmed, OrderCreated,
+};
 use a4co_events::{Envelope, Message};
 use a4co_saga::nats::KvStore;
 use a4co_saga::store::Index;
@@ -51,6 +53,34 @@ fn watch() -> Definition<(), Watch> {
             };
             step.send("cancel", aggregate, cancel);
         })
+        .build()
+        .unwrap()
+}
+
+/// Sends a command as soon as an order is created: a cancel, or for an order whose id says
+/// `denied`, `order.cmd.confirm` (which a broker may deny).
+fn announce() -> Definition<(), Watch> {
+    Definition::<(), Watch>::builder("announce", "order-service")
+        .starts_with::<OrderCreated>()
+        .to(Watch::Waiting, |step, _| {
+            step.schedule("give-up", GIVE_UP);
+            let order = step.correlation_id().to_owned();
+            if order.contains("denied") {
+                let confirm = ConfirmOrder {
+                    payment_id: "pay-1".to_owned(),
+                    payment_reference: "ref-1".to_owned(),
+                };
+                return step.send("confirm", order, confirm);
+            }
+            let cancel = CancelOrder {
+                reason: CancellationReason::PaymentTimeout,
+                refund_required: false,
+                detail: None,
+            };
+            step.send("cancel", order, cancel);
+        })
+        .on_timeout(Watch::Waiting, "give-up")
+        .to(Watch::Done, |_| {})
         .build()
         .unwrap()
 }
@@ -256,6 +286,86 @@ async fn an_outbox_stranded_by_an_outage_is_sent_once_the_broker_is_back() {
             "the outbox was never emptied"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.shutdown().await;
+    cancels.stop().await;
+}
+
+/// Guards against: an outbox the broker refuses for good (here a command the service's
+/// user may not publish) stops every round of re-sends, so the outboxes sorted after it
+/// are never sent, and it is only logged at debug.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_refused_for_good_does_not_block_the_others() {
+    const PASSWORD: &str = "s3cret-saga";
+    let mut broker = NatsServer::builder()
+        .user_denied("saga", PASSWORD, "order.cmd.confirm")
+        .start();
+    let records = NatsServer::start();
+    let config = Config::new(broker.url())
+        .user_and_password("saga", PASSWORD)
+        .ack_timeout(Duration::from_secs(2));
+    let bus = NatsBus::connect(config).await.unwrap();
+    bus.provision().await.unwrap();
+    let store = KvStore::open(connect(&records.url()).await.transport())
+        .await
+        .unwrap();
+    let runtime = Runtime::builder(announce(), bus.clone(), store)
+        .clock(VirtualClock::at(scenario_start()))
+        .tick(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let running = runtime.start().await.unwrap();
+    // Started while the broker is away: each is saved with its command, which nothing but
+    // the runtime's re-sends will send (no delivery of the message comes back).
+    broker.kill();
+    // `announce/ord-0-denied` sorts first among them.
+    let orders = ["ord-0-denied", "ord-1", "ord-2", "ord-3", "ord-4"];
+    for order in orders {
+        let failed = runtime.handle(&created(order)).await.unwrap_err();
+        assert!(matches!(failed, RuntimeError::Publish(_)), "{failed}");
+    }
+    assert_eq!(runtime.waiting_outboxes(), orders.len());
+
+    broker.resume();
+    let cancels = Collector::start(
+        &bus,
+        Subscription::new("test", "cancels").to::<CancelOrder>(),
+    )
+    .await;
+    let sent = cancels.wait_for(4, Duration::from_secs(20)).await;
+    let mut to: Vec<_> = sent.iter().map(|e| e.aggregate_id.clone()).collect();
+    to.sort();
+    assert_eq!(
+        to,
+        ["ord-1", "ord-2", "ord-3", "ord-4"],
+        "sent past the refused one"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // The refused one is kept, and known as refused.
+    while (runtime.waiting_outboxes(), runtime.refused_outboxes()) != (1, 1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waiting {}, refused {}",
+            runtime.waiting_outboxes(),
+            runtime.refused_outboxes()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bad = runtime
+        .instance("announce/ord-0-denied")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bad.outbox().len(), 1, "its message is kept, not dropped");
+    for order in &orders[1..] {
+        let sent = runtime
+            .instance(&format!("announce/{order}"))
+            .await
+            .unwrap();
+        assert!(
+            sent.unwrap().outbox().is_empty(),
+            "{order}'s outbox emptied"
+        );
     }
     running.shutdown().await;
     cancels.stop().await;
