@@ -81,6 +81,7 @@ impl Settings {
                 "ORDER_LATE_PAYMENT_WINDOW_SECS",
                 defaults.late_payment_window,
             )?,
+            confirm_timeout: secs("ORDER_CONFIRM_TIMEOUT_SECS", defaults.confirm_timeout)?,
             finished_retention: secs("ORDER_SAGA_RETENTION_SECS", defaults.finished_retention)?,
         };
         if saga.payment_timeout >= saga.reservation_ttl {

@@ -15,6 +15,11 @@
 //!   `awaiting-late-payment`).
 //! - A cancellation by the order service while paying or confirming releases the stock and
 //!   refunds a payment already taken.
+//! - A paid order the order service does not confirm within `confirm_timeout` (its
+//!   `order.cmd.confirm` dead-lettered, or lost) is asked again, [`CONFIRM_SENDS`] times in
+//!   all; then the saga refunds the payment, releases the stock and cancels the order
+//!   (reason `payment-failed`, the detail saying why: the catalog has no better reason).
+//!   Every state but the final ones has a timer.
 //! - Reservations ask to be held for 30 minutes by default; the payment timer must run out
 //!   before they lapse, and the payment command expires with it (`expiresAt`: the payment
 //!   service charges nothing after). Inventory keeps a paid order's holds until the order
@@ -156,6 +161,10 @@ pub struct Fulfillment {
     /// The payments refunded because the saga did not keep them (late, or a second one).
     #[serde(default)]
     pub refunded: Vec<String>,
+    /// How many times `order.cmd.confirm` was sent (it is sent again when the order service
+    /// does not answer within `confirm_timeout`).
+    #[serde(default)]
+    pub confirm_sends: u32,
 }
 
 impl Fulfillment {
@@ -180,6 +189,10 @@ pub struct Settings {
     pub payment_timeout: Duration,
     /// How long after a payment timeout a late success is still refunded (default 1 hour).
     pub late_payment_window: Duration,
+    /// How long to wait for the order service to confirm a paid order before sending the
+    /// confirmation again (default 1 minute); after [`CONFIRM_SENDS`] sends unanswered,
+    /// the saga refunds the payment, releases the stock and cancels the order.
+    pub confirm_timeout: Duration,
     /// How long a finished instance is kept in the store before it leaves (default 7
     /// days): a message reaching it meanwhile is still recognised.
     pub finished_retention: Duration,
@@ -192,6 +205,7 @@ impl Default for Settings {
             stock_timeout: Duration::from_secs(2 * 60),
             payment_timeout: Duration::from_secs(5 * 60),
             late_payment_window: Duration::from_secs(3600),
+            confirm_timeout: Duration::from_secs(60),
             finished_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
@@ -200,6 +214,11 @@ impl Default for Settings {
 pub(crate) const STOCK_TIMER: &str = "stock";
 pub(crate) const PAYMENT_TIMER: &str = "payment";
 pub(crate) const LATE_PAYMENT_TIMER: &str = "late-payment";
+pub(crate) const CONFIRM_TIMER: &str = "confirm";
+
+/// How many times a paid saga sends `order.cmd.confirm` before it gives up and compensates
+/// (a confirmation dead-lettered by the order service, or lost with an outbox).
+pub const CONFIRM_SENDS: u32 = 3;
 
 pub(crate) fn cancel_order(step: &mut Step<Fulfillment>) -> Phase {
     let data = &step.data;
@@ -253,6 +272,7 @@ pub fn definition(settings: Settings) -> Result<Definition<Fulfillment, Phase>, 
         settings.stock_timeout,
         settings.payment_timeout,
         settings.late_payment_window,
+        settings.confirm_timeout,
     ]
     .iter()
     .any(Duration::is_zero)
@@ -268,7 +288,7 @@ pub fn definition(settings: Settings) -> Result<Definition<Fulfillment, Phase>, 
         .correlate::<PaymentFailed>(|m| m.order_id.clone());
     let builder = stock::reactions(builder, &settings);
     let builder = payment::reactions(builder, &settings);
-    let builder = confirmation::reactions(builder);
+    let builder = confirmation::reactions(builder, &settings);
     late::reactions(builder).build()
 }
 

@@ -7,8 +7,8 @@ use a4co_saga::Builder;
 
 use super::late::refund_unasked;
 use super::{
-    Charge, Fulfillment, LATE_PAYMENT_TIMER, PAYMENT_TIMER, Phase, Settings, cancel_order,
-    release_all,
+    CONFIRM_TIMER, Charge, Fulfillment, LATE_PAYMENT_TIMER, PAYMENT_TIMER, Phase, Settings,
+    cancel_order, release_all,
 };
 use a4co_events::catalog::order::CancellationReason;
 
@@ -19,9 +19,10 @@ pub(super) fn reactions(
 ) -> Builder<Fulfillment, Phase> {
     use Phase::{AwaitingLatePayment, Cancelled, Confirming, Paying};
     let late_payment_window = settings.late_payment_window;
+    let confirm_timeout = settings.confirm_timeout;
     builder
         .on::<PaymentSucceeded>(Paying)
-        .to(Confirming, |step, paid| {
+        .to(Confirming, move |step, paid| {
             step.cancel(PAYMENT_TIMER);
             let charge = Charge {
                 payment_id: paid.data.transaction_id.clone(),
@@ -42,6 +43,8 @@ pub(super) fn reactions(
             };
             step.data.charge = Some(charge);
             step.send("confirm", order, confirm);
+            step.data.confirm_sends = 1;
+            step.schedule(CONFIRM_TIMER, confirm_timeout);
         })
         .on::<PaymentFailed>(Paying)
         .to(Cancelled, |step, failed| {

@@ -452,3 +452,35 @@ async fn a_redelivery_after_a_crash_publishes_the_saved_commands_once() {
     assert_eq!(s.when(&created).await, Applied::Duplicate);
     assert!(s.take_sent().is_empty());
 }
+
+/// Guards against: a paid saga waits in `confirming` forever when `order.cmd.confirm` is
+/// dead-lettered or lost, leaving the customer charged, the order pending and the stock
+/// held.
+#[tokio::test]
+async fn an_unconfirmed_paid_order_is_asked_again_then_refunded_released_and_cancelled() {
+    let s = paying().await;
+    s.when(&paid(ORDER)).await;
+    assert_eq!(types(&s.take_sent()), ["order.cmd.confirm"]);
+    // Nobody answers: asked again after each minute, CONFIRM_SENDS times in all.
+    for _ in 1..order_service::fulfillment::CONFIRM_SENDS {
+        s.when_time_passes(Duration::from_secs(61)).await;
+        assert_eq!(types(&s.take_sent()), ["order.cmd.confirm"]);
+        assert_eq!(s.state(SAGA).await, Some(Phase::Confirming));
+    }
+    s.when_time_passes(Duration::from_secs(61)).await;
+    let sent = s.take_sent();
+    assert_eq!(
+        types(&sent),
+        [
+            "payment.cmd.refund",
+            "inventory.cmd.release_stock",
+            "inventory.cmd.release_stock",
+            "order.cmd.cancel"
+        ],
+        "refunded, every hold released, the order cancelled"
+    );
+    assert_eq!(s.state(SAGA).await, Some(Phase::Cancelled));
+    // A confirmation answered late changes nothing more.
+    assert_eq!(s.when(&confirmed(ORDER)).await, Applied::Finished);
+    assert!(s.take_sent().is_empty());
+}
