@@ -780,7 +780,7 @@ async fn prometheus_reads_the_services(
     let deadline = tokio::time::Instant::now() + within;
     let evaluated = loop {
         let rules = prometheus.rules().await.unwrap_or_else(|e| panic!("{e}"));
-        if rules.len() == 6 && rules.iter().all(|(_, health, _)| health != "unknown") {
+        if rules.len() == 7 && rules.iter().all(|(_, health, _)| health != "unknown") {
             break rules;
         }
         assert!(tokio::time::Instant::now() < deadline, "{rules:?}");
