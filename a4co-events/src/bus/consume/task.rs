@@ -391,6 +391,9 @@ impl<T: Transport, H: Handler> Task<T, H> {
                 self.reopen.pending = None;
                 self.reopen.tries = 0;
                 self.reopen.recheck_below = self.reopen.seen;
+                // Until the broker says what the stream held when it was made anew, every
+                // delivery is checked (another instance may have finished it).
+                self.reopen.suspect = true;
                 shared.health.set(self.index, None);
             }
             Err(e) => {
