@@ -440,9 +440,11 @@ impl Consumer for MemoryConsumer {
             let changed = shared.changed.notified();
             let mut changed = std::pin::pin!(changed);
             changed.as_mut().enable();
-            if shared
-                .panic_next
-                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            // Read first: the common path writes nothing shared.
+            if shared.panic_next.load(std::sync::atomic::Ordering::Relaxed)
+                && shared
+                    .panic_next
+                    .swap(false, std::sync::atomic::Ordering::SeqCst)
             {
                 panic!("a fault injected into the in-memory transport's fetch");
             }

@@ -429,7 +429,7 @@ impl<T: Transport, H: Handler> Task<T, H> {
     async fn delivered(&mut self, delivery: DeliveryOf<T>) {
         self.looks.active = true;
         let sequence = delivery.info().stream_sequence;
-        if delivery.info().delivered == 1 && sequence <= self.reopen.seen {
+        if !self.reopen.suspect && delivery.info().delivered == 1 && sequence <= self.reopen.seen {
             // Only a consumer made anew delivers again for the first time.
             tracing::info!(consumer = %self.shared.durable, sequence, "the consumer was made anew; checking what it hands out against the inbox");
             self.reopen.suspect = true;
