@@ -105,4 +105,8 @@ impl Store for AnyStore {
     async fn records(&self) -> Result<Vec<Bytes>, StoreError> {
         both!(self, store => store.records())
     }
+
+    async fn waiting(&self, saga: &str) -> Result<Option<Vec<(String, String)>>, StoreError> {
+        both!(self, store => store.waiting(saga))
+    }
 }

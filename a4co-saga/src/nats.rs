@@ -1,7 +1,8 @@
 //! Instances on JetStream KV: one entry per instance (`<saga>/<correlation id>`), saved
 //! with compare-and-swap on the entry's revision; a second bucket indexes due timers by
-//! the second they run out, so a tick lists only the seconds since the last one, and
-//! notes the records set aside (`aside.<instance>`).
+//! the second they run out, so a tick lists only the seconds since the last one, lists
+//! the instances that wait by state (`waiting.<saga>.<state>.<id>`, what the census reads),
+//! and notes the records set aside (`aside.<instance>`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -63,6 +64,13 @@ fn encode(key: &str) -> String {
         }
     }
     out
+}
+
+/// The waiting-index entry of the instance `key` (`<saga>/<id>`) in `state`:
+/// `waiting.<saga>.<state>.<id>`, each part encoded.
+fn waiting_entry(key: &str, state: &str) -> String {
+    let (saga, id) = key.split_once('/').unwrap_or((key, ""));
+    format!("waiting.{}.{}.{}", encode(saga), encode(state), encode(id))
 }
 
 fn decode(key: &str) -> Option<String> {
@@ -178,6 +186,18 @@ impl KvStore {
         Ok(())
     }
 
+    /// Removes the index entry `name` from the stream, not marked deleted: listings stay
+    /// the size of what is still to come.
+    async fn purge(&self, name: &str) -> Result<(), StoreError> {
+        self.timers
+            .stream
+            .purge()
+            .filter(format!("$KV.{TIMERS_BUCKET}.{name}"))
+            .await
+            .map(drop)
+            .map_err(|e| unavailable(&format!("dropping index entry {name}"), e))
+    }
+
     fn sweep(&self) -> std::sync::MutexGuard<'_, Sweep> {
         self.sweep.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -217,15 +237,34 @@ impl Store for KvStore {
         if let Some(at) = index.new_entry {
             self.put_entry(key, at).await?;
         }
+        // The same for the waiting index: the new state's entry first (a save that then
+        // fails leaves the instance listed under two states, which the census decides by
+        // its record), the old one dropped once the record says so.
+        let moved = index.waiting != index.was_waiting;
+        if moved && let Some(state) = index.waiting {
+            self.timers
+                .put(waiting_entry(key, state), Bytes::new())
+                .await
+                .map_err(|e| unavailable(&format!("indexing {key} as waiting"), e))?;
+        }
         // A finished instance is saved with its own lifetime (`Nats-TTL`).
         let lifetime = index.finished.then_some(self.finished_retention);
-        self.transport
+        let revision = self
+            .transport
             .kv_swap(&self.instances, &encoded, record, expected, lifetime)
             .await
             .map_err(|e| match e.kind() {
                 PublishErrorKind::Conflict => StoreError::Conflict(key.to_owned()),
                 _ => unavailable(&format!("saving {key}"), e),
-            })
+            })?;
+        if moved && let Some(state) = index.was_waiting {
+            let entry = waiting_entry(key, state);
+            // Saved already: a stale entry only miscounts until the instance moves again.
+            if let Err(e) = self.purge(&entry).await {
+                tracing::warn!(instance = %key, error = %e, "dropping a waiting-index entry failed");
+            }
+        }
+        Ok(revision)
     }
 
     async fn due(&self, now: DateTime<Utc>) -> Result<Vec<Due>, StoreError> {
@@ -287,14 +326,7 @@ impl Store for KvStore {
             self.put_entry(&due.key, at).await?;
         }
         for name in &due.entries {
-            // Removed from the stream, not marked deleted: listings stay the size of what
-            // is still to come.
-            self.timers
-                .stream
-                .purge()
-                .filter(format!("$KV.{TIMERS_BUCKET}.{name}"))
-                .await
-                .map_err(|e| unavailable(&format!("dropping timer entry {name}"), e))?;
+            self.purge(name).await?;
         }
         let mut sweep = self.sweep();
         if let Some(left) = sweep.outstanding.get_mut(&due.key) {
@@ -368,6 +400,27 @@ impl Store for KvStore {
                 }
             }
         }
+    }
+
+    /// A listing of the entry names under `waiting.<saga>.`, headers only: one pass over
+    /// the waiting instances, none over the finished.
+    async fn waiting(&self, saga: &str) -> Result<Option<Vec<(String, String)>>, StoreError> {
+        let saga = encode(saga);
+        let pattern = format!("waiting.{saga}.>");
+        let names = self.list(&[pattern.as_str()]).await?;
+        Ok(Some(
+            names
+                .iter()
+                .filter_map(|name| {
+                    let rest = name.strip_prefix("waiting.")?.strip_prefix(saga.as_str())?;
+                    let (state, id) = rest.strip_prefix('.')?.split_once('.')?;
+                    Some((
+                        format!("{}/{}", decode(&saga)?, decode(id)?),
+                        state.to_owned(),
+                    ))
+                })
+                .collect(),
+        ))
     }
 
     async fn put_aside(&self, aside: SetAside) -> Result<bool, StoreError> {

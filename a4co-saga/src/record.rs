@@ -248,6 +248,10 @@ pub(crate) struct Ledger {
         deserialize_with = "a4co_events::time::de_opt_utc"
     )]
     pub(crate) indexed: Option<DateTime<Utc>>,
+    /// The state the store's index of waiting instances holds it in (see
+    /// [`crate::store::Index::was_waiting`]); absent when none does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) counted: Option<String>,
     /// The latest moves.
     pub(crate) history: Vec<Transition>,
 }

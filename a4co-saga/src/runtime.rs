@@ -461,6 +461,14 @@ where
         if new_entry.is_some() {
             instance.ledger.indexed = new_entry;
         }
+        let waiting = (!instance.is_finished()).then(|| instance.state.name());
+        let was_waiting = instance.ledger.counted.as_deref().and_then(|counted| {
+            S::ALL
+                .iter()
+                .map(|s| s.name())
+                .find(|name| *name == counted)
+        });
+        instance.ledger.counted = waiting.map(str::to_owned);
         let record = serde_json::to_vec(instance).map_err(|e| StoreError::Corrupt {
             key: key.to_owned(),
             reason: e.to_string(),
@@ -470,6 +478,8 @@ where
             new_entry,
             pending: !instance.ledger.outbox.is_empty(),
             finished: instance.is_finished(),
+            waiting,
+            was_waiting,
         };
         let revision = self
             .inner
@@ -965,14 +975,58 @@ where
     }
 
     /// How many instances of this saga wait in each state that is not final (every such
-    /// state listed, 0 included), counted from the records in the store: a full read (on
-    /// NATS, one pass over the bucket), which a started runtime does every
-    /// [`RuntimeBuilder::census_every`]. Records of other sagas in the same store, and records
-    /// that cannot be read, are not counted.
+    /// state listed, 0 included), which a started runtime counts every
+    /// [`RuntimeBuilder::census_every`]. Read from the store's index of waiting instances
+    /// ([`Store::waiting`]; on NATS, one headers-only pass over their entries), so it costs
+    /// what is under way, never what finished; an instance listed under two states is
+    /// decided by its record. A store without that index is read whole instead. Records of
+    /// other sagas, and records that cannot be read, are not counted; an instance saved
+    /// before the index existed is counted from its next save.
     ///
     /// # Errors
     /// The store could not be read.
     pub async fn census(&self) -> Result<BTreeMap<&'static str, u64>, StoreError> {
+        #[derive(serde::Deserialize)]
+        #[serde(bound(deserialize = "S: State"))]
+        struct StateOnly<S> {
+            state: S,
+        }
+        let mut counts: BTreeMap<&'static str, u64> = S::ALL
+            .iter()
+            .filter(|s| !s.is_final())
+            .map(|s| (s.name(), 0))
+            .collect();
+        let saga = self.inner.definition.name();
+        let Some(listed) = self.inner.store.waiting(saga).await? else {
+            return self.census_of_every_record(counts).await;
+        };
+        let mut by_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (key, state) in listed {
+            by_key.entry(key).or_default().push(state);
+        }
+        for (key, states) in by_key {
+            let state = match states.as_slice() {
+                [one] => S::ALL.iter().find(|s| s.name() == one).copied(),
+                _ => self
+                    .inner
+                    .store
+                    .load(&key)
+                    .await?
+                    .and_then(|stored| serde_json::from_slice::<StateOnly<S>>(&stored.record).ok())
+                    .map(|only| only.state),
+            };
+            if let Some(state) = state.filter(|s| !s.is_final()) {
+                *counts.entry(state.name()).or_default() += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// [`Runtime::census`] from every record of the store.
+    async fn census_of_every_record(
+        &self,
+        mut counts: BTreeMap<&'static str, u64>,
+    ) -> Result<BTreeMap<&'static str, u64>, StoreError> {
         #[derive(serde::Deserialize)]
         struct Book {
             #[serde(rename = "sagaId")]
@@ -985,11 +1039,6 @@ where
             book: Book,
         }
         let prefix = format!("{}/", self.inner.definition.name());
-        let mut counts: BTreeMap<&'static str, u64> = S::ALL
-            .iter()
-            .filter(|s| !s.is_final())
-            .map(|s| (s.name(), 0))
-            .collect();
         for record in self.inner.store.records().await? {
             if let Ok(Only::<S> { state, book }) = serde_json::from_slice(&record)
                 && !state.is_final()

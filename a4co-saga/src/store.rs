@@ -35,6 +35,14 @@ pub struct Index {
     /// Whether it is finished: a store keeps it for its finished-instance retention, then
     /// drops it.
     pub finished: bool,
+    /// The state it waits in (`None`: finished), for the store's index of waiting
+    /// instances ([`Store::waiting`]).
+    pub waiting: Option<&'static str>,
+    /// The state that index last holds it in, as the record saved before says (`None`:
+    /// none, a new instance, a finished one, or one saved before the index existed). A
+    /// store that indexes by entries writes one only when this differs from
+    /// [`Index::waiting`]: the new entry before the save, the old one dropped after it.
+    pub was_waiting: Option<&'static str>,
 }
 
 /// An instance with a timer due, as [`Store::due`] lists it.
@@ -109,11 +117,24 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// The records set aside, by key.
     fn set_aside(&self) -> impl Future<Output = Result<Vec<SetAside>, StoreError>> + Send;
 
-    /// Every instance record stored now, finished ones included (for
-    /// [`crate::Runtime::census`]): a full read, to run rarely. A store that cannot list
-    /// returns none.
+    /// Every instance record stored now, finished ones included: a full read, which
+    /// [`crate::Runtime::census`] falls back to for a store without an index of waiting
+    /// instances ([`Store::waiting`]). A store that cannot list returns none.
     fn records(&self) -> impl Future<Output = Result<Vec<Bytes>, StoreError>> + Send {
         async { Ok(Vec::new()) }
+    }
+
+    /// The instances of `saga` that wait, as `(key, state)` pairs from the store's index of
+    /// them ([`Index::waiting`]): what [`crate::Runtime::census`] reads, so its cost
+    /// follows the instances under way, never the finished ones. A key listed under two
+    /// states (a save that lost a race after indexing its new state) is decided by its
+    /// record. `None` from a store without such an index.
+    fn waiting(
+        &self,
+        saga: &str,
+    ) -> impl Future<Output = Result<Option<Vec<(String, String)>>, StoreError>> + Send {
+        let _ = saga;
+        async { Ok(None) }
     }
 }
 
@@ -247,6 +268,18 @@ impl Store for MemoryStore {
 
     async fn records(&self) -> Result<Vec<Bytes>, StoreError> {
         Ok(self.lock().values().map(|e| e.record.clone()).collect())
+    }
+
+    /// Exact: the state each instance was last saved in.
+    async fn waiting(&self, saga: &str) -> Result<Option<Vec<(String, String)>>, StoreError> {
+        let prefix = format!("{saga}/");
+        Ok(Some(
+            self.lock()
+                .iter()
+                .filter(|(key, _)| key.starts_with(&prefix))
+                .filter_map(|(key, e)| Some((key.clone(), e.index.waiting?.to_owned())))
+                .collect(),
+        ))
     }
 
     async fn set_aside(&self) -> Result<Vec<SetAside>, StoreError> {

@@ -404,8 +404,8 @@ impl<T: Transport> DeadLetters<T> {
     /// answer says what would be.
     ///
     /// # Errors
-    /// [`ReplayError`]: no such letter, refused, the original gone from its stream, the
-    /// publish failed (the dead letter then stays).
+    /// [`ReplayError`]: no such letter, its consumer gone, refused, the original gone from
+    /// its stream, the publish failed (the dead letter then stays).
     pub async fn replay(
         &self,
         sequence: u64,
@@ -429,6 +429,20 @@ impl<T: Transport> DeadLetters<T> {
             });
         }
         let mut message = self.original(&letter).await?;
+        // Only the consumer that dead-lettered it takes a replay: without it, the replay
+        // would be acknowledged unhandled by every other consumer and the letter gone.
+        let durable = letter.consumer.replacen('/', "_", 1);
+        if !self
+            .transport
+            .consumer_exists(&letter.stream, &durable)
+            .await?
+        {
+            return Err(ReplayError::ConsumerGone {
+                sequence,
+                consumer: letter.consumer,
+                stream: letter.stream,
+            });
+        }
         let id = message.message_id().unwrap_or("none").to_owned();
         let id = id.split(":replay:").next().unwrap_or("none").to_owned();
         message
@@ -550,6 +564,23 @@ pub enum ReplayError {
         sequence: u64,
         /// Its subject, clipped.
         subject: String,
+    },
+    /// The consumer that dead-lettered the message no longer exists on its stream (the
+    /// service was retired, renamed, or its consumer deleted): a replay would be
+    /// acknowledged unhandled by every other consumer. Nothing is replayed, the letter
+    /// stays.
+    #[error(
+        "dead letter {sequence} is for consumer {consumer}, which {stream} no longer has: \
+         nothing replayed, the letter kept. Start the service (it creates its consumer), \
+         then replay it again; or purge it if the service is gone for good"
+    )]
+    ConsumerGone {
+        /// The letter's sequence in `DLQ`.
+        sequence: u64,
+        /// The consumer, `<service>/<subscription>`.
+        consumer: String,
+        /// The original's stream.
+        stream: String,
     },
     /// The record's payload cannot be restored.
     #[error(transparent)]

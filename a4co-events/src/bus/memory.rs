@@ -669,6 +669,11 @@ impl Transport for MemoryTransport {
         self.consumer(&spec).await.map(drop)
     }
 
+    async fn consumer_exists(&self, stream: &str, durable: &str) -> Result<bool, ConsumeError> {
+        let key = (stream.to_owned(), durable.to_owned());
+        Ok(self.lock().consumers.contains_key(&key))
+    }
+
     async fn inbox(&self, name: &str, ttl: Duration) -> Result<MemoryInbox, SubscribeError> {
         let mut state = self.lock();
         let bucket = state.buckets.entry(name.to_owned()).or_default();

@@ -217,6 +217,17 @@ pub trait Transport: Clone + Send + Sync + 'static {
         spec: &ConsumerSpec,
     ) -> impl Future<Output = Result<(), SubscribeError>> + Send;
 
+    /// Whether `stream` has the durable consumer `durable` (the dead-letter tools replay
+    /// only for a consumer that is there to take the message).
+    ///
+    /// # Errors
+    /// When the broker cannot say (it is away, or the stream cannot be read).
+    fn consumer_exists(
+        &self,
+        stream: &str,
+        durable: &str,
+    ) -> impl Future<Output = Result<bool, ConsumeError>> + Send;
+
     /// Opens (creating if needed) the inbox bucket `name`, whose entries live for `ttl`.
     fn inbox(
         &self,

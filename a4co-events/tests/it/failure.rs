@@ -756,7 +756,81 @@ async fn a_handler_that_panics_before_its_future_is_retried_and_the_rest_handled
     assert_eq!((stats.handled, stats.retried), (6, 1), "{stats}");
 }
 
+/// Guards against: a letter replayed for a consumer that no longer exists was published,
+/// acknowledged unhandled by every other consumer of the subject, and removed: the message
+/// was gone. The replay is refused now and the letter kept, until the consumer is back.
+async fn a_replay_for_a_consumer_that_is_gone_keeps_the_letter<T: Operator>(f: Fixture<T>) {
+    let failing = std::sync::atomic::AtomicBool::new(true);
+    let failing = Arc::new(failing);
+    let calls = Arc::new(AtomicU64::new(0));
+    let subscribe = || {
+        let (failing, calls) = (Arc::clone(&failing), Arc::clone(&calls));
+        f.bus.subscribe(
+            Subscription::new("t", "retired").to::<OrderCreated>(),
+            move |_: Envelope<AnyMessage>, _: DeliveryInfo| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let result = if failing.load(Ordering::SeqCst) {
+                    Err(HandlerError::permanent("not yet"))
+                } else {
+                    Ok(())
+                };
+                std::future::ready(result)
+            },
+        )
+    };
+    let handle = subscribe().await.unwrap();
+    f.bus.publish(&order("ord-gone")).await.unwrap();
+    eventually(10, "dead-lettered", || async {
+        handle.stats().dead_lettered == 1
+    })
+    .await;
+    handle.shutdown().await;
+    f.bus
+        .transport()
+        .remove_consumer("ORDERS", "t_retired")
+        .await;
+
+    let tools = DeadLetters::new(f.bus.transport().clone());
+    let [(seq, _)] = letters_of(&f, "t/retired").await.try_into().unwrap();
+    for options in [
+        ReplayOptions::default(),
+        ReplayOptions {
+            force: true,
+            ..ReplayOptions::default()
+        },
+    ] {
+        let refused = tools.replay(seq, options).await.unwrap_err();
+        assert!(
+            matches!(&refused, ReplayError::ConsumerGone { consumer, .. } if consumer == "t/retired"),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("the letter kept"), "{refused}");
+    }
+    assert_eq!(
+        letters_of(&f, "t/retired").await.len(),
+        1,
+        "the letter is kept"
+    );
+
+    // The service is back: its consumer takes the replay.
+    failing.store(false, Ordering::SeqCst);
+    let handle = subscribe().await.unwrap();
+    tools.replay(seq, ReplayOptions::default()).await.unwrap();
+    eventually(10, "the replay handled", || async {
+        handle.stats().handled == 1
+    })
+    .await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "failed once, then replayed"
+    );
+    assert!(letters_of(&f, "t/retired").await.is_empty());
+    handle.shutdown().await;
+}
+
 conformance!(
+    a_replay_for_a_consumer_that_is_gone_keeps_the_letter,
     a_handler_that_panics_before_its_future_is_retried_and_the_rest_handled,
     a_hung_handler_is_cancelled_at_its_deadline_and_the_rest_flow,
     a_handler_that_blocks_its_thread_shows_as_a_stalled_loop,

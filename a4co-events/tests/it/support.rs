@@ -221,6 +221,13 @@ impl<T: a4co_events::bus::transport::Transport> a4co_events::bus::transport::Tra
     ) -> Result<(), a4co_events::bus::SubscribeError> {
         self.0.recreate_consumer(s).await
     }
+    async fn consumer_exists(
+        &self,
+        stream: &str,
+        durable: &str,
+    ) -> Result<bool, a4co_events::bus::ConsumeError> {
+        self.0.consumer_exists(stream, durable).await
+    }
     async fn inbox(
         &self,
         name: &str,

@@ -519,3 +519,178 @@ async fn starts_finishes_and_timer_lag_are_measured() {
         point.sum()
     );
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, State)]
+#[serde(rename_all = "lowercase")]
+enum Stage {
+    Open,
+    Confirmed,
+    #[state(final)]
+    Done,
+}
+
+/// Open, then confirmed, then done when its minute is up (whichever state it is in).
+fn stages() -> Definition<(), Stage> {
+    Definition::<(), Stage>::builder("stages", "order-service")
+        .starts_with::<OrderCreated>()
+        .to(Stage::Open, |step, _| step.schedule("give-up", GIVE_UP))
+        .on::<OrderConfirmed>(Stage::Open)
+        .to(Stage::Confirmed, |_, _| {})
+        .on_timeout(Stage::Open, "give-up")
+        .to(Stage::Done, |_| {})
+        .on_timeout(Stage::Confirmed, "give-up")
+        .to(Stage::Done, |_| {})
+        .build()
+        .unwrap()
+}
+
+/// A [`KvStore`] that counts the records it hands out whole and one by one, and can hide
+/// its index of waiting instances.
+#[derive(Clone)]
+struct Counting {
+    inner: KvStore,
+    indexed: bool,
+    read_whole: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    loaded: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Counting {
+    fn reads(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (self.read_whole.load(SeqCst), self.loaded.load(SeqCst))
+    }
+}
+
+impl a4co_saga::Store for Counting {
+    async fn load(&self, key: &str) -> Result<Option<a4co_saga::store::Stored>, StoreError> {
+        self.loaded
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.load(key).await
+    }
+    async fn save(
+        &self,
+        key: &str,
+        record: bytes::Bytes,
+        expected: Option<u64>,
+        index: Index,
+    ) -> Result<u64, StoreError> {
+        self.inner.save(key, record, expected, index).await
+    }
+    async fn due(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<a4co_saga::store::Due>, StoreError> {
+        self.inner.due(now).await
+    }
+    async fn fired(
+        &self,
+        due: &a4co_saga::store::Due,
+        next: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(), StoreError> {
+        self.inner.fired(due, next).await
+    }
+    async fn pending(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.pending().await
+    }
+    async fn put_aside(&self, aside: a4co_saga::store::SetAside) -> Result<bool, StoreError> {
+        self.inner.put_aside(aside).await
+    }
+    async fn set_aside(&self) -> Result<Vec<a4co_saga::store::SetAside>, StoreError> {
+        self.inner.set_aside().await
+    }
+    async fn records(&self) -> Result<Vec<bytes::Bytes>, StoreError> {
+        let records = self.inner.records().await?;
+        self.read_whole
+            .fetch_add(records.len(), std::sync::atomic::Ordering::SeqCst);
+        Ok(records)
+    }
+    async fn waiting(&self, saga: &str) -> Result<Option<Vec<(String, String)>>, StoreError> {
+        if self.indexed {
+            self.inner.waiting(saga).await
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// Guards against: the census loaded every record of the store, finished ones included, on
+/// every replica every minute: its cost followed the history, not the work. It now reads
+/// the index of waiting instances only, and loads a record only when that index lists an
+/// instance under two states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_census_reads_the_waiting_instances_only() {
+    let server = NatsServer::start();
+    let bus = connect(&server.url()).await;
+    let clock = VirtualClock::at(scenario_start());
+    let store = Counting {
+        inner: KvStore::open(bus.transport()).await.unwrap(),
+        indexed: true,
+        read_whole: std::sync::Arc::default(),
+        loaded: std::sync::Arc::default(),
+    };
+    let runtime = Runtime::builder(stages(), bus.clone(), store.clone())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let confirmed =
+        |order: &str| Envelope::new("order-service", order, OrderConfirmed::example()).into_any();
+    for n in 0..30 {
+        let order = format!("ord-old-{n}");
+        runtime.handle(&created(&order)).await.unwrap();
+        if n % 3 == 0 {
+            runtime.handle(&confirmed(&order)).await.unwrap();
+        }
+    }
+    let census = |open: u64, confirmed: u64| {
+        std::collections::BTreeMap::from([("confirmed", confirmed), ("open", open)])
+    };
+    assert_eq!(runtime.census().await.unwrap(), census(20, 10));
+    // All 30 finish; three more start, two of them confirmed.
+    clock.advance(GIVE_UP + Duration::from_secs(1));
+    assert_eq!(runtime.fire_due_timers().await.unwrap(), 30);
+    for order in ["ord-new-0", "ord-new-1", "ord-new-2"] {
+        runtime.handle(&created(order)).await.unwrap();
+    }
+    for order in ["ord-new-1", "ord-new-2"] {
+        runtime.handle(&confirmed(order)).await.unwrap();
+    }
+    let loaded_before = store.reads().1;
+    assert_eq!(runtime.census().await.unwrap(), census(1, 2));
+    assert_eq!(
+        store.reads(),
+        (0, loaded_before),
+        "(records read whole, records loaded): the census read none"
+    );
+
+    // An instance listed under two states (a save that lost its race after indexing its
+    // new state) is decided by its record: one load.
+    let key = "stages/ord-new-1";
+    let stored = store.inner.load(key).await.unwrap().unwrap();
+    let stale = Index {
+        waiting: Some("open"),
+        ..Index::default()
+    };
+    store
+        .inner
+        .save(key, stored.record, Some(stored.revision), stale)
+        .await
+        .unwrap();
+    assert_eq!(runtime.census().await.unwrap(), census(1, 2));
+    assert_eq!(store.reads(), (0, loaded_before + 1));
+
+    // A store without the index is read whole, to the same count.
+    let unindexed = Counting {
+        indexed: false,
+        ..store.clone()
+    };
+    let runtime = Runtime::builder(stages(), bus.clone(), unindexed.clone())
+        .clock(clock)
+        .build()
+        .unwrap();
+    assert_eq!(runtime.census().await.unwrap(), census(1, 2));
+    assert_eq!(
+        unindexed.reads().0,
+        33,
+        "every record, finished ones included"
+    );
+}

@@ -8,7 +8,7 @@ use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PriorityPo
 use async_nats::jetstream::{self, stream};
 
 use crate::bus::config::{ConsumerSpec, PIN_GROUP};
-use crate::bus::error::{SubscribeError, SubscribeErrorKind};
+use crate::bus::error::{ConsumeError, ConsumeErrorKind, SubscribeError, SubscribeErrorKind};
 
 /// The consumer metadata key holding [`AckState::created_after`](crate::bus::AckState).
 const CREATED_AFTER: &str = "a4co_created_after";
@@ -88,6 +88,38 @@ pub(super) async fn recreate(
     }
     tracing::warn!(consumer = %spec.durable, start_sequence = ?spec.start_sequence, pinned = spec.pinned, "re-creating the consumer");
     create_or_bind(js, &spec).await.map(drop)
+}
+
+/// Whether `stream` has the consumer `durable`: no when the stream or the consumer is
+/// missing.
+pub(super) async fn exists(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+) -> Result<bool, ConsumeError> {
+    use async_nats::jetstream::context::ConsumerInfoErrorKind as Kind;
+    let cannot_tell = |e: Box<dyn std::error::Error + Send + Sync>| {
+        ConsumeError::new(
+            ConsumeErrorKind::Other,
+            format!("looking up consumer {durable} on {stream}"),
+        )
+        .with_source(e)
+    };
+    let handle = match js.get_stream(stream).await {
+        Ok(handle) => handle,
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref js)
+                if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            return Ok(false);
+        }
+        Err(e) => return Err(cannot_tell(e.into())),
+    };
+    match handle.consumer_info(durable).await {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(e.kind(), Kind::NotFound | Kind::StreamNotFound) => Ok(false),
+        Err(e) => Err(cannot_tell(e.into())),
+    }
 }
 
 async fn open_stream(

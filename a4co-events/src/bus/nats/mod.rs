@@ -809,6 +809,10 @@ impl Transport for NatsTransport {
         durable::recreate(&self.js, spec).await
     }
 
+    async fn consumer_exists(&self, stream: &str, durable: &str) -> Result<bool, ConsumeError> {
+        durable::exists(&self.js, stream, durable).await
+    }
+
     async fn inbox(&self, name: &str, ttl: Duration) -> Result<NatsInbox, SubscribeError> {
         let spec = BucketSpec::new(name, "a4co inbox: work done, by event id").max_age(ttl);
         let (store, _) = self.key_value(&spec).await.map_err(|e| {
