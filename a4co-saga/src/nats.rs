@@ -237,26 +237,35 @@ impl Store for KvStore {
         if let Some(at) = index.new_entry {
             self.put_entry(key, at).await?;
         }
-        // The same for the waiting index: the new state's entry first (a save that then
-        // fails leaves the instance listed under two states, which the census decides by
-        // its record), the old one dropped once the record says so.
+        // The waiting index (what the census reads) alongside the save, never in its way:
+        // a failed write only leaves the instance uncounted until it moves again. A save
+        // that fails after it leaves the instance under two states, which the census
+        // decides by its record.
         let moved = index.waiting != index.was_waiting;
-        if moved && let Some(state) = index.waiting {
-            self.timers
-                .put(waiting_entry(key, state), Bytes::new())
-                .await
-                .map_err(|e| unavailable(&format!("indexing {key} as waiting"), e))?;
-        }
+        let indexed = async {
+            if moved
+                && let Some(state) = index.waiting
+                && let Err(e) = self
+                    .timers
+                    .put(waiting_entry(key, state), Bytes::new())
+                    .await
+            {
+                tracing::warn!(instance = %key, error = %e, "indexing a waiting instance failed");
+            }
+        };
         // A finished instance is saved with its own lifetime (`Nats-TTL`).
         let lifetime = index.finished.then_some(self.finished_retention);
-        let revision = self
-            .transport
-            .kv_swap(&self.instances, &encoded, record, expected, lifetime)
-            .await
-            .map_err(|e| match e.kind() {
-                PublishErrorKind::Conflict => StoreError::Conflict(key.to_owned()),
-                _ => unavailable(&format!("saving {key}"), e),
-            })?;
+        let saved = async {
+            self.transport
+                .kv_swap(&self.instances, &encoded, record, expected, lifetime)
+                .await
+                .map_err(|e| match e.kind() {
+                    PublishErrorKind::Conflict => StoreError::Conflict(key.to_owned()),
+                    _ => unavailable(&format!("saving {key}"), e),
+                })
+        };
+        let ((), revision) = futures::join!(indexed, saved);
+        let revision = revision?;
         if moved && let Some(state) = index.was_waiting {
             let entry = waiting_entry(key, state);
             // Saved already: a stale entry only miscounts until the instance moves again.
