@@ -41,7 +41,7 @@ pub struct Index {
     /// The state that index last holds it in, as the record saved before says (`None`:
     /// none, a new instance, a finished one, or one saved before the index existed). A
     /// store that indexes by entries writes one only when this differs from
-    /// [`Index::waiting`]: the new entry before the save, the old one dropped after it.
+    /// [`Index::waiting`]: the new entry with the save, the old one dropped after it.
     pub was_waiting: Option<&'static str>,
 }
 
