@@ -926,6 +926,12 @@ where
                             e @ (RuntimeError::Reaction(_)
                             | RuntimeError::Store(StoreError::Corrupt { .. })),
                         ) => Err(HandlerError::permanent(e)),
+                        // The store or the broker down (a leader election, a node lost):
+                        // retried for the outage, the deliveries not counted.
+                        Err(e @ RuntimeError::Store(StoreError::Unavailable(_))) => {
+                            Err(HandlerError::unavailable(e))
+                        }
+                        Err(RuntimeError::Publish(e)) => Err(HandlerError::from(e)),
                         Err(e) => Err(HandlerError::retryable(e)),
                     }
                 }

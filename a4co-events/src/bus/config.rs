@@ -165,20 +165,31 @@ impl ConsumerSpec {
 /// them ([`Backoff`], the same timing as the HTTP client's retries).
 ///
 /// Defaults from the documents: 3 retries (4 deliveries in all), 1 s initial delay doubling
-/// up to 30 s, with jitter. After the last try the message is dead-lettered.
+/// up to 30 s, with jitter. After the last try the message is dead-lettered. Failures that
+/// are outages ([`HandlerError::unavailable`](crate::bus::HandlerError::unavailable)) are
+/// retried along the same ladder for [`RetryPolicy::outage`] instead (default 5 minutes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Deliveries in all, the first included (at least 1).
     pub max_deliver: u32,
     /// The wait before each redelivery.
     pub backoff: Backoff,
+    /// How long a message whose handler keeps failing because a dependency is down is
+    /// retried: it is dead-lettered once the ladder's waits since its first delivery add up
+    /// to this (the jitter makes the time between half of it and all of it).
+    pub outage: Duration,
 }
+
+/// The default [`RetryPolicy::outage`]: longer than a JetStream leader election or a node
+/// restart, shorter than the sagas' timeouts.
+const DEFAULT_OUTAGE: Duration = Duration::from_secs(5 * 60);
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             max_deliver: 4,
             backoff: Backoff::default(),
+            outage: DEFAULT_OUTAGE,
         }
     }
 }
@@ -189,6 +200,7 @@ impl RetryPolicy {
         RetryPolicy {
             max_deliver,
             backoff,
+            outage: DEFAULT_OUTAGE,
         }
     }
 
@@ -201,6 +213,7 @@ impl RetryPolicy {
                 initial: initial_delay,
                 ..Backoff::default()
             },
+            outage: DEFAULT_OUTAGE,
         }
     }
 
@@ -221,6 +234,30 @@ impl RetryPolicy {
     /// Whether delivery number `attempt` was the last one allowed.
     pub fn exhausted(&self, attempt: u64) -> bool {
         attempt >= u64::from(self.max_deliver.max(1))
+    }
+
+    /// The same ladder, retrying outages for `outage`.
+    pub fn outage(mut self, outage: Duration) -> Self {
+        self.outage = outage;
+        self
+    }
+
+    /// Whether a message delivered `delivered` times has been failing for an outage long
+    /// enough to give up: the ladder's waits before those deliveries (without jitter) add
+    /// up to [`RetryPolicy::outage`].
+    pub fn outlasted(&self, delivered: u64) -> bool {
+        if self.backoff.plain(1).is_zero() {
+            // No waits to add up: count deliveries as for any other failure.
+            return self.exhausted(delivered);
+        }
+        let mut waited = Duration::ZERO;
+        for attempt in 1..delivered {
+            waited = waited.saturating_add(self.backoff.plain(attempt));
+            if waited >= self.outage {
+                return true;
+            }
+        }
+        false
     }
 }
 

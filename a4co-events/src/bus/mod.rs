@@ -298,18 +298,40 @@ where
     }
 }
 
-/// A handler's failure: retryable (redeliver later) or permanent (dead-letter now).
+/// A handler's failure: retryable (redeliver later), unavailable (a dependency is down:
+/// redeliver later, for as long as the outage may last) or permanent (dead-letter now).
 pub struct HandlerError {
-    permanent: bool,
+    kind: FailureKind,
     source: BoxError,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FailureKind {
+    Retryable,
+    Unavailable,
+    Permanent,
+}
+
 impl HandlerError {
-    /// A failure that may pass (a timeout, an unavailable dependency): the message is
-    /// redelivered after a backoff, and dead-lettered when the retries run out.
+    /// A failure that may pass (a race lost, a reply not there yet): the message is
+    /// redelivered after a backoff, and dead-lettered when its [`RetryPolicy::max_deliver`]
+    /// deliveries have failed.
     pub fn retryable(error: impl Into<BoxError>) -> Self {
         HandlerError {
-            permanent: false,
+            kind: FailureKind::Retryable,
+            source: error.into(),
+        }
+    }
+
+    /// A failure because something the handler needs is down (the broker, a store, a
+    /// service), not because of the message: redelivered along the same ladder, but these
+    /// deliveries do not use up [`RetryPolicy::max_deliver`]. The message is dead-lettered
+    /// once it has been failing so for [`RetryPolicy::outage`], so a leader election or a
+    /// node loss dead-letters nothing. [`PublishError`]s and the records' errors convert to
+    /// it (`?`) when they are of this sort.
+    pub fn unavailable(error: impl Into<BoxError>) -> Self {
+        HandlerError {
+            kind: FailureKind::Unavailable,
             source: error.into(),
         }
     }
@@ -318,14 +340,19 @@ impl HandlerError {
     /// to the dead-letter stream at once.
     pub fn permanent(error: impl Into<BoxError>) -> Self {
         HandlerError {
-            permanent: true,
+            kind: FailureKind::Permanent,
             source: error.into(),
         }
     }
 
     /// Whether it is permanent.
     pub fn is_permanent(&self) -> bool {
-        self.permanent
+        self.kind == FailureKind::Permanent
+    }
+
+    /// Whether it is an outage ([`HandlerError::unavailable`]).
+    pub fn is_unavailable(&self) -> bool {
+        self.kind == FailureKind::Unavailable
     }
 
     /// The error and its causes, outermost first.
@@ -334,12 +361,30 @@ impl HandlerError {
     }
 }
 
+impl From<PublishError> for HandlerError {
+    /// The broker not answering, not reachable or without a stream leader (it answers "no
+    /// stream" while a cluster elects one) is an outage; a conflict may pass on a retry; a
+    /// refusal that sending again meets again (permissions, an invalid message) is permanent.
+    fn from(error: PublishError) -> Self {
+        match error.kind() {
+            PublishErrorKind::NoStream
+            | PublishErrorKind::Timeout
+            | PublishErrorKind::ConnectionLost
+            | PublishErrorKind::Other => HandlerError::unavailable(error),
+            PublishErrorKind::PermissionDenied | PublishErrorKind::InvalidMessage => {
+                HandlerError::permanent(error)
+            }
+            _ => HandlerError::retryable(error),
+        }
+    }
+}
+
 impl fmt::Display for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = if self.permanent {
-            "permanent"
-        } else {
-            "retryable"
+        let kind = match self.kind {
+            FailureKind::Retryable => "retryable",
+            FailureKind::Unavailable => "unavailable",
+            FailureKind::Permanent => "permanent",
         };
         write!(f, "{kind}: {}", self.chain().join(": "))
     }
@@ -348,7 +393,7 @@ impl fmt::Display for HandlerError {
 impl fmt::Debug for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HandlerError")
-            .field("permanent", &self.permanent)
+            .field("kind", &self.kind)
             .field("source", &self.source)
             .finish()
     }

@@ -120,6 +120,11 @@ pub struct Attempt {
     /// written, so a redelivery writes it without running the handler again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<super::fault::FaultKind>,
+    /// Set when the handler failed because a dependency was down
+    /// ([`HandlerError::unavailable`](crate::bus::HandlerError::unavailable)): such attempts
+    /// do not count against [`RetryPolicy::max_deliver`](crate::bus::RetryPolicy::max_deliver).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unavailable: bool,
 }
 
 /// A key-value record of finished work and of failed attempts, with a time to live.

@@ -359,15 +359,15 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl From<RecordsError> for crate::bus::HandlerError {
     /// A record that cannot be read or a key that cannot exist will not heal (dead letter);
-    /// a store that is down or a race lost many times may (retry).
+    /// a race lost many times may (retry); a store that is down is an outage
+    /// ([`HandlerError::unavailable`](crate::bus::HandlerError::unavailable)).
     fn from(error: RecordsError) -> Self {
         match error {
             RecordsError::InvalidKey(_) | RecordsError::Corrupt { .. } => {
                 crate::bus::HandlerError::permanent(error)
             }
-            RecordsError::Conflict(_) | RecordsError::Unavailable(_) => {
-                crate::bus::HandlerError::retryable(error)
-            }
+            RecordsError::Conflict(_) => crate::bus::HandlerError::retryable(error),
+            RecordsError::Unavailable(_) => crate::bus::HandlerError::unavailable(error),
         }
     }
 }

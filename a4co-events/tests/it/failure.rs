@@ -1333,6 +1333,109 @@ async fn an_unwritable_letter_backs_off_along_the_ladder_without_an_inbox() {
     handle.shutdown().await;
 }
 
+/// Guards against: while the inbox bucket is down (a leader election, an outage), a
+/// retryable failure could not be recorded, so every redelivery counted as the first attempt
+/// and came back after the ladder's first delay: the message burnt through its deliveries in
+/// a few seconds and was dead-lettered while the outage lasted. The waits now grow with the
+/// broker's count, and it is dead-lettered after the documented number of deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_that_cannot_be_recorded_still_back_off_along_the_ladder() {
+    let f = crate::support::nats_bus().await;
+    let at = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&at);
+    let sub = Subscription::new("t", "no-inbox-bucket")
+        .to::<OrderCreated>()
+        .retry(fast_retry(4));
+    let handle = f
+        .bus
+        .subscribe(
+            sub.clone(),
+            move |_: Envelope<AnyMessage>, _: DeliveryInfo| {
+                seen.lock().unwrap().push(std::time::Instant::now());
+                std::future::ready(Err::<(), _>(HandlerError::retryable("down for now")))
+            },
+        )
+        .await
+        .unwrap();
+    let inbox_stream = format!("KV_a4co-inbox-{}", sub.durable());
+    f.bus
+        .transport()
+        .jetstream()
+        .delete_stream(&inbox_stream)
+        .await
+        .unwrap();
+    f.bus.publish(&order("ord-unrecorded")).await.unwrap();
+    eventually(30, "dead-lettered once its deliveries ran out", || async {
+        handle.stats().dead_lettered == 1
+    })
+    .await;
+    let at = at.lock().unwrap().clone();
+    assert_eq!(
+        at.len() as u64,
+        NO_OUTCOME_LIMIT,
+        "the handler ran once per delivery before the last"
+    );
+    let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    // 100 ms doubling up to 1 s (no jitter): about 200, 400, 800 ms; stuck, each 100 ms.
+    assert!(gaps[3] >= gaps[0] * 3, "the waits do not grow: {gaps:?}");
+    let letters = letters_of(&f, "t/no-inbox-bucket").await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].1.fault, FaultKind::NoOutcome, "{letters:?}");
+    handle.shutdown().await;
+}
+
+/// Guards against: a handler failing because its store or the broker is down (a leader
+/// election, a node lost) used up its deliveries in seconds and the message was
+/// dead-lettered, though nothing was wrong with it: the order it carried then waited for a
+/// saga timeout, or for ever when it started the saga. An outage is now retried for
+/// `RetryPolicy::outage`, the deliveries not counted against `max_deliver`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_retried_past_max_deliver_for_the_outage_window() {
+    let f = crate::support::nats_bus().await;
+    let calls = Arc::new(Mutex::new(HashMap::<String, u64>::new()));
+    let counted = Arc::clone(&calls);
+    let sub = Subscription::new("t", "outage")
+        .to::<OrderCreated>()
+        .retry(fast_retry(2).outage(Duration::from_secs(1)));
+    let handle = f
+        .bus
+        .subscribe(sub, move |m: Envelope<AnyMessage>, _: DeliveryInfo| {
+            let mut calls = counted.lock().unwrap();
+            let n = calls.entry(m.aggregate_id.clone()).or_default();
+            *n += 1;
+            let answer = if m.aggregate_id == "ord-back-soon" && *n > 3 {
+                Ok(())
+            } else {
+                Err(HandlerError::unavailable("the store has no leader"))
+            };
+            std::future::ready(answer)
+        })
+        .await
+        .unwrap();
+    f.bus.publish(&order("ord-back-soon")).await.unwrap();
+    f.bus.publish(&order("ord-down-for-good")).await.unwrap();
+    eventually(30, "one handled, one dead-lettered", || async {
+        let stats = handle.stats();
+        stats.handled == 1 && stats.dead_lettered == 1
+    })
+    .await;
+    let calls = calls.lock().unwrap().clone();
+    // Past `max_deliver` (2): the outage deliveries do not count.
+    assert_eq!(calls["ord-back-soon"], 4, "handled on its fourth delivery");
+    // 100 ms doubling: the waits before deliveries 2 to 5 add up to 1.5 s, past the
+    // outage's 1 s, so the fifth failure is the last.
+    assert_eq!(calls["ord-down-for-good"], 5);
+    let letters = letters_of(&f, "t/outage").await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0].1;
+    assert_eq!(letter.fault, FaultKind::RetriesExhausted);
+    assert!(letter.payload.contains("ord-down-for-good"));
+    assert!(letter.reason.contains("unavailable"), "{}", letter.reason);
+    assert_eq!(letter.attempts.len(), 4, "the failures before the last");
+    assert!(letter.attempts.iter().all(|a| a.unavailable));
+    handle.shutdown().await;
+}
+
 /// Guards against: a panic in a subscription's task (a bug in the engine or a transport)
 /// ends it silently: nothing more is handled while `/health` answers 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

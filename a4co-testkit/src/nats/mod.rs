@@ -637,7 +637,40 @@ impl NatsCluster {
         for node in &mut nodes {
             node.wait_ready()?;
         }
-        Ok(NatsCluster { nodes })
+        let cluster = NatsCluster { nodes };
+        cluster.wait_formed()?;
+        Ok(cluster)
+    }
+
+    /// Waits until the meta leader sees every other node as a current peer (only the leader
+    /// knows the followers' state): before that, creating a replicated stream can fail with
+    /// "no suitable peers for placement, peer offline".
+    fn wait_formed(&self) -> Result<(), FixtureError> {
+        let peers = self.nodes.len().saturating_sub(1);
+        let formed = |node: &NatsServer| {
+            let Some((200, body)) = node.monitor("/jsz") else {
+                return false;
+            };
+            let Ok(jsz) = serde_json::from_str::<serde_json::Value>(&body) else {
+                return false;
+            };
+            let meta = &jsz["meta_cluster"];
+            let replicas = meta["replicas"].as_array().map_or(&[][..], Vec::as_slice);
+            let leads = node.name().is_some_and(|name| meta["leader"] == name);
+            leads && replicas.len() == peers && replicas.iter().all(|r| r["current"] == true)
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            if peers == 0 || self.nodes.iter().any(formed) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(FixtureError::NotReady(format!(
+            "the {}-node cluster did not form (a meta leader seeing every peer current) \
+             within {READY_TIMEOUT:?}",
+            self.nodes.len()
+        )))
     }
 
     /// The nodes.

@@ -101,9 +101,9 @@ impl Marketplace {
         let open = |bucket: &'static str| {
             let bus = bus.clone();
             async move {
-                Records::open(&bus, bucket)
-                    .await
-                    .map_err(|e| StartError::invalid_config(format!("{bucket}: {e}")))
+                Records::open(&bus, bucket).await.map_err(|e| {
+                    StartError::unavailable(format!("the {bucket} records")).with_source(e)
+                })
             }
         };
         let verifier = Verifier::new(&settings.secret);

@@ -189,11 +189,35 @@ async fn final_status(market: &Marketplace, id: &str) -> OrderStatus {
         {
             return order.status;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{id} never finished"
-        );
+        if tokio::time::Instant::now() > deadline {
+            panic!("{id} never finished; {}", dead_letters(market).await);
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the dead-letter stream holds, one line per letter: why an order may have stalled.
+async fn dead_letters(market: &Marketplace) -> String {
+    let AnyBus::Nats(nats) = &market.bus else {
+        panic!("not on NATS")
+    };
+    let letters = a4co_events::bus::dlq::DeadLetters::new(nats.transport().clone())
+        .list(&a4co_events::bus::dlq::Filter::default())
+        .await;
+    match letters {
+        Ok(letters) => {
+            let lines: Vec<String> = letters
+                .iter()
+                .map(|(seq, l)| {
+                    format!(
+                        "\n  {seq}: {} {} after {} deliveries: {}",
+                        l.consumer, l.subject, l.delivered, l.reason
+                    )
+                })
+                .collect();
+            format!("{} dead letters:{}", lines.len(), lines.concat())
+        }
+        Err(e) => format!("the dead letters could not be read: {e}"),
     }
 }
 
@@ -320,6 +344,8 @@ async fn check_books(market: &Marketplace, placed: &[(String, &'static str, u32)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_add_up_when_a_node_of_a_three_node_cluster_is_killed() {
+    a4co_events::service::init("cluster-e2e", "warn", a4co_events::service::LogFormat::Text)
+        .unwrap();
     let cluster = NatsCluster::start();
     let bus = nats_bus(&cluster).await;
     let mut settings = Settings::new(Secret::new("cluster-secret-cluster-secret-cluster").unwrap());

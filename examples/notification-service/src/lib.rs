@@ -242,7 +242,7 @@ impl<B: Publisher + Subscriber> Notifications<B> {
                 "sent",
             ))
             .await
-            .map_err(HandlerError::retryable)?;
+            .map_err(HandlerError::from)?;
         Ok(())
     }
 

@@ -210,12 +210,15 @@ impl<T: Transport, H: Handler> Settling<'_, T, H> {
             return verdict;
         }
         let mut history = self.history().await;
-        // The attempt is the bus's count: failures recorded, plus one (without an inbox,
-        // the broker's delivery count).
-        let attempt = if self.shared.inbox.is_some() {
-            history.iter().filter(|a| a.fault.is_none()).count() as u64 + 1
+        let delivered = self.delivery.info().delivered;
+        // The attempt is the bus's count: the handler's own failures recorded (outages not
+        // counted), plus one; without an inbox, the broker's delivery count.
+        let failures = history.iter().filter(|a| a.fault.is_none());
+        let (attempt, recorded) = if self.shared.inbox.is_some() {
+            let own = failures.clone().filter(|a| !a.unavailable).count() as u64;
+            (own + 1, failures.count() as u64 + 1)
         } else {
-            self.delivery.info().delivered
+            (delivered, delivered)
         };
         let (event_type, event_id) = (envelope.event_type(), envelope.event_id);
         let letter = |attempt, kind, chain, kept, history| {
@@ -238,10 +241,9 @@ impl<T: Transport, H: Handler> Settling<'_, T, H> {
             let kind = kept.fault.unwrap_or(FaultKind::Permanent);
             return letter(kept.attempt, kind, vec![kept.error], true, history);
         }
-        let delivered = self.delivery.info().delivered;
-        if self.shared.inbox.is_some() && delivered >= attempt + NO_OUTCOME_LIMIT {
+        if self.shared.inbox.is_some() && delivered >= recorded + NO_OUTCOME_LIMIT {
             let chain = vec![format!(
-                "delivered {delivered} times for {attempt} recorded attempts: the handler \
+                "delivered {delivered} times for {recorded} recorded attempts: the handler \
                  crashes or hangs the process, or its failures cannot be recorded"
             )];
             return letter(attempt, FaultKind::NoOutcome, chain, false, history);
@@ -253,15 +255,30 @@ impl<T: Transport, H: Handler> Settling<'_, T, H> {
             }
             Err(error) => error,
         };
+        let retry = &self.shared.subscription.retry;
+        let mut chain = error.chain();
         let kind = if error.is_permanent() {
             FaultKind::Permanent
-        } else if self.shared.subscription.retry.exhausted(attempt) {
+        } else if error.is_unavailable() {
+            if !retry.outlasted(delivered) {
+                return Verdict::Retry { attempt, error };
+            }
+            chain.insert(
+                0,
+                format!(
+                    "a dependency stayed unavailable for the retry policy's outage ({:?}), \
+                     {delivered} deliveries",
+                    retry.outage
+                ),
+            );
+            FaultKind::RetriesExhausted
+        } else if retry.exhausted(attempt) {
             FaultKind::RetriesExhausted
         } else {
             return Verdict::Retry { attempt, error };
         };
         // `history` holds the failures before this one (read for any redelivery).
-        letter(attempt, kind, error.chain(), false, history)
+        letter(attempt, kind, chain, false, history)
     }
 
     /// Whether the handler is not to run: a replay meant for another consumer, or work the
@@ -420,8 +437,12 @@ impl<T: Transport, H: Handler> Settling<'_, T, H> {
     }
 
     /// Records a failed attempt and sends the delivery back for a retry after the backoff.
+    /// The wait follows the broker's delivery count when it is ahead of the recorded
+    /// attempts (failures that could not be recorded, crashes), so it still grows along the
+    /// ladder while the inbox is down.
     async fn retry(&self, attempt: u64, error: &HandlerError) {
-        let delay = self.shared.subscription.retry.delay(attempt);
+        let delivered = self.delivery.info().delivered;
+        let delay = self.shared.subscription.retry.delay(attempt.max(delivered));
         tracing::info!(error = %error, ?delay, attempt, "handler failed; retrying later");
         if let Some(inbox) = &self.shared.inbox {
             // Clipped as a letter clips it: the record must fit the inbox's bucket.
@@ -430,6 +451,7 @@ impl<T: Transport, H: Handler> Settling<'_, T, H> {
                 at: Utc::now(),
                 error: clip_bytes(&error.chain().join(": "), MAX_ERROR_BYTES),
                 fault: None,
+                unavailable: error.is_unavailable(),
             };
             if let Err(e) = inbox.record_attempt(&self.attempts_key(), failed).await {
                 tracing::warn!(error = %e, "could not record the failed attempt");
@@ -551,6 +573,7 @@ impl<T: Transport, H: Handler> Settling<'_, T, H> {
                 at: Utc::now(),
                 error: letter.error_chain.join(": "),
                 fault: Some(letter.fault),
+                unavailable: false,
             };
             if let Err(e) = inbox.record_attempt(&self.attempts_key(), verdict).await {
                 tracing::warn!(error = %e, "could not keep the verdict; the handler runs again on the redelivery");

@@ -102,7 +102,7 @@ impl<B: Publisher + Subscriber> Inventory<B> {
             .publish(&envelope)
             .await
             .map(|_| ())
-            .map_err(HandlerError::retryable)
+            .map_err(HandlerError::from)
     }
 
     /// Releases every reservation lapsed at `now` and publishes `inventory.stock_released`

@@ -60,7 +60,7 @@ pub(crate) async fn order_confirmed<B: Publisher + Subscriber>(
             inventory
                 .warn_if_low(before, &product, None)
                 .await
-                .map_err(HandlerError::retryable)?;
+                .map_err(HandlerError::from)?;
         }
     }
     // A hold that lapsed before the confirmation committed nothing: the lapse is

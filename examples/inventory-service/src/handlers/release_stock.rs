@@ -62,6 +62,6 @@ pub(crate) async fn release_stock<B: Publisher + Subscriber>(
             &message, NAME, product_id, data, "answer",
         ))
         .await
-        .map_err(HandlerError::retryable)?;
+        .map_err(HandlerError::from)?;
     Ok(())
 }

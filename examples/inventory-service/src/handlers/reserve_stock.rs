@@ -90,12 +90,12 @@ pub(crate) async fn reserve_stock<B: Publisher + Subscriber>(
             &message, NAME, product_id, answer, "answer",
         ))
         .await
-        .map_err(HandlerError::retryable)?;
+        .map_err(HandlerError::from)?;
     if let (Reserved::New(_), Some(product)) = (&outcome, &product) {
         inventory
             .warn_if_low(before, product, Some(&message))
             .await
-            .map_err(HandlerError::retryable)?;
+            .map_err(HandlerError::from)?;
     }
     Ok(())
 }

@@ -142,7 +142,7 @@ impl<B: Publisher + Subscriber> Orders<B> {
             .publish(&reply)
             .await
             .map(drop)
-            .map_err(HandlerError::retryable)
+            .map_err(HandlerError::from)
     }
 
     /// One round of the outbox (it runs every 10 s once started): publishes `order.created`

@@ -79,6 +79,6 @@ impl<B: Publisher + Subscriber> Payments<B> {
             .publish(&Envelope::reply_to(cause, NAME, aggregate, data, step))
             .await
             .map(drop)
-            .map_err(HandlerError::retryable)
+            .map_err(HandlerError::from)
     }
 }
